@@ -1,0 +1,65 @@
+"""What every job does first: config, logging, layout, engines."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recunlearn.config import RunConfig, load_config
+from recunlearn.engines import PROJECT_ROOT
+from recunlearn.tables import Layout
+
+DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "default.yaml"
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=os.environ.get("RECUNLEARN_CONFIG", str(DEFAULT_CONFIG)),
+                   help="YAML config (default: conf/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set sharding.n_shards=5")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def setup(args: argparse.Namespace) -> tuple[RunConfig, Layout]:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "ray", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = load_config(args.config, args.overrides)
+    return cfg, Layout(cfg.resolved_data_dir(PROJECT_ROOT))
+
+
+def engines(cfg: RunConfig, *, ray_needed: bool = True):  # noqa: ANN201
+    from recunlearn.engines import connect_ray, spark_session
+
+    # Ray first: processes it starts must not inherit the Py4J socket of a live JVM.
+    if ray_needed:
+        connect_ray(cfg.ray)
+    return spark_session(cfg.spark)
+
+
+def shutdown(spark) -> None:  # noqa: ANN001
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    spark.stop()
+
+
+def secret_for(cfg: RunConfig, layout: Layout) -> bytes:
+    from recunlearn.pseudonym import load_secret
+
+    key_file = layout.root / cfg.pseudonym.key_file if cfg.pseudonym.key_file else None
+    return load_secret(key_file=key_file, create=cfg.pseudonym.create_if_missing)
+
+
+def read_ids(path: Path) -> list[str]:
+    """One raw user id per line (blank lines skipped); a CSV with a ``user_id`` header works."""
+    lines = [ln.rstrip("\n") for ln in path.read_text().splitlines()]
+    if lines and lines[0].strip().lower() in ("user_id", "user"):
+        lines = lines[1:]
+    return [ln.split(",")[0] for ln in lines if ln.strip()]

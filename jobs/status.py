@@ -1,0 +1,37 @@
+"""An operator's view: requests by status, the latest requests, the published model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from jobs._common import add_config_args, engines, setup, shutdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="recunlearn status", description=__doc__)
+    add_config_args(p)
+    p.add_argument("--last", type=int, default=20, help="requests to list (default 20)")
+    args = p.parse_args(argv)
+    cfg, layout = setup(args)
+    from recunlearn.tables import ForgetLedger, ModelRegistry
+
+    spark = engines(cfg, ray_needed=False)
+    try:
+        rows = ForgetLedger(spark, layout.ledger).rows()
+        current = ModelRegistry(spark, layout).current()
+    finally:
+        shutdown(spark)
+    counts = Counter(r["status"] for r in rows)
+    print("model version:", f"v{current['version']} ({current['note']})" if current else "none published")
+    print("requests:", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none")
+    for r in rows[-args.last:]:
+        when = r["completed_at"] or r["updated_at"] or r["received_at"]
+        print(f"  {r['request_id'][:12]}  key {r['user_key'][:8]}...  {r['status']:<11} "
+              f"shards={r['shards'] or []}  v={r['model_version'] or '-'}  {when}  {r['reason'] or ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

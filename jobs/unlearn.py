@@ -1,0 +1,30 @@
+"""Process open forget requests: delete, vacuum, retrain touched shards, refit, publish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs._common import add_config_args, engines, setup, shutdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="recunlearn unlearn", description=__doc__)
+    add_config_args(p)
+    args = p.parse_args(argv)
+    cfg, layout = setup(args)
+    from pipelines.unlearn import unlearn
+
+    spark = engines(cfg)
+    try:
+        result = unlearn(spark, cfg=cfg, layout=layout)
+    finally:
+        shutdown(spark)
+    result.pop("functional", None)  # per-user evidence lives in the ledger, not on stdout
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

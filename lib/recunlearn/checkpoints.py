@@ -1,0 +1,58 @@
+"""Checkpoints: a torch file per trained component plus a JSON sidecar of metadata.
+
+The sidecar (shard, Delta version consumed, config fingerprint, seed, timings) lets the audit
+prove which data a checkpoint was trained on without loading it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recunlearn.datasets import sha256_file
+
+
+def component_dir(root: Path, component: str) -> Path:
+    """``shard-007``, ``reference`` or ``aggregator`` under the checkpoint root."""
+    return root / component
+
+
+def shard_component(shard_id: int) -> str:
+    return f"shard-{shard_id:03d}"
+
+
+def save(root: Path, component: str, run_id: str, state: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    folder = component_dir(root, component)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{run_id}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    meta = {**meta, "component": component, "run_id": run_id, "path": str(path),
+            "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    side = path.with_suffix(".json")
+    side.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    side.with_suffix(".json.tmp").replace(side)
+    return meta
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, weights_only=True)
+
+
+def all_metas(root: Path) -> list[dict[str, Any]]:
+    """Metadata of every checkpoint on disk (also ones no model version references)."""
+    out = []
+    for side in sorted(root.glob("*/*.json")):
+        meta = json.loads(side.read_text())
+        meta["exists"] = Path(meta["path"]).exists()
+        out.append(meta)
+    return out
+
+
+def delete(meta: dict[str, Any]) -> None:
+    Path(meta["path"]).unlink(missing_ok=True)
+    Path(meta["path"]).with_suffix(".json").unlink(missing_ok=True)

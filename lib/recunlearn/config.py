@@ -1,0 +1,205 @@
+"""Typed, frozen configuration. ``conf/*.yaml`` is data; this module gives it a schema.
+
+Every component gets its own model with documented fields and cross-field checks at
+construction. ``fingerprint`` hashes the canonical JSON of a resolved config; it is stored
+beside every checkpoint and report so a result can be traced to the exact settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recunlearn.errors import ConfigError
+
+DATA_DIR_ENV = "RECUNLEARN_HOME"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetConfig(_Frozen):
+    name: str = Field("movielens-100k", description="Data set name, for reports and fetch.")
+    format: Literal["ml-100k", "ml-1m", "ml-1m-implicit", "log"] = Field(
+        "ml-100k", description="Reader to use for the raw files."
+    )
+    path: str | None = Field(
+        None, description="Raw file or folder; None means data_dir/raw/<name> (fetched)."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="For format=log: maps user, item, rating, timestamp to source columns.",
+    )
+    separator: str = Field(",", description="For format=log CSV files: field separator.")
+    min_rating: float | None = Field(
+        None, description="Keep only ratings >= this as positives (None keeps all)."
+    )
+
+
+class SplitConfig(_Frozen):
+    valid: float = Field(0.1, gt=0, lt=0.5, description="Share of each user's rows in validation.")
+    test: float = Field(0.1, gt=0, lt=0.5, description="Share of each user's rows in test.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> SplitConfig:
+        if self.valid + self.test >= 0.6:
+            raise ValueError(f"split.valid + split.test = {self.valid + self.test} leaves too little to train")
+        return self
+
+
+class PseudonymConfig(_Frozen):
+    key_file: str | None = Field(
+        "secrets/pseudonym.key",
+        description="Secret for user keys, relative to data_dir; RECUNLEARN_PSEUDONYM_KEY wins.",
+    )
+    create_if_missing: bool = Field(True, description="Generate the key file on first use.")
+
+
+class ShardingConfig(_Frozen):
+    n_shards: int = Field(10, ge=1, le=1024, description="K, the number of user shards.")
+    method: Literal["sinkhorn", "random"] = Field(
+        "sinkhorn", description="Balanced OT clustering of user embeddings, or a random split."
+    )
+    embedding_rank: int = Field(16, ge=2, description="Rank of the Spark ALS user embeddings.")
+    als_iterations: int = Field(10, ge=1)
+    als_reg: float = Field(0.05, gt=0)
+    kmeans_iterations: int = Field(20, ge=1, description="Outer OT k-means iterations.")
+    sinkhorn_epsilon: float = Field(0.05, gt=0, description="Entropic regulariser, relative to the cost scale.")
+    balance_tolerance: float = Field(
+        0.1, ge=0, lt=1, description="Every shard must hold within this share of n/K users."
+    )
+
+
+class ModelConfig(_Frozen):
+    cls: str = Field("recunlearn.models.bpr.BPRMF", description="Import path of the sub-model.")
+    dim: int = Field(64, ge=1, description="Embedding dimension.")
+    lr: float = Field(0.005, gt=0)
+    reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
+    batch_size: int = Field(2048, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    eval_every: int = Field(5, ge=1, description="Epochs between validation checks.")
+    patience: int = Field(4, ge=1, description="Validation checks without improvement before stop.")
+    eval_k: int = Field(20, ge=1)
+    init_std: float = Field(0.1, gt=0)
+
+
+class AggregatorConfig(_Frozen):
+    kind: Literal["attention", "mean"] = Field("attention", description="How shard scores combine.")
+    fold_in_reg: float = Field(1.0, gt=0, description="Ridge term of the least-squares fold-in.")
+    attention_dim: int = Field(32, ge=1)
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(4096, ge=1)
+    max_epochs: int = Field(20, ge=1)
+    patience: int = Field(2, ge=1)
+    holdout: float = Field(0.2, gt=0, lt=1, description="Share of training pairs the attention learns on.")
+    max_valid_users: int = Field(2000, ge=10, description="Users sampled for early stopping.")
+
+
+class TrainConfig(_Frozen):
+    reference_model: bool = Field(
+        True, description="Also train the full model (K=1) as the retrain reference."
+    )
+    threads_per_task: int = Field(1, ge=1, description="torch threads inside one Ray task.")
+    deterministic: bool = Field(True, description="torch deterministic kernels (CPU).")
+
+
+class UnlearnConfig(_Frozen):
+    retrain_reference: bool = Field(
+        True, description="Retrain the full reference model without the forgotten data (benchmarks)."
+    )
+    vacuum: bool = Field(True, description="VACUUM with zero retention after the delete.")
+
+
+class SparkConfig(_Frozen):
+    master: str = Field("local[2]", description="Ignored when spark-submit already set one.")
+    app_name: str = "recunlearn"
+    shuffle_partitions: int = Field(4, ge=1)
+    driver_memory: str = "4g"
+    extra: dict[str, str] = Field(default_factory=dict, description="More spark.* settings.")
+
+
+class RayConfig(_Frozen):
+    address: str | None = Field(
+        None, description="Ray cluster address; None starts a local instance (RAY_ADDRESS wins)."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local instance (None: all).")
+    include_dashboard: bool = False
+    max_retries: int = Field(2, ge=0, description="Retries of a shard task whose worker died.")
+
+
+class RunConfig(_Frozen):
+    data_dir: str = Field("var", description="Root of tables, checkpoints, models and reports.")
+    seed: int = Field(2026, description="Root seed; every component derives its own.")
+    dataset: DatasetConfig = DatasetConfig()
+    split: SplitConfig = SplitConfig()
+    pseudonym: PseudonymConfig = PseudonymConfig()
+    sharding: ShardingConfig = ShardingConfig()
+    model: ModelConfig = ModelConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()
+    train: TrainConfig = TrainConfig()
+    unlearn: UnlearnConfig = UnlearnConfig()
+    spark: SparkConfig = SparkConfig()
+    ray: RayConfig = RayConfig()
+
+    def resolved_data_dir(self, base: Path | None = None) -> Path:
+        raw = os.environ.get(DATA_DIR_ENV) or self.data_dir
+        p = Path(raw).expanduser()
+        if not p.is_absolute():
+            p = (base or Path.cwd()) / p
+        return p.resolve()
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (with ``extends: other.yaml``) and apply ``a.b=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, value = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(value))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration ({path}): {exc}") from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent:
+        data = _deep_merge(_read_yaml(path.parent / parent), data)
+    return data
+
+
+def fingerprint(cfg: BaseModel | dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a config (or a plain dict), 16 hex chars."""
+    payload = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

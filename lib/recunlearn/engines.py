@@ -1,0 +1,99 @@
+"""Engine helpers: the one Delta-enabled Spark session builder and the Ray connection.
+
+Nothing here runs at import time. Jobs call ``spark_session`` / ``connect_ray`` and pass the
+results into pipeline steps.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recunlearn.config import RayConfig, SparkConfig
+from recunlearn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+JARS_ENV = "RECUNLEARN_JARS_DIR"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def delta_jars() -> list[str]:
+    """Delta Lake's jars, resolved from Maven Central by ``make jars`` into ``jars/``."""
+    folder = Path(os.environ.get(JARS_ENV, PROJECT_ROOT / "jars"))
+    jars = sorted(glob.glob(str(folder / "*.jar")))
+    if not any("delta-spark" in Path(j).name for j in jars):
+        raise ConfigError(
+            f"no delta-spark jar in {folder}; run `make jars` (or set {JARS_ENV})"
+        )
+    return jars
+
+
+def spark_session(cfg: SparkConfig) -> SparkSession:
+    """A Delta-enabled session. Settings given by spark-submit (master, jars) win."""
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    submitted = SparkConf()  # holds what spark-submit passed, empty otherwise
+    b = SparkSession.builder.appName(cfg.app_name)
+    if not submitted.contains("spark.master"):
+        b = b.master(cfg.master)
+    if not submitted.contains("spark.jars") or "delta" not in submitted.get("spark.jars", ""):
+        b = b.config("spark.jars", ",".join(delta_jars()))
+    settings = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        # Zero-retention VACUUM is how forgotten rows leave the disk; we run it on purpose.
+        "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+        # Interaction tables must not keep deleted rows in change feeds or deletion vectors.
+        "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "false",
+        "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.default.parallelism": str(cfg.shuffle_partitions),
+        # VACUUM lists files with this parallelism (10000 by default): far too many tasks here.
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(cfg.shuffle_partitions),
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+    }
+    settings.update(cfg.extra)
+    for k, v in settings.items():
+        if not submitted.contains(k):
+            b = b.config(k, v)
+    spark = b.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def connect_ray(cfg: RayConfig) -> None:
+    """Connect to a Ray cluster (``cfg.address`` or ``RAY_ADDRESS``) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Shard data travels by path, not through the object store; keep Ray quiet and local.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            include_dashboard=cfg.include_dashboard,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    log.info("ray connected: %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def ray_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,0 +1,228 @@
+"""The sharded ensemble and its aggregators.
+
+Every shard model scores every user: with the user's trained vector in the shard that holds
+the user (its home shard), and with a least-squares fold-in of the user's current history
+elsewhere. Fold-in reads the history at serving time and never changes a parameter, so a
+forgotten user, whose history is gone, leaves nothing behind.
+
+Aggregators combine the K score vectors:
+- ``MeanAggregator``: the plain mean (SISA);
+- ``AttentionAggregator``: RecEraser-style attention over the user's K shard embeddings,
+  softmax_k(h . tanh(W_k e_uk + c) + home_bonus [k is home]), times a per-shard gain; trained
+  with the BPR loss on retained training data, shard models frozen, early-stopped on
+  validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from recunlearn.config import AggregatorConfig
+from recunlearn.metrics import evaluate
+from recunlearn.models.bpr import BPRMF
+from recunlearn.models.data import InteractionData
+
+
+def shard_views(shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix,
+                *, trained: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """User vectors (K, n, d) in every shard's space and the home mask (K, n).
+
+    With ``trained=False`` every vector is a fold-in, even in the home shard.
+    """
+    vecs, home = [], []
+    for m in shards:
+        rows = m.rows_of(keys)
+        known = rows >= 0
+        v = m.fold_in(history)
+        if trained and known.any():
+            v[torch.from_numpy(np.flatnonzero(known))] = m.user[torch.from_numpy(rows[known])]
+        vecs.append(v)
+        home.append(torch.from_numpy(known))
+    return torch.stack(vecs), torch.stack(home)
+
+
+def shard_scores(shards: list[BPRMF], vecs: torch.Tensor) -> torch.Tensor:
+    """Scores (K, n, n_items) from user vectors (K, n, d)."""
+    return torch.stack([vecs[k] @ m.item.T + m.bias for k, m in enumerate(shards)])
+
+
+class MeanAggregator:
+    kind = "mean"
+
+    def weights(self, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        k = vecs.shape[0]
+        return torch.full((vecs.shape[1], k), 1.0 / k)
+
+    def combine(self, scores: torch.Tensor, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        return scores.mean(0)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "mean"}
+
+
+class AttentionModule(nn.Module):
+    def __init__(self, n_shards: int, dim: int, att_dim: int, g: torch.Generator) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(n_shards, dim, att_dim))
+        nn.init.normal_(self.w, std=1.0 / np.sqrt(dim), generator=g)
+        self.c = nn.Parameter(torch.zeros(att_dim))
+        self.h = nn.Parameter(torch.zeros(att_dim))
+        # Starts as the plain mean (zero bonus, unit gains): training can only move away
+        # from it when validation says so.
+        self.home_bonus = nn.Parameter(torch.tensor(0.0))
+        self.gain = nn.Parameter(torch.ones(n_shards))
+
+    def weights(self, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        """Attention (n, K) from user vectors (K, n, d) and home mask (K, n)."""
+        z = torch.tanh(torch.einsum("knd,kda->kna", vecs, self.w) + self.c)
+        logits = (z @ self.h) + self.home_bonus * home.float()
+        return torch.softmax(logits.T, dim=1) * self.gain[None, :]
+
+
+class AttentionAggregator:
+    kind = "attention"
+
+    def __init__(self, module: AttentionModule, meta: dict[str, Any] | None = None) -> None:
+        self.module = module
+        self.meta = dict(meta or {})
+
+    def weights(self, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module.weights(vecs, home)
+
+    def combine(self, scores: torch.Tensor, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        w = self.weights(vecs, home)  # (n, K)
+        return torch.einsum("nk,kni->ni", w, scores)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "attention", "params": self.module.state_dict(), "meta": self.meta,
+                "shape": list(self.module.w.shape)}
+
+
+def load_aggregator(state: dict[str, Any]) -> MeanAggregator | AttentionAggregator:
+    if state["kind"] == "mean":
+        return MeanAggregator()
+    k, d, a = state["shape"]
+    module = AttentionModule(k, d, a, torch.Generator().manual_seed(0))
+    module.load_state_dict(state["params"])
+    return AttentionAggregator(module, state.get("meta"))
+
+
+class ShardedEnsemble:
+    """K shard models plus an aggregator, scoring users from their keys and histories."""
+
+    def __init__(self, shards: list[BPRMF], aggregator: MeanAggregator | AttentionAggregator):
+        self.shards = shards
+        self.aggregator = aggregator
+        self.n_items = shards[0].n_items
+
+    def knows(self, keys: np.ndarray) -> np.ndarray:
+        """Whether any shard holds a trained vector for each key."""
+        return np.any([m.rows_of(keys) >= 0 for m in self.shards], axis=0)
+
+    def score(self, keys: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
+        with torch.no_grad():
+            vecs, home = shard_views(self.shards, keys, history)
+            return self.aggregator.combine(shard_scores(self.shards, vecs), vecs, home)
+
+
+def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, *, seed: int,
+                  rng: np.random.Generator) -> tuple[AttentionAggregator, dict[str, Any]]:
+    """Train the attention aggregator on ``data.train`` (retained data only), shard models
+    frozen; early-stop on validation NDCG@20 of at most ``cfg.max_valid_users`` users."""
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    k = len(shards)
+    for m in shards:
+        m.fold_in_reg = cfg.fold_in_reg
+    # Validation uses inference views (home shards' trained vectors). Training pairs must be
+    # unseen by the views that score them: a home shard has memorised its training pairs, and
+    # a fold-in fit to an item ranks that item high. So each user's training items are split:
+    # views are folded in from one part, the BPR loss is taken on the other ("masked fold-in").
+    vecs, home = shard_views(shards, data.user_keys, data.train)  # frozen (K, n, d)
+    coo = data.train.tocoo()
+    held = rng.random(coo.nnz) < cfg.holdout
+    shown = sp.csr_matrix((coo.data[~held], (coo.row[~held], coo.col[~held])), shape=data.train.shape)
+    fold, _ = shard_views(shards, data.user_keys, shown, trained=False)
+    items = torch.stack([m.item for m in shards])  # (K, n_items, d)
+    bias = torch.stack([m.bias for m in shards])  # (K, n_items)
+    module = AttentionModule(k, vecs.shape[2], cfg.attention_dim, g)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    pos_u = torch.from_numpy(coo.row[held].astype(np.int64))
+    pos_i = torch.from_numpy(coo.col[held].astype(np.int64))
+    n_items = data.n_items
+    valid_users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
+    if len(valid_users) > cfg.max_valid_users:
+        valid_users = np.sort(rng.choice(valid_users, cfg.max_valid_users, replace=False))
+    kk = torch.arange(k)[:, None]
+
+    def pair_scores(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        s = (fold[:, u] * items[kk, i[None, :]]).sum(-1) + bias[kk, i[None, :]]  # (K, B)
+        w = module.weights(fold[:, u], home[:, u])  # (B, K)
+        return (w * s.T).sum(1)
+
+    def validate() -> float:
+        with torch.no_grad():
+            def rows(r: np.ndarray) -> torch.Tensor:
+                t = torch.from_numpy(r)
+                sc = torch.einsum("knd,kid->kni", vecs[:, t], items) + bias[:, None, :]
+                return torch.einsum("nk,kni->ni", module.weights(vecs[:, t], home[:, t]), sc)
+            return evaluate(rows, valid_users, data.train, data.valid, k=20, batch=256)["ndcg@20"]
+
+    best, best_state, bad, epochs, curve = validate(), copy.deepcopy(module.state_dict()), 0, 0, []
+    curve.append((0, round(best, 5)))
+    for epoch in range(1, cfg.max_epochs + 1):
+        epochs = epoch
+        perm = torch.randperm(len(pos_u), generator=g)
+        for s in range(0, len(pos_u), cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            u, i = pos_u[idx], pos_i[idx]
+            j = torch.randint(n_items, (len(idx),), generator=g)
+            loss = -nn.functional.logsigmoid(pair_scores(u, i) - pair_scores(u, j)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        score = validate()
+        curve.append((epoch, round(score, 5)))
+        if score > best:
+            best, best_state, bad = score, copy.deepcopy(module.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    module.load_state_dict(best_state)
+    stats = {"epochs": epochs, "valid_ndcg": best, "fit_seconds": time.perf_counter() - t0,
+             "n_train": int(len(pos_u)), "curve": curve}
+    return AttentionAggregator(module, {"stats": stats}), stats
+
+
+def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
+                  aggregator: str | None = None) -> ShardedEnsemble:
+    """The published ensemble of a manifest; ``aggregator="mean"`` swaps in the plain mean."""
+    from recunlearn import checkpoints
+
+    shards = []
+    for k in range(manifest["n_shards"]):
+        m = BPRMF.from_state(checkpoints.load_state(manifest["shards"][str(k)]["path"]))
+        m.fold_in_reg = fold_in_reg
+        shards.append(m)
+    agg = (MeanAggregator() if aggregator == "mean"
+           else load_aggregator(checkpoints.load_state(manifest["aggregator"]["path"])))
+    return ShardedEnsemble(shards, agg)
+
+
+def load_reference(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> BPRMF | None:
+    from recunlearn import checkpoints
+
+    if not manifest.get("reference"):
+        return None
+    m = BPRMF.from_state(checkpoints.load_state(manifest["reference"]["path"]))
+    m.fold_in_reg = fold_in_reg
+    return m

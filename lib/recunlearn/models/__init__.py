@@ -1,0 +1,1 @@
+"""Sub-models behind one small interface (see ``base.Recommender``)."""

@@ -1,0 +1,68 @@
+"""The sub-model interface, in the manner of implicit's ``RecommenderBase``.
+
+A model maps pseudonymous ``user_keys`` (sorted) to rows and scores all items for a user.
+Users that the model was not trained on can still be scored from their interaction history
+by ``fold_in``, which never changes the model's parameters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+class Recommender(ABC):
+    """Base class of every sub-model."""
+
+    user_keys: np.ndarray  # (n_users,) sorted pseudonymous keys; row i is user_keys[i]
+    n_items: int
+    meta: dict[str, Any]
+
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        """Row of each key, -1 where the model does not know the user."""
+        keys = np.asarray(keys, dtype=object).astype(str)
+        pos = np.searchsorted(self.user_keys, keys)
+        pos = np.clip(pos, 0, max(len(self.user_keys) - 1, 0))
+        known = (len(self.user_keys) > 0) & (self.user_keys[pos] == keys) if len(self.user_keys) else np.zeros(len(keys), bool)
+        return np.where(known, pos, -1)
+
+    @abstractmethod
+    def score(self, rows: np.ndarray) -> torch.Tensor:
+        """Scores (len(rows), n_items) for trained users ``rows``."""
+
+    @abstractmethod
+    def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
+        """Scores for users given only their interaction rows (fold-in)."""
+
+    def recommend(self, rows: np.ndarray, n: int, seen: sp.csr_matrix | None = None,
+                  exclude_seen: bool = True) -> np.ndarray:
+        """Top-``n`` item indices per user row; ``seen`` rows are excluded when asked."""
+        from recunlearn.metrics import topk_excluding
+
+        scores = self.score(np.asarray(rows))
+        if exclude_seen and seen is not None:
+            return topk_excluding(scores, seen, n).numpy()
+        return torch.topk(scores, k=n, dim=1).indices.numpy()
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model (tensors, keys, metadata)."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: dict[str, Any]) -> Recommender:
+        """Inverse of :meth:`state`."""
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Recommender:
+        return cls.from_state(torch.load(path, weights_only=True))

@@ -1,0 +1,52 @@
+"""Interaction matrices for one shard (or the whole data set), keyed by sorted user keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class InteractionData:
+    user_keys: np.ndarray  # (n_users,) sorted unique keys: row i of every matrix
+    train: sp.csr_matrix  # (n_users, n_items) binary
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @classmethod
+    def from_columns(cls, user_key: np.ndarray, item_idx: np.ndarray, split: np.ndarray,
+                     n_items: int) -> InteractionData:
+        """Build from parallel columns. Users without a training row are left out."""
+        user_key = np.asarray(user_key).astype(str)
+        item_idx = np.asarray(item_idx, dtype=np.int64)
+        split = np.asarray(split).astype(str)
+        is_train = split == "train"
+        keys = np.unique(user_key[is_train])
+        rows = np.searchsorted(keys, user_key)
+        rows = np.clip(rows, 0, max(len(keys) - 1, 0))
+        known = (keys[rows] == user_key) if len(keys) else np.zeros(len(user_key), bool)
+
+        def mat(mask: np.ndarray) -> sp.csr_matrix:
+            m = mask & known
+            data = np.ones(int(m.sum()), dtype=np.float32)
+            out = sp.csr_matrix((data, (rows[m], item_idx[m])), shape=(len(keys), n_items))
+            out.sum_duplicates()
+            out.data[:] = 1.0
+            out.sort_indices()
+            return out
+
+        return cls(keys, mat(is_train), mat(split == "valid"), mat(split == "test"))
+
+    def without_users(self, keys: np.ndarray) -> InteractionData:
+        keep = ~np.isin(self.user_keys, np.asarray(keys).astype(str))
+        return InteractionData(self.user_keys[keep], self.train[keep], self.valid[keep], self.test[keep])

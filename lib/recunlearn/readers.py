@@ -1,0 +1,119 @@
+"""Readers for raw interaction logs, as Spark DataFrames with one canonical schema:
+``raw_user string, item_id string, rating double, ts long``.
+
+Malformed rows stop the read with a ``DataError`` that counts them and names the first few
+line numbers and the reason; the rows themselves (which hold raw user ids) are never logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recunlearn.config import DatasetConfig
+from recunlearn.errors import DataError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+CANONICAL = ["raw_user", "item_id", "rating", "ts"]
+_LINE_FORMATS = {
+    # name: (file inside the folder, field separator (regex), header lines, field order)
+    "ml-100k": ("u.data", "\t", 0, ["raw_user", "item_id", "rating", "ts"]),
+    "ml-1m": ("ratings.dat", "::", 0, ["raw_user", "item_id", "rating", "ts"]),
+    "ml-1m-implicit": ("interactions.csv", ",", 1, ["raw_user", "item_id"]),
+}
+
+
+def read_interactions(spark: SparkSession, cfg: DatasetConfig, path: Path) -> DataFrame:
+    """Read the raw log at ``path`` (a file or a data set folder) in ``cfg.format``."""
+    if cfg.format in _LINE_FORMATS:
+        return _read_delimited(spark, cfg.format, path)
+    return read_log(spark, path, columns=cfg.columns, separator=cfg.separator)
+
+
+def _read_delimited(spark: SparkSession, fmt: str, path: Path) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    name, sep, header, fields = _LINE_FORMATS[fmt]
+    target = path / name if path.is_dir() else path
+    if not target.exists():
+        raise DataError(f"{fmt} file {target} does not exist")
+    lines = spark.read.text(str(target))
+    if header:
+        # Line numbers only matter for error messages; one extra pass on failure is fine.
+        first = lines.first()
+        lines = lines.where(F.col("value") != (first["value"] if first else ""))
+    parts = F.split(F.col("value"), sep)
+    df = lines.select(parts.alias("p"), F.col("value"))
+    # get() is null past the end of the array (p[i] raises in ANSI mode).
+    cols = {f: F.trim(F.get(F.col("p"), i)) for i, f in enumerate(fields)}
+    rating = F.expr("try_cast(trim(get(p, 2)) AS double)") if "rating" in fields else F.lit(1.0)
+    ts = F.expr("try_cast(trim(get(p, 3)) AS bigint)") if "ts" in fields else F.lit(0).cast("bigint")
+    out = df.select(
+        cols["raw_user"].alias("raw_user"), cols["item_id"].alias("item_id"),
+        rating.alias("rating"), ts.alias("ts"), F.size("p").alias("_n"), F.col("value"))
+    bad = ((F.col("_n") != len(fields)) | (F.col("raw_user") == "") | (F.col("item_id") == "")
+           | F.col("rating").isNull() | F.col("ts").isNull())
+    _fail_on_bad(out.where(bad & (F.trim("value") != "")), target, fmt, n_fields=len(fields))
+    return out.where(F.trim("value") != "").select(*CANONICAL)
+
+
+def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str],
+             separator: str = ",") -> DataFrame:
+    """A generic CSV (with a header) or Parquet log; ``columns`` maps user, item and optional
+    rating/weight and timestamp to the file's column names."""
+    from pyspark.sql import functions as F
+
+    missing = [k for k in ("user", "item") if k not in columns]
+    if missing:
+        raise DataError(f"dataset.columns must map {missing}; got {sorted(columns)}")
+    if not path.exists():
+        raise DataError(f"log {path} does not exist")
+    is_parquet = path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet")))
+    if is_parquet:
+        df = spark.read.parquet(str(path))
+    else:
+        df = spark.read.option("header", "true").option("sep", separator).csv(str(path))
+    absent = sorted(v for v in columns.values() if v not in df.columns)
+    if absent:
+        raise DataError(f"log {path} lacks column(s) {absent}; it has {df.columns}")
+    rating_src = columns.get("rating") or columns.get("weight")
+    out = df.select(
+        F.trim(F.col(columns["user"]).cast("string")).alias("raw_user"),
+        F.trim(F.col(columns["item"]).cast("string")).alias("item_id"),
+        (F.col(rating_src).cast("double") if rating_src else F.lit(1.0)).alias("rating"),
+        (F.col(columns["timestamp"]).cast("bigint") if "timestamp" in columns
+         else F.lit(0).cast("bigint")).alias("ts"),
+        *([F.col(rating_src).alias("_r_src")] if rating_src else []),
+        *([F.col(columns["timestamp"]).alias("_t_src")] if "timestamp" in columns else []),
+    )
+    bad = (F.col("raw_user").isNull() | (F.col("raw_user") == "") | F.col("item_id").isNull()
+           | (F.col("item_id") == ""))
+    if rating_src:
+        bad = bad | (F.col("_r_src").isNotNull() & F.col("rating").isNull())
+    if "timestamp" in columns:
+        bad = bad | (F.col("_t_src").isNotNull() & F.col("ts").isNull())
+    _fail_on_bad(out.where(bad), path, "log")
+    return out.select(*CANONICAL).fillna({"rating": 1.0, "ts": 0})
+
+
+def _fail_on_bad(bad: DataFrame, path: Path, fmt: str, n_fields: int | None = None) -> None:
+    """Raise when ``bad`` has rows: their count and reasons, never their contents (the rows
+    carry raw user ids)."""
+    n_bad = bad.count()
+    if n_bad == 0:
+        return
+    from pyspark.sql import functions as F
+
+    reason = (F.when(F.col("raw_user").isNull() | (F.col("raw_user") == ""), "empty user id")
+              .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "empty item id")
+              .when(F.col("rating").isNull(), "non-numeric rating")
+              .when(F.col("ts").isNull(), "non-numeric timestamp")
+              .otherwise("wrong field count"))
+    if n_fields is not None:
+        reason = F.when(F.col("_n") != n_fields, "wrong field count").otherwise(reason)
+    counts = {r["reason"]: r["count"] for r in bad.select(reason.alias("reason")).groupBy("reason").count().collect()}
+    detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    raise DataError(f"{path}: {n_bad} malformed {fmt} row(s) ({detail}); nothing was ingested. "
+                    "Fix or drop them and re-run.")

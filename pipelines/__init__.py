@@ -1,0 +1,1 @@
+"""Engine steps: plain functions that receive the Spark session, paths and config."""

@@ -1,0 +1,50 @@
+"""Evaluate the published model: the ensemble (with its aggregator, and with the plain mean)
+and the full reference model, on one split and protocol (full ranking, NDCG@20, Recall@20)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from recunlearn.config import RunConfig
+from recunlearn.ensemble import load_ensemble, load_reference
+from recunlearn.errors import PipelineError
+from recunlearn.evaluation import evaluate_ensemble, evaluate_model
+from recunlearn.tables import Layout, ModelRegistry
+from pipelines.train import n_items_of, read_split_data
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
+                       exclude_keys: list[str] | None = None, label: str | None = None) -> dict[str, Any]:
+    manifest = ModelRegistry(spark, layout).current_manifest()
+    if manifest is None:
+        raise PipelineError("evaluate: no published model version")
+    t0 = time.perf_counter()
+    data = read_split_data(layout.interactions, manifest["table_version"], n_items_of(layout), None)
+    users = np.arange(data.n_users)
+    if exclude_keys:
+        users = users[~np.isin(data.user_keys, np.asarray(exclude_keys))]
+    reg = cfg.aggregator.fold_in_reg
+    out: dict[str, Any] = {"model_version": manifest["version"], "users": int(len(users)),
+                           "table_version": manifest["table_version"],
+                           "protocol": "full ranking over all items; the user's train and "
+                                       "validation items excluded; test items as truth"}
+    out["ensemble"] = evaluate_ensemble(load_ensemble(manifest, fold_in_reg=reg), data, users)
+    out["ensemble_mean"] = evaluate_ensemble(load_ensemble(manifest, fold_in_reg=reg, aggregator="mean"),
+                                             data, users)
+    ref = load_reference(manifest, fold_in_reg=reg)
+    out["reference"] = evaluate_model(ref, data, users) if ref is not None else None
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    if label:
+        layout.reports.mkdir(parents=True, exist_ok=True)
+        (layout.reports / f"evaluation-{label}.json").write_text(json.dumps(out, indent=2))
+    log.info("evaluated v%s: ensemble %s reference %s", manifest["version"], out["ensemble"],
+             out["reference"])
+    return out

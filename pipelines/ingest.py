@@ -1,0 +1,78 @@
+"""Ingest: raw log -> Delta ``interactions`` (keyed by pseudonymous user_key) and ``items``.
+
+Raw user ids are hashed inside Spark (HMAC-SHA256) before anything is written. Users whose
+forget request was completed are dropped, so a re-ingest of an old log cannot bring them back.
+Each user's rows are split train/valid/test by a seeded hash, so the split is reproducible
+and independent of file order.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from recunlearn.config import RunConfig
+from recunlearn.errors import DataError
+from recunlearn.pseudonym import spark_user_key
+from recunlearn.readers import read_interactions
+from recunlearn.tables import COMPLETED, Layout, table_exists, write_delta
+
+log = logging.getLogger(__name__)
+
+INTERACTION_STATS = ["item_idx", "split", "rating", "ts"]  # never user_key: see tables.py
+
+
+def split_per_user(df: DataFrame, *, valid: float, test: float, seed: int) -> DataFrame:
+    """Add ``split``: per user, a seeded hash orders the rows; the last shares go to valid
+    and test (floor of n*share each), so every user keeps at least one training row."""
+    order = F.xxhash64(F.lit(seed), F.col("user_key"), F.col("item_idx"))
+    w = Window.partitionBy("user_key").orderBy(order, F.col("item_idx"))
+    n = F.count(F.lit(1)).over(Window.partitionBy("user_key"))
+    pos = F.row_number().over(w) - 1
+    n_test = F.floor(n * test)
+    n_valid = F.floor(n * valid)
+    return df.withColumn(
+        "split",
+        F.when(pos >= n - n_test, "test").when(pos >= n - n_test - n_valid, "valid").otherwise("train"),
+    )
+
+
+def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Path,
+           secret: bytes) -> dict[str, Any]:
+    raw = read_interactions(spark, cfg.dataset, raw_path)
+    if cfg.dataset.min_rating is not None:
+        raw = raw.where(F.col("rating") >= cfg.dataset.min_rating)
+    keyed = raw.select(spark_user_key(secret, F.col("raw_user")).alias("user_key"),
+                       "item_id", "rating", "ts")
+    # One row per (user, item): the latest event wins.
+    keyed = keyed.groupBy("user_key", "item_id").agg(F.max("rating").alias("rating"),
+                                                     F.max("ts").alias("ts"))
+    if table_exists(spark, layout.ledger):
+        gone = (spark.read.format("delta").load(layout.ledger)
+                .where(F.col("status") == COMPLETED).select("user_key").distinct())
+        keyed = keyed.join(gone, "user_key", "left_anti")
+    items = (keyed.select("item_id").distinct()
+             .withColumn("item_idx", F.dense_rank().over(Window.orderBy("item_id")) - 1)
+             .withColumn("item_idx", F.col("item_idx").cast("int")))
+    inter = (keyed.join(F.broadcast(items), "item_id")
+             .select("user_key", "item_idx", "rating", F.col("ts").cast("long").alias("ts")))
+    inter = split_per_user(inter, valid=cfg.split.valid, test=cfg.split.test, seed=cfg.seed)
+    inter = inter.withColumn("shard_id", F.lit(-1))  # assigned by the partition step
+    inter = inter.persist()
+    n_rows = inter.count()
+    if n_rows == 0:
+        raise DataError(f"{raw_path}: no interactions left to ingest")
+    write_delta(items, layout.items, stats_columns=["item_idx"])
+    version = write_delta(inter, layout.interactions, partition_by=["shard_id"],
+                          stats_columns=INTERACTION_STATS)
+    counts = {r["split"]: r["count"] for r in inter.groupBy("split").count().collect()}
+    n_users = inter.select("user_key").distinct().count()
+    inter.unpersist()
+    stats = {"rows": n_rows, "users": n_users, "items": items.count(), "splits": counts,
+             "table_version": version}
+    log.info("ingested %s", stats)
+    return stats

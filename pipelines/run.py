@@ -1,0 +1,110 @@
+"""The whole pipeline on one data set, as ``make run`` runs it: fetch, ingest, partition,
+train (shards, aggregator, reference), evaluate, file forget requests, unlearn, audit,
+evaluate again, and write report.json / report.md."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from recunlearn.config import RunConfig, fingerprint
+from recunlearn.datasets import fetch
+from recunlearn.pseudonym import load_secret
+from recunlearn.readers import read_interactions
+from recunlearn.seeding import numpy_rng
+from recunlearn.tables import ForgetLedger, Layout
+from pipelines.audit import audit
+from pipelines.evaluate import evaluate_published
+from pipelines.forget import submit_user_requests
+from pipelines.ingest import ingest
+from pipelines.partition import partition_users
+from pipelines.report import build_report, summary_table, write_report
+from pipelines.train import train_all
+from pipelines.unlearn import unlearn
+
+log = logging.getLogger(__name__)
+
+STATE_DIRS = ("tables", "checkpoints", "models", "reports", "scratch")
+
+
+def raw_data_path(cfg: RunConfig, layout: Layout) -> Path:
+    if cfg.dataset.path:
+        return Path(cfg.dataset.path)
+    return fetch(cfg.dataset.name, layout.raw)
+
+
+def reset_state(layout: Layout) -> None:
+    """Remove tables, checkpoints, models and reports (keeps downloaded data and secrets)."""
+    for name in STATE_DIRS:
+        shutil.rmtree(layout.root / name, ignore_errors=True)
+
+
+def choose_forget_set(spark: SparkSession, cfg: RunConfig, raw_path: Path, n: int) -> list[str]:
+    """``n`` raw user ids drawn with the run's seed (held in memory only)."""
+    raw = read_interactions(spark, cfg.dataset, raw_path).select("raw_user").distinct()
+    ids = np.array(sorted(r["raw_user"] for r in raw.collect()))
+    return [str(x) for x in np.sort(numpy_rng(cfg.seed, "forget-set").choice(ids, n, replace=False))]
+
+
+def run_all(spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: int = 12,
+            fresh: bool = True) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *a, **kw):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+    if fresh:
+        reset_state(layout)
+    raw_path = timed("fetch", raw_data_path, cfg, layout)
+    secret = load_secret(key_file=layout.root / cfg.pseudonym.key_file if cfg.pseudonym.key_file else None,
+                         create=cfg.pseudonym.create_if_missing)
+    ingest_stats = timed("ingest", ingest, spark, cfg=cfg, layout=layout, raw_path=raw_path, secret=secret)
+    part = timed("partition", partition_users, spark, cfg=cfg, layout=layout)
+    train = timed("train", train_all, spark, cfg=cfg, layout=layout, partition=part)
+    before = timed("evaluate_before", evaluate_published, spark, cfg=cfg, layout=layout, label="before")
+
+    forget_ids = choose_forget_set(spark, cfg, raw_path, n_forget)
+    # The batch also carries a duplicate, an unknown id and a malformed one: the ledger must
+    # record each with its outcome and lose nothing.
+    batch = forget_ids + [forget_ids[0], "no-such-user-0", "bad id; DROP TABLE"]
+    outcomes = timed("forget_intake", submit_user_requests, spark, layout=layout, secret=secret,
+                     raw_ids=batch)
+    accepted = sorted({o["user_key"] for o in outcomes if o["outcome"] == "accepted"})
+    before_retained = timed("evaluate_before_retained", evaluate_published, spark, cfg=cfg,
+                            layout=layout, exclude_keys=accepted)
+    # Point in time: the published model is still the original one here.
+    unl = timed("unlearn", unlearn, spark, cfg=cfg, layout=layout)
+    aud = timed("audit", audit, spark, layout=layout, secret=secret, raw_ids=forget_ids)
+    after = timed("evaluate_after", evaluate_published, spark, cfg=cfg, layout=layout, label="after")
+
+    ledger_rows = {r["request_id"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
+    requests = []
+    for o in outcomes:
+        row = ledger_rows.get(o["request_id"], {})
+        requests.append({
+            "request_id": o["request_id"], "outcome": o["outcome"], "status": row.get("status"),
+            "reason": row.get("reason"), "shards": row.get("shards"),
+            "model_version": row.get("model_version"),
+            **{k: (row[k].isoformat() if row.get(k) else None)
+               for k in ("received_at", "started_at", "deleted_at", "published_at", "completed_at")}})
+    run = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": cfg.dataset.name, "config_fingerprint": fingerprint(cfg),
+        "n_shards": cfg.sharding.n_shards, "partition": part, "ingest": ingest_stats,
+        "train": train, "unlearn": unl, "audit": aud, "requests": requests, "timings": timings,
+        "evaluations": {"before": before, "before_retained": before_retained, "after": after},
+    }
+    report = build_report(run)
+    js, md = write_report(report, layout.reports)
+    report["_paths"] = {"json": str(js), "md": str(md), "audit": str(layout.reports / "audit.md")}
+    report["_table"] = summary_table(report)
+    return report

@@ -1,0 +1,246 @@
+"""Train: one Ray task per shard (BPR-MF on the shard's rows at a recorded Delta version),
+the aggregator, and the full reference model (K=1); then publish a model version.
+
+Tasks are stateless, so plain Ray tasks (``num_cpus=1``, retried if a worker dies) rather
+than actors. Data travels by reference: each task reads its own partition of the Delta
+table at the given version with delta-rs (no JVM on the workers), never through the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import ray
+
+from recunlearn import checkpoints
+from recunlearn.config import RunConfig, fingerprint
+from recunlearn.engines import ray_cpus
+from recunlearn.errors import PipelineError
+from recunlearn.models.data import InteractionData
+from recunlearn.seeding import make_seed
+from recunlearn.tables import Layout, now_utc
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+AGGREGATOR = "aggregator"
+
+
+def read_split_data(table: str, version: int, n_items: int, shard_id: int | None) -> InteractionData:
+    """A shard's (or, with ``shard_id=None``, every shard's) rows at ``version``."""
+    from deltalake import DeltaTable
+
+    dt = DeltaTable(table, version=version)
+    filters = [("shard_id", "=", int(shard_id))] if shard_id is not None else None
+    tbl = dt.to_pyarrow_table(columns=["user_key", "item_idx", "split"], filters=filters)
+    return InteractionData.from_columns(tbl.column("user_key").to_numpy(zero_copy_only=False),
+                                       tbl.column("item_idx").to_numpy(zero_copy_only=False),
+                                       tbl.column("split").to_numpy(zero_copy_only=False), n_items)
+
+
+def _torch_setup(threads: int, deterministic: bool) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def train_component(cfg_json: str, table: str, version: int, n_items: int, shard_id: int | None,
+                    ckpt_root: str, job_id: str) -> dict[str, Any]:
+    """Train one BPR-MF (a shard, or the reference when ``shard_id`` is None); save it."""
+    from pathlib import Path
+
+    from recunlearn.models.bpr import fit_bpr
+
+    cfg = RunConfig.model_validate_json(cfg_json)
+    _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
+    t0 = time.perf_counter()
+    data = read_split_data(table, version, n_items, shard_id)
+    t_read = time.perf_counter() - t0
+    if data.n_users == 0:
+        raise PipelineError(f"shard {shard_id}: no training rows at table version {version}")
+    component = REFERENCE if shard_id is None else checkpoints.shard_component(shard_id)
+    seed = make_seed(cfg.seed, "model", component)
+    model, stats = fit_bpr(data, cfg.model, seed=seed)
+    meta = {"shard_id": shard_id, "delta_version": version, "table": Path(table).name,
+            "config_fingerprint": fingerprint(cfg.model), "seed": seed, "job_id": job_id,
+            "created_at": now_utc().isoformat(), "read_seconds": round(t_read, 3),
+            "fit_seconds": round(stats["fit_seconds"], 3), "epochs": stats["epochs"],
+            "best_epoch": stats["best_epoch"], "valid_ndcg": stats["valid_ndcg"],
+            "n_users": stats["n_users"], "n_train": stats["n_train"], "curve": stats["curve"]}
+    model.meta = meta
+    saved = checkpoints.save(Path(ckpt_root), component, f"{job_id}-{uuid.uuid4().hex[:6]}",
+                             model.state(), meta)
+    saved["task_seconds"] = round(time.perf_counter() - t0, 3)
+    return saved
+
+
+def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: int,
+                             shard_paths: list[str], ckpt_root: str, job_id: str) -> dict[str, Any]:
+    """Fit the aggregator on retained training data at ``version``, shard models frozen."""
+    from pathlib import Path
+
+    from recunlearn.ensemble import MeanAggregator, fit_attention
+    from recunlearn.models.bpr import BPRMF
+    from recunlearn.seeding import numpy_rng
+
+    cfg = RunConfig.model_validate_json(cfg_json)
+    _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
+    t0 = time.perf_counter()
+    data = read_split_data(table, version, n_items, None)
+    shards = [BPRMF.from_state(checkpoints.load_state(p)) for p in shard_paths]
+    seed = make_seed(cfg.seed, "aggregator")
+    if cfg.aggregator.kind == "attention":
+        agg, stats = fit_attention(shards, data, cfg.aggregator, seed=seed,
+                                   rng=numpy_rng(cfg.seed, "aggregator-sample"))
+        state = agg.state()
+    else:
+        stats, state = {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None}, MeanAggregator().state()
+    meta = {"shard_id": None, "delta_version": version, "table": Path(table).name,
+            "config_fingerprint": fingerprint(cfg.aggregator), "seed": seed, "job_id": job_id,
+            "created_at": now_utc().isoformat(), "kind": cfg.aggregator.kind,
+            "fit_seconds": round(stats["fit_seconds"], 3), "epochs": stats["epochs"],
+            "valid_ndcg": stats["valid_ndcg"], "shard_checkpoints": shard_paths,
+            "n_train": int(data.train.nnz)}
+    saved = checkpoints.save(Path(ckpt_root), AGGREGATOR, f"{job_id}-{uuid.uuid4().hex[:6]}",
+                             state, meta)
+    saved["task_seconds"] = round(time.perf_counter() - t0, 3)
+    return saved
+
+
+def _remote(fn, cfg: RunConfig):  # noqa: ANN001, ANN202
+    # Workers import this module by name from the installed package (same environment).
+    return ray.remote(fn).options(num_cpus=1, max_retries=cfg.ray.max_retries,
+                                  retry_exceptions=False)
+
+
+def run_tasks(cfg: RunConfig, calls: list[tuple[Any, tuple]], *, label: str) -> list[dict[str, Any]]:
+    """Submit (fn, args) calls as Ray tasks, at most 2x the cluster's CPUs in flight."""
+    from tqdm import tqdm
+
+    limit = 2 * ray_cpus()
+    pending, results, order = [], {}, {}
+    queue = list(enumerate(calls))
+    bar = tqdm(total=len(calls), desc=label, disable=not sys.stderr.isatty(), leave=False)
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                i, (fn, args) = queue.pop(0)
+                ref = _remote(fn, cfg).remote(*args)
+                order[ref] = i
+                pending.append(ref)
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    results[order[ref]] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    raise PipelineError(f"{label}: task {order[ref]} failed: {exc}") from exc
+                bar.update(1)
+    finally:
+        bar.close()
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    return [results[i] for i in range(len(calls))]
+
+
+def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
+                 shard_ids: list[int], reference: bool, job_id: str) -> dict[str, Any]:
+    """Train the given shards (and the reference) in parallel on Ray."""
+    cfg_json = cfg.model_dump_json()
+    table, root = layout.interactions, str(layout.checkpoints)
+    calls = [(train_component, (cfg_json, table, version, n_items, k, root, job_id)) for k in shard_ids]
+    if reference:
+        calls.append((train_component, (cfg_json, table, version, n_items, None, root, job_id)))
+    t0 = time.perf_counter()
+    metas = run_tasks(cfg, calls, label="train")
+    out = {"shards": {m["shard_id"]: m for m in metas if m["shard_id"] is not None},
+           "reference": next((m for m in metas if m["shard_id"] is None), None),
+           "wall_seconds": round(time.perf_counter() - t0, 3)}
+    return out
+
+
+def fit_aggregator(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
+                   shard_paths: list[str], job_id: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    [meta] = run_tasks(cfg, [(fit_aggregator_component,
+                              (cfg.model_dump_json(), layout.interactions, version, n_items,
+                               shard_paths, str(layout.checkpoints), job_id))], label="aggregate")
+    meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return meta
+
+
+def new_job_id(kind: str) -> str:
+    return f"{kind}-{now_utc().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def build_manifest(*, version: int, cfg: RunConfig, shards: dict[int, dict[str, Any]],
+                   aggregator: dict[str, Any], reference: dict[str, Any] | None,
+                   table_version: int, n_items: int, partition: dict[str, Any] | None,
+                   guarantee: str) -> dict[str, Any]:
+    if sorted(shards) != list(range(cfg.sharding.n_shards)):
+        raise PipelineError(f"manifest: shards {sorted(shards)} do not cover 0..{cfg.sharding.n_shards - 1}")
+    keep = ("path", "sha256", "delta_version", "run_id", "fit_seconds", "n_users", "n_train",
+            "config_fingerprint", "seed", "valid_ndcg", "epochs")
+    return {
+        "version": version, "created_at": now_utc().isoformat(),
+        "config_fingerprint": fingerprint(cfg), "table_version": table_version,
+        "n_items": n_items, "n_shards": cfg.sharding.n_shards,
+        "shards": {str(k): {f: shards[k].get(f) for f in keep} for k in sorted(shards)},
+        "aggregator": {f: aggregator.get(f) for f in (*keep, "kind")},
+        "reference": {f: reference.get(f) for f in keep} if reference else None,
+        "partition": partition, "guarantee": guarantee,
+    }
+
+
+def shard_paths_of(manifest: dict[str, Any]) -> list[str]:
+    return [manifest["shards"][str(k)]["path"] for k in range(manifest["n_shards"])]
+
+
+def n_items_of(layout: Layout) -> int:
+    from deltalake import DeltaTable
+
+    tbl = DeltaTable(layout.items).to_pyarrow_table(columns=["item_idx"])
+    return int(np.max(tbl.column("item_idx").to_numpy())) + 1 if tbl.num_rows else 0
+
+
+def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
+              partition: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train every shard, the reference and the aggregator on the current table version,
+    then publish a model version."""
+    from recunlearn.tables import ModelRegistry, delta_version
+
+    from pipelines.partition import PARTITION_GUARANTEE
+
+    registry = ModelRegistry(spark, layout)
+    registry.ensure()
+    version = delta_version(spark, layout.interactions)
+    n_items = n_items_of(layout)
+    job_id = new_job_id("train")
+    t0 = time.perf_counter()
+    trained = train_models(cfg, layout, version=version, n_items=n_items,
+                           shard_ids=list(range(cfg.sharding.n_shards)),
+                           reference=cfg.train.reference_model, job_id=job_id)
+    paths = [trained["shards"][k]["path"] for k in range(cfg.sharding.n_shards)]
+    t_agg = time.perf_counter()
+    agg = fit_aggregator(cfg, layout, version=version, n_items=n_items, shard_paths=paths, job_id=job_id)
+    model_version = registry.next_version()
+    manifest = build_manifest(version=model_version, cfg=cfg, shards=trained["shards"], aggregator=agg,
+                              reference=trained["reference"], table_version=version, n_items=n_items,
+                              partition=partition, guarantee=PARTITION_GUARANTEE)
+    registry.publish(manifest, parent=None, request_ids=[], note=f"full training {job_id}")
+    ref = trained["reference"]
+    return {
+        "job_id": job_id, "model_version": model_version, "table_version": version,
+        "shards_wall_seconds": trained["wall_seconds"],
+        "aggregator_wall_seconds": round(time.perf_counter() - t_agg, 3),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "shard_fit_seconds": {str(k): m["fit_seconds"] for k, m in trained["shards"].items()},
+        "aggregator_fit_seconds": agg["fit_seconds"],
+        "reference_fit_seconds": ref["fit_seconds"] if ref else None,
+        "reference_task_seconds": ref["task_seconds"] if ref else None,
+    }

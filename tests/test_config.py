@@ -1,0 +1,36 @@
+import pytest
+
+from recunlearn.config import RunConfig, fingerprint, load_config
+from recunlearn.errors import ConfigError
+from recunlearn.seeding import make_seed
+
+from conftest import ROOT
+
+
+def test_extends_and_overrides_apply():
+    cfg = load_config(ROOT / "conf" / "test.yaml", ["sharding.n_shards=5", "model.lr=0.02"])
+    assert cfg.sharding.n_shards == 5
+    assert cfg.model.lr == 0.02
+    assert cfg.dataset.name == "movielens-100k"  # inherited from default.yaml
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(ConfigError, match="n_shard"):
+        load_config(None, ["sharding.n_shard=5"])
+
+
+def test_cross_field_check():
+    with pytest.raises(ConfigError, match="leaves too little to train"):
+        load_config(None, ["split.valid=0.3", "split.test=0.3"])
+
+
+def test_fingerprint_tracks_values_not_dict_order():
+    a = RunConfig()
+    assert fingerprint(a) == fingerprint(RunConfig.model_validate(a.model_dump()))
+    assert fingerprint(a) != fingerprint(load_config(None, ["seed=7"]))
+
+
+def test_seeds_are_per_component_and_stable():
+    assert make_seed(1, "shard", 3) == make_seed(1, "shard", 3)
+    assert make_seed(1, "shard", 3) != make_seed(1, "shard", 4)
+    assert make_seed(1, "shard", 3) != make_seed(2, "shard", 3)

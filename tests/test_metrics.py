@@ -1,0 +1,51 @@
+"""Golden tests: every metric pinned on hand-computed cases."""
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recunlearn.metrics import evaluate, rank_metrics, topk_excluding
+
+
+def csr(rows, n_items):
+    r, c = zip(*[(i, j) for i, items in enumerate(rows) for j in items]) if any(rows) else ((), ())
+    return sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(rows), n_items))
+
+
+def test_rank_metrics_hand_computed():
+    # user 0: top = [3, 1, 4], truth {1, 5}: one hit at rank 2.
+    #   DCG = 1/log2(3); IDCG = 1 + 1/log2(3); recall = 1/2; hr = 1
+    # user 1: top = [2, 0, 1], truth {2}: hit at rank 1 -> NDCG 1, recall 1
+    # user 2: top = [0, 1, 2], truth {5}: nothing -> 0, 0, 0
+    top = np.array([[3, 1, 4], [2, 0, 1], [0, 1, 2]])
+    truth = csr([[1, 5], [2], [5]], 6)
+    m = rank_metrics(top, truth, 3)
+    dcg0 = 1 / math.log2(3)
+    assert np.allclose(m["ndcg"], [dcg0 / (1 + dcg0), 1.0, 0.0])
+    assert np.allclose(m["recall"], [0.5, 1.0, 0.0])
+    assert np.allclose(m["hr"], [1.0, 1.0, 0.0])
+
+
+def test_ndcg_ideal_is_truncated_at_k():
+    # 5 truth items, K = 2, both top slots hit: NDCG must be 1 (IDCG over min(|T|, K) slots)
+    m = rank_metrics(np.array([[0, 1]]), csr([[0, 1, 2, 3, 4]], 6), 2)
+    assert m["ndcg"][0] == 1.0
+    assert m["recall"][0] == 2 / 5
+
+
+def test_topk_excludes_training_items():
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
+    top = topk_excluding(scores, csr([[0, 2]], 4), 2)
+    assert top.tolist() == [[1, 3]]
+
+
+def test_evaluate_skips_users_without_truth_and_averages():
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
+    train = csr([[], [], []], 3)
+    truth = csr([[0], [2], []], 3)  # user 2 has no test items: not counted
+    out = evaluate(lambda r: scores[torch.from_numpy(r)], np.arange(3), train, truth, k=1)
+    # user 0: top-1 = item 0 (hit) ; user 1: top-1 = item 1 (miss)
+    assert out["users"] == 2
+    assert out["ndcg@1"] == 0.5 and out["recall@1"] == 0.5 and out["hr@1"] == 0.5

@@ -1,0 +1,62 @@
+"""Balanced partitioning: balance is exact, planted clusters are recovered, nearest-with-room."""
+
+import numpy as np
+import pytest
+
+from recunlearn.errors import ConfigError
+from recunlearn.partition import (balanced_kmeans_ot, capacities, capacity_round, random_partition,
+                                  sinkhorn)
+
+
+def planted(n_per: int = 50, k: int = 4, d: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=10, size=(k, d))
+    x = np.concatenate([c + rng.normal(size=(n_per, d)) for c in centers])
+    return x, np.repeat(np.arange(k), n_per)
+
+
+def purity(labels, truth):
+    return sum(np.bincount(truth[labels == c]).max() for c in np.unique(labels)) / len(labels)
+
+
+def test_ot_kmeans_recovers_planted_clusters_with_exact_balance():
+    x, truth = planted()
+    p = balanced_kmeans_ot(x, 4, np.random.default_rng(1))
+    assert p.sizes.tolist() == [50, 50, 50, 50]
+    assert purity(p.labels, truth) > 0.95
+
+
+def test_unequal_clusters_are_still_balanced_within_one_user():
+    x, _ = planted(n_per=30, k=3)
+    x = np.concatenate([x, x[:17] + 0.01])  # cluster 0 is now larger
+    p = balanced_kmeans_ot(x, 5, np.random.default_rng(0))
+    assert p.sizes.max() - p.sizes.min() <= 1
+    assert p.max_imbalance() <= 0.1
+
+
+def test_capacity_round_prefers_the_nearest_cluster_with_room():
+    cost = np.array([[0.0, 5.0], [1.0, 4.0], [2.0, 0.5]])
+    # capacities (2, 1): users 0 and 1 prefer cluster 0; user 2 prefers 1
+    assert capacity_round(cost, np.array([2, 1])).tolist() == [0, 0, 1]
+    # capacity of cluster 0 is 1: the nearer claimant (user 0) keeps it, user 1 moves
+    assert capacity_round(cost, np.array([1, 2])).tolist() == [0, 1, 1]
+
+
+def test_sinkhorn_plan_has_uniform_marginals():
+    rng = np.random.default_rng(0)
+    cost = rng.random((40, 4))
+    plan, _, _ = sinkhorn(cost, eps=0.05)
+    assert np.allclose(plan.sum(0), 1 / 4, atol=1e-4)
+    assert np.allclose(plan.sum(1), 1 / 40, atol=1e-4)
+
+
+def test_random_partition_is_seeded_and_balanced():
+    a = random_partition(103, 10, np.random.default_rng(5))
+    b = random_partition(103, 10, np.random.default_rng(5))
+    assert (a.labels == b.labels).all()
+    assert sorted(a.sizes.tolist()) == sorted(capacities(103, 10).tolist())
+
+
+def test_too_few_users_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot split 3 users into 5 shards"):
+        balanced_kmeans_ot(np.zeros((3, 2)), 5, np.random.default_rng(0))

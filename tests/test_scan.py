@@ -1,0 +1,42 @@
+"""The audit's disk scans must be able to fail: plant what they look for and find it."""
+
+import pytest
+
+from recunlearn.scan import delta_log_hits, rows_with_keys
+from recunlearn.tables import delete_keys, vacuum_now, write_delta
+
+pytestmark = pytest.mark.spark
+
+
+def test_predicate_delete_leaks_raw_id_into_log_and_merge_delete_does_not(spark, tmp_path):
+    from delta.tables import DeltaTable
+
+    leaky, clean = str(tmp_path / "t" / "leaky"), str(tmp_path / "t" / "clean")
+    df = spark.createDataFrame([("u4711", "k1", 1), ("u42", "k2", 2)], "raw string, user_key string, item_idx int")
+    write_delta(df, leaky, stats_columns=["item_idx"])
+    write_delta(df.drop("raw"), clean, stats_columns=["item_idx"])
+    DeltaTable.forPath(spark, leaky).delete("raw = 'u4711'")  # what FIELD.md 6 warns about
+    delete_keys(spark, clean, spark.createDataFrame([("k1",)], "user_key string"))
+    hits = delta_log_hits(tmp_path / "t", keys=[], raw_ids=["u4711"])
+    assert any("leaky" in f for f in hits)
+    assert not any("clean" in f for f in hits)
+
+
+def test_rows_survive_delete_until_vacuum(spark, tmp_path):
+    path = str(tmp_path / "tables" / "interactions")
+    df = spark.createDataFrame([("k1", 1), ("k2", 2)], "user_key string, item_idx int")
+    write_delta(df, path, stats_columns=["item_idx"])
+    delete_keys(spark, path, spark.createDataFrame([("k1",)], "user_key string"))
+    assert rows_with_keys(tmp_path / "tables", ["k1"]) == {"k1": 1}  # old file still on disk
+    vacuum_now(spark, path)
+    assert rows_with_keys(tmp_path / "tables", ["k1", "k2"]) == {"k1": 0, "k2": 1}
+
+
+def test_stats_on_user_key_would_leak_the_key_into_the_log(spark, tmp_path):
+    path = str(tmp_path / "t" / "with_stats")
+    df = spark.createDataFrame([("kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001", 1)], "user_key string, item_idx int")
+    df.write.format("delta").save(path)  # default stats include user_key min/max
+    assert delta_log_hits(tmp_path / "t", keys=["kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001"])
+    path2 = str(tmp_path / "u" / "no_stats")
+    write_delta(df, path2, stats_columns=["item_idx"])
+    assert not delta_log_hits(tmp_path / "u", keys=["kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001"])
