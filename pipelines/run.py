@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 
 from recunlearn.config import RunConfig, fingerprint
 from recunlearn.datasets import fetch
-from recunlearn.pseudonym import load_secret
+from recunlearn.pseudonym import load_secret, user_key
 from recunlearn.readers import read_interactions
 from recunlearn.seeding import numpy_rng
 from recunlearn.tables import ForgetLedger, Layout
@@ -73,16 +73,19 @@ def run_all(spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: in
     before = timed("evaluate_before", evaluate_published, spark, cfg=cfg, layout=layout, label="before")
 
     forget_ids = choose_forget_set(spark, cfg, raw_path, n_forget)
-    # The batch also carries a duplicate, an unknown id and a malformed one: the ledger must
-    # record each with its outcome and lose nothing.
-    batch = forget_ids + [forget_ids[0], "no-such-user-0", "bad id; DROP TABLE"]
+    # Two jobs: a batch of users (with a duplicate, an unknown id and a malformed one, which
+    # the ledger must record with their outcomes and lose nothing), then a single user, which
+    # measures what one request that touches one shard costs.
+    batch, single = forget_ids[:-1], forget_ids[-1:]
     outcomes = timed("forget_intake", submit_user_requests, spark, layout=layout, secret=secret,
-                     raw_ids=batch)
-    accepted = sorted({o["user_key"] for o in outcomes if o["outcome"] == "accepted"})
+                     raw_ids=batch + [batch[0], "no-such-user-0", "bad id; DROP TABLE"])
+    accepted = {o["user_key"] for o in outcomes if o["outcome"] == "accepted"}
+    single_key = user_key(secret, single[0])
     before_retained = timed("evaluate_before_retained", evaluate_published, spark, cfg=cfg,
-                            layout=layout, exclude_keys=accepted)
-    # Point in time: the published model is still the original one here.
+                            layout=layout, exclude_keys=sorted(accepted | {single_key}))
     unl = timed("unlearn", unlearn, spark, cfg=cfg, layout=layout)
+    outcomes += submit_user_requests(spark, layout=layout, secret=secret, raw_ids=single)
+    unl_single = timed("unlearn_single", unlearn, spark, cfg=cfg, layout=layout)
     aud = timed("audit", audit, spark, layout=layout, secret=secret, raw_ids=forget_ids)
     after = timed("evaluate_after", evaluate_published, spark, cfg=cfg, layout=layout, label="after")
 
@@ -100,7 +103,7 @@ def run_all(spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: in
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dataset": cfg.dataset.name, "config_fingerprint": fingerprint(cfg),
         "n_shards": cfg.sharding.n_shards, "partition": part, "ingest": ingest_stats,
-        "train": train, "unlearn": unl, "audit": aud, "requests": requests, "timings": timings,
+        "train": train, "unlearn": unl, "unlearn_single": unl_single, "audit": aud, "requests": requests, "timings": timings,
         "evaluations": {"before": before, "before_retained": before_retained, "after": after},
     }
     report = build_report(run)
