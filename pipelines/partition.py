@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -43,7 +44,7 @@ def user_embeddings(spark: SparkSession, *, cfg: RunConfig, layout: Layout
     keys = np.array(sorted(r["user_key"] for r in train.select("user_key").distinct().collect()))
     if len(keys) == 0:
         raise PipelineError("partition: the interactions table has no training rows")
-    index = spark.createDataFrame([(str(k), i) for i, k in enumerate(keys)], "user_key string, user_idx int")
+    index = spark.createDataFrame(pd.DataFrame({"user_key": keys, "user_idx": np.arange(len(keys), dtype=np.int32)}))
     s = cfg.sharding
     als = ALS(rank=s.embedding_rank, maxIter=s.als_iterations, regParam=s.als_reg,
               implicitPrefs=True, userCol="user_idx", itemCol="item_idx", ratingCol="w",
@@ -76,7 +77,7 @@ def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> d
     partition_id = fingerprint({"sharding": cfg.sharding.model_dump(), "seed": cfg.seed,
                                 "users": len(keys)})
     smap = spark.createDataFrame(
-        [(str(k), int(s)) for k, s in zip(keys, part.labels)], "user_key string, shard_id int"
+        pd.DataFrame({"user_key": keys, "shard_id": part.labels.astype(np.int32)})
     ).withColumn("partition_id", F.lit(partition_id)).withColumn("assigned_at", F.lit(now_utc()))
     smap_version = write_delta(smap, layout.shard_map, stats_columns=["shard_id"])
     inter = spark.read.format("delta").load(layout.interactions).drop("shard_id")

@@ -9,7 +9,9 @@ report.json schema (``schema_version`` 1; fields are only ever added, never rena
   is the full model retrained without the forgotten users.
 - ``ratios``: ``ensemble_vs_reference_ndcg_before`` / ``_after``;
   ``unlearn_compute_vs_full_training`` (one request touching one shard: shard fit +
-  aggregator fit over the full model's fit) and ``unlearn_batch_compute_vs_full_training``.
+  aggregator fit over the full model's fit), ``unlearn_batch_compute_vs_full_training``, and
+  ``unlearn_compute_by_shard_vs_full_training`` (``per_shard``, ``min``, ``median``, ``max``:
+  each shard's fit plus the aggregator's fit in the initial training, over the full fit).
 - ``timings``: wall seconds per pipeline step, ``full_training_fit_seconds``.
 - ``unlearn_batch`` / ``unlearn_single``: ``job_id``, ``requests``, ``shards_touched``,
   ``model_version``, ``delete_version``, ``steps_seconds`` (per unlearn step),
@@ -67,12 +69,15 @@ def build_report(run: dict[str, Any]) -> dict[str, Any]:
     full_fit = run["train"]["reference_fit_seconds"]
     batch = _unlearn_summary(run["unlearn"], full_fit)
     single = _unlearn_summary(run["unlearn_single"], full_fit)
+    by_shard = _per_shard_cost(run["train"], full_fit)
     ratios = {
         "ensemble_vs_reference_ndcg_before": _ratio(ev["before"]["ensemble"], ev["before"]["reference"]),
         "ensemble_vs_reference_ndcg_after": _ratio(ev["after"]["ensemble"], ev["after"]["reference"]),
         # one request touching one shard: its shard fit + aggregator refit over the full fit
         "unlearn_compute_vs_full_training": single["compute_vs_full_training"],
         "unlearn_batch_compute_vs_full_training": batch["compute_vs_full_training"],
+        # what one request would cost in each shard, from the initial training's own fits
+        "unlearn_compute_by_shard_vs_full_training": by_shard,
     }
     audit = run["audit"]
     by_req = {r["request_id"]: r for r in audit.get("requests", [])}
@@ -125,12 +130,30 @@ def summary_table(report: dict[str, Any]) -> str:
         ("batch unlearn end to end (s)", f"{b['end_to_end_seconds']:.2f}"),
         (f"single request, shard {one['shards_touched']}: shard + aggregator fit (s)", f"{one['fit_seconds']:.2f}"),
         ("single request compute / full training", str(r["unlearn_compute_vs_full_training"])),
+        ("one shard + aggregator / full, over shards (min/median/max)",
+         "/".join(str(r["unlearn_compute_by_shard_vs_full_training"][q]) for q in ("min", "median", "max"))
+         if r["unlearn_compute_by_shard_vs_full_training"] else "-"),
         ("single request end to end (s)", f"{one['end_to_end_seconds']:.2f}"),
-        ("requests completed", str(sum(q["status"] == "completed" for q in report["requests"]))),
-        ("requests rejected", str(sum(q["status"] == "rejected" for q in report["requests"]))),
+        ("requests completed (distinct)", str(_distinct(report, "completed"))),
+        ("requests rejected (distinct)", str(_distinct(report, "rejected"))),
+        ("duplicate submissions", str(sum(q["outcome"] == "duplicate" for q in report["requests"]))),
         ("audit", "PASSED" if report["audit"]["passed"] else "FAILED"),
     ])]
     return "\n".join(lines)
+
+
+def _per_shard_cost(train: dict[str, Any], full_fit: float | None) -> dict[str, Any] | None:
+    if not full_fit:
+        return None
+    agg = train["aggregator_fit_seconds"] or 0.0
+    per = {k: round((v + agg) / full_fit, 4) for k, v in sorted(train["shard_fit_seconds"].items(),
+                                                               key=lambda kv: int(kv[0]))}
+    vals = sorted(per.values())
+    return {"per_shard": per, "min": vals[0], "median": vals[len(vals) // 2], "max": vals[-1]}
+
+
+def _distinct(report: dict[str, Any], status: str) -> int:
+    return len({q["request_id"] for q in report["requests"] if q["status"] == status})
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -100,6 +100,9 @@ class AggregatorConfig(_Frozen):
     patience: int = Field(2, ge=1)
     holdout: float = Field(0.2, gt=0, lt=1, description="Share of training pairs the attention learns on.")
     max_valid_users: int = Field(2000, ge=10, description="Users sampled for early stopping.")
+    valid_cache_mb: int = Field(
+        256, ge=1, description="Memory for the validation users' shard scores (fewer users if over)."
+    )
 
 
 class TrainConfig(_Frozen):

@@ -55,6 +55,9 @@ def spark_session(cfg: SparkConfig) -> SparkSession:
         "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "false",
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        # Delta rebuilds table state with 50 tasks by default: seconds of overhead per
+        # MERGE/VACUUM on small tables. Scale it with the cluster (cluster.yaml raises it).
+        "spark.databricks.delta.snapshotPartitions": str(cfg.shuffle_partitions),
         "spark.default.parallelism": str(cfg.shuffle_partitions),
         # VACUUM lists files with this parallelism (10000 by default): far too many tasks here.
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(cfg.shuffle_partitions),
@@ -62,6 +65,8 @@ def spark_session(cfg: SparkConfig) -> SparkSession:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
+        # pandas <-> Spark through Arrow (key lists, shard maps), not row by row through Py4J
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
     settings.update(cfg.extra)
     for k, v in settings.items():

@@ -163,17 +163,34 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
         valid_users = np.sort(rng.choice(valid_users, cfg.max_valid_users, replace=False))
     kk = torch.arange(k)[:, None]
 
-    def pair_scores(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        s = (fold[:, u] * items[kk, i[None, :]]).sum(-1) + bias[kk, i[None, :]]  # (K, B)
-        w = module.weights(fold[:, u], home[:, u])  # (B, K)
-        return (w * s.T).sum(1)
+    # Shard models are frozen, so each training pair's K shard scores are fixed: compute them
+    # once (with one seeded negative per pair) and let the epochs only learn the weights.
+    pos_j = torch.randint(n_items, (len(pos_u),), generator=g)
+    diffs = torch.empty(k, len(pos_u))
+    with torch.no_grad():
+        for s in range(0, len(pos_u), cfg.batch_size):
+            u, i, j = pos_u[s:s + cfg.batch_size], pos_i[s:s + cfg.batch_size], pos_j[s:s + cfg.batch_size]
+            diffs[:, s:s + len(u)] = ((fold[:, u] * (items[kk, i[None, :]] - items[kk, j[None, :]])).sum(-1)
+                                      + bias[kk, i[None, :]] - bias[kk, j[None, :]])
+
+    # Shard scores of the validation users do not change while the aggregator trains: when
+    # they fit the memory budget, compute them once and let each check only re-weight them.
+    cache: dict[int, torch.Tensor] = {}
+    budget = cfg.valid_cache_mb * 2**20 // (4 * k * n_items)
+    if len(valid_users) > budget:
+        valid_users = np.sort(rng.choice(valid_users, max(int(budget), 10), replace=False))
+
+    def shard_rows(t: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("knd,kid->kni", vecs[:, t], items) + bias[:, None, :]
 
     def validate() -> float:
         with torch.no_grad():
             def rows(r: np.ndarray) -> torch.Tensor:
                 t = torch.from_numpy(r)
-                sc = torch.einsum("knd,kid->kni", vecs[:, t], items) + bias[:, None, :]
-                return torch.einsum("nk,kni->ni", module.weights(vecs[:, t], home[:, t]), sc)
+                key = int(r[0])
+                if key not in cache:
+                    cache[key] = shard_rows(t)
+                return torch.einsum("nk,kni->ni", module.weights(vecs[:, t], home[:, t]), cache[key])
             return evaluate(rows, valid_users, data.train, data.valid, k=20, batch=256)["ndcg@20"]
 
     best, best_state, bad, epochs, curve = validate(), copy.deepcopy(module.state_dict()), 0, 0, []
@@ -183,9 +200,10 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
         perm = torch.randperm(len(pos_u), generator=g)
         for s in range(0, len(pos_u), cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
-            u, i = pos_u[idx], pos_i[idx]
-            j = torch.randint(n_items, (len(idx),), generator=g)
-            loss = -nn.functional.logsigmoid(pair_scores(u, i) - pair_scores(u, j)).mean()
+            # attention depends on the user only: compute it once per distinct user in the batch
+            uniq, inv = torch.unique(pos_u[idx], return_inverse=True)
+            w = module.weights(fold[:, uniq], home[:, uniq])[inv]  # (B, K)
+            loss = -nn.functional.logsigmoid((w * diffs[:, idx].T).sum(1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -34,7 +34,10 @@ class BPRModule(nn.Module):
         nn.init.normal_(self.item, std=init_std, generator=generator)
 
     def loss(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float) -> torch.Tensor:
-        pu, qi, qj = self.user[u], self.item[i], self.item[j]
+        # embedding() rather than indexing: its dense backward is a fast deterministic
+        # scatter, where index backward under deterministic mode sorts every step
+        emb = nn.functional.embedding
+        pu, qi, qj = emb(u, self.user), emb(i, self.item), emb(j, self.item)
         x = (pu * (qi - qj)).sum(1) + self.bias[i] - self.bias[j]
         penalty = pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()
         return -nn.functional.logsigmoid(x).mean() + reg * penalty / len(u)
@@ -58,16 +61,25 @@ class BPRMF(Recommender):
     def score(self, rows: np.ndarray) -> torch.Tensor:
         return self.user[torch.as_tensor(np.asarray(rows), dtype=torch.long)] @ self.item.T + self.bias
 
-    def fold_in(self, history: sp.csr_matrix) -> torch.Tensor:
-        """Least-squares user vectors from interaction rows: argmin ||x - Q p||^2 + reg ||p||^2.
+    def fold_in(self, history: sp.csr_matrix, *, chunk: int = 4096) -> torch.Tensor:
+        """User vectors from interaction rows alone; the model's parameters never change.
 
-        One shared (d, d) solve for all users, so a batch costs one sparse product.
+        Two vectorised steps: the direction from least squares, argmin ||x - Q p||^2 +
+        reg ||p||^2 (one shared (d, d) solve for all users), then a per-user scale by Newton
+        steps on a class-balanced logistic likelihood of x under a * Q p + b, which puts the
+        folded vector on the trained users' logit scale (without it, item biases swamp it).
         """
         if self._fold is None:
             q = self.item.double()
             gram = q.T @ q + self.fold_in_reg * torch.eye(q.shape[1], dtype=torch.float64)
             self._fold = torch.linalg.solve(gram, q.T).T.float()  # (n_items, d)
-        return torch.from_numpy(np.asarray(history.astype(np.float32) @ self._fold.numpy()))
+        direction = torch.from_numpy(np.asarray(history.astype(np.float32) @ self._fold.numpy()))
+        out = torch.empty_like(direction)
+        for s in range(0, history.shape[0], chunk):
+            p = direction[s:s + chunk]
+            x = torch.from_numpy(history[s:s + chunk].toarray() > 0).float()
+            out[s:s + chunk] = p * _logit_scale(p @ self.item.T, x, self.bias)
+        return out
 
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
         return self.fold_in(history) @ self.item.T + self.bias
@@ -80,6 +92,19 @@ class BPRMF(Recommender):
     def from_state(cls, state: dict[str, Any]) -> BPRMF:
         return cls(np.asarray(state["user_keys"], dtype=str), state["user"], state["item"],
                    state["bias"], state.get("meta"))
+
+
+def _logit_scale(s0: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, steps: int = 8) -> torch.Tensor:
+    """Per-row a >= 0 maximising the class-balanced log-likelihood of x under sigmoid(a*s0 + b)."""
+    n_pos = x.sum(1, keepdim=True).clamp(min=1)
+    w = torch.where(x > 0, 1.0 / n_pos, 1.0 / (x.shape[1] - n_pos).clamp(min=1))
+    a = torch.ones(s0.shape[0], 1)
+    for _ in range(steps):
+        sig = torch.sigmoid(a * s0 + bias)
+        grad = (w * (x - sig) * s0).sum(1, keepdim=True)
+        hess = (w * sig * (1 - sig) * s0 * s0).sum(1, keepdim=True) + 1e-6
+        a = (a + grad / hess).clamp(min=0.0)
+    return a
 
 
 def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int) -> tuple[BPRMF, dict[str, Any]]:
@@ -119,11 +144,12 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int) -> tuple[BPRM
             idx = perm[s:s + cfg.batch_size]
             u, i = pos_u[idx], pos_i[idx]
             j = torch.randint(n_items, (len(idx),), generator=g)
-            for _ in range(3):  # resample negatives that are positives (bounded, vectorised)
-                clash = is_positive(u, j)
-                if not bool(clash.any()):
+            clash = torch.nonzero(is_positive(u, j)).flatten()
+            for _ in range(3):  # resample negatives that are positives (bounded, only those)
+                if len(clash) == 0:
                     break
-                j = torch.where(clash, torch.randint(n_items, (len(idx),), generator=g), j)
+                j[clash] = torch.randint(n_items, (len(clash),), generator=g)
+                clash = clash[is_positive(u[clash], j[clash])]
             loss = module.loss(u, i, j, cfg.reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
