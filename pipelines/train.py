@@ -96,21 +96,22 @@ def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: i
     cfg = RunConfig.model_validate_json(cfg_json)
     _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
     t0 = time.perf_counter()
-    data = read_split_data(table, version, n_items, None)
-    shards = [BPRMF.from_state(checkpoints.load_state(p)) for p in shard_paths]
     seed = make_seed(cfg.seed, "aggregator")
+    n_train = None
     if cfg.aggregator.kind == "attention":
+        data = read_split_data(table, version, n_items, None)
+        shards = [BPRMF.from_state(checkpoints.load_state(p)) for p in shard_paths]
         agg, stats = fit_attention(shards, data, cfg.aggregator, seed=seed,
                                    rng=numpy_rng(cfg.seed, "aggregator-sample"))
-        state = agg.state()
-    else:
+        state, n_train = agg.state(), int(data.train.nnz)
+    else:  # the mean has no parameters: nothing to fit, nothing trained on anyone's data
         stats, state = {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None}, MeanAggregator().state()
     meta = {"shard_id": None, "delta_version": version, "table": Path(table).name,
             "config_fingerprint": fingerprint(cfg.aggregator), "seed": seed, "job_id": job_id,
             "created_at": now_utc().isoformat(), "kind": cfg.aggregator.kind,
             "fit_seconds": round(stats["fit_seconds"], 3), "epochs": stats["epochs"],
             "valid_ndcg": stats["valid_ndcg"], "shard_checkpoints": shard_paths,
-            "n_train": int(data.train.nnz)}
+            "n_train": n_train}
     saved = checkpoints.save(Path(ckpt_root), AGGREGATOR, f"{job_id}-{uuid.uuid4().hex[:6]}",
                              state, meta)
     saved["task_seconds"] = round(time.perf_counter() - t0, 3)

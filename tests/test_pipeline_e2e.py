@@ -111,6 +111,8 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
 
 def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout, trained,
                                                               monkeypatch):
+    # This run refits the attention aggregator (the other test uses the mean).
+    cfg = cfg.model_copy(update={"aggregator": cfg.aggregator.model_copy(update={"kind": "attention"})})
     registry = ModelRegistry(spark, layout)
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["8"])
 
@@ -131,3 +133,4 @@ def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout
     [row] = ForgetLedger(spark, layout.ledger).rows()
     assert row["status"] == "completed" and registry.current()["version"] == 2
     assert audit(spark, layout=layout, secret=SECRET, raw_ids=["8"])["passed"]
+    assert registry.current_manifest()["aggregator"]["kind"] == "attention"

@@ -91,7 +91,9 @@ class ModelConfig(_Frozen):
 
 
 class AggregatorConfig(_Frozen):
-    kind: Literal["attention", "mean"] = Field("attention", description="How shard scores combine.")
+    kind: Literal["attention", "mean"] = Field(
+        "mean", description="How shard scores combine: the mean (no parameters, nothing to refit) "
+        "or RecEraser-style attention (refit on retained data after every deletion).")
     fold_in_reg: float = Field(1.0, gt=0, description="Ridge term of the least-squares fold-in.")
     attention_dim: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)

@@ -146,14 +146,14 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
     # unseen by the views that score them: a home shard has memorised its training pairs, and
     # a fold-in fit to an item ranks that item high. So each user's training items are split:
     # views are folded in from one part, the BPR loss is taken on the other ("masked fold-in").
-    vecs, home = shard_views(shards, data.user_keys, data.train)  # frozen (K, n, d)
+    home = torch.stack([torch.from_numpy(m.rows_of(data.user_keys) >= 0) for m in shards])
     coo = data.train.tocoo()
     held = rng.random(coo.nnz) < cfg.holdout
     shown = sp.csr_matrix((coo.data[~held], (coo.row[~held], coo.col[~held])), shape=data.train.shape)
     fold, _ = shard_views(shards, data.user_keys, shown, trained=False)
     items = torch.stack([m.item for m in shards])  # (K, n_items, d)
     bias = torch.stack([m.bias for m in shards])  # (K, n_items)
-    module = AttentionModule(k, vecs.shape[2], cfg.attention_dim, g)
+    module = AttentionModule(k, fold.shape[2], cfg.attention_dim, g)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     pos_u = torch.from_numpy(coo.row[held].astype(np.int64))
     pos_i = torch.from_numpy(coo.col[held].astype(np.int64))
@@ -173,24 +173,21 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
             diffs[:, s:s + len(u)] = ((fold[:, u] * (items[kk, i[None, :]] - items[kk, j[None, :]])).sum(-1)
                                       + bias[kk, i[None, :]] - bias[kk, j[None, :]])
 
-    # Shard scores of the validation users do not change while the aggregator trains: when
-    # they fit the memory budget, compute them once and let each check only re-weight them.
-    cache: dict[int, torch.Tensor] = {}
+    # The validation users' views and shard scores do not change while the aggregator
+    # trains: compute them once (within a memory budget) and let each check re-weight them.
     budget = cfg.valid_cache_mb * 2**20 // (4 * k * n_items)
     if len(valid_users) > budget:
         valid_users = np.sort(rng.choice(valid_users, max(int(budget), 10), replace=False))
-
-    def shard_rows(t: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("knd,kid->kni", vecs[:, t], items) + bias[:, None, :]
+    vecs_v, home_v = shard_views(shards, data.user_keys[valid_users], data.train[valid_users])
+    with torch.no_grad():
+        scores_v = torch.einsum("knd,kid->kni", vecs_v, items) + bias[:, None, :]
 
     def validate() -> float:
         with torch.no_grad():
             def rows(r: np.ndarray) -> torch.Tensor:
-                t = torch.from_numpy(r)
-                key = int(r[0])
-                if key not in cache:
-                    cache[key] = shard_rows(t)
-                return torch.einsum("nk,kni->ni", module.weights(vecs[:, t], home[:, t]), cache[key])
+                p = torch.from_numpy(np.searchsorted(valid_users, r))
+                return torch.einsum("nk,kni->ni", module.weights(vecs_v[:, p], home_v[:, p]),
+                                    scores_v[:, p])
             return evaluate(rows, valid_users, data.train, data.valid, k=20, batch=256)["ndcg@20"]
 
     best, best_state, bad, epochs, curve = validate(), copy.deepcopy(module.state_dict()), 0, 0, []
