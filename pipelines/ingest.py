@@ -2,8 +2,8 @@
 
 Raw user ids are hashed inside Spark (HMAC-SHA256) before anything is written. Users whose
 forget request was completed are dropped, so a re-ingest of an old log cannot bring them back.
-Each user's rows are split train/valid/test by a seeded hash, so the split is reproducible
-and independent of file order.
+Each user's rows are split train/valid/test by a seeded hash of the raw (user, item) pair,
+so the split is reproducible, independent of file order and of the pseudonymisation secret.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ log = logging.getLogger(__name__)
 INTERACTION_STATS = ["item_idx", "split", "rating", "ts"]  # never user_key: see tables.py
 
 
-def split_per_user(df: DataFrame, *, valid: float, test: float, seed: int) -> DataFrame:
-    """Add ``split``: per user, a seeded hash orders the rows; the last shares go to valid
-    and test (floor of n*share each), so every user keeps at least one training row."""
-    order = F.xxhash64(F.lit(seed), F.col("user_key"), F.col("item_idx"))
-    w = Window.partitionBy("user_key").orderBy(order, F.col("item_idx"))
+def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
+    """Add ``split``: per user, rows ordered by their ``order`` hash; the last shares go to
+    valid and test (floor of n*share each), so every user keeps at least one training row."""
+    w = Window.partitionBy("user_key").orderBy(F.col("order"), F.col("item_idx"))
     n = F.count(F.lit(1)).over(Window.partitionBy("user_key"))
     pos = F.row_number().over(w) - 1
     n_test = F.floor(n * test)
@@ -38,7 +37,7 @@ def split_per_user(df: DataFrame, *, valid: float, test: float, seed: int) -> Da
     return df.withColumn(
         "split",
         F.when(pos >= n - n_test, "test").when(pos >= n - n_test - n_valid, "valid").otherwise("train"),
-    )
+    ).drop("order")
 
 
 def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Path,
@@ -46,11 +45,13 @@ def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Pat
     raw = read_interactions(spark, cfg.dataset, raw_path)
     if cfg.dataset.min_rating is not None:
         raw = raw.where(F.col("rating") >= cfg.dataset.min_rating)
-    keyed = raw.select(spark_user_key(secret, F.col("raw_user")).alias("user_key"),
-                       "item_id", "rating", "ts")
+    # The split order hashes the raw ids with the seed (inside Spark, never stored), so the
+    # same log and seed give the same split whatever the pseudonymisation secret is.
+    keyed = raw.select(spark_user_key(secret, F.col("raw_user")).alias("user_key"), "item_id",
+                       "rating", "ts", F.xxhash64(F.lit(cfg.seed), "raw_user", "item_id").alias("order"))
     # One row per (user, item): the latest event wins.
     keyed = keyed.groupBy("user_key", "item_id").agg(F.max("rating").alias("rating"),
-                                                     F.max("ts").alias("ts"))
+                                                     F.max("ts").alias("ts"), F.min("order").alias("order"))
     if table_exists(spark, layout.ledger):
         gone = (spark.read.format("delta").load(layout.ledger)
                 .where(F.col("status") == COMPLETED).select("user_key").distinct())
@@ -59,8 +60,8 @@ def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Pat
              .withColumn("item_idx", F.dense_rank().over(Window.orderBy("item_id")) - 1)
              .withColumn("item_idx", F.col("item_idx").cast("int")))
     inter = (keyed.join(F.broadcast(items), "item_id")
-             .select("user_key", "item_idx", "rating", F.col("ts").cast("long").alias("ts")))
-    inter = split_per_user(inter, valid=cfg.split.valid, test=cfg.split.test, seed=cfg.seed)
+             .select("user_key", "item_idx", "rating", F.col("ts").cast("long").alias("ts"), "order"))
+    inter = split_per_user(inter, valid=cfg.split.valid, test=cfg.split.test)
     inter = inter.withColumn("shard_id", F.lit(-1))  # assigned by the partition step
     inter = inter.persist()
     n_rows = inter.count()
