@@ -37,11 +37,13 @@ PARTITION_GUARANTEE = (
 
 
 def user_embeddings(spark: SparkSession, *, cfg: RunConfig, layout: Layout
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted user keys and their implicit-ALS factors from the training split."""
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted user keys, their implicit-ALS factors and training rows, from the train split."""
     inter = spark.read.format("delta").load(layout.interactions)
     train = inter.where(F.col("split") == "train").select("user_key", "item_idx")
-    keys = np.array(sorted(r["user_key"] for r in train.select("user_key").distinct().collect()))
+    counts = train.groupBy("user_key").count().toPandas().sort_values("user_key")
+    keys = counts["user_key"].to_numpy().astype(str)
+    rows = counts["count"].to_numpy()
     if len(keys) == 0:
         raise PipelineError("partition: the interactions table has no training rows")
     index = spark.createDataFrame(pd.DataFrame({"user_key": keys, "user_idx": np.arange(len(keys), dtype=np.int32)}))
@@ -53,23 +55,24 @@ def user_embeddings(spark: SparkSession, *, cfg: RunConfig, layout: Layout
     factors = model.userFactors.toPandas().sort_values("id")
     x = np.zeros((len(keys), s.embedding_rank))
     x[factors["id"].to_numpy()] = np.stack(factors["features"].to_numpy())
-    return keys, x
+    return keys, x, rows
 
 
-def assign(x: np.ndarray, *, cfg: RunConfig) -> Partition:
+def assign(x: np.ndarray, rows: np.ndarray, *, cfg: RunConfig) -> Partition:
     rng = numpy_rng(cfg.seed, "partition")
     s = cfg.sharding
     if s.method == "random":
         return random_partition(len(x), s.n_shards, rng)
     return balanced_kmeans_ot(x, s.n_shards, rng, iterations=s.kmeans_iterations,
-                              epsilon=s.sinkhorn_epsilon)
+                              epsilon=s.sinkhorn_epsilon, rows=rows, row_tolerance=s.row_tolerance)
 
 
 def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
     t0 = time.perf_counter()
-    keys, x = user_embeddings(spark, cfg=cfg, layout=layout)
+    keys, x, rows = user_embeddings(spark, cfg=cfg, layout=layout)
     t_emb = time.perf_counter() - t0
-    part = assign(x, cfg=cfg)
+    part = assign(x, rows, cfg=cfg)
+    row_load = np.bincount(part.labels, weights=rows, minlength=cfg.sharding.n_shards)
     imbalance = part.max_imbalance()
     if imbalance > cfg.sharding.balance_tolerance:
         raise PipelineError(f"partition: shard sizes {part.sizes.tolist()} deviate {imbalance:.1%} "
@@ -89,6 +92,8 @@ def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> d
     stats = {"users": int(len(keys)), "n_shards": cfg.sharding.n_shards,
              "method": cfg.sharding.method, "sizes": part.sizes.tolist(),
              "max_imbalance": round(imbalance, 4), "partition_id": partition_id,
+             "train_rows": row_load.astype(int).tolist(),
+             "row_imbalance": round(float(row_load.max() / row_load.mean() - 1), 4),
              "shard_map_version": smap_version, "interactions_version": version,
              "embedding_seconds": round(t_emb, 2), "seconds": round(time.perf_counter() - t0, 2),
              "guarantee": PARTITION_GUARANTEE}

@@ -89,7 +89,8 @@ def build_report(run: dict[str, Any]) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION, "created_at": run["created_at"],
         "dataset": run["dataset"], "config_fingerprint": run["config_fingerprint"],
         "n_shards": run["n_shards"], "guarantee": run["partition"]["guarantee"],
-        "partition": {k: run["partition"][k] for k in ("sizes", "max_imbalance", "method")},
+        "partition": {k: run["partition"][k] for k in ("sizes", "max_imbalance", "method",
+                                                        "train_rows", "row_imbalance")},
         "metrics": {k: {m: ev[k][m] for m in ("ensemble", "ensemble_mean", "reference")}
                     for k in ("before", "before_retained", "after")},
         "ratios": ratios,

@@ -60,3 +60,27 @@ def test_random_partition_is_seeded_and_balanced():
 def test_too_few_users_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot split 3 users into 5 shards"):
         balanced_kmeans_ot(np.zeros((3, 2)), 5, np.random.default_rng(0))
+
+
+def test_row_rebalancing_keeps_user_counts_and_bounds_rows():
+    x, truth = planted(n_per=40, k=4)
+    rows = np.where(truth == 0, 50, 5)  # cluster 0 holds the heavy users
+    plain = balanced_kmeans_ot(x, 4, np.random.default_rng(1))
+    load = np.bincount(plain.labels, weights=rows)
+    assert load.max() / load.mean() > 2  # the problem: balanced users, unbalanced rows
+    p = balanced_kmeans_ot(x, 4, np.random.default_rng(1), rows=rows, row_tolerance=0.25)
+    assert p.sizes.tolist() == plain.sizes.tolist()
+    load = np.bincount(p.labels, weights=rows)
+    assert load.max() <= 1.25 * load.mean()
+
+
+def test_row_rebalancing_moves_the_cheapest_pair():
+    from recunlearn.partition import rebalance_rows
+
+    labels = np.array([0, 0, 1, 1])
+    rows = np.array([10.0, 10.0, 1.0, 1.0])
+    # users 0 and 1 weigh the same; user 1 is nearly as close to cluster 1 as to cluster 0
+    cost = np.array([[0.0, 9.0], [0.0, 0.5], [9.0, 0.0], [9.0, 0.0]])
+    out = rebalance_rows(labels, cost, rows, tolerance=0.0)
+    assert out.tolist() == [0, 1, 0, 1] or out.tolist() == [0, 1, 1, 0]
+    assert np.bincount(out).tolist() == [2, 2]

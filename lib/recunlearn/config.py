@@ -75,6 +75,10 @@ class ShardingConfig(_Frozen):
     balance_tolerance: float = Field(
         0.1, ge=0, lt=1, description="Every shard must hold within this share of n/K users."
     )
+    row_tolerance: float | None = Field(
+        0.5, gt=0, description="Then swap users (counts kept) until no shard holds more than "
+        "(1 + this) x the mean training rows; a shard's retraining cost follows its rows. "
+        "None: balance users only.")
 
 
 class ModelConfig(_Frozen):

@@ -110,9 +110,49 @@ def capacity_round(cost: np.ndarray, cap: np.ndarray) -> np.ndarray:
     return labels
 
 
+def rebalance_rows(labels: np.ndarray, cost: np.ndarray, rows: np.ndarray, *, tolerance: float,
+                   max_swaps: int = 10_000, candidates: int = 256) -> np.ndarray:
+    """Swap users between the heaviest and the lightest shard until no shard holds more than
+    (1 + tolerance) x the mean number of rows (interactions), keeping every shard's user count.
+
+    Shards balanced in users can differ several-fold in rows when active users cluster, and a
+    shard's retraining cost follows its rows. Each swap takes, among the heaviest shard's
+    ``candidates`` heaviest users and the lightest shard's lightest, the pair that narrows
+    the gap at the smallest increase of clustering cost per row moved.
+    """
+    labels = labels.copy()
+    k = cost.shape[1]
+    rows = np.asarray(rows, dtype=np.float64)
+    load = np.bincount(labels, weights=rows, minlength=k)
+    limit = (1 + tolerance) * load.mean()
+    for _ in range(max_swaps):
+        hi, lo = int(np.argmax(load)), int(np.argmin(load))
+        if load[hi] <= limit or hi == lo:
+            break
+        gap = load[hi] - load[lo]
+        in_hi, in_lo = np.flatnonzero(labels == hi), np.flatnonzero(labels == lo)
+        in_hi = in_hi[np.argsort(-rows[in_hi], kind="stable")[:candidates]]
+        in_lo = in_lo[np.argsort(rows[in_lo], kind="stable")[:candidates]]
+        moved = rows[in_hi][:, None] - rows[in_lo][None, :]  # rows that leave the heavy shard
+        gain = np.minimum(moved, gap - moved)  # how much the pair narrows the gap
+        extra = (cost[in_hi, lo][:, None] + cost[in_lo, hi][None, :]
+                 - cost[in_hi, hi][:, None] - cost[in_lo, lo][None, :])
+        score = np.where(gain > 0, (extra - extra.min()) / np.maximum(gain, 1e-12), np.inf)
+        a, b = np.unravel_index(np.argmin(score), score.shape)
+        if not np.isfinite(score[a, b]):
+            break
+        u, v = in_hi[a], in_lo[b]
+        labels[u], labels[v] = lo, hi
+        load[hi] -= moved[a, b]
+        load[lo] += moved[a, b]
+    return labels
+
+
 def balanced_kmeans_ot(x: np.ndarray, k: int, rng: np.random.Generator, *, iterations: int = 20,
-                       epsilon: float = 0.05) -> Partition:
-    """Balanced clustering: OT k-means with uniform marginals, then exact-capacity rounding."""
+                       epsilon: float = 0.05, rows: np.ndarray | None = None,
+                       row_tolerance: float | None = None) -> Partition:
+    """Balanced clustering: OT k-means with uniform marginals, then exact-capacity rounding;
+    with ``rows`` (interactions per user) and ``row_tolerance``, rows are then balanced too."""
     _check(len(x), k)
     x = np.asarray(x, dtype=np.float64)
     c = kmeans_pp(x, k, rng)
@@ -130,6 +170,8 @@ def balanced_kmeans_ot(x: np.ndarray, k: int, rng: np.random.Generator, *, itera
     cost = sq_dists(x, c)
     # The dual potential g prices each cluster; cost - g is the OT assignment rule for one pass.
     labels = capacity_round(cost - g[None, :], capacities(len(x), k))
+    if rows is not None and row_tolerance is not None:
+        labels = rebalance_rows(labels, cost, rows, tolerance=row_tolerance)
     return Partition(labels, c, np.bincount(labels, minlength=k))
 
 
