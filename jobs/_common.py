@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from recunlearn.config import RunConfig, load_config
 from recunlearn.engines import PROJECT_ROOT
 from recunlearn.tables import Layout
 
 DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "default.yaml"
+T = TypeVar("T")
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +43,19 @@ def engines(cfg: RunConfig, *, ray_needed: bool = True):  # noqa: ANN201
     if ray_needed:
         connect_ray(cfg.ray)
     return spark_session(cfg.spark)
+
+
+def with_engines(cfg: RunConfig, step: Callable[[Any], T], *, ray_needed: bool = True) -> T:
+    """Run ``step(spark)`` with the engines up, and take them down whatever happens."""
+    spark = engines(cfg, ray_needed=ray_needed)
+    try:
+        return step(spark)
+    finally:
+        shutdown(spark)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
 
 
 def shutdown(spark) -> None:  # noqa: ANN001

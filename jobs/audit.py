@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs._common import add_config_args, engines, read_ids, secret_for, setup, shutdown
+from jobs._common import add_config_args, read_ids, secret_for, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,11 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.audit import audit, render_audit_md
 
     raw = list(args.user) + (read_ids(args.file) if args.file else [])
-    spark = engines(cfg, ray_needed=False)
-    try:
-        report = audit(spark, layout=layout, secret=secret_for(cfg, layout), raw_ids=raw)
-    finally:
-        shutdown(spark)
+    secret = secret_for(cfg, layout)
+    report = with_engines(cfg, lambda spark: audit(spark, layout=layout, secret=secret, raw_ids=raw),
+                          ray_needed=False)
     print(render_audit_md(report) if report.get("requests") else report.get("note"))
     return 0 if report["passed"] else 3
 

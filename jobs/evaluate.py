@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from jobs._common import add_config_args, engines, setup, shutdown
+from jobs._common import add_config_args, print_json, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,12 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.evaluate import evaluate_published
 
-    spark = engines(cfg, ray_needed=False)
-    try:
-        out = evaluate_published(spark, cfg=cfg, layout=layout, label="latest")
-    finally:
-        shutdown(spark)
-    print(json.dumps(out, indent=2))
+    print_json(with_engines(cfg, lambda spark: evaluate_published(spark, cfg=cfg, layout=layout,
+                                                                  label="latest"), ray_needed=False))
     return 0
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs._common import add_config_args, engines, read_ids, secret_for, setup, shutdown
+from jobs._common import add_config_args, read_ids, secret_for, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.forget import submit_user_requests
 
-    spark = engines(cfg, ray_needed=False)
-    try:
-        outcomes = submit_user_requests(spark, layout=layout, secret=secret_for(cfg, layout), raw_ids=ids)
-    finally:
-        shutdown(spark)
+    secret = secret_for(cfg, layout)
+    outcomes = with_engines(cfg, lambda spark: submit_user_requests(spark, layout=layout, secret=secret,
+                                                                    raw_ids=ids), ray_needed=False)
     for o in outcomes:
         print(json.dumps({k: o.get(k) for k in ("position", "request_id", "outcome", "status", "reason")}))
     return 0 if all(o["outcome"] != "rejected" for o in outcomes) else 2

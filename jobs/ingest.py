@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from jobs._common import add_config_args, engines, secret_for, setup, shutdown
+from jobs._common import add_config_args, print_json, secret_for, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,12 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.run import raw_data_path
 
     raw = Path(args.input) if args.input else raw_data_path(cfg, layout)
-    spark = engines(cfg, ray_needed=False)
-    try:
-        stats = ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret_for(cfg, layout))
-    finally:
-        shutdown(spark)
-    print(json.dumps(stats, indent=2))
+    secret = secret_for(cfg, layout)
+    print_json(with_engines(cfg, lambda spark: ingest(spark, cfg=cfg, layout=layout, raw_path=raw,
+                                                      secret=secret), ray_needed=False))
     return 0
 
 

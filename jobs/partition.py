@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from jobs._common import add_config_args, engines, setup, shutdown
+from jobs._common import add_config_args, print_json, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,12 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.partition import partition_users
 
-    spark = engines(cfg, ray_needed=False)
-    try:
-        stats = partition_users(spark, cfg=cfg, layout=layout)
-    finally:
-        shutdown(spark)
-    print(json.dumps(stats, indent=2))
+    print_json(with_engines(cfg, lambda spark: partition_users(spark, cfg=cfg, layout=layout),
+                            ray_needed=False))
     return 0
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from jobs._common import add_config_args, engines, setup, shutdown
+from jobs._common import add_config_args, print_json, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,13 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.run import run_all
 
-    spark = engines(cfg)
-    try:
-        report = run_all(spark, cfg=cfg, layout=layout, n_forget=args.forget, fresh=not args.keep_state)
-    finally:
-        shutdown(spark)
+    report = with_engines(cfg, lambda spark: run_all(spark, cfg=cfg, layout=layout,
+                                                     n_forget=args.forget, fresh=not args.keep_state))
     print(report["_table"])
-    print(json.dumps(report["_paths"], indent=2))
+    print_json(report["_paths"])
     return 0 if report["audit"]["passed"] else 3
 
 

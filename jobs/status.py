@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections import Counter
 
-from jobs._common import add_config_args, engines, setup, shutdown
+from jobs._common import add_config_args, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,12 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from recunlearn.tables import ForgetLedger, ModelRegistry
 
-    spark = engines(cfg, ray_needed=False)
-    try:
-        rows = ForgetLedger(spark, layout.ledger).rows()
-        current = ModelRegistry(spark, layout).current()
-    finally:
-        shutdown(spark)
+    rows, current = with_engines(cfg, lambda spark: (ForgetLedger(spark, layout.ledger).rows(),
+                                                     ModelRegistry(spark, layout).current()),
+                                 ray_needed=False)
     counts = Counter(r["status"] for r in rows)
     print("model version:", f"v{current['version']} ({current['note']})" if current else "none published")
     print("requests:", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from jobs._common import add_config_args, engines, setup, shutdown
+from jobs._common import add_config_args, print_json, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,12 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.train import train_all
 
-    spark = engines(cfg)
-    try:
-        stats = train_all(spark, cfg=cfg, layout=layout)
-    finally:
-        shutdown(spark)
-    print(json.dumps(stats, indent=2))
+    print_json(with_engines(cfg, lambda spark: train_all(spark, cfg=cfg, layout=layout)))
     return 0
 
 

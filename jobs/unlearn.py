@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from jobs._common import add_config_args, engines, setup, shutdown
+from jobs._common import add_config_args, print_json, setup, with_engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,13 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.unlearn import unlearn
 
-    spark = engines(cfg)
-    try:
-        result = unlearn(spark, cfg=cfg, layout=layout)
-    finally:
-        shutdown(spark)
+    result = with_engines(cfg, lambda spark: unlearn(spark, cfg=cfg, layout=layout))
     result.pop("functional", None)  # per-user evidence lives in the ledger, not on stdout
-    print(json.dumps(result, indent=2, default=str))
+    print_json(result)
     return 0
 
 

@@ -28,7 +28,7 @@ from recunlearn.tables import (COMPLETED, FAILED, IN_PROGRESS, ForgetLedger, Lay
                                delete_keys, now_utc, vacuum_now)
 from pipelines.partition import PARTITION_GUARANTEE
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
-                             read_split_data, shard_paths_of, train_models)
+                             shard_paths_of, train_models)
 
 log = logging.getLogger(__name__)
 
