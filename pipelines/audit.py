@@ -36,7 +36,9 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
     keys = [r["user_key"] for r in done]
     raw_by_key = {user_key(secret, r): r for r in (raw_ids or [])}
     rows_found = rows_with_keys(layout.tables, keys)
-    log_hits = delta_log_hits(layout.tables, keys=keys, raw_ids=list(raw_by_key.values()))
+    # raw-id hits are labelled with the key they belong to, never with the id itself
+    log_hits = delta_log_hits(layout.tables, keys=keys,
+                              raw_ids={raw: f"raw id of {key[:8]}..." for key, raw in raw_by_key.items()})
     metas = [m for m in checkpoints.all_metas(layout.checkpoints) if m["exists"]]
     ens = load_ensemble(manifest)
     still_known = dict(zip(keys, ens.knows(keys)))
@@ -50,9 +52,8 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
         stale_published = [k for k in shards if manifest["shards"][str(k)]["delta_version"] < dv]
         stale_ckpts = [m["component"] + "/" + m["run_id"] for m in metas
                        if m["delta_version"] < dv and (m["shard_id"] is None or m["shard_id"] in shards)]
-        raw = raw_by_key and next((raw for k, raw in raw_by_key.items() if k == key), None)
-        my_log_hits = {f: h for f, h in log_hits.items()
-                       if any(key[:8] in x for x in h) or (raw and any(x.startswith("raw id") for x in h))}
+        raw = raw_by_key.get(key)
+        my_log_hits = {f: h for f, h in log_hits.items() if any(key[:8] in x for x in h)}
         known = bool(still_known[key]) or key in reference_keys
         passed = (rows_found.get(key, 0) == 0 and not my_log_hits and not stale_published
                   and not stale_ckpts and not known)

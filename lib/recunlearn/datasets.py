@@ -70,7 +70,9 @@ def fetch_movielens_100k(dest: Path, *, timeout: float = 20.0) -> Path:
         return dest
     except DataError:
         pass
-    tmp = Path(tempfile.mkdtemp(prefix="ml100k-", dir=dest.parent if dest.parent.exists() else None))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling temp folder, so the final rename stays on one file system (atomic).
+    tmp = Path(tempfile.mkdtemp(prefix=".ml100k-", dir=dest.parent))
     try:
         errors = []
         for source in (_from_grouplens, _from_recbole_wheel):
@@ -83,7 +85,6 @@ def fetch_movielens_100k(dest: Path, *, timeout: float = 20.0) -> Path:
                 log.warning("movielens-100k source failed: %s", errors[-1])
         else:
             raise FetchError("could not fetch movielens-100k: " + "; ".join(errors))
-        dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)  # atomic on one file system: a half-written copy is never visible

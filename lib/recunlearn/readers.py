@@ -41,7 +41,7 @@ def _read_delimited(spark: SparkSession, fmt: str, path: Path) -> DataFrame:
         raise DataError(f"{fmt} file {target} does not exist")
     lines = spark.read.text(str(target))
     if header:
-        # Line numbers only matter for error messages; one extra pass on failure is fine.
+        # Spark's text reader has no header option: drop the first line by its value.
         first = lines.first()
         lines = lines.where(F.col("value") != (first["value"] if first else ""))
     parts = F.split(F.col("value"), sep)

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -40,7 +41,7 @@ def rows_with_keys(root: Path, keys: Iterable[str]) -> dict[str, int]:
         if "user_key" not in pq.read_schema(path).names:
             continue
         col = pq.read_table(path, columns=["user_key"]).column("user_key")
-        hits = pc.filter(col, pc.is_in(col, value_set=__import__("pyarrow").array(keys)))
+        hits = pc.filter(col, pc.is_in(col, value_set=pa.array(keys)))
         found.update(hits.to_pylist())
     return {k: found.get(k, 0) for k in keys}
 
@@ -105,10 +106,14 @@ def _hadoop_checksum(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".crc")
 
 
-def delta_log_hits(root: Path, *, keys: Iterable[str], raw_ids: Iterable[str] = ()) -> dict[str, list[str]]:
+def delta_log_hits(root: Path, *, keys: Iterable[str],
+                   raw_ids: Iterable[str] | dict[str, str] = ()) -> dict[str, list[str]]:
     """Log files that mention a forgotten ``user_key`` (outside the evidence tables) or a raw
-    id (anywhere). Returns {file: [what matched]}."""
-    keys, raw = set(keys), set(map(str, raw_ids))
+    id (anywhere). ``raw_ids`` may map each raw id to the label reported for it (never the id
+    itself). Returns {file: [what matched]}."""
+    keys = set(keys)
+    raw = raw_ids if isinstance(raw_ids, dict) else {
+        str(r): f"raw id #{i}" for i, r in enumerate(sorted(map(str, raw_ids)))}
     hits: dict[str, list[str]] = {}
     for path in sorted(p for d in root.rglob("_delta_log") for p in d.rglob("*")):
         if not path.is_file() or _hadoop_checksum(path):
@@ -125,7 +130,7 @@ def delta_log_hits(root: Path, *, keys: Iterable[str], raw_ids: Iterable[str] = 
                 found += [f"user_key {k[:8]}..." for k in keys if any(k in v for v in values + parts)]
             if raw:
                 tokens = {t for v in values for t in _TOKEN.findall(v)}
-                found += [f"raw id #{i}" for i, r in enumerate(sorted(raw)) if r in tokens]
+                found += [label for r, label in raw.items() if r in tokens]
         if found:
             hits[str(path)] = sorted(set(found))
     return hits

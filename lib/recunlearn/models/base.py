@@ -25,11 +25,11 @@ class Recommender(ABC):
 
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where the model does not know the user."""
-        keys = np.asarray(keys, dtype=object).astype(str)
-        pos = np.searchsorted(self.user_keys, keys)
-        pos = np.clip(pos, 0, max(len(self.user_keys) - 1, 0))
-        known = (len(self.user_keys) > 0) & (self.user_keys[pos] == keys) if len(self.user_keys) else np.zeros(len(keys), bool)
-        return np.where(known, pos, -1)
+        keys = np.asarray(keys).astype(str)
+        if len(self.user_keys) == 0:
+            return np.full(len(keys), -1)
+        pos = np.clip(np.searchsorted(self.user_keys, keys), 0, len(self.user_keys) - 1)
+        return np.where(self.user_keys[pos] == keys, pos, -1)
 
     @abstractmethod
     def score(self, rows: np.ndarray) -> torch.Tensor:
