@@ -82,7 +82,6 @@ class ShardingConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    cls: str = Field("recunlearn.models.bpr.BPRMF", description="Import path of the sub-model.")
     dim: int = Field(64, ge=1, description="Embedding dimension.")
     lr: float = Field(0.005, gt=0)
     reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
