@@ -67,10 +67,9 @@ def shutdown(spark) -> None:  # noqa: ANN001
 
 
 def secret_for(cfg: RunConfig, layout: Layout) -> bytes:
-    from recunlearn.pseudonym import load_secret
+    from recunlearn.pseudonym import secret_from_config
 
-    key_file = layout.root / cfg.pseudonym.key_file if cfg.pseudonym.key_file else None
-    return load_secret(key_file=key_file, create=cfg.pseudonym.create_if_missing)
+    return secret_from_config(cfg.pseudonym, layout.root)
 
 
 def read_ids(path: Path) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from recunlearn.config import RunConfig
-from recunlearn.ensemble import load_ensemble, load_reference
+from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, load_ensemble, load_reference
 from recunlearn.errors import PipelineError
 from recunlearn.evaluation import evaluate_ensemble, evaluate_model
 from recunlearn.tables import Layout, ModelRegistry
@@ -36,9 +36,11 @@ def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                            "table_version": manifest["table_version"],
                            "protocol": "full ranking over all items; the user's train and "
                                        "validation items excluded; test items as truth"}
-    out["ensemble"] = evaluate_ensemble(load_ensemble(manifest, fold_in_reg=reg), data, users)
-    out["ensemble_mean"] = evaluate_ensemble(load_ensemble(manifest, fold_in_reg=reg, aggregator="mean"),
-                                             data, users)
+    ens = load_ensemble(manifest, fold_in_reg=reg)
+    out["ensemble"] = evaluate_ensemble(ens, data, users)
+    # the same shard models under the plain mean (no second evaluation when that is the published one)
+    out["ensemble_mean"] = (out["ensemble"] if isinstance(ens.aggregator, MeanAggregator) else
+                            evaluate_ensemble(ShardedEnsemble(ens.shards, MeanAggregator()), data, users))
     ref = load_reference(manifest, fold_in_reg=reg)
     out["reference"] = evaluate_model(ref, data, users) if ref is not None else None
     out["seconds"] = round(time.perf_counter() - t0, 2)

@@ -32,10 +32,6 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
-def _m(block: dict[str, Any] | None, key: str) -> float | None:
-    return None if not block else block.get(key)
-
-
 def _fit_seconds(unl: dict[str, Any]) -> float:
     comp = unl["compute"]
     return sum(comp["shard_fit_seconds"].values()) + (comp["aggregator_fit_seconds"] or 0.0)

@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 
 from recunlearn.config import RunConfig, fingerprint
 from recunlearn.datasets import fetch
-from recunlearn.pseudonym import load_secret, user_key
+from recunlearn.pseudonym import secret_from_config, user_key
 from recunlearn.readers import read_interactions
 from recunlearn.seeding import numpy_rng
 from recunlearn.tables import ForgetLedger, Layout
@@ -65,8 +65,7 @@ def run_all(spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: in
     if fresh:
         reset_state(layout)
     raw_path = timed("fetch", raw_data_path, cfg, layout)
-    secret = load_secret(key_file=layout.root / cfg.pseudonym.key_file if cfg.pseudonym.key_file else None,
-                         create=cfg.pseudonym.create_if_missing)
+    secret = secret_from_config(cfg.pseudonym, layout.root)
     ingest_stats = timed("ingest", ingest, spark, cfg=cfg, layout=layout, raw_path=raw_path, secret=secret)
     part = timed("partition", partition_users, spark, cfg=cfg, layout=layout)
     train = timed("train", train_all, spark, cfg=cfg, layout=layout, partition=part)

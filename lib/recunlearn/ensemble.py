@@ -218,9 +218,8 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
     return AttentionAggregator(module, {"stats": stats}), stats
 
 
-def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
-                  aggregator: str | None = None) -> ShardedEnsemble:
-    """The published ensemble of a manifest; ``aggregator="mean"`` swaps in the plain mean."""
+def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> ShardedEnsemble:
+    """The published ensemble of a manifest."""
     from recunlearn import checkpoints
 
     shards = []
@@ -228,9 +227,7 @@ def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
         m = BPRMF.from_state(checkpoints.load_state(manifest["shards"][str(k)]["path"]))
         m.fold_in_reg = fold_in_reg
         shards.append(m)
-    agg = (MeanAggregator() if aggregator == "mean"
-           else load_aggregator(checkpoints.load_state(manifest["aggregator"]["path"])))
-    return ShardedEnsemble(shards, agg)
+    return ShardedEnsemble(shards, load_aggregator(checkpoints.load_state(manifest["aggregator"]["path"])))
 
 
 def load_reference(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> BPRMF | None:

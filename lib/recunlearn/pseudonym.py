@@ -15,6 +15,7 @@ import os
 import secrets
 from pathlib import Path
 
+from recunlearn.config import PseudonymConfig
 from recunlearn.errors import ConfigError
 
 KEY_ENV = "RECUNLEARN_PSEUDONYM_KEY"
@@ -48,6 +49,12 @@ def load_secret(*, key_file: Path | None, create: bool = False) -> bytes:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     return data
+
+
+def secret_from_config(cfg: PseudonymConfig, data_dir: Path) -> bytes:
+    """The secret as configured: ``key_file`` is relative to the data directory."""
+    key_file = data_dir / cfg.key_file if cfg.key_file else None
+    return load_secret(key_file=key_file, create=cfg.create_if_missing)
 
 
 def user_key(secret: bytes, raw_user_id: str) -> str:
