@@ -1,4 +1,9 @@
-"""File forget requests: ``--user ID`` (repeatable) or ``--file`` (one id per line)."""
+"""File forget requests: ``--user ID`` (repeatable) or ``--file`` (one id per line).
+
+With ``--attribute gender|age`` the request is to unlearn that attribute from the users'
+embeddings (everyone's when no user is named); ``--undo`` takes such an edit back. The next
+``recunlearn unlearn`` applies them.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +20,28 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p)
     p.add_argument("--user", action="append", default=[], help="raw user id to forget")
     p.add_argument("--file", type=Path, help="file of raw user ids, one per line")
+    p.add_argument("--attribute", choices=["gender", "age"],
+                   help="unlearn this attribute from the users' embeddings (all users if none named)")
+    p.add_argument("--undo", action="store_true", help="with --attribute: take the edit back")
     args = p.parse_args(argv)
     ids = list(args.user) + (read_ids(args.file) if args.file else [])
-    if not ids:
+    if args.undo and not args.attribute:
+        p.error("--undo needs --attribute")
+    if not ids and not args.attribute:
         p.error("give --user ID or --file PATH")
     cfg, layout = setup(args)
-    from pipelines.forget import submit_user_requests
-
     secret = secret_for(cfg, layout)
-    outcomes = with_engines(cfg, lambda spark: submit_user_requests(spark, layout=layout, secret=secret,
-                                                                    raw_ids=ids), ray_needed=False)
+    if args.attribute:
+        from pipelines.attribute import submit_attribute_requests
+
+        outcomes = with_engines(cfg, lambda spark: submit_attribute_requests(
+            spark, cfg=cfg, layout=layout, secret=secret, name=args.attribute,
+            raw_ids=ids or None, undo=args.undo), ray_needed=False)
+    else:
+        from pipelines.forget import submit_user_requests
+
+        outcomes = with_engines(cfg, lambda spark: submit_user_requests(spark, layout=layout, secret=secret,
+                                                                        raw_ids=ids), ray_needed=False)
     for o in outcomes:
         print(json.dumps({k: o.get(k) for k in ("position", "request_id", "outcome", "status", "reason")}))
     return 0 if all(o["outcome"] != "rejected" for o in outcomes) else 2

@@ -24,8 +24,8 @@ from recunlearn.ensemble import load_ensemble, load_reference
 from recunlearn.errors import PipelineError
 from recunlearn.evaluation import functional_evidence
 from recunlearn.models.data import InteractionData
-from recunlearn.tables import (COMPLETED, FAILED, IN_PROGRESS, ForgetLedger, Layout, ModelRegistry,
-                               delete_keys, now_utc, vacuum_now)
+from recunlearn.tables import (ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, FAILED, IN_PROGRESS, USER,
+                               ForgetLedger, Layout, ModelRegistry, delete_keys, now_utc, vacuum_now)
 from pipelines.partition import PARTITION_GUARANTEE
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
                              shard_paths_of, train_models)
@@ -52,8 +52,12 @@ class _Clock:
 
 def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
     ledger = ForgetLedger(spark, layout.ledger)
-    requests = ledger.open_requests()
+    requests = ledger.open_requests((USER,))
     if not requests:
+        if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
+            from pipelines.attribute import process_attribute_requests
+
+            return process_attribute_requests(spark, cfg=cfg, layout=layout)
         log.info("unlearn: no open requests")
         return {"requests": [], "status": "nothing to do"}
     registry = ModelRegistry(spark, layout)
@@ -66,13 +70,18 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str,
     clock = _Clock()
     t_start = time.perf_counter()
     try:
-        return _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
-                    current=current, manifest=manifest, requests=requests, job_id=job_id,
-                    clock=clock, t_start=t_start)
+        result = _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
+                      current=current, manifest=manifest, requests=requests, job_id=job_id,
+                      clock=clock, t_start=t_start)
     except Exception as exc:
         # Leave the requests open for the next run; the published model is unchanged.
         ledger.update(ids, status=FAILED, reason=f"{type(exc).__name__}: {str(exc)[:400]}", job_id=job_id)
         raise
+    if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
+        from pipelines.attribute import process_attribute_requests
+
+        result["attribute"] = process_attribute_requests(spark, cfg=cfg, layout=layout)
+    return result
 
 
 def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
@@ -130,7 +139,19 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         agg = fit_aggregator(cfg, layout, version=delete_version, n_items=n_items,
                              shard_paths=new_paths, job_id=job_id)
 
-    # 7. publish.
+    # 7. attribute edits in effect are recomputed on the new shards (a forgotten user's go).
+    with clock.step("attribute_edits"):
+        from pipelines.attribute import active_edits, build_overlay
+
+        edits = active_edits(ledger.rows(), forgotten=set(keys))
+        overlay = None
+        if edits:
+            draft = {"n_shards": manifest["n_shards"], "shards": {str(k): v for k, v in shards.items()},
+                     "aggregator": agg,
+                     "table_version": delete_version, "n_items": n_items}
+            overlay, _ = build_overlay(cfg, layout, draft, edits, job_id=job_id)
+
+    # 8. publish.
     with clock.step("publish"):
         version = registry.next_version()
         # A reference trained before the delete held the forgotten rows: only a retrained one stays.
@@ -141,18 +162,19 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
             guarantee=PARTITION_GUARANTEE)
         new_manifest["parent"] = current["version"]
         new_manifest["unlearn_job"] = job_id
+        new_manifest["attribute_overlay"] = overlay
         registry.publish(new_manifest, parent=current["version"], request_ids=ids,
                          note=f"unlearned {len(ids)} request(s), retrained shards {touched}")
     published_at = now_utc()
 
-    # 8. checkpoints trained on the forgotten rows go; model versions that used them retire.
+    # 9. checkpoints trained on the forgotten rows go; model versions that used them retire.
     with clock.step("delete_superseded"):
         removed = _delete_superseded(layout, new_manifest, touched, delete_version)
         registry.retire([v["version"] for v in registry.versions()
                          if v["status"] == "published" and v["version"] < version],
                         note=f"superseded by v{version}: trained on data since forgotten")
 
-    # 9. functional evidence (in memory -> ledger; rows themselves are never written).
+    # 10. functional evidence (in memory -> ledger; rows themselves are never written).
     with clock.step("functional_check"):
         unlearned = load_ensemble(new_manifest, fold_in_reg=cfg.aggregator.fold_in_reg)
         retrained = load_reference(new_manifest, fold_in_reg=cfg.aggregator.fold_in_reg) \
@@ -204,6 +226,8 @@ def _delete_superseded(layout: Layout, manifest: dict[str, Any], touched: list[i
     that the new version does not use: those trained while the forgotten rows were present,
     and orphans of an earlier failed attempt."""
     keep = set(shard_paths_of(manifest)) | {manifest["aggregator"]["path"]}
+    if manifest.get("attribute_overlay"):
+        keep.add(manifest["attribute_overlay"]["path"])
     if manifest.get("reference"):
         keep.add(manifest["reference"]["path"])
     removed = []

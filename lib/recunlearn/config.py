@@ -125,6 +125,32 @@ class UnlearnConfig(_Frozen):
     vacuum: bool = Field(True, description="VACUUM with zero retention after the delete.")
 
 
+class AttributeEditConfig(_Frozen):
+    """Post-training attribute unlearning (see ``recunlearn.attribute.edit``)."""
+
+    space: Literal["function", "parameter"] = Field(
+        "function", description="Regularise the edit in function space (keep each user's ranking) "
+        "or parameter space (keep the vectors close).")
+    w_dist: float = Field(1.0, ge=0, description="Weight of the anchor MMD (distribution loss).")
+    w_u2u: float = Field(
+        0.0, ge=0, description="Weight of the user-to-user loss. Off by default: in function space it "
+        "fights the regulariser and leaves more signal (see the attribute benchmark).")
+    w_reg: float = Field(0.3, ge=0, description="Weight of the regulariser.")
+    steps: int = Field(400, ge=1)
+    lr: float = Field(0.01, gt=0)
+    batch: int = Field(512, ge=8, description="Edited users per class (MMD) and per step (regulariser).")
+    pool_sample: int = Field(1024, ge=8, description="Anchor users drawn per step.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the function-space KL.")
+    bandwidths: tuple[float, ...] = Field(
+        (0.5, 1.0, 2.0), description="Gaussian kernel widths, as multiples of the median distance.")
+
+
+class AttributeConfig(_Frozen):
+    users_file: str | None = Field(
+        None, description="The user attribute file (u.user / users.dat); None: beside the raw log.")
+    edit: AttributeEditConfig = AttributeEditConfig()
+
+
 class SparkConfig(_Frozen):
     master: str = Field("local[2]", description="Ignored when spark-submit already set one.")
     app_name: str = "recunlearn"
@@ -153,6 +179,7 @@ class RunConfig(_Frozen):
     aggregator: AggregatorConfig = AggregatorConfig()
     train: TrainConfig = TrainConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
+    attribute: AttributeConfig = AttributeConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
 

@@ -118,10 +118,13 @@ def load_aggregator(state: dict[str, Any]) -> MeanAggregator | AttentionAggregat
 class ShardedEnsemble:
     """K shard models plus an aggregator, scoring users from their keys and histories."""
 
-    def __init__(self, shards: list[BPRMF], aggregator: MeanAggregator | AttentionAggregator):
+    def __init__(self, shards: list[BPRMF], aggregator: MeanAggregator | AttentionAggregator,
+                 overlay: Any = None):
         self.shards = shards
         self.aggregator = aggregator
         self.n_items = shards[0].n_items
+        # attribute edits (recunlearn.attribute.edit.AttributeOverlay) over the unedited shards
+        self.overlay = overlay
 
     def knows(self, keys: np.ndarray) -> np.ndarray:
         """Whether any shard holds a trained vector for each key."""
@@ -130,6 +133,8 @@ class ShardedEnsemble:
     def score(self, keys: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
         with torch.no_grad():
             vecs, home = shard_views(self.shards, keys, history)
+            if self.overlay is not None:
+                vecs = self.overlay.apply(keys, vecs)
             return self.aggregator.combine(shard_scores(self.shards, vecs), vecs, home)
 
 
@@ -218,16 +223,30 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
     return AttentionAggregator(module, {"stats": stats}), stats
 
 
-def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> ShardedEnsemble:
-    """The published ensemble of a manifest."""
+def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
+                  with_overlay: bool = True) -> ShardedEnsemble:
+    """The published ensemble of a manifest, with its attribute edits applied: the edited
+    users' home vectors are stamped into the shard models and their other views come from the
+    overlay. ``with_overlay=False`` gives the unedited ensemble."""
     from recunlearn import checkpoints
+    from recunlearn.attribute.edit import AttributeOverlay
 
     shards = []
     for k in range(manifest["n_shards"]):
         m = BPRMF.from_state(checkpoints.load_state(manifest["shards"][str(k)]["path"]))
         m.fold_in_reg = fold_in_reg
         shards.append(m)
-    return ShardedEnsemble(shards, load_aggregator(checkpoints.load_state(manifest["aggregator"]["path"])))
+    overlay = None
+    if with_overlay and manifest.get("attribute_overlay"):
+        overlay = AttributeOverlay.from_state(checkpoints.load_state(manifest["attribute_overlay"]["path"]))
+        for k, m in enumerate(shards):
+            rows = m.rows_of(overlay.keys)
+            hit = np.flatnonzero(rows >= 0)
+            if len(hit):
+                m.user = m.user.clone()
+                m.user[torch.from_numpy(rows[hit])] = overlay.views[torch.from_numpy(hit), k]
+    agg = load_aggregator(checkpoints.load_state(manifest["aggregator"]["path"]))
+    return ShardedEnsemble(shards, agg, overlay=overlay)
 
 
 def load_reference(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> BPRMF | None:

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Statuses of a forget request.
-PENDING, IN_PROGRESS, FAILED, COMPLETED, REJECTED = (
-    "pending", "in_progress", "failed", "completed", "rejected")
+# Statuses of a forget request. REVERTED: an attribute edit that a later undo request took back.
+PENDING, IN_PROGRESS, FAILED, COMPLETED, REJECTED, REVERTED = (
+    "pending", "in_progress", "failed", "completed", "rejected", "reverted")
 OPEN_STATUSES = (PENDING, IN_PROGRESS, FAILED)
+# target_type of the ledger's rows
+USER, ATTRIBUTE, ATTRIBUTE_UNDO = "user", "attribute", "attribute-undo"
 
 _CONFLICTS = (
     "ConcurrentAppendException", "ConcurrentDeleteReadException",
@@ -189,7 +191,7 @@ LEDGER_SCHEMA = (
     "request_id string, target_type string, user_key string, status string, reason string, "
     "received_at timestamp, updated_at timestamp, started_at timestamp, deleted_at timestamp, "
     "published_at timestamp, completed_at timestamp, shards array<int>, delete_version long, "
-    "model_version long, job_id string, evidence string"
+    "model_version long, job_id string, evidence string, attribute string"
 )
 LEDGER_FIELDS = [f.split()[0] for f in LEDGER_SCHEMA.split(", ")]
 
@@ -206,6 +208,11 @@ class ForgetLedger:
             empty = self.spark.createDataFrame([], LEDGER_SCHEMA)
             write_delta(empty, self.path, mode="append",
                         stats_columns=["status", "received_at", "updated_at"])
+            return
+        have = set(self.spark.read.format("delta").load(self.path).columns)
+        missing = [f for f in LEDGER_SCHEMA.split(", ") if f.split()[0] not in have]
+        if missing:  # a ledger from an older release: add the new columns (null for old rows)
+            self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(missing)})")
 
     def _frame(self, rows: list[dict[str, Any]]) -> DataFrame:
         full = [{f: r.get(f) for f in LEDGER_FIELDS} for r in rows]
@@ -213,7 +220,7 @@ class ForgetLedger:
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Insert requests that are not there yet; a known request id is left as it is,
-        except a rejected one, which a valid resubmission re-opens."""
+        except a rejected or reverted one, which a valid resubmission re-opens."""
         from delta.tables import DeltaTable
 
         if not rows:
@@ -225,7 +232,7 @@ class ForgetLedger:
             (DeltaTable.forPath(self.spark, self.path).alias("t")
              .merge(src.alias("s"), "t.request_id = s.request_id")
              .whenMatchedUpdate(
-                 condition="t.status = 'rejected' AND s.status = 'pending'",
+                 condition="t.status IN ('rejected', 'reverted') AND s.status = 'pending'",
                  set={"status": "s.status", "reason": "s.reason", "updated_at": "s.updated_at",
                       "user_key": "s.user_key"})
              .whenNotMatchedInsertAll()
@@ -266,8 +273,9 @@ class ForgetLedger:
             df = df.where(df.status.isin(list(statuses)))
         return [r.asDict() for r in df.orderBy("received_at", "request_id").collect()]
 
-    def open_requests(self) -> list[dict[str, Any]]:
-        return self.rows(OPEN_STATUSES)
+    def open_requests(self, target_types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        rows = self.rows(OPEN_STATUSES)
+        return [r for r in rows if target_types is None or (r["target_type"] or USER) in target_types]
 
 
 # --------------------------------------------------------------------------- registry

@@ -16,6 +16,15 @@ import scipy.sparse as sp
 import torch
 
 
+def lookup_rows(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Position of each key in ``sorted_keys``, -1 where absent."""
+    keys = np.asarray(keys).astype(str)
+    if len(sorted_keys) == 0:
+        return np.full(len(keys), -1)
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == keys, pos, -1)
+
+
 class Recommender(ABC):
     """Base class of every sub-model."""
 
@@ -25,11 +34,7 @@ class Recommender(ABC):
 
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where the model does not know the user."""
-        keys = np.asarray(keys).astype(str)
-        if len(self.user_keys) == 0:
-            return np.full(len(keys), -1)
-        pos = np.clip(np.searchsorted(self.user_keys, keys), 0, len(self.user_keys) - 1)
-        return np.where(self.user_keys[pos] == keys, pos, -1)
+        return lookup_rows(self.user_keys, keys)
 
     @abstractmethod
     def score(self, rows: np.ndarray) -> torch.Tensor:

@@ -107,16 +107,20 @@ def _logit_scale(s0: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, steps: i
     return a
 
 
-def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int) -> tuple[BPRMF, dict[str, Any]]:
+def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
+            adversary: nn.Module | None = None) -> tuple[BPRMF, dict[str, Any]]:
     """Train BPR-MF on ``data.train``, early-stopping on ``data.valid`` (never on test).
 
     Deterministic for a given seed and data: every random draw comes from one generator.
+    ``adversary`` (optional) adds ``adversary.loss(user_embeddings, batch_users)`` to every
+    step and trains its parameters with the model's (in-training attribute unlearning).
     """
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     n_users, n_items = data.train.shape
     module = BPRModule(n_users, n_items, cfg.dim, cfg.init_std, g)
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    params = list(module.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    opt = torch.optim.Adam(params, lr=cfg.lr)
     coo = data.train.tocoo()
     pos_u = torch.from_numpy(coo.row.astype(np.int64))
     pos_i = torch.from_numpy(coo.col.astype(np.int64))
@@ -151,6 +155,8 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int) -> tuple[BPRM
                 j[clash] = torch.randint(n_items, (len(clash),), generator=g)
                 clash = clash[is_positive(u[clash], j[clash])]
             loss = module.loss(u, i, j, cfg.reg)
+            if adversary is not None:
+                loss = loss + adversary.loss(module.user, u)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,46 @@
+"""Benchmarks: ``recunlearn bench attribute --dataset movielens-1m``.
+
+Each writes JSON, a Markdown table and a PNG under ``--out`` (default ``<data_dir>/bench``).
+Data sets come from ``--data-dir`` or ``RECUNLEARN_DATA_DIR`` (e.g. ../shared/datasets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jobs._common import add_config_args, setup
+
+BENCHES = ("attribute",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="recunlearn bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bench", choices=BENCHES)
+    add_config_args(p)
+    p.add_argument("--dataset", default="movielens-1m", help="movielens-1m | movielens-100k")
+    p.add_argument("--data-dir", help="folder holding the data set (default: RECUNLEARN_DATA_DIR)")
+    p.add_argument("--out", type=Path, help="output folder (default: <data_dir>/bench)")
+    p.add_argument("--attributes", default="gender,age")
+    p.add_argument("--shards", type=int, default=5, help="K of the sharded ensemble (1: skip it)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
+    args = p.parse_args(argv)
+    cfg, layout = setup(args)
+    out = args.out or (layout.root / "bench")
+    from pipelines.bench import attribute
+
+    result = attribute.run(cfg, dataset=args.dataset, out_dir=out, data_dir=args.data_dir,
+                           attributes=tuple(a for a in args.attributes.split(",") if a),
+                           n_shards=args.shards, bootstrap=args.bootstrap)
+    summary = {"outputs": result["outputs"], "wall_seconds": result["wall_seconds"],
+               "rows": [{k: r[k] for k in ("setting", "method", "attribute", "ndcg_ratio",
+                                          "worst_balanced_accuracy")} for r in result["rows"]]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

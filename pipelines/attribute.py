@@ -1,0 +1,263 @@
+"""Attribute unlearning as ledger requests: per user or for everyone, applied to the published
+sharded ensemble, and reversible.
+
+Ledger rows (``target_type``):
+- ``attribute``: edit the attribute out of one user's embeddings (``user_key``) or out of
+  everyone's (``user_key = '*'``). ``completed`` once a published version carries the edit;
+  ``reverted`` once an undo took it back (a new request re-opens it).
+- ``attribute-undo``: take an edit back; ``completed`` once a version without it is published.
+
+The published model is the unedited shard checkpoints plus an overlay of the edited users'
+shard views (see ``recunlearn.attribute.edit.AttributeOverlay``); loading the ensemble stamps
+the edited home vectors into the shard models, so what is served and exported is edited.
+The overlay is recomputed from the unedited shards for every active edit whenever a version
+is published: an undo drops the user from it (the original is then served exactly), a shard
+retrained after a forget request gets its users' edits back, and a forgotten user's edit goes
+with their data. The labels are read from the user file at run time and never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pyspark.sql import SparkSession
+
+from recunlearn import checkpoints
+from recunlearn.attribute.edit import AttributeOverlay, edit_ensemble
+from recunlearn.attribute.labels import attribute, labels_for_keys, read_user_attributes
+from recunlearn.config import RunConfig
+from recunlearn.ensemble import load_ensemble
+from recunlearn.errors import PipelineError
+from recunlearn.pseudonym import secret_from_config, user_key
+from recunlearn.seeding import make_seed
+from recunlearn.tables import (ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, FAILED, IN_PROGRESS, OPEN_STATUSES,
+                               PENDING, REJECTED, REVERTED, ForgetLedger, Layout, ModelRegistry, now_utc)
+from pipelines.forget import _VALID_ID, _known_keys, request_id_for
+from pipelines.train import new_job_id, read_split_data
+
+log = logging.getLogger(__name__)
+
+ALL_USERS = "*"
+OVERLAY_COMPONENT = "attribute-overlay"
+LIVE = (COMPLETED, *OPEN_STATUSES)  # an edit request in these states is (or is to be) in effect
+
+
+def users_file(cfg: RunConfig, layout: Layout) -> Path:
+    if cfg.attribute.users_file:
+        return Path(cfg.attribute.users_file)
+    if cfg.dataset.path:
+        p = Path(cfg.dataset.path)
+        return p if p.is_dir() else p.parent
+    return layout.raw / cfg.dataset.name
+
+
+# --------------------------------------------------------------------------- intake
+def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: Layout, secret: bytes,
+                              name: str, raw_ids: list[str] | None, undo: bool = False) -> list[dict[str, Any]]:
+    """Record attribute edit (or undo) requests; ``raw_ids=None`` means every user."""
+    attribute(name)  # unknown attribute: DataError before anything is written
+    ledger = ForgetLedger(spark, layout.ledger)
+    ledger.ensure()
+    stamp = now_utc()
+    existing = {r["request_id"]: r for r in ledger.rows()}
+    outcomes, new_rows, updates = [], [], []
+    targets: list[tuple[int, str | None, str | None]] = []  # (position, key, reason)
+    for pos, raw in enumerate([ALL_USERS] if raw_ids is None else raw_ids):
+        text = str(raw).strip()
+        if raw_ids is None:
+            targets.append((pos, ALL_USERS, None))
+        elif not _VALID_ID.match(text):
+            targets.append((pos, None, "malformed user id"))
+        else:
+            targets.append((pos, user_key(secret, text), None))
+    known = _known_keys(spark, layout, sorted({k for _, k, _ in targets if k and k != ALL_USERS}))
+    seen: set[str] = set()
+    for pos, key, reason in targets:
+        if key is None or (key != ALL_USERS and key not in known):
+            outcomes.append({"position": pos, "outcome": "rejected",
+                             "reason": reason or "unknown user: no interactions under this key"})
+            continue
+        apply_id = request_id_for(f"{ATTRIBUTE}:{name}", key)
+        current = existing.get(apply_id)
+        if not undo:
+            if apply_id in seen or (current and current["status"] in LIVE):
+                outcomes.append({"position": pos, "request_id": apply_id, "outcome": "duplicate",
+                                 "status": current["status"] if current else PENDING})
+            else:
+                new_rows.append({"request_id": apply_id, "target_type": ATTRIBUTE, "attribute": name,
+                                 "user_key": key, "status": PENDING, "received_at": stamp,
+                                 "updated_at": stamp})
+                outcomes.append({"position": pos, "request_id": apply_id, "outcome": "accepted",
+                                 "status": PENDING})
+            seen.add(apply_id)
+            continue
+        if not current or current["status"] not in LIVE:
+            outcomes.append({"position": pos, "outcome": "rejected",
+                             "reason": f"no active {name} edit for this user to undo"})
+            continue
+        undo_id = request_id_for(ATTRIBUTE_UNDO, f"{apply_id}:{current['received_at']}")
+        if undo_id in existing or undo_id in seen:
+            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "duplicate",
+                             "status": existing.get(undo_id, {}).get("status", PENDING)})
+            continue
+        seen.add(undo_id)
+        if current["status"] == PENDING:  # never applied: nothing to take back from a model
+            updates.append({"request_id": apply_id, "status": REVERTED, "reason": "undone before it was applied"})
+            new_rows.append({"request_id": undo_id, "target_type": ATTRIBUTE_UNDO, "attribute": name,
+                             "user_key": key, "status": COMPLETED, "received_at": stamp,
+                             "updated_at": stamp, "completed_at": stamp, "reason": f"undo of {apply_id}"})
+            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": COMPLETED})
+        else:
+            new_rows.append({"request_id": undo_id, "target_type": ATTRIBUTE_UNDO, "attribute": name,
+                             "user_key": key, "status": PENDING, "received_at": stamp,
+                             "updated_at": stamp, "reason": f"undo of {apply_id}"})
+            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": PENDING})
+    ledger.append(new_rows)
+    if updates:
+        ledger.update_rows(updates)
+    return outcomes
+
+
+# --------------------------------------------------------------------------- what is in effect
+def _undone_apply_id(row: dict[str, Any]) -> str:
+    return (row["reason"] or "").removeprefix("undo of ")
+
+
+def active_edits(rows: list[dict[str, Any]], *, forgotten: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """The attribute requests that the next published version must carry: live apply
+    requests, less those an open undo takes back and those of users being forgotten."""
+    undoing = {_undone_apply_id(r) for r in rows
+               if r["target_type"] == ATTRIBUTE_UNDO and r["status"] in OPEN_STATUSES}
+    forgotten_done = {r["user_key"] for r in rows if (r["target_type"] or "user") == "user"
+                      and r["status"] == COMPLETED}
+    return [r for r in rows if r["target_type"] == ATTRIBUTE and r["status"] in LIVE
+            and r["request_id"] not in undoing
+            and r["user_key"] not in forgotten and r["user_key"] not in forgotten_done]
+
+
+def build_overlay(cfg: RunConfig, layout: Layout, manifest: dict[str, Any], edits: list[dict[str, Any]],
+                  *, job_id: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """Edit the users of ``edits`` on the manifest's unedited shards; save the overlay.
+
+    Returns the manifest entry (None when nothing is edited) and, per request id whose user
+    has no value for the attribute in the user file, the reason it cannot be applied."""
+    if not edits:
+        return None, {}
+    t0 = time.perf_counter()
+    ens = load_ensemble(manifest, fold_in_reg=cfg.aggregator.fold_in_reg, with_overlay=False)
+    data = read_split_data(layout.interactions, int(manifest["table_version"]), int(manifest["n_items"]), None)
+    people = read_user_attributes(users_file(cfg, layout))
+    secret = secret_from_config(cfg.pseudonym, layout.root)
+    unusable: dict[str, str] = {}
+    stats: dict[str, Any] = {}
+    for name in sorted({e["attribute"] for e in edits}):
+        labels = labels_for_keys(people, name, data.user_keys, lambda r: user_key(secret, r))
+        mine = [e for e in edits if e["attribute"] == name]
+        if any(e["user_key"] == ALL_USERS for e in mine):
+            targets = np.flatnonzero(labels >= 0)
+        else:
+            rows = np.searchsorted(data.user_keys, [e["user_key"] for e in mine])
+            rows = np.clip(rows, 0, len(data.user_keys) - 1)
+            ok = []
+            for e, r in zip(mine, rows):
+                if data.user_keys[r] == e["user_key"] and labels[r] >= 0:
+                    ok.append(r)
+                else:
+                    unusable[e["request_id"]] = f"no {name} value for this user in the user file"
+            targets = np.unique(np.array(ok, dtype=np.int64))
+        if len(targets) == 0:
+            continue
+        overlay, st = edit_ensemble(ens, data.user_keys, data.train, labels, targets,
+                                    cfg=cfg.attribute.edit, seed=make_seed(cfg.seed, "attribute", name))
+        ens.overlay = merge_overlays(ens.overlay, overlay)
+        stats[name] = {"users": int(len(targets)), "seconds": st["seconds"], "mean_shift": st["mean_shift"]}
+    if ens.overlay is None:
+        return None, unusable
+    run_id = job_id
+    meta = {"shard_id": None, "delta_version": int(manifest["table_version"]), "edits": stats,
+            "requests": sorted(e["request_id"] for e in edits if e["request_id"] not in unusable)}
+    saved = checkpoints.save(layout.checkpoints, OVERLAY_COMPONENT, run_id, ens.overlay.state(), meta)
+    entry = {"path": saved["path"], "sha256": saved["sha256"], "run_id": run_id, "users": int(len(ens.overlay.keys)),
+             "edits": stats, "requests": meta["requests"], "seconds": round(time.perf_counter() - t0, 3)}
+    return entry, unusable
+
+
+def merge_overlays(a: AttributeOverlay | None, b: AttributeOverlay) -> AttributeOverlay:
+    """``b`` over ``a`` (b's users win)."""
+    if a is None:
+        return b
+    keys = np.concatenate([a.keys[~np.isin(a.keys, b.keys)], b.keys])
+    views = torch.cat([a.views[torch.from_numpy(~np.isin(a.keys, b.keys))], b.views])
+    order = np.argsort(keys)
+    return AttributeOverlay(keys[order], views[torch.from_numpy(order)])
+
+
+# --------------------------------------------------------------------------- the job step
+def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
+    """Apply open attribute and undo requests to the published ensemble: one new version."""
+    ledger = ForgetLedger(spark, layout.ledger)
+    registry = ModelRegistry(spark, layout)
+    current = registry.current()
+    if current is None:
+        raise PipelineError("attribute unlearning: no published model version; run `recunlearn train` first")
+    manifest = json.loads(Path(current["manifest"]).read_text())
+    open_rows = ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO))
+    ids = [r["request_id"] for r in open_rows]
+    job_id = new_job_id("attribute")
+    t0 = time.perf_counter()
+    ledger.update(ids, status=IN_PROGRESS, job_id=job_id, started_at=now_utc())
+    try:
+        rows = ledger.rows()
+        edits = active_edits(rows)
+        entry, unusable = build_overlay(cfg, layout, manifest, edits, job_id=job_id)
+        version = registry.next_version()
+        new_manifest = {**manifest, "version": version, "created_at": now_utc().isoformat(),
+                        "parent": current["version"], "attribute_overlay": entry,
+                        "attribute_job": job_id}
+        registry.publish(new_manifest, parent=current["version"], request_ids=ids,
+                         note=f"attribute edits: {len(edits)} active request(s)")
+        registry.retire([v["version"] for v in registry.versions()
+                         if v["status"] == "published" and v["version"] < version],
+                        note=f"superseded by v{version}")
+        removed = remove_stale_overlays(layout, entry)
+    except Exception as exc:
+        ledger.update(ids, status=FAILED, reason=f"{type(exc).__name__}: {str(exc)[:400]}", job_id=job_id)
+        raise
+    done = now_utc()
+    by_id = {r["request_id"]: r for r in rows}
+    updates = []
+    for rid in ids:
+        r = by_id[rid]
+        if rid in unusable:
+            updates.append({"request_id": rid, "status": REJECTED, "reason": unusable[rid],
+                            "completed_at": None, "model_version": None, "evidence": None})
+            continue
+        evidence = {"edit": (entry or {}).get("edits", {}).get(r["attribute"]), "overlay_users": (entry or {}).get("users", 0)}
+        updates.append({"request_id": rid, "status": COMPLETED, "reason": r["reason"], "completed_at": done,
+                        "model_version": version, "evidence": json.dumps(evidence)})
+        if r["target_type"] == ATTRIBUTE_UNDO:
+            updates.append({"request_id": _undone_apply_id(r), "status": REVERTED,
+                            "reason": f"undone by {rid} in v{version}", "completed_at": by_id.get(
+                                _undone_apply_id(r), {}).get("completed_at"),
+                            "model_version": version, "evidence": json.dumps({"undone_by": rid})})
+    ledger.update_rows(updates)
+    result = {"job_id": job_id, "requests": ids, "model_version": version, "active_edits": len(edits),
+              "overlay_users": (entry or {}).get("users", 0), "rejected": sorted(unusable),
+              "overlays_removed": removed, "end_to_end_seconds": round(time.perf_counter() - t0, 3)}
+    log.info("attribute %s: published v%d with %d edited user(s)", job_id, version, result["overlay_users"])
+    return result
+
+
+def remove_stale_overlays(layout: Layout, keep: dict[str, Any] | None) -> list[str]:
+    removed = []
+    for meta in checkpoints.all_metas(layout.checkpoints):
+        if meta["component"] == OVERLAY_COMPONENT and (keep is None or meta["path"] != keep["path"]):
+            checkpoints.delete(meta)
+            removed.append(meta["run_id"])
+    return removed

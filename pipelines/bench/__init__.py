@@ -1,0 +1,1 @@
+"""Benchmarks behind ``recunlearn bench ...``: each writes JSON, a Markdown table and plots."""
