@@ -19,7 +19,7 @@ from recunlearn.errors import DataError
 from recunlearn.models.bpr import BPRMF
 from recunlearn.models.data import split_pairs
 
-FAST = AttributeEditConfig(steps=250, w_reg=0.3)
+FAST = AttributeEditConfig(steps=200, w_reg=0.3)
 
 
 def planted(n: int = 1200, d: int = 16, n_items: int = 60, seed: int = 0, strength: float = 1.2):
@@ -69,7 +69,7 @@ def test_attacker_finds_a_planted_attribute_and_not_noise():
 
 
 def test_edit_for_everyone_hides_the_attribute_and_keeps_rankings():
-    model, y = planted()
+    model, y = planted(n=900)
     targets = np.arange(len(y))
     edited, undo, stats = edit_model(model, y, targets, cfg=FAST, seed=3)
     for kind in ("mlp", "gbm"):
@@ -82,8 +82,8 @@ def test_edit_for_everyone_hides_the_attribute_and_keeps_rankings():
 
 
 def test_per_user_scope_edits_only_the_users_who_asked():
-    model, y = planted(n=1600)
-    asked = np.sort(np.random.default_rng(5).choice(len(y), 300, replace=False))
+    model, y = planted(n=1200)
+    asked = np.sort(np.random.default_rng(5).choice(len(y), 250, replace=False))
     rest = np.setdiff1d(np.arange(len(y)), asked)
     edited, undo, _ = edit_model(model, y, asked, cfg=FAST, seed=3)
     assert torch.equal(edited.user[torch.from_numpy(rest)], model.user[torch.from_numpy(rest)])

@@ -135,8 +135,9 @@ class AttributeEditConfig(_Frozen):
     w_u2u: float = Field(
         0.0, ge=0, description="Weight of the user-to-user loss. Off by default: in function space it "
         "fights the regulariser and leaves more signal (see the attribute benchmark).")
-    w_reg: float = Field(0.3, ge=0, description="Weight of the regulariser.")
-    steps: int = Field(400, ge=1)
+    w_adv: float = Field(0.1, ge=0, description="Weight of the online attacker's confusion loss.")
+    w_reg: float = Field(0.5, ge=0, description="Weight of the regulariser.")
+    steps: int = Field(700, ge=1)
     lr: float = Field(0.01, gt=0)
     batch: int = Field(512, ge=8, description="Edited users per class (MMD) and per step (regulariser).")
     pool_sample: int = Field(1024, ge=8, description="Anchor users drawn per step.")

@@ -37,9 +37,12 @@ from pipelines.bench.common import BENCH_SECRET, dataset_dir, load_split, write_
 
 log = logging.getLogger(__name__)
 
-# (space, w_reg, w_u2u): the trade-off curve of the post-training edit
-EDIT_GRID = [("function", 1.0, 0.0), ("function", 0.3, 0.0), ("function", 0.3, 1.0),
-             ("parameter", 0.3, 0.0), ("parameter", 0.3, 1.0)]
+# Overrides of the configured edit (the first row is the configuration as it is): the
+# trade-off curve of the post-training edit and what each loss term contributes.
+EDIT_GRID: list[dict[str, Any]] = [
+    {}, {"w_reg": 0.3}, {"w_reg": 1.0}, {"w_adv": 0.0, "w_reg": 0.3}, {"w_adv": 0.0, "w_u2u": 1.0, "w_reg": 0.3},
+    {"space": "parameter", "w_reg": 0.3},
+]
 # (mode, weight) of the in-training adversary
 ADVERSARIES = [("confusion", 1.0), ("reverse", 1.0)]
 
@@ -95,11 +98,12 @@ def run(cfg: RunConfig, *, dataset: str, out_dir: Path, data_dir: str | None = N
         rows.append(_row("full", "original", a, base, base,
                          _attacks(model.user.numpy(), y, n_cls, seed, bootstrap), None))
         targets = np.flatnonzero(y >= 0)
-        for space, w_reg, w_u2u in grid:
-            c = ecfg.model_copy(update={"space": space, "w_reg": w_reg, "w_u2u": w_u2u})
+        for update in grid:
+            c = ecfg.model_copy(update=update)
             edited, undo, st = edit_model(model, y, targets, cfg=c, seed=seed)
             util = _model_utility(edited, data)
-            rows.append(_row("full", f"post-{space} reg={w_reg} u2u={w_u2u}", a, util, base,
+            label = f"post-{c.space} dist={c.w_dist} adv={c.w_adv} u2u={c.w_u2u} reg={c.w_reg}"
+            rows.append(_row("full", label + (" (default)" if not update else ""), a, util, base,
                              _attacks(edited.user.numpy(), y, n_cls, seed, bootstrap), st["seconds"],
                              edited_users=int(len(targets))))
             log.info("%s %s: %s", a, rows[-1]["method"], rows[-1]["worst_balanced_accuracy"])
@@ -176,7 +180,7 @@ def run(cfg: RunConfig, *, dataset: str, out_dir: Path, data_dir: str | None = N
             overlay, st = edit_ensemble(ens, data.user_keys, hist, y, targets, cfg=ecfg, seed=seed)
             edited = ShardedEnsemble(shards, MeanAggregator(), overlay=overlay)
             util = ens_util(edited)
-            ens_rows.append(_row("ensemble", f"post-{ecfg.space} (aggregated views)", a, util, ens_base,
+            ens_rows.append(_row("ensemble", f"post-{ecfg.space} default (aggregated views)", a, util, ens_base,
                                  _attacks(views(edited), y, n_cls, seed, bootstrap), st["seconds"],
                                  edited_users=int(len(targets))))
     result = {

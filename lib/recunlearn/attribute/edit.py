@@ -5,6 +5,7 @@ The loss, minimised over the edited users' vectors V (the rest of the model is f
 
     w_dist * sum_c MMD^2(V[targets of class c], pool)          (distribution, anchor-based)
   + w_u2u  * mean_t relu(d_other(t) - d_same(t)) / scale         (user to user)
+  + w_adv  * CE(critic(V), uniform)                              (an online attacker)
   + w_reg  * R(V)
 
 - The anchor ``pool`` is the original embeddings of every labelled user. Matching each class's
@@ -13,6 +14,9 @@ The loss, minimised over the edited users' vectors V (the rest of the model is f
   asked (per-user scope): their edited vectors look like the population, whatever their class.
 - User to user: each edited user is pulled towards pool users of other classes and pushed from
   those of its own class, until it is as close to the others as to its own (the hinge stops it).
+- Online attacker: a small MLP critic is trained, step by step, to predict the attribute from
+  the edited vectors (and from the unedited population, for per-user scope); the edit makes its
+  prediction uniform on the edited users. It targets what an MLP attacker sees directly.
 - ``R``: ``function`` space keeps each user's original ranking (KL between the softmax of the
   original and the edited scores over all items, temperature T); ``parameter`` space keeps the
   vectors close (squared distance, relative to the vectors' mean squared norm).
@@ -86,6 +90,18 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
                 score_fn(v0[s:s + 2048], torch.arange(s, min(s + 2048, len(v0)))) / cfg.temperature, 1)
                 for s in range(0, len(v0), 2048)])
     n_t = len(targets)
+    critic = None
+    if cfg.w_adv > 0:
+        critic = torch.nn.Sequential(torch.nn.Linear(v0.shape[1], 64), torch.nn.ReLU(),
+                                     torch.nn.Linear(64, len(classes)))
+        for p in critic.parameters():
+            torch.nn.init.normal_(p, std=0.05, generator=g)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=0.01)
+        class_of = {c: i for i, c in enumerate(classes)}
+        t_cls = torch.tensor([class_of[int(c)] for c in t_lab.tolist()])
+        p_cls = torch.tensor([class_of[int(c)] for c in pool_lab.tolist()])
+        counts = torch.bincount(p_cls, minlength=len(classes)).float().clamp(min=1)
+        cw = counts.sum() / (len(classes) * counts)
     curve = []
     for step in range(cfg.steps):
         v = v0 + delta
@@ -111,13 +127,27 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
                                                log_target=True)
         else:
             l_reg = delta[batch].pow(2).sum(1).mean() / scale
-        loss = cfg.w_dist * l_dist + cfg.w_u2u * l_u2u + cfg.w_reg * l_reg
+        l_adv = v.new_zeros(())
+        if critic is not None:
+            # the critic learns the attribute from the edited users (and, for per-user scope,
+            # from the unedited rest); the edit makes its prediction uniform on the edited users
+            pick = torch.randint(len(pool), (cfg.pool_sample,), generator=g)
+            x = torch.cat([v[batch].detach(), pool[pick]]) if n_t < len(pool) else v[batch].detach()
+            yc = torch.cat([t_cls[batch], p_cls[pick]]) if n_t < len(pool) else t_cls[batch]
+            critic_loss = torch.nn.functional.cross_entropy(critic(x), yc, weight=cw)
+            critic_opt.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            critic_opt.step()
+            frozen = {k: p.detach() for k, p in critic.named_parameters()}
+            logp = torch.log_softmax(torch.func.functional_call(critic, frozen, (v[batch],)), 1)
+            l_adv = -logp.mean()  - float(np.log(len(classes)))  # 0 at a uniform prediction
+        loss = cfg.w_dist * l_dist + cfg.w_u2u * l_u2u + cfg.w_adv * l_adv + cfg.w_reg * l_reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
             curve.append((step, round(float(l_dist.detach()), 5), round(float(l_u2u.detach()), 5),
-                          round(float(l_reg.detach()), 5)))
+                          round(float(l_adv.detach()), 5), round(float(l_reg.detach()), 5)))
     new = (v0 + delta).detach()
     stats = {"seconds": round(time.perf_counter() - t0, 3), "edited": int(n_t),
              "space": cfg.space, "steps": cfg.steps, "curve": curve,
