@@ -80,8 +80,16 @@ def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: La
     seen: set[str] = set()
     for pos, key, reason in targets:
         if key is None or (key != ALL_USERS and key not in known):
-            outcomes.append({"position": pos, "outcome": "rejected",
-                             "reason": reason or "unknown user: no interactions under this key"})
+            reason = reason or "unknown user: no interactions under this key"
+            key = key or user_key(secret, f"malformed:{str(raw_ids[pos]).strip()}")
+            rid = request_id_for(f"{ATTRIBUTE}:{name}:rejected", key)
+            if rid not in existing and rid not in seen:  # recorded once, with its reason
+                new_rows.append({"request_id": rid, "target_type": ATTRIBUTE, "attribute": name,
+                                 "user_key": key, "status": REJECTED, "reason": reason,
+                                 "received_at": stamp, "updated_at": stamp})
+                seen.add(rid)
+            outcomes.append({"position": pos, "request_id": rid, "outcome": "rejected",
+                             "status": REJECTED, "reason": reason})
             continue
         apply_id = request_id_for(f"{ATTRIBUTE}:{name}", key)
         current = existing.get(apply_id)
