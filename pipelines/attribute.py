@@ -187,11 +187,10 @@ def build_overlay(cfg: RunConfig, layout: Layout, manifest: dict[str, Any], edit
         stats[name] = {"users": int(len(targets)), "seconds": st["seconds"], "mean_shift": st["mean_shift"]}
     if ens.overlay is None:
         return None, unusable
-    run_id = job_id
     meta = {"shard_id": None, "delta_version": int(manifest["table_version"]), "edits": stats,
             "requests": sorted(e["request_id"] for e in edits if e["request_id"] not in unusable)}
-    saved = checkpoints.save(layout.checkpoints, OVERLAY_COMPONENT, run_id, ens.overlay.state(), meta)
-    entry = {"path": saved["path"], "sha256": saved["sha256"], "run_id": run_id, "users": int(len(ens.overlay.keys)),
+    saved = checkpoints.save(layout.checkpoints, OVERLAY_COMPONENT, job_id, ens.overlay.state(), meta)
+    entry = {"path": saved["path"], "sha256": saved["sha256"], "run_id": job_id, "users": int(len(ens.overlay.keys)),
              "edits": stats, "requests": meta["requests"], "seconds": round(time.perf_counter() - t0, 3)}
     return entry, unusable
 

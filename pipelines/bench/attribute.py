@@ -100,7 +100,7 @@ def run(cfg: RunConfig, *, dataset: str, out_dir: Path, data_dir: str | None = N
         targets = np.flatnonzero(y >= 0)
         for update in grid:
             c = ecfg.model_copy(update=update)
-            edited, undo, st = edit_model(model, y, targets, cfg=c, seed=seed)
+            edited, _, st = edit_model(model, y, targets, cfg=c, seed=seed)
             util = _model_utility(edited, data)
             label = f"post-{c.space} dist={c.w_dist} adv={c.w_adv} u2u={c.w_u2u} reg={c.w_reg}"
             rows.append(_row("full", label + (" (default)" if not update else ""), a, util, base,
@@ -109,7 +109,7 @@ def run(cfg: RunConfig, *, dataset: str, out_dir: Path, data_dir: str | None = N
             log.info("%s %s: %s", a, rows[-1]["method"], rows[-1]["worst_balanced_accuracy"])
         for mode, w in (ADVERSARIES if adversaries is None else adversaries):
             t0 = time.perf_counter()
-            adv, ast = fit_bpr_adversarial(data, cfg.model, y, n_classes=n_cls, weight=w, seed=seed,
+            adv, _ = fit_bpr_adversarial(data, cfg.model, y, n_classes=n_cls, weight=w, seed=seed,
                                            mode=mode)
             util = _model_utility(adv, data)
             rows.append(_row("full", f"in-training {mode} w={w}", a, util, base,

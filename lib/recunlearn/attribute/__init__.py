@@ -6,5 +6,6 @@
   gradient boosting on user embeddings), trained and tested on disjoint users;
 - :mod:`edit`: post-training unlearning, which edits user embeddings (no training data
   needed), per user or for everyone, and the overlay that keeps the edit reversible;
-- :mod:`adversarial`: in-training unlearning with a gradient-reversal attacker head.
+- :mod:`adversarial`: in-training unlearning against an attacker head (a confusion loss, or
+  gradient reversal).
 """

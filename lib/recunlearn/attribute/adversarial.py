@@ -39,6 +39,19 @@ def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     return _Reverse.apply(x, weight)
 
 
+def class_weights(cls: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Balanced cross-entropy weights from class indices (>= 0)."""
+    counts = np.bincount(cls, minlength=n_classes).astype(np.float64)
+    return torch.tensor(len(cls) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def confusion_loss(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``net``'s prediction on ``x`` against the uniform distribution, with
+    ``net`` frozen: its gradient moves ``x`` only (log(classes) at a uniform prediction)."""
+    frozen = {k: v.detach() for k, v in net.named_parameters()}
+    return -torch.log_softmax(torch.func.functional_call(net, frozen, (x,)), 1).mean()
+
+
 class AttributeAdversary(nn.Module):
     """An MLP attacker head on user embeddings; its loss reverses into the embeddings."""
 
@@ -54,9 +67,7 @@ class AttributeAdversary(nn.Module):
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
         for p in self.net.parameters():
             nn.init.normal_(p, std=0.1, generator=g)
-        counts = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
-        self.class_weight = torch.tensor(len(labels[labels >= 0]) / (n_classes * np.maximum(counts, 1)),
-                                         dtype=torch.float32)
+        self.class_weight = class_weights(labels[labels >= 0], n_classes)
 
     def loss(self, user: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         uniq = torch.unique(u)
@@ -69,10 +80,7 @@ class AttributeAdversary(nn.Module):
             logits = self.net(grad_reverse(emb, self.weight))
             return nn.functional.cross_entropy(logits, y[keep], weight=self.class_weight)
         head = nn.functional.cross_entropy(self.net(emb.detach()), y[keep], weight=self.class_weight)
-        frozen = {k: v.detach() for k, v in self.net.named_parameters()}
-        logp = torch.log_softmax(torch.func.functional_call(self.net, frozen, (emb,)), 1)
-        confusion = -logp.mean()  # cross-entropy against the uniform distribution
-        return head + self.weight * confusion
+        return head + self.weight * confusion_loss(self.net, emb)
 
 
 def fit_bpr_adversarial(data: InteractionData, cfg: ModelConfig, labels: np.ndarray, *,

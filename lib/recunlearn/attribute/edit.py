@@ -34,20 +34,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from recunlearn.attribute.adversarial import class_weights, confusion_loss
 from recunlearn.config import AttributeEditConfig
+from recunlearn.models.base import lookup_rows
+from recunlearn.models.bpr import BPRMF
 
 # (vectors of some edited users, their positions among the targets) -> item scores
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: list[float], kyy: torch.Tensor | None = None
-          ) -> torch.Tensor:
+def _mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: list[float]) -> torch.Tensor:
     dxx, dxy = torch.cdist(x, x).pow(2), torch.cdist(x, y).pow(2)
     out = x.new_zeros(())
     for s in bandwidths:
         out = out + torch.exp(-dxx / (2 * s * s)).mean() - 2 * torch.exp(-dxy / (2 * s * s)).mean()
-    if kyy is not None:
-        out = out + kyy
     return out
 
 
@@ -100,8 +100,7 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
         class_of = {c: i for i, c in enumerate(classes)}
         t_cls = torch.tensor([class_of[int(c)] for c in t_lab.tolist()])
         p_cls = torch.tensor([class_of[int(c)] for c in pool_lab.tolist()])
-        counts = torch.bincount(p_cls, minlength=len(classes)).float().clamp(min=1)
-        cw = counts.sum() / (len(classes) * counts)
+        cw = class_weights(p_cls.numpy(), len(classes))
     curve = []
     for step in range(cfg.steps):
         v = v0 + delta
@@ -138,9 +137,7 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
             critic_opt.zero_grad(set_to_none=True)
             critic_loss.backward()
             critic_opt.step()
-            frozen = {k: p.detach() for k, p in critic.named_parameters()}
-            logp = torch.log_softmax(torch.func.functional_call(critic, frozen, (v[batch],)), 1)
-            l_adv = -logp.mean()  - float(np.log(len(classes)))  # 0 at a uniform prediction
+            l_adv = confusion_loss(critic, v[batch]) - float(np.log(len(classes)))  # 0 when uniform
         loss = cfg.w_dist * l_dist + cfg.w_u2u * l_u2u + cfg.w_adv * l_adv + cfg.w_reg * l_reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,14 +153,12 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
 
 
 # --------------------------------------------------------------------------- single models
-def edit_model(model, labels: np.ndarray, targets: np.ndarray, *, cfg: AttributeEditConfig,  # noqa: ANN001, ANN201
-               seed: int):
+def edit_model(model: BPRMF, labels: np.ndarray, targets: np.ndarray, *, cfg: AttributeEditConfig,
+               seed: int) -> tuple[BPRMF, dict[str, torch.Tensor], dict[str, Any]]:
     """An edited copy of a BPR-MF model (a full model or one shard) and the undo record.
 
     Only rows ``targets`` change; every other tensor is the original, bit for bit.
     """
-    from recunlearn.models.bpr import BPRMF
-
     new_rows, stats = edit_embeddings(model.user, labels, targets, cfg=cfg, seed=seed,
                                       score_fn=lambda v, _: v @ model.item.T + model.bias)
     user = model.user.clone()
@@ -175,10 +170,8 @@ def edit_model(model, labels: np.ndarray, targets: np.ndarray, *, cfg: Attribute
     return edited, undo, stats
 
 
-def undo_model(model, undo: dict[str, torch.Tensor]):  # noqa: ANN001, ANN201
+def undo_model(model: BPRMF, undo: dict[str, torch.Tensor]) -> BPRMF:
     """The model with the undo record's rows put back exactly."""
-    from recunlearn.models.bpr import BPRMF
-
     user = model.user.clone()
     user[undo["rows"]] = undo["original"]
     return BPRMF(model.user_keys, user, model.item, model.bias, meta=model.meta,
@@ -200,8 +193,6 @@ class AttributeOverlay:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
-        from recunlearn.models.base import lookup_rows
-
         return lookup_rows(self.keys, keys)
 
     def apply(self, keys: np.ndarray, vecs: torch.Tensor) -> torch.Tensor:
@@ -244,16 +235,16 @@ def edit_ensemble(ens, keys: np.ndarray, history, labels: np.ndarray, targets: n
     (rows of ``keys``/``history``/``labels``, which describe the population used as anchor)."""
     from recunlearn.ensemble import shard_views
 
+    keys = np.asarray(keys).astype(str)
+    targets = np.asarray(targets, dtype=np.int64)
+    targets = targets[np.argsort(keys[targets])]  # the overlay is kept sorted by key
     with torch.no_grad():
         vecs, home = shard_views(ens.shards, keys, history)  # (K, n, d)
         if ens.overlay is not None:
             vecs = ens.overlay.apply(keys, vecs)
     k, n, d = vecs.shape
     flat = vecs.transpose(0, 1).reshape(n, k * d)
-    t_idx = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    t_idx = torch.from_numpy(targets)
     new, stats = edit_embeddings(flat, labels, targets, cfg=cfg, seed=seed,
                                  score_fn=ensemble_score_fn(ens, vecs[:, t_idx], home[:, t_idx]))
-    overlay = AttributeOverlay(np.asarray(keys).astype(str)[targets], new.view(len(targets), k, d))
-    order = np.argsort(overlay.keys)
-    overlay = AttributeOverlay(overlay.keys[order], overlay.views[torch.from_numpy(order)])
-    return overlay, stats
+    return AttributeOverlay(keys[targets], new.view(len(targets), k, d)), stats
