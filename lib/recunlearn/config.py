@@ -123,6 +123,13 @@ class UnlearnConfig(_Frozen):
         True, description="Retrain the full reference model without the forgotten data (benchmarks)."
     )
     vacuum: bool = Field(True, description="VACUUM with zero retention after the delete.")
+    membership: bool = Field(
+        True, description="Record membership-inference evidence per request: a black-box attack "
+        "(recunlearn.mia) on a shadow model of retained users scores each forgotten user under the "
+        "original and the unlearned model, while their rows are still in memory.")
+    shadow_users: int = Field(
+        1000, ge=20, description="Retained users sampled for the attack's shadow model (half train "
+        "it, half are its non-members).")
 
 
 class AttributeEditConfig(_Frozen):
@@ -190,6 +197,47 @@ class RunConfig(_Frozen):
         if not p.is_absolute():
             p = (base or Path.cwd()) / p
         return p.resolve()
+
+
+class SuiteBlock(_Frozen):
+    """One product of the benchmark matrix: every combination of its lists is a cell."""
+
+    datasets: list[str] = Field(..., min_length=1, description="Names under RECUNLEARN_DATA_DIR.")
+    models: list[Literal["bpr"]] = Field(["bpr"], min_length=1, description="Sub-models.")
+    methods: list[str] = Field(..., min_length=1, description="Unlearning methods (see bench suite).")
+    n_shards: list[int] = Field([10], min_length=1, description="K of the sharded methods.")
+    kinds: list[Literal["random", "core", "edge"]] = Field(["random", "core", "edge"], min_length=1)
+    sizes: list[float] = Field(
+        [0.05], min_length=1, description="Forget-set sizes: a share of the target users if < 1, "
+        "else a number of users.")
+
+
+class MiaConfig(_Frozen):
+    shadow_share: float = Field(0.3, gt=0, lt=0.6, description="Users held by the attacker (half "
+                                "train its shadow recommender, half are its non-members).")
+    nonmember_share: float = Field(0.1, gt=0, lt=0.4, description="Never-seen users (target non-members).")
+    dim: int = Field(32, ge=2, description="Rank of the attacker's item factorisation.")
+    n_rec: int = Field(100, ge=1, description="Recommendations the attacker sees per user.")
+    bootstrap: int = Field(200, ge=0)
+
+
+class SuiteConfig(_Frozen):
+    """``recunlearn bench suite``: a declared matrix of cells, one JSON per cell."""
+
+    seed: int = 2026
+    matrix: list[SuiteBlock] = Field(..., min_length=1)
+    mia: MiaConfig = MiaConfig()
+    parametric_seeds: int = Field(
+        1, ge=0, description="Retrains with other seeds per forget set, for the parametric spread.")
+    k: int = Field(20, ge=1, description="Cut-off of every ranking metric.")
+    top_share: float = Field(0.05, gt=0, lt=1, description="Share of most active users in A-IGF.")
+
+
+def load_suite_config(path: str | Path) -> SuiteConfig:
+    try:
+        return SuiteConfig.model_validate(_read_yaml(Path(path)))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid suite configuration ({path}): {exc}") from exc
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

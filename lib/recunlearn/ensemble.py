@@ -131,11 +131,14 @@ class ShardedEnsemble:
         return np.any([m.rows_of(keys) >= 0 for m in self.shards], axis=0)
 
     def score(self, keys: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
+        """Aggregated scores of users by key (``history``: their current interaction rows)."""
         with torch.no_grad():
             vecs, home = shard_views(self.shards, keys, history)
             if self.overlay is not None:
                 vecs = self.overlay.apply(keys, vecs)
             return self.aggregator.combine(shard_scores(self.shards, vecs), vecs, home)
+
+    score_users = score  # the interface shared with single models (Recommender.score_users)
 
 
 def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, *, seed: int,

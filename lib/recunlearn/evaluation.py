@@ -27,18 +27,31 @@ def evaluate_ensemble(ens: ShardedEnsemble, data: InteractionData,
 def evaluate_model(model: BPRMF, data: InteractionData, users: np.ndarray | None = None) -> dict[str, float]:
     """A single model; users it was not trained on are scored by fold-in of their history."""
     users = np.arange(data.n_users) if users is None else users
-    rows = model.rows_of(data.user_keys)
+    return evaluate(lambda r: model.score_users(data.user_keys[r], data.train[r]), users,
+                    data.train + data.valid, data.test, k=K)
 
-    def score(r: np.ndarray) -> torch.Tensor:
-        known = rows[r] >= 0
-        out = torch.empty(len(r), data.n_items)
-        if known.any():
-            out[torch.from_numpy(np.flatnonzero(known))] = model.score(rows[r][known])
-        if (~known).any():
-            out[torch.from_numpy(np.flatnonzero(~known))] = model.score_history(data.train[r[~known]])
-        return out
 
-    return evaluate(score, users, data.train + data.valid, data.test, k=K)
+def fairness(model, data: InteractionData, users: np.ndarray, *, shard_of: np.ndarray | None = None,  # noqa: ANN001
+             top_share: float = 0.05) -> dict[str, Any]:
+    """A-IGF of ``model`` (anything with ``score_users``) over ``users`` with test items, and the
+    per-shard spread when ``shard_of`` (a shard per row of ``data``) is given."""
+    from recunlearn.fairness import a_igf, active_mask, shard_spread
+    from recunlearn.metrics import per_user_metrics
+
+    users = np.asarray(users)
+    users = users[np.diff(data.test.indptr)[users] > 0]
+    per = per_user_metrics(lambda r: model.score_users(data.user_keys[r], data.train[r]), users,
+                           (data.train + data.valid).tocsr(), data.test, k=K)["ndcg"]
+    out: dict[str, Any] = a_igf(per, active_mask(data.train, top_share)[users])
+    if shard_of is not None:
+        out["shard_spread"] = shard_spread(per, shard_of[users])
+    return out
+
+
+def home_shards(ens: ShardedEnsemble, keys: np.ndarray) -> np.ndarray:
+    """The shard holding each key's trained vector (-1 where none does)."""
+    known = np.stack([m.rows_of(keys) >= 0 for m in ens.shards])
+    return np.where(known.any(0), known.argmax(0), -1)
 
 
 def functional_evidence(forgotten: InteractionData, *, original: ShardedEnsemble,

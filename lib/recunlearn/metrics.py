@@ -42,6 +42,22 @@ def rank_metrics(top: np.ndarray, truth: sp.csr_matrix, k: int) -> dict[str, np.
     return {"ndcg": ndcg, "recall": recall, "hr": hit.any(1).astype(float)}
 
 
+def per_user_metrics(score_rows: Callable[[np.ndarray], torch.Tensor], users: np.ndarray,
+                     seen: sp.csr_matrix, truth: sp.csr_matrix, *, k: int = 20,
+                     batch: int = 1024) -> dict[str, np.ndarray]:
+    """Per-user NDCG@K, Recall@K and HR@K of ``users`` (all of them, in order; a user without
+    truth items scores 0). ``score_rows(u)`` returns (len(u), n_items) scores for rows ``u``;
+    ``seen`` items are never recommended."""
+    users = np.asarray(users)
+    out = {m: np.zeros(len(users)) for m in ("ndcg", "recall", "hr")}
+    for s in range(0, len(users), batch):
+        u = users[s:s + batch]
+        top = topk_excluding(score_rows(u), seen[u], k).numpy()
+        for name, vals in rank_metrics(top, truth[u], k).items():
+            out[name][s:s + len(u)] = vals
+    return out
+
+
 def evaluate(score_rows: Callable[[np.ndarray], torch.Tensor], users: np.ndarray,
              train: sp.csr_matrix, truth: sp.csr_matrix, *, k: int = 20,
              batch: int = 1024) -> dict[str, float]:
@@ -52,11 +68,6 @@ def evaluate(score_rows: Callable[[np.ndarray], torch.Tensor], users: np.ndarray
     """
     users = np.asarray(users)
     users = users[np.diff(truth.indptr)[users] > 0]
-    sums = {"ndcg": 0.0, "recall": 0.0, "hr": 0.0}
-    for s in range(0, len(users), batch):
-        u = users[s:s + batch]
-        top = topk_excluding(score_rows(u), train[u], k).numpy()
-        for name, vals in rank_metrics(top, truth[u], k).items():
-            sums[name] += float(vals.sum())
+    per = per_user_metrics(score_rows, users, train, truth, k=k, batch=batch)
     n = max(len(users), 1)
-    return {f"{m}@{k}": sums[m] / n for m in ("ndcg", "recall", "hr")} | {"users": int(len(users))}
+    return {f"{m}@{k}": float(per[m].sum()) / n for m in ("ndcg", "recall", "hr")} | {"users": int(len(users))}

@@ -24,6 +24,14 @@ _TOKEN = re.compile(r"[\w.@:+-]+")
 EVIDENCE_TABLES = ("forget_requests", "audit")  # hold keys as evidence, never interactions
 
 
+def storage_bytes(root: Path) -> dict[str, int]:
+    """Bytes on disk under each direct sub-folder of ``root`` (tables, checkpoints, ...)."""
+    if not root.is_dir():
+        return {}
+    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            for d in sorted(root.iterdir()) if d.is_dir()}
+
+
 def parquet_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.parquet") if "_delta_log" not in p.parts)
 

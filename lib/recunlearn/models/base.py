@@ -36,6 +36,25 @@ class Recommender(ABC):
         """Row of each key, -1 where the model does not know the user."""
         return lookup_rows(self.user_keys, keys)
 
+    def knows(self, keys: np.ndarray) -> np.ndarray:
+        """Whether the model holds a trained vector for each key."""
+        return self.rows_of(keys) >= 0
+
+    def score_users(self, keys: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
+        """Scores (len(keys), n_items) of users by key, as served: the trained vector where the
+        model knows the user, a fold-in of their ``history`` row otherwise. The interface every
+        evaluation and audit function uses, shared with the sharded ensemble."""
+        rows = self.rows_of(keys)
+        known = rows >= 0
+        with torch.no_grad():
+            if known.all():
+                return self.score(rows)
+            out = torch.empty(len(rows), self.n_items)
+            if known.any():
+                out[torch.from_numpy(np.flatnonzero(known))] = self.score(rows[known])
+            out[torch.from_numpy(np.flatnonzero(~known))] = self.score_history(history[np.flatnonzero(~known)])
+            return out
+
     @abstractmethod
     def score(self, rows: np.ndarray) -> torch.Tensor:
         """Scores (len(rows), n_items) for trained users ``rows``."""
