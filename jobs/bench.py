@@ -1,7 +1,13 @@
-"""Benchmarks: ``recunlearn bench attribute --dataset movielens-1m``.
+"""Benchmarks.
 
-Each writes JSON, a Markdown table and a PNG under ``--out`` (default ``<data_dir>/bench``).
-Data sets come from ``--data-dir`` or ``RECUNLEARN_DATA_DIR`` (e.g. ../shared/datasets).
+- ``recunlearn bench attribute --dataset movielens-1m``: attribute unlearning; JSON, a
+  Markdown table and a PNG.
+- ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
+  matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
+  (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
+
+Outputs go under ``--out`` (default ``<data_dir>/bench``, ``<data_dir>/bench/suite`` for the
+suite). Data sets come from ``--data-dir`` or ``RECUNLEARN_DATA_DIR`` (e.g. ../shared/datasets).
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import sys
 from pathlib import Path
 
 from jobs._common import add_config_args, setup
+from recunlearn.engines import PROJECT_ROOT
 
-BENCHES = ("attribute",)
+BENCHES = ("attribute", "suite")
+DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attributes", default="gender,age")
     p.add_argument("--shards", type=int, default=5, help="K of the sharded ensemble (1: skip it)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
+    p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite matrix (bench suite)")
+    p.add_argument("--only", help="bench suite: run only the cells whose id contains this text")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
+    if args.bench == "suite":
+        return _suite(args, cfg, args.out or (layout.root / "bench" / "suite"))
     out = args.out or (layout.root / "bench")
     from pipelines.bench import attribute
 
@@ -38,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"outputs": result["outputs"], "wall_seconds": result["wall_seconds"],
                "rows": [{k: r[k] for k in ("setting", "method", "attribute", "ndcg_ratio",
                                           "worst_balanced_accuracy")} for r in result["rows"]]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _suite(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
+    from recunlearn.config import load_suite_config
+    from pipelines.bench import suite
+    from pipelines.html_report import render_suite_report
+
+    summary = suite.run(load_suite_config(args.suite), cfg, out_dir=out, data_dir=args.data_dir,
+                        only=args.only)
+    summary["report"] = str(render_suite_report(out))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -12,7 +12,7 @@ COMMANDS = {
     "data": "jobs.data", "ingest": "jobs.ingest", "partition": "jobs.partition",
     "train": "jobs.train", "forget": "jobs.forget", "unlearn": "jobs.unlearn",
     "audit": "jobs.audit", "evaluate": "jobs.evaluate", "status": "jobs.status", "run": "jobs.run",
-    "bench": "jobs.bench",
+    "bench": "jobs.bench", "report": "jobs.report",
 }
 
 

@@ -1,0 +1,217 @@
+"""Unlearning methods as the benchmarks run them: in one process, on in-memory data.
+
+The production path is ``recunlearn unlearn`` (Spark + Delta + Ray). The benchmarks run the
+same library code (``fit_bpr``, the partitioners, the aggregators) without the engines, so a
+matrix of cells fits one machine and every method is timed on the same footing (compute, no
+I/O). Each method answers three questions:
+- ``fit``: train on the data;
+- ``unlearn``: given the fitted model and the retained data, forget some users;
+- ``replay``: train from scratch on the retained data, same seed, same (frozen) partition:
+  the model an exact method must equal.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import svds
+
+from recunlearn.config import RunConfig
+from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, fit_attention, load_aggregator
+from recunlearn.models.base import lookup_rows
+from recunlearn.models.bpr import BPRMF, fit_bpr
+from recunlearn.models.data import InteractionData
+from recunlearn.partition import balanced_kmeans_ot, random_partition
+from recunlearn.seeding import make_seed
+
+
+@dataclass
+class Fitted:
+    model: Any  # BPRMF or ShardedEnsemble
+    keys: np.ndarray  # the users it was trained on (sorted)
+    shard_of: np.ndarray | None = None  # shard per key (sharded methods)
+    seconds: dict[str, float] = field(default_factory=dict)
+    shards_touched: list[int] | None = None
+
+    def storage_bytes(self) -> int:
+        buf = io.BytesIO()
+        torch.save(_state(self), buf)
+        return buf.tell()
+
+
+def _state(f: Fitted) -> dict[str, Any]:
+    if isinstance(f.model, ShardedEnsemble):
+        model = {"shards": [m.state() for m in f.model.shards], "aggregator": f.model.aggregator.state()}
+    else:
+        model = {"single": f.model.state()}
+    return {"model": model, "keys": f.keys.tolist(), "seconds": f.seconds,
+            "shard_of": None if f.shard_of is None else torch.from_numpy(f.shard_of.astype(np.int64)),
+            "shards_touched": f.shards_touched}
+
+
+def save_fitted(f: Fitted, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(_state(f), tmp)
+    tmp.replace(path)
+
+
+def load_fitted(path: Path, fold_in_reg: float) -> Fitted:
+    st = torch.load(path, weights_only=False)
+    if "single" in st["model"]:
+        model: Any = BPRMF.from_state(st["model"]["single"])
+        model.fold_in_reg = fold_in_reg
+    else:
+        shards = [BPRMF.from_state(s) for s in st["model"]["shards"]]
+        for m in shards:
+            m.fold_in_reg = fold_in_reg
+        model = ShardedEnsemble(shards, load_aggregator(st["model"]["aggregator"]))
+    shard_of = None if st["shard_of"] is None else st["shard_of"].numpy()
+    return Fitted(model, np.asarray(st["keys"], dtype=str), shard_of, st["seconds"], st["shards_touched"])
+
+
+class Method:
+    name = "method"
+    sharded = False
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def fit(self, data: InteractionData, seed: int) -> Fitted:
+        raise NotImplementedError
+
+    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
+                seed: int) -> Fitted:
+        raise NotImplementedError
+
+    def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
+        return self.fit(retained, seed)
+
+    def _single(self, data: InteractionData, seed: int) -> Fitted:
+        m, st = fit_bpr(data, self.cfg.model, seed=seed)
+        m.fold_in_reg = self.cfg.aggregator.fold_in_reg
+        return Fitted(m, data.user_keys, seconds={"fit": st["fit_seconds"]})
+
+
+class FullRetrain(Method):
+    """One model (K=1); unlearning retrains it from scratch without the forgotten data."""
+
+    name = "full"
+
+    def fit(self, data: InteractionData, seed: int) -> Fitted:
+        return self._single(data, seed)
+
+    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
+                seed: int) -> Fitted:
+        return self._single(retained, seed)
+
+
+class NoUnlearning(FullRetrain):
+    """The control: the original model, served unchanged. Its completeness evidence shows
+    what the checks report when nothing was forgotten."""
+
+    name = "none"
+
+    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
+                seed: int) -> Fitted:
+        return Fitted(fitted.model, fitted.keys, seconds={"fit": 0.0}, shards_touched=[])
+
+
+class Sharded(Method):
+    """Exact sharded unlearning: users split into K shards (a random split as in SISA, or
+    balanced OT k-means of SVD user factors), one model per shard, an aggregator (mean, or
+    attention refit on retained data). Unlearning retrains the shards that held a
+    forgotten user with their original seeds; the partition stays frozen."""
+
+    sharded = True
+
+    def __init__(self, cfg: RunConfig, *, partition: str, aggregator: str, n_shards: int) -> None:
+        super().__init__(cfg)
+        self.partition, self.aggregator, self.k = partition, aggregator, n_shards
+        self.name = {("random", "mean"): "sisa"}.get((partition, aggregator), f"{partition}-{aggregator}")
+
+    def _labels(self, data: InteractionData, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(make_seed(seed, "partition"))
+        if self.partition == "random":
+            return random_partition(data.n_users, self.k, rng).labels
+        s = self.cfg.sharding
+        x = data.train.astype(np.float64)
+        u, sig, _ = svds(x, k=min(s.embedding_rank, min(x.shape) - 1),
+                         v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(x.shape)))
+        return balanced_kmeans_ot(u * sig, self.k, rng, iterations=s.kmeans_iterations,
+                                  epsilon=s.sinkhorn_epsilon, rows=np.diff(data.train.indptr),
+                                  row_tolerance=s.row_tolerance).labels
+
+    def _fit_shard(self, data: InteractionData, rows: np.ndarray, k: int, seed: int) -> tuple[BPRMF, float]:
+        part = InteractionData(data.user_keys[rows], data.train[rows], data.valid[rows], data.test[rows])
+        m, st = fit_bpr(part, self.cfg.model, seed=make_seed(seed, "shard", k))
+        m.fold_in_reg = self.cfg.aggregator.fold_in_reg
+        return m, st["fit_seconds"]
+
+    def _aggregate(self, shards: list[BPRMF], data: InteractionData, seed: int) -> tuple[Any, float]:
+        if self.aggregator == "mean":
+            return MeanAggregator(), 0.0
+        agg, st = fit_attention(shards, data, self.cfg.aggregator, seed=make_seed(seed, "aggregator"),
+                                rng=np.random.default_rng(make_seed(seed, "aggregator")))
+        return agg, st["fit_seconds"]
+
+    def _train(self, data: InteractionData, labels: np.ndarray, seed: int,
+               keep: dict[int, BPRMF] | None = None) -> Fitted:
+        shards, secs = [], {}
+        for k in range(self.k):
+            if keep and k in keep:
+                shards.append(keep[k])
+                continue
+            m, s = self._fit_shard(data, np.flatnonzero(labels == k), k, seed)
+            shards.append(m)
+            secs[f"shard{k}"] = s
+        agg, a = self._aggregate(shards, data, seed)
+        secs["aggregator"] = a
+        secs["fit"] = sum(secs.values())
+        return Fitted(ShardedEnsemble(shards, agg), data.user_keys, labels, secs,
+                      sorted(set(range(self.k)) - set(keep or {})))
+
+    def fit(self, data: InteractionData, seed: int) -> Fitted:
+        t0 = time.perf_counter()
+        labels = self._labels(data, seed)
+        t_part = time.perf_counter() - t0
+        f = self._train(data, labels, seed)
+        f.seconds["partition"] = t_part
+        return f
+
+    def _retained_labels(self, fitted: Fitted, retained: InteractionData) -> np.ndarray:
+        rows = lookup_rows(fitted.keys, retained.user_keys)
+        if (rows < 0).any():
+            raise ValueError("retained users that the fitted model never saw")
+        return fitted.shard_of[rows]
+
+    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
+                seed: int) -> Fitted:
+        hit = lookup_rows(fitted.keys, forget_keys)
+        touched = set(np.unique(fitted.shard_of[hit[hit >= 0]]).tolist())
+        keep = {k: m for k, m in enumerate(fitted.model.shards) if k not in touched}
+        return self._train(retained, self._retained_labels(fitted, retained), seed, keep=keep)
+
+    def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
+        return self._train(retained, self._retained_labels(fitted, retained), seed)
+
+
+METHODS = ("none", "full", "sisa", "ot-mean", "ot-attention")
+
+
+def make_method(name: str, cfg: RunConfig, n_shards: int) -> Method:
+    if name == "none":
+        return NoUnlearning(cfg)
+    if name == "full":
+        return FullRetrain(cfg)
+    if name == "sisa":
+        return Sharded(cfg, partition="random", aggregator="mean", n_shards=n_shards)
+    if name in ("ot-mean", "ot-attention"):
+        return Sharded(cfg, partition="ot", aggregator=name.split("-")[1], n_shards=n_shards)
+    raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
