@@ -58,6 +58,7 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
         passed = (rows_found.get(key, 0) == 0 and not my_log_hits and not stale_published
                   and not stale_ckpts and not known)
         evidence = json.loads(r["evidence"]) if r["evidence"] else {}
+        membership = evidence.pop("membership", None)
         results.append({
             "request_id": r["request_id"], "user_key": key, "audited_at": stamp,
             "model_version": manifest["version"], "passed": passed,
@@ -66,7 +67,8 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
             "key_in_published_model": known, "guarantee": manifest.get("guarantee"),
             "details": json.dumps({"shards": shards, "delete_version": dv,
                                    "raw_id_checked": bool(raw), "log_files": sorted(my_log_hits),
-                                   "stale_checkpoints": stale_ckpts, "functional": evidence}),
+                                   "stale_checkpoints": stale_ckpts, "functional": evidence,
+                                   "membership": membership}),
         })
     append_audit(spark, layout.audit, results)
     report = {"audited_at": stamp.isoformat(), "model_version": manifest["version"],
@@ -89,20 +91,32 @@ def render_audit_md(report: dict[str, Any]) -> str:
         f"Overall: **{'PASSED' if report['passed'] else 'FAILED'}** for {report['n_requests']} "
         f"completed request(s); raw ids checked in `_delta_log`: {report['raw_ids_checked']}.", "",
         "| request | key | parquet rows | log hits | stale shards | stale ckpts | in model | "
-        "NDCG@20 orig / unlearned / retrained | passed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "NDCG@20 orig / unlearned / retrained | membership orig -> unlearned | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["requests"]:
         f = r["details"].get("functional") or {}
         nd = " / ".join(str(f.get(f"ndcg@20_{m}", "-")) for m in ("original", "unlearned", "retrained"))
+        mem = r["details"].get("membership") or {}
+        mp = "-"
+        if mem:
+            lo, hi = mem["attack_shadow_ci"] or (None, None)
+            power = "no power" if lo is None or lo <= 0.5 <= hi else "has power"
+            mp = (f"{mem['original']} -> {mem['unlearned']} (attack AUC {mem['attack_shadow_auc']} "
+                  f"[{lo}, {hi}]: {power})")
         lines.append(
             f"| {r['request_id'][:12]} | {r['user_key'][:8]}... | {r['parquet_rows_found']} | "
             f"{r['delta_log_hits']} | {r['stale_published_shards']} | {r['stale_checkpoints']} | "
-            f"{'yes' if r['key_in_published_model'] else 'no'} | {nd} | "
+            f"{'yes' if r['key_in_published_model'] else 'no'} | {nd} | {mp} | "
             f"{'yes' if r['passed'] else 'NO'} |")
     lines += ["", "Functional check: the forgotten user's held-out items (validation + test) ranked "
               "from their training history. The original model uses its trained vector; the "
               "unlearned ensemble and the retrained reference have none and fold the history in. "
               "Exact unlearning should leave the unlearned model unaware of the user and close to "
-              "the retrain.", ""]
+              "the retrain.", "",
+              "Membership: the probability that the user was trained on, from a black-box "
+              "membership-inference attack (recunlearn.mia) whose shadow model was trained on "
+              "retained users; exact unlearning should bring it down to a non-member's level. "
+              "It is evidence, not a pass criterion: the attack's own held-out AUC says how much "
+              "it can tell at all (against a sharded ensemble, usually little).", ""]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from recunlearn.config import RunConfig
 from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, load_ensemble, load_reference
 from recunlearn.errors import PipelineError
-from recunlearn.evaluation import evaluate_ensemble, evaluate_model
+from recunlearn.evaluation import evaluate_ensemble, evaluate_model, fairness, home_shards
 from recunlearn.tables import Layout, ModelRegistry
 from pipelines.train import n_items_of, read_split_data
 
@@ -43,6 +43,9 @@ def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                             evaluate_ensemble(ShardedEnsemble(ens.shards, MeanAggregator()), data, users))
     ref = load_reference(manifest, fold_in_reg=reg)
     out["reference"] = evaluate_model(ref, data, users) if ref is not None else None
+    # fairness: A-IGF (5% most active users against the rest) and the spread over home shards
+    out["fairness"] = {"ensemble": fairness(ens, data, users, shard_of=home_shards(ens, data.user_keys)),
+                       "reference": fairness(ref, data, users) if ref is not None else None}
     out["seconds"] = round(time.perf_counter() - t0, 2)
     if label:
         layout.reports.mkdir(parents=True, exist_ok=True)

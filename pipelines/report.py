@@ -21,6 +21,13 @@ report.json schema (``schema_version`` 1; fields are only ever added, never rena
 - ``requests``: every request: ``request_id``, ``outcome``, ``status``, ``reason``,
   ``shards``, ``model_version``, ISO timestamps, ``audit_passed``.
 - ``audit``: ``passed``, ``n_requests``.
+- ``fairness``: ``{"<phase> <model>": A-IGF}`` for phases before / after and models ensemble
+  / reference: ``active``, ``inactive``, ``gap`` (NDCG@20 of the 5% most active users minus
+  the rest), and for the ensemble ``shard_spread`` over home shards.
+- ``storage``: bytes on disk per artifact after the last unlearn job (each Delta table as
+  ``table:<name>``, ``checkpoints``, ``models``); each ``unlearn_*`` has its own
+  ``storage_bytes`` and ``membership_mean`` (mean membership probability of the forgotten
+  users under the original and the unlearned model).
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ def _unlearn_summary(unl: dict[str, Any], full_fit: float | None) -> dict[str, A
         vals = [f[key] for f in functional if f.get(key) is not None]
         return round(sum(vals) / len(vals), 5) if vals else None
 
+    def mean_m(key: str) -> float | None:
+        vals = [f["membership"][key] for f in functional if f.get("membership")]
+        return round(sum(vals) / len(vals), 5) if vals else None
+
     return {
         "job_id": unl["job_id"], "requests": len(unl["requests"]),
         "shards_touched": unl["shards_touched"], "model_version": unl["model_version"],
@@ -57,6 +68,8 @@ def _unlearn_summary(unl: dict[str, Any], full_fit: float | None) -> dict[str, A
         "end_to_end_seconds": unl["end_to_end_seconds"],
         "functional_mean": {k: mean(k) for k in ("ndcg@20_original", "ndcg@20_unlearned",
                                                  "ndcg@20_retrained")},
+        "membership_mean": {k: mean_m(k) for k in ("original", "unlearned")},
+        "storage_bytes": unl.get("storage_bytes"),
     }
 
 
@@ -96,6 +109,10 @@ def build_report(run: dict[str, Any]) -> dict[str, Any]:
         "unlearn_batch": batch, "unlearn_single": single,
         "requests": requests,
         "audit": {"passed": audit.get("passed"), "n_requests": audit.get("n_requests", 0)},
+        "fairness": {f"{phase} {name}": ev[phase]["fairness"][name]
+                     for phase in ("before", "after") for name in ("ensemble", "reference")
+                     if ev[phase].get("fairness", {}).get(name)},
+        "storage": single.get("storage_bytes"),
     }
 
 
@@ -131,6 +148,8 @@ def summary_table(report: dict[str, Any]) -> str:
          "/".join(str(r["unlearn_compute_by_shard_vs_full_training"][q]) for q in ("min", "median", "max"))
          if r["unlearn_compute_by_shard_vs_full_training"] else "-"),
         ("single request end to end (s)", f"{one['end_to_end_seconds']:.2f}"),
+        ("membership probability of the forgotten users, original -> unlearned (batch)",
+         " -> ".join(str(b["membership_mean"][w]) for w in ("original", "unlearned"))),
         ("requests completed (distinct)", str(_distinct(report, "completed"))),
         ("requests rejected (distinct)", str(_distinct(report, "rejected"))),
         ("duplicate submissions", str(sum(q["outcome"] == "duplicate" for q in report["requests"]))),

@@ -14,9 +14,8 @@ import logging
 import time
 from typing import Any
 
-
+import numpy as np
 from pyspark.sql import SparkSession
-
 
 from recunlearn import checkpoints
 from recunlearn.config import RunConfig
@@ -24,11 +23,13 @@ from recunlearn.ensemble import load_ensemble, load_reference
 from recunlearn.errors import PipelineError
 from recunlearn.evaluation import functional_evidence
 from recunlearn.models.data import InteractionData
+from recunlearn.scan import storage_bytes
+from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.tables import (ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, FAILED, IN_PROGRESS, USER,
                                ForgetLedger, Layout, ModelRegistry, delete_keys, now_utc, vacuum_now)
 from pipelines.partition import PARTITION_GUARANTEE
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
-                             shard_paths_of, train_models)
+                             read_split_data, shard_paths_of, train_models)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,11 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
             if trained["reference"] else None
         evidence = functional_evidence(forgotten, original=original, unlearned=unlearned,
                                        retrained=retrained)
+    if cfg.unlearn.membership and forgotten.n_users:
+        with clock.step("membership_check"):
+            _membership_evidence(evidence, forgotten, original, unlearned, cfg=cfg, layout=layout,
+                                 version=delete_version, n_items=n_items,
+                                 n_shards=manifest["n_shards"])
     done = now_utc()
     ledger.update_rows([{
         "request_id": r["request_id"], "status": COMPLETED, "published_at": published_at,
@@ -201,9 +207,34 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         "train_wall_seconds": trained["wall_seconds"],
         "end_to_end_seconds": round(time.perf_counter() - t_start, 3),
         "functional": evidence,
+        # what the job leaves on disk: every table (Delta) and the model artifacts
+        "storage_bytes": {**{f"table:{k}": v for k, v in storage_bytes(layout.tables).items()},
+                          "checkpoints": sum(storage_bytes(layout.checkpoints).values()),
+                          "models": sum(storage_bytes(layout.models).values())},
     }
     log.info("unlearn %s: published v%d in %.1fs", job_id, version, result["end_to_end_seconds"])
     return result
+
+
+def _membership_evidence(evidence: dict[str, dict[str, Any]], forgotten: InteractionData,
+                         original: Any, unlearned: Any, *, cfg: RunConfig, layout: Layout,
+                         version: int, n_items: int, n_shards: int) -> None:
+    """Add each forgotten user's membership evidence (``recunlearn.mia.membership_audit``) to
+    ``evidence``; the attack's pool is a sample of retained users, so it never saw the
+    forgotten ones."""
+    from recunlearn.mia import membership_audit
+
+    retained = read_split_data(layout.interactions, version, n_items, None)
+    rng = numpy_rng(cfg.seed, "membership", version)
+    pick = np.sort(rng.permutation(retained.n_users)[:min(cfg.unlearn.shadow_users, retained.n_users)])
+    pool = InteractionData(retained.user_keys[pick], retained.train[pick], retained.valid[pick],
+                           retained.test[pick])
+    rows = membership_audit(original, unlearned, (forgotten.user_keys, forgotten.train), pool,
+                            n_shards=n_shards, model_cfg=cfg.model,
+                            seed=make_seed(cfg.seed, "membership", version) % 2**31,
+                            fold_in_reg=cfg.aggregator.fold_in_reg)
+    for key, row in zip(forgotten.user_keys, rows):
+        evidence.setdefault(str(key), {})["membership"] = row
 
 
 def _rows_of(layout: Layout, n_items: int, keys: list[str], shards: list[int]) -> InteractionData:

@@ -103,6 +103,13 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     report = audit(spark, layout=layout, secret=SECRET, raw_ids=forget)
     assert report["passed"] and report["n_requests"] == 2 and report["raw_ids_checked"] == 2
     assert (layout.reports / "audit.md").read_text().count("| yes |") == 2
+    # the completeness evidence is stored with each request: functional and membership
+    for r in report["requests"]:
+        m = r["details"]["membership"]
+        assert 0.0 <= m["original"] <= 1.0 and 0.0 <= m["unlearned"] <= 1.0
+        assert 0.0 <= m["attack_shadow_auc"] <= 1.0
+        assert r["details"]["functional"]["known_to_original"] is True
+        assert r["details"]["functional"]["known_to_unlearned"] is False
 
     # a re-ingest of the same raw log must not bring the forgotten users back
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
