@@ -5,15 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JARS   := jars/.resolved
 
-.PHONY: run test test-all setup jars clean lint
+.PHONY: run test test-all setup jars clean lint browser
 
 run: setup
 	$(VENV)/bin/recunlearn run
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -32,6 +32,16 @@ $(STAMP): pyproject.toml
 $(JARS): build-support/delta-jars.pom.xml
 	mvn -q -B -f build-support/delta-jars.pom.xml dependency:copy-dependencies
 	touch $@
+
+# Debian's Chromium for the report's headless-browser test, when this machine can install it
+# (root and apt-get); otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (timeout 900 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 \
+	      apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium: the browser check will skip"; \
+	  else echo "chromium not installed (needs root and apt-get): the browser check will skip"; fi; }
 
 clean:
 	rm -rf var jars $(VENV) *.egg-info lib/*.egg-info
