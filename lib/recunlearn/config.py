@@ -204,7 +204,8 @@ class SuiteBlock(_Frozen):
 
     datasets: list[str] = Field(..., min_length=1, description="Names under RECUNLEARN_DATA_DIR.")
     models: list[Literal["bpr"]] = Field(["bpr"], min_length=1, description="Sub-models.")
-    methods: list[str] = Field(..., min_length=1, description="Unlearning methods (see bench suite).")
+    methods: list[Literal["none", "full", "sisa", "ot-mean", "ot-attention"]] = Field(
+        ..., min_length=1, description="Unlearning methods (pipelines/bench/methods.py).")
     n_shards: list[int] = Field([10], min_length=1, description="K of the sharded methods.")
     kinds: list[Literal["random", "core", "edge"]] = Field(["random", "core", "edge"], min_length=1)
     sizes: list[float] = Field(

@@ -63,7 +63,7 @@ def save_fitted(f: Fitted, path: Path) -> None:
 
 
 def load_fitted(path: Path, fold_in_reg: float) -> Fitted:
-    st = torch.load(path, weights_only=False)
+    st = torch.load(path, weights_only=True)
     if "single" in st["model"]:
         model: Any = BPRMF.from_state(st["model"]["single"])
         model.fold_in_reg = fold_in_reg
