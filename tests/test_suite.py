@@ -118,3 +118,23 @@ def test_report_renders_in_headless_chromium(finished):
         assert img.shape[:2] == (2000, 1280)
         # not a blank page: plots put many distinct colours on it
         assert len(np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_interaction_and_item_forget_sets(finished, tmp_path):
+    matrix = {**MATRIX, "matrix": [{"datasets": ["movielens-100k"], "methods": ["full", "sisa"],
+                                    "n_shards": [3], "kinds": ["interactions", "items"], "sizes": [0.05]}]}
+    out = suite.run(SuiteConfig.model_validate(matrix), finished["cfg"], out_dir=tmp_path,
+                    data_dir=str(finished["data"]))
+    assert out["ran"] == 4
+    cells = {(c["spec"]["method"], c["spec"]["kind"]): c for c in suite.load_cells(tmp_path)}
+    for (method, kind), c in cells.items():
+        assert c["users"]["retained"] == c["users"]["target"] == 144  # users stay
+        assert c["completeness"]["mia"]["applicable"] is False
+        assert c["completeness"]["functional"]["vs_replay"]["max_abs_difference"] == 0.0
+        assert c["completeness"]["parametric"]["distance_to_retrain"] == 0.0
+        assert c["forget"]["pairs"] > 0 and c["forget"]["users"] > 0
+    assert cells[("full", "items")]["forget"]["items"] == 3  # 5% of the 60 items
+    # 5% of the training pairs are spread over most users, so every shard is touched
+    assert cells[("sisa", "interactions")]["efficiency"]["shards_touched"] == [0, 1, 2]
+    html, pngs = _html_and_pngs(tmp_path)
+    assert len(pngs) == 4 and "sisa-K3/items-0.05" in html

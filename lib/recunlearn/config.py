@@ -207,10 +207,12 @@ class SuiteBlock(_Frozen):
     methods: list[Literal["none", "full", "sisa", "ot-mean", "ot-attention"]] = Field(
         ..., min_length=1, description="Unlearning methods (pipelines/bench/methods.py).")
     n_shards: list[int] = Field([10], min_length=1, description="K of the sharded methods.")
-    kinds: list[Literal["random", "core", "edge"]] = Field(["random", "core", "edge"], min_length=1)
+    kinds: list[Literal["random", "core", "edge", "interactions", "items"]] = Field(
+        ["random", "core", "edge"], min_length=1, description="Forget sets: whole users drawn random, "
+        "most active (core) or least active (edge); random training interactions; random items.")
     sizes: list[float] = Field(
-        [0.05], min_length=1, description="Forget-set sizes: a share of the target users if < 1, "
-        "else a number of users.")
+        [0.05], min_length=1, description="Forget-set sizes: a share (of the target users, training "
+        "interactions or items) if < 1, else a count.")
 
 
 class MiaConfig(_Frozen):

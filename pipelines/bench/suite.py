@@ -145,6 +145,62 @@ class DatasetContext:
         return f, False
 
 
+@dataclass(frozen=True)
+class ForgetSet:
+    keys: np.ndarray  # the users whose data changes (all of it for user kinds)
+    retained: InteractionData  # the target data without the forgotten data
+    history: sp.csr_matrix  # per affected user: what the models may still see of them
+    truth: sp.csr_matrix  # per affected user: what a model that forgot should not recover
+    user_level: bool
+    tag: str
+    pairs: int
+    items: int | None = None
+
+
+def forget_set(target: InteractionData, kind: str, size: float, rng: np.random.Generator) -> ForgetSet:
+    """The forget set of a cell. User kinds (random / core / edge) forget whole users: history =
+    their training rows, truth = their held-out rows. ``interactions`` forgets random
+    training pairs and ``items`` every interaction with random items: the users stay, history
+    = what they keep, truth = the forgotten pairs."""
+    if kind in ("random", "core", "edge"):
+        n = int(size) if size >= 1 else max(int(round(size * target.n_users)), 2)
+        rows = draw_forget_users(target.train, kind, n, rng)
+        keys = target.user_keys[rows]
+        return ForgetSet(keys, target.without_users(keys), target.train[rows],
+                         (target.valid + target.test).tocsr()[rows], True, _forget_tag(keys),
+                         int(target.train[rows].nnz))
+    coo = target.train.tocoo()
+    if kind == "interactions":
+        n = int(size) if size >= 1 else max(int(round(size * coo.nnz)), 1)
+        pick = np.sort(rng.choice(coo.nnz, n, replace=False))
+        drop = sp.csr_matrix((np.ones(n, np.float32), (coo.row[pick], coo.col[pick])), shape=target.train.shape)
+        items, cut = None, None
+    elif kind == "items":
+        seen = np.flatnonzero(np.diff(target.train.tocsc().indptr) > 0)
+        n = int(size) if size >= 1 else max(int(round(size * len(seen))), 1)
+        items = np.sort(rng.choice(seen, n, replace=False))
+        cut = np.zeros(target.n_items, bool)
+        cut[items] = True
+        drop = target.train.multiply(sp.csr_matrix(cut[None, :].astype(np.float32))).tocsr()
+    else:
+        raise ValueError(f"unknown forget-set kind {kind!r}")
+    drop.eliminate_zeros()
+
+    def minus(m: sp.csr_matrix, d: sp.csr_matrix) -> sp.csr_matrix:
+        out = (m - m.multiply(d > 0)).tocsr()
+        out.eliminate_zeros()
+        return out
+
+    keep_cols = (lambda m: m) if cut is None else (
+        lambda m: minus(m, m.multiply(sp.csr_matrix(cut[None, :].astype(np.float32)))))
+    retained = InteractionData(target.user_keys, minus(target.train, drop), keep_cols(target.valid),
+                               keep_cols(target.test))
+    rows = np.flatnonzero(np.diff(drop.indptr) > 0)
+    tag = fingerprint({"pairs": np.stack(drop.nonzero()).tolist()})[:12]
+    return ForgetSet(target.user_keys[rows], retained, retained.train[rows], drop[rows], False, tag,
+                     int(drop.nnz), None if items is None else int(len(items)))
+
+
 def _forget_tag(keys: np.ndarray) -> str:
     return fingerprint({"forget": sorted(map(str, keys))})[:12]
 
@@ -166,12 +222,9 @@ def run_cell(ctx: DatasetContext, cell: Cell) -> dict[str, Any]:
     spec = f"{cell.method}-K{cell.n_shards}-{cell.model}"
     original, _ = ctx.cached(f"{spec}-s{seed}-all", lambda: method.fit(target, seed))
 
-    n = int(cell.size) if cell.size >= 1 else max(int(round(cell.size * target.n_users)), 2)
-    rng = np.random.default_rng(make_seed(seed, "forget", cell.kind, cell.size))
-    forget_rows = draw_forget_users(target.train, cell.kind, n, rng)
-    forget_keys = target.user_keys[forget_rows]
-    retained = target.without_users(forget_keys)
-    ftag = _forget_tag(forget_keys)
+    fs = forget_set(target, cell.kind, cell.size, np.random.default_rng(make_seed(seed, "forget", cell.kind, cell.size)))
+    forget_keys, retained, hist, truth = fs.keys, fs.retained, fs.history, fs.truth
+    ftag = fs.tag
 
     t0 = time.perf_counter()
     unlearned = method.unlearn(original, retained, forget_keys, seed)
@@ -202,8 +255,6 @@ def run_cell(ctx: DatasetContext, cell: Cell) -> dict[str, Any]:
         fairness["shard_spread_retrained"] = shard_spread(per_user["retrained"][has], shard_of[has])
 
     # ---- completeness
-    truth = (target.valid + target.test).tocsr()[forget_rows]
-    hist = target.train[forget_rows]
     functional = {
         "vs_replay": functional_gap(unlearned.model, replay.model, forget_keys, hist, truth,
                                     original=original.model, k=k, seed=seed % 2**31),
@@ -212,26 +263,11 @@ def run_cell(ctx: DatasetContext, cell: Cell) -> dict[str, Any]:
         "known_to_unlearned": int(np.asarray(unlearned.model.knows(forget_keys)).sum()),
         "known_to_original": int(np.asarray(original.model.knows(forget_keys)).sum()),
     }
-    attack = ctx.attack(method, spec)
-    b = suite.mia.bootstrap
-    pos = (forget_keys, hist)
-    neg = ctx.rows_of(ctx.never_seen)
     member_rows = np.random.default_rng(make_seed(seed, "members")).choice(
         retained.n_users, min(len(ctx.never_seen), retained.n_users), replace=False)
-    mia = {"attacker_shadow": attack.shadow,
-           "members_vs_never_seen_original": attack.evidence(
-               original.model, (retained.user_keys[member_rows], retained.train[member_rows]), neg,
-               resamples=b, seed=1)}
-    for name, m in (("original", original.model), ("unlearned", unlearned.model),
-                    ("replay", replay.model), ("retrained", reference.model)):
-        mia[f"forgotten_vs_never_seen_{name}"] = attack.evidence(m, pos, neg, resamples=b, seed=2)
-    # The retrained model of a method is its replay (the K=1 retrain for single models): the
-    # attack was built for that method, so that is where the comparison is like for like.
-    ret_ci = mia["forgotten_vs_never_seen_replay"]["ci"]
-    unl = mia["forgotten_vs_never_seen_unlearned"]["auc"]
-    mia["unlearned_inside_retrained_ci"] = bool(ret_ci and ret_ci[0] <= unl <= ret_ci[1])
-    orig_ci = mia["members_vs_never_seen_original"]["ci"]
-    mia["original_separates_members"] = bool(orig_ci and orig_ci[0] > 0.5)
+    mia = _mia(ctx, method, spec, fs, original, unlearned, replay, reference, retained, member_rows) \
+        if fs.user_level else {"applicable": False, "reason": "user membership: the users stay "
+                                                              "members when only some of their data goes"}
     try:
         parametric = parametric_evidence(unlearned.model, replay.model, spread)
     except ValueError as exc:
@@ -253,14 +289,41 @@ def run_cell(ctx: DatasetContext, cell: Cell) -> dict[str, Any]:
         "model_bytes_unlearned": unlearned.storage_bytes(),
         "partition_seconds": round(original.seconds.get("partition", 0.0), 3),
     }
-    return {"cell": cell.id, "spec": cell.__dict__, "forget": {"users": int(n), "kind": cell.kind,
-            "mean_train_items": round(float(np.diff(hist.indptr).mean()), 2)},
+    return {"cell": cell.id, "spec": cell.__dict__,
+            "forget": {"users": int(len(forget_keys)), "kind": cell.kind, "pairs": fs.pairs,
+                       "items": fs.items, "mean_train_items": round(float(np.diff(hist.indptr).mean()), 2)},
             "users": {"target": int(target.n_users), "retained": int(retained.n_users),
                       "never_seen": int(len(ctx.never_seen)),
                       "shadow": int(len(ctx.shadow_members) + len(ctx.shadow_nonmembers))},
             "utility": util, "completeness": {"functional": functional, "mia": mia,
                                               "parametric": parametric},
             "efficiency": efficiency, "fairness": fairness}
+
+
+def _mia(ctx: DatasetContext, method: Method, spec: str, fs: ForgetSet, original: Fitted,
+         unlearned: Fitted, replay: Fitted, reference: Fitted, retained: InteractionData,
+         member_rows: np.ndarray) -> dict[str, Any]:
+    """Membership inference of the forgotten users against the never-seen ones, under every
+    model of the cell, with the attack built for ``method``."""
+    attack = ctx.attack(method, spec)
+    b = ctx.suite.mia.bootstrap
+    pos = (fs.keys, fs.history)
+    neg = ctx.rows_of(ctx.never_seen)
+    mia = {"attacker_shadow": attack.shadow,
+           "members_vs_never_seen_original": attack.evidence(
+               original.model, (retained.user_keys[member_rows], retained.train[member_rows]), neg,
+               resamples=b, seed=1)}
+    for name, m in (("original", original.model), ("unlearned", unlearned.model),
+                    ("replay", replay.model), ("retrained", reference.model)):
+        mia[f"forgotten_vs_never_seen_{name}"] = attack.evidence(m, pos, neg, resamples=b, seed=2)
+    # The retrained model of a method is its replay (the K=1 retrain for single models): the
+    # attack was built for that method, so that is where the comparison is like for like.
+    ret_ci = mia["forgotten_vs_never_seen_replay"]["ci"]
+    unl = mia["forgotten_vs_never_seen_unlearned"]["auc"]
+    mia["unlearned_inside_retrained_ci"] = bool(ret_ci and ret_ci[0] <= unl <= ret_ci[1])
+    orig_ci = mia["members_vs_never_seen_original"]["ci"]
+    mia["original_separates_members"] = bool(orig_ci and orig_ci[0] > 0.5)
+    return mia
 
 
 def cell_fingerprint(cell: Cell, suite: SuiteConfig, ctx_fp: str) -> str:
