@@ -130,6 +130,13 @@ def render_suite_report(out_dir: Path) -> Path:
         page.figure(fig, f"{ds}-mia", f"{ds}: membership inference AUC with 95% bootstrap intervals "
                     "(user forget sets only: when interactions or items go, the users stay members)")
         fig, ax = plt.subplots(figsize=(11, 3.6))
+        func = [c["completeness"]["functional"]["vs_replay"] for c in cs]
+        _bars(ax, labels, {n: [_ndcg_of(f, n) for f in func] for n in ("original", "unlearned", "retrained")})
+        ax.set_ylabel("NDCG@k of the forget set")
+        page.figure(fig, f"{ds}-functional", f"{ds}: functional check: how well each model recovers what was "
+                    "forgotten (users: their held-out items; interactions and items: the forgotten pairs); "
+                    "retrained = the method's replay")
+        fig, ax = plt.subplots(figsize=(11, 3.6))
         _bars(ax, labels, {"unlearn": [max(c["efficiency"]["unlearn_seconds"], 1e-3) for c in cs],
                            "retrain K=1": [c["efficiency"]["retrain_k1_fit_seconds"] for c in cs]})
         ax.set_yscale("log")
@@ -164,6 +171,10 @@ def _suite_row(label: str, c: dict[str, Any]) -> list[Any]:
             c["completeness"]["parametric"].get("scores", {}).get("distance_to_retrain"),
             e["unlearn_seconds"], e["speedup_vs_retrain_k1"],
             c["fairness"]["unlearned"]["gap"], c["fairness"]["retrained"]["gap"]]
+
+
+def _ndcg_of(functional: dict[str, Any], model: str) -> float | None:
+    return next((v for k, v in functional.items() if k.startswith("ndcg@") and k.endswith("_" + model)), None)
 
 
 def _ndcg(metrics: dict[str, Any]) -> float:

@@ -92,7 +92,7 @@ def _html_and_pngs(out: Path) -> tuple[str, list[bytes]]:
 
 def test_report_embeds_every_plot_as_a_png(finished):
     html, pngs = _html_and_pngs(finished["out"])
-    assert len(pngs) == 4 == html.count("<img")
+    assert len(pngs) == 5 == html.count("<img")
     for png in pngs:
         img = mpimg.imread(io.BytesIO(png), format="png")
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0.01
@@ -110,7 +110,7 @@ def test_report_renders_in_headless_chromium(finished):
         base = [browser, *flags, f"--user-data-dir={profile}"]
         dom = subprocess.run([*base, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                              capture_output=True, text=True, timeout=120).stdout
-        assert 'data-images-loaded="4/4"' in dom
+        assert 'data-images-loaded="5/5"' in dom
         shot = Path(profile) / "shot.png"
         subprocess.run([*base, "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
                        capture_output=True, timeout=120, check=True)
@@ -137,4 +137,4 @@ def test_interaction_and_item_forget_sets(finished, tmp_path):
     # 5% of the training pairs are spread over most users, so every shard is touched
     assert cells[("sisa", "interactions")]["efficiency"]["shards_touched"] == [0, 1, 2]
     html, pngs = _html_and_pngs(tmp_path)
-    assert len(pngs) == 4 and "sisa-K3/items-0.05" in html
+    assert len(pngs) == 5 and "sisa-K3/items-0.05" in html
