@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-ForgetKind = Literal["random", "core", "edge"]
 FORGET_KINDS: tuple[str, ...] = ("random", "core", "edge")
 
 

@@ -110,6 +110,9 @@ class DatasetContext:
                                      "aggregator": run_cfg.aggregator.model_dump(mode="json"),
                                      "sharding": run_cfg.sharding.model_dump(mode="json"),
                                      "split": run_cfg.split.model_dump(mode="json")})
+        # ... and only for the same users: the roles depend on the seed and the shares
+        self.roles_fp = fingerprint({"seed": suite.seed, "shadow": suite.mia.shadow_share,
+                                     "nonmember": suite.mia.nonmember_share})[:8]
         self.cache = cache / name
         self._attacks: dict[str, MembershipAttack] = {}
 
@@ -137,7 +140,7 @@ class DatasetContext:
 
     def cached(self, tag: str, train: Callable[[], Fitted]) -> tuple[Fitted, bool]:
         """A fitted model from the cache, or trained and stored. Returns (fitted, from_cache)."""
-        path = self.cache / f"{tag}-{self.model_fp}.pt"
+        path = self.cache / f"{tag}-{self.model_fp}-{self.roles_fp}.pt"
         if path.exists():
             return load_fitted(path, self.cfg.aggregator.fold_in_reg), True
         f = train()
