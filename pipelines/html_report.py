@@ -239,6 +239,11 @@ def render_run_report(reports: Path) -> Path:
         page.figure(fig, "functional", "Functional check per request: the forgotten user's held-out items "
                     "ranked by the original, the unlearned and the retrained model")
         mia = [r["details"].get("membership") or {} for r in reqs]
+        strengths = sorted({(x["attack_shadow_auc"], tuple(x["attack_shadow_ci"] or ())) for x in mia if x})
+        for auc_, ci in strengths:
+            power = "no power" if not ci or ci[0] <= 0.5 <= ci[1] else "power"
+            page.p(f"Membership attack of an unlearn job: held-out AUC on its shadow users {auc_} "
+                   f"[{ci[0] if ci else '-'}, {ci[1] if ci else '-'}] ({power}).")
         if any(mia):
             fig, ax = plt.subplots(figsize=(8, 3.4))
             _bars(ax, labels, {w: [x.get(w) for x in mia] for w in ("original", "unlearned")})
