@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 
 from recunlearn import checkpoints
 from recunlearn.ensemble import load_ensemble
+from recunlearn.mia import has_power
 from recunlearn.pseudonym import user_key
 from recunlearn.scan import delta_log_hits, rows_with_keys
 from recunlearn.tables import COMPLETED, ForgetLedger, Layout, ModelRegistry, append_audit, now_utc
@@ -101,7 +102,7 @@ def render_audit_md(report: dict[str, Any]) -> str:
         mp = "-"
         if mem:
             lo, hi = mem["attack_shadow_ci"] or (None, None)
-            power = "no power" if lo is None or lo <= 0.5 <= hi else "has power"
+            power = "has power" if has_power(mem["attack_shadow_ci"]) else "no power"
             mp = (f"{mem['original']} -> {mem['unlearned']} (attack AUC {mem['attack_shadow_auc']} "
                   f"[{lo}, {hi}]: {power})")
         lines.append(

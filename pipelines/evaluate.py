@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from recunlearn.config import RunConfig
 from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, load_ensemble, load_reference
 from recunlearn.errors import PipelineError
-from recunlearn.evaluation import evaluate_ensemble, evaluate_model, fairness, home_shards
+from recunlearn.evaluation import evaluate_users, evaluate_with_fairness, home_shards
 from recunlearn.tables import Layout, ModelRegistry
 from pipelines.train import n_items_of, read_split_data
 
@@ -37,15 +37,16 @@ def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                            "protocol": "full ranking over all items; the user's train and "
                                        "validation items excluded; test items as truth"}
     ens = load_ensemble(manifest, fold_in_reg=reg)
-    out["ensemble"] = evaluate_ensemble(ens, data, users)
+    # utility, and from the same scores fairness: A-IGF (the 5% most active users against the
+    # rest) and the spread over home shards
+    out["ensemble"], fair_ens = evaluate_with_fairness(ens, data, users,
+                                                       shard_of=home_shards(ens, data.user_keys))
     # the same shard models under the plain mean (no second evaluation when that is the published one)
     out["ensemble_mean"] = (out["ensemble"] if isinstance(ens.aggregator, MeanAggregator) else
-                            evaluate_ensemble(ShardedEnsemble(ens.shards, MeanAggregator()), data, users))
+                            evaluate_users(ShardedEnsemble(ens.shards, MeanAggregator()), data, users))
     ref = load_reference(manifest, fold_in_reg=reg)
-    out["reference"] = evaluate_model(ref, data, users) if ref is not None else None
-    # fairness: A-IGF (5% most active users against the rest) and the spread over home shards
-    out["fairness"] = {"ensemble": fairness(ens, data, users, shard_of=home_shards(ens, data.user_keys)),
-                       "reference": fairness(ref, data, users) if ref is not None else None}
+    out["reference"], fair_ref = evaluate_with_fairness(ref, data, users) if ref is not None else (None, None)
+    out["fairness"] = {"ensemble": fair_ens, "reference": fair_ref}
     out["seconds"] = round(time.perf_counter() - t0, 2)
     if label:
         layout.reports.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from recunlearn.mia import has_power  # noqa: E402
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
@@ -241,7 +243,7 @@ def render_run_report(reports: Path) -> Path:
         mia = [r["details"].get("membership") or {} for r in reqs]
         strengths = sorted({(x["attack_shadow_auc"], tuple(x["attack_shadow_ci"] or ())) for x in mia if x})
         for auc_, ci in strengths:
-            power = "no power" if not ci or ci[0] <= 0.5 <= ci[1] else "power"
+            power = "power" if has_power(ci) else "no power"
             page.p(f"Membership attack of an unlearn job: held-out AUC on its shadow users {auc_} "
                    f"[{ci[0] if ci else '-'}, {ci[1] if ci else '-'}] ({power}).")
         if any(mia):

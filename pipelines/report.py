@@ -48,12 +48,8 @@ def _unlearn_summary(unl: dict[str, Any], full_fit: float | None) -> dict[str, A
     fit = _fit_seconds(unl)
     functional = list(unl.get("functional", {}).values())
 
-    def mean(key: str) -> float | None:
-        vals = [f[key] for f in functional if f.get(key) is not None]
-        return round(sum(vals) / len(vals), 5) if vals else None
-
-    def mean_m(key: str) -> float | None:
-        vals = [f["membership"][key] for f in functional if f.get("membership")]
+    def mean(vals: list[float | None]) -> float | None:
+        vals = [v for v in vals if v is not None]
         return round(sum(vals) / len(vals), 5) if vals else None
 
     return {
@@ -66,9 +62,10 @@ def _unlearn_summary(unl: dict[str, Any], full_fit: float | None) -> dict[str, A
         "aggregator_fit_seconds": unl["compute"]["aggregator_fit_seconds"],
         "compute_vs_full_training": round(fit / full_fit, 4) if full_fit else None,
         "end_to_end_seconds": unl["end_to_end_seconds"],
-        "functional_mean": {k: mean(k) for k in ("ndcg@20_original", "ndcg@20_unlearned",
-                                                 "ndcg@20_retrained")},
-        "membership_mean": {k: mean_m(k) for k in ("original", "unlearned")},
+        "functional_mean": {k: mean([f.get(k) for f in functional])
+                            for k in ("ndcg@20_original", "ndcg@20_unlearned", "ndcg@20_retrained")},
+        "membership_mean": {k: mean([(f.get("membership") or {}).get(k) for f in functional])
+                            for k in ("original", "unlearned")},
         "storage_bytes": unl.get("storage_bytes"),
     }
 

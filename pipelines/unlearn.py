@@ -14,7 +14,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 from pyspark.sql import SparkSession
 
 from recunlearn import checkpoints
@@ -23,7 +22,7 @@ from recunlearn.ensemble import load_ensemble, load_reference
 from recunlearn.errors import PipelineError
 from recunlearn.evaluation import functional_evidence
 from recunlearn.models.data import InteractionData
-from recunlearn.scan import storage_bytes
+from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.tables import (ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, FAILED, IN_PROGRESS, USER,
                                ForgetLedger, Layout, ModelRegistry, delete_keys, now_utc, vacuum_now)
@@ -209,8 +208,8 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         "functional": evidence,
         # what the job leaves on disk: every table (Delta) and the model artifacts
         "storage_bytes": {**{f"table:{k}": v for k, v in storage_bytes(layout.tables).items()},
-                          "checkpoints": sum(storage_bytes(layout.checkpoints).values()),
-                          "models": sum(storage_bytes(layout.models).values())},
+                          "checkpoints": folder_bytes(layout.checkpoints),
+                          "models": folder_bytes(layout.models)},
     }
     log.info("unlearn %s: published v%d in %.1fs", job_id, version, result["end_to_end_seconds"])
     return result
@@ -226,9 +225,7 @@ def _membership_evidence(evidence: dict[str, dict[str, Any]], forgotten: Interac
 
     retained = read_split_data(layout.interactions, version, n_items, None)
     rng = numpy_rng(cfg.seed, "membership", version)
-    pick = np.sort(rng.permutation(retained.n_users)[:min(cfg.unlearn.shadow_users, retained.n_users)])
-    pool = InteractionData(retained.user_keys[pick], retained.train[pick], retained.valid[pick],
-                           retained.test[pick])
+    pool = retained.subset(rng.permutation(retained.n_users)[:min(cfg.unlearn.shadow_users, retained.n_users)])
     rows = membership_audit(original, unlearned, (forgotten.user_keys, forgotten.train), pool,
                             n_shards=n_shards, model_cfg=cfg.model,
                             seed=make_seed(cfg.seed, "membership", version) % 2**31,

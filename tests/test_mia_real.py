@@ -15,7 +15,6 @@ from recunlearn.config import load_config
 from recunlearn.mia import fit_attack, item_vectors
 from recunlearn.models.bpr import fit_bpr
 from pipelines.bench.common import load_split
-from pipelines.bench.suite import sub
 
 pytestmark = pytest.mark.datasets
 
@@ -30,18 +29,18 @@ def test_attack_separates_members_and_only_members():
     n = data.n_users
     shadow_in, shadow_out = np.sort(perm[: n // 6]), np.sort(perm[n // 6: n // 3])
     never, target = np.sort(perm[n // 3: n // 2]), np.sort(perm[n // 2:])
-    shadow, _ = fit_bpr(sub(data, shadow_in), cfg, seed=1)
+    shadow, _ = fit_bpr(data.subset(shadow_in), cfg, seed=1)
     attack = fit_attack(shadow, (data.user_keys[shadow_in], data.train[shadow_in]),
                         (data.user_keys[shadow_out], data.train[shadow_out]),
                         item_vectors(data.train[np.sort(perm[: n // 3])], 32, 0), seed=0)
     assert attack.shadow["ci"][0] > 0.5
-    model, _ = fit_bpr(sub(data, target), cfg, seed=2)
+    model, _ = fit_bpr(data.subset(target), cfg, seed=2)
     members = target[: len(never)]
     neg = (data.user_keys[never], data.train[never])
     seen = attack.evidence(model, (data.user_keys[members], data.train[members]), neg, seed=3)
     assert seen["ci"][0] > 0.6, seen
     # the same users against a model retrained without the members: the separation is gone
     # (up to what activity alone tells apart in groups of ~150, hence a band, not 0.5 exactly)
-    retrained, _ = fit_bpr(sub(data, target[len(never):]), cfg, seed=2)
+    retrained, _ = fit_bpr(data.subset(target[len(never):]), cfg, seed=2)
     blind = attack.evidence(retrained, (data.user_keys[members], data.train[members]), neg, seed=3)
     assert abs(blind["auc"] - 0.5) < 0.12 and blind["ci"][1] < seen["ci"][0], (seen, blind)

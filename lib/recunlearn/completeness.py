@@ -107,7 +107,10 @@ def parametric_evidence(unlearned: Any, retrained: Any, other_seeds: list[Any]) 
     the retrain and retrains with other seeds. Exact unlearning gives distance 0; an
     approximate method is credible when it falls well inside the seed spread."""
     d = parameter_distance(unlearned, retrained)["relative_l2"]
-    spread = [parameter_distance(o, retrained)["relative_l2"] for o in other_seeds]
+    return _against_spread(d, [parameter_distance(o, retrained)["relative_l2"] for o in other_seeds])
+
+
+def _against_spread(d: float, spread: list[float]) -> dict[str, Any]:
     return {"distance_to_retrain": round(d, 6), "seed_spread": [round(s, 6) for s in spread],
             "within_seed_spread": bool(spread) and d <= min(spread)}
 
@@ -127,7 +130,5 @@ def score_distance(a: Scorer, b: Scorer, keys: np.ndarray, history: sp.csr_matri
 def score_evidence(unlearned: Scorer, retrained: Scorer, other_seeds: list[Scorer],
                    keys: np.ndarray, history: sp.csr_matrix) -> dict[str, Any]:
     """:func:`parametric_evidence` in score space (see :func:`score_distance`)."""
-    d = score_distance(unlearned, retrained, keys, history)
-    spread = [score_distance(o, retrained, keys, history) for o in other_seeds]
-    return {"distance_to_retrain": round(d, 6), "seed_spread": [round(s, 6) for s in spread],
-            "within_seed_spread": bool(spread) and d <= min(spread)}
+    return _against_spread(score_distance(unlearned, retrained, keys, history),
+                           [score_distance(o, retrained, keys, history) for o in other_seeds])

@@ -10,42 +10,44 @@ import numpy as np
 import torch
 
 from recunlearn.ensemble import ShardedEnsemble
-from recunlearn.metrics import evaluate
+from recunlearn.fairness import a_igf, active_mask, shard_spread
+from recunlearn.metrics import per_user_metrics, summarize
 from recunlearn.models.bpr import BPRMF
 from recunlearn.models.data import InteractionData
 
 K = 20
 
 
-def evaluate_ensemble(ens: ShardedEnsemble, data: InteractionData,
-                      users: np.ndarray | None = None) -> dict[str, float]:
-    users = np.arange(data.n_users) if users is None else users
-    return evaluate(lambda r: ens.score(data.user_keys[r], data.train[r]), users,
-                    data.train + data.valid, data.test, k=K)
+def per_user(model: Any, data: InteractionData, users: np.ndarray, *, k: int = K) -> dict[str, np.ndarray]:
+    """Per-user NDCG/Recall/HR@k of ``users`` under ``model`` (a single model or an ensemble:
+    anything with ``score_users``); users a model was not trained on are scored by fold-in."""
+    return per_user_metrics(lambda r: model.score_users(data.user_keys[r], data.train[r]), users,
+                            (data.train + data.valid).tocsr(), data.test, k=k)
 
 
-def evaluate_model(model: BPRMF, data: InteractionData, users: np.ndarray | None = None) -> dict[str, float]:
-    """A single model; users it was not trained on are scored by fold-in of their history."""
-    users = np.arange(data.n_users) if users is None else users
-    return evaluate(lambda r: model.score_users(data.user_keys[r], data.train[r]), users,
-                    data.train + data.valid, data.test, k=K)
+def with_truth(data: InteractionData, users: np.ndarray | None = None) -> np.ndarray:
+    """``users`` (default: all) that have test items, the only ones a metric is averaged over."""
+    users = np.arange(data.n_users) if users is None else np.asarray(users)
+    return users[np.diff(data.test.indptr)[users] > 0]
 
 
-def fairness(model, data: InteractionData, users: np.ndarray, *, shard_of: np.ndarray | None = None,  # noqa: ANN001
-             top_share: float = 0.05) -> dict[str, Any]:
-    """A-IGF of ``model`` (anything with ``score_users``) over ``users`` with test items, and the
-    per-shard spread when ``shard_of`` (a shard per row of ``data``) is given."""
-    from recunlearn.fairness import a_igf, active_mask, shard_spread
-    from recunlearn.metrics import per_user_metrics
+def evaluate_users(model: Any, data: InteractionData, users: np.ndarray | None = None) -> dict[str, float]:
+    """Mean NDCG@20, Recall@20 and HR@20 of ``model`` over ``users`` (default: all)."""
+    return summarize(per_user(model, data, with_truth(data, users)), K)
 
-    users = np.asarray(users)
-    users = users[np.diff(data.test.indptr)[users] > 0]
-    per = per_user_metrics(lambda r: model.score_users(data.user_keys[r], data.train[r]), users,
-                           (data.train + data.valid).tocsr(), data.test, k=K)["ndcg"]
-    out: dict[str, Any] = a_igf(per, active_mask(data.train, top_share)[users])
+
+def evaluate_with_fairness(model: Any, data: InteractionData, users: np.ndarray, *,
+                           shard_of: np.ndarray | None = None, top_share: float = 0.05
+                           ) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`evaluate_users` and, from the same scores, A-IGF (the ``top_share`` most active
+    users against the rest) and, given ``shard_of`` (a shard per row of ``data``), the spread of
+    NDCG@20 over shards."""
+    users = with_truth(data, users)
+    per = per_user(model, data, users)
+    fair: dict[str, Any] = a_igf(per["ndcg"], active_mask(data.train, top_share)[users])
     if shard_of is not None:
-        out["shard_spread"] = shard_spread(per, shard_of[users])
-    return out
+        fair["shard_spread"] = shard_spread(per["ndcg"], shard_of[users])
+    return summarize(per, K), fair
 
 
 def home_shards(ens: ShardedEnsemble, keys: np.ndarray) -> np.ndarray:

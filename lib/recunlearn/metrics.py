@@ -68,6 +68,10 @@ def evaluate(score_rows: Callable[[np.ndarray], torch.Tensor], users: np.ndarray
     """
     users = np.asarray(users)
     users = users[np.diff(truth.indptr)[users] > 0]
-    per = per_user_metrics(score_rows, users, train, truth, k=k, batch=batch)
-    n = max(len(users), 1)
-    return {f"{m}@{k}": float(per[m].sum()) / n for m in ("ndcg", "recall", "hr")} | {"users": int(len(users))}
+    return summarize(per_user_metrics(score_rows, users, train, truth, k=k, batch=batch), k)
+
+
+def summarize(per: dict[str, np.ndarray], k: int) -> dict[str, float]:
+    """Means of per-user metrics (users with truth items only), as :func:`evaluate` reports them."""
+    n = len(per["ndcg"])
+    return {f"{m}@{k}": float(per[m].sum()) / max(n, 1) for m in ("ndcg", "recall", "hr")} | {"users": int(n)}

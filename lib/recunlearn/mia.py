@@ -90,6 +90,11 @@ def auc_ci(pos: np.ndarray, neg: np.ndarray, *, resamples: int = 200, seed: int 
     return {"auc": round(point, 4), "ci": ci, "positives": int(len(pos)), "negatives": int(len(neg))}
 
 
+def has_power(ci: list[float] | tuple[float, ...] | None) -> bool:
+    """Whether an attack's AUC interval excludes 0.5: it tells the two groups apart at all."""
+    return bool(ci) and not (ci[0] <= 0.5 <= ci[1])
+
+
 @dataclass
 class MembershipAttack:
     vecs: np.ndarray
@@ -157,8 +162,7 @@ def shadow_recommender(pool: InteractionData, *, n_shards: int, model_cfg: Model
     shards = []
     for s in range(k):
         rows = np.flatnonzero(labels == s)
-        part = InteractionData(pool.user_keys[rows], pool.train[rows], pool.valid[rows], pool.test[rows])
-        m, _ = fit_bpr(part, model_cfg, seed=seed + s)
+        m, _ = fit_bpr(pool.subset(rows), model_cfg, seed=seed + s)
         m.fold_in_reg = fold_in_reg
         shards.append(m)
     return shards[0] if k == 1 else ShardedEnsemble(shards, MeanAggregator())
@@ -180,9 +184,8 @@ def membership_audit(original: Scorer, unlearned: Scorer, forgotten: tuple[np.nd
     perm = rng.permutation(pool.n_users)
     half = pool.n_users // 2
     members, others = np.sort(perm[:half]), np.sort(perm[half:])
-    shadow = shadow_recommender(
-        InteractionData(pool.user_keys[members], pool.train[members], pool.valid[members], pool.test[members]),
-        n_shards=n_shards, model_cfg=model_cfg, seed=seed, fold_in_reg=fold_in_reg)
+    shadow = shadow_recommender(pool.subset(members), n_shards=n_shards, model_cfg=model_cfg, seed=seed,
+                                fold_in_reg=fold_in_reg)
     vecs = item_vectors(pool.train, 32, seed)
     attack = fit_attack(shadow, (pool.user_keys[members], pool.train[members]),
                         (pool.user_keys[others], pool.train[others]), vecs, seed=seed % 2**31)

@@ -24,12 +24,14 @@ _TOKEN = re.compile(r"[\w.@:+-]+")
 EVIDENCE_TABLES = ("forget_requests", "audit")  # hold keys as evidence, never interactions
 
 
+def folder_bytes(root: Path) -> int:
+    """Bytes of every file under ``root`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else 0
+
+
 def storage_bytes(root: Path) -> dict[str, int]:
-    """Bytes on disk under each direct sub-folder of ``root`` (tables, checkpoints, ...)."""
-    if not root.is_dir():
-        return {}
-    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-            for d in sorted(root.iterdir()) if d.is_dir()}
+    """Bytes on disk under each direct sub-folder of ``root`` (one per Delta table, ...)."""
+    return {d.name: folder_bytes(d) for d in sorted(root.iterdir()) if d.is_dir()} if root.is_dir() else {}
 
 
 def parquet_files(root: Path) -> list[Path]:

@@ -146,8 +146,7 @@ def run(cfg: RunConfig, *, dataset: str, out_dir: Path, data_dir: str | None = N
         shards, fit_s = [], []
         for k in range(n_shards):
             r = np.flatnonzero(shard_of == k)
-            part = InteractionData(data.user_keys[r], data.train[r], data.valid[r], data.test[r])
-            m, s = fit_bpr(part, cfg.model, seed=make_seed(seed, "shard", k))
+            m, s = fit_bpr(data.subset(r), cfg.model, seed=make_seed(seed, "shard", k))
             m.fold_in_reg = cfg.aggregator.fold_in_reg
             shards.append(m)
             fit_s.append(s["fit_seconds"])

@@ -149,8 +149,7 @@ class Sharded(Method):
                                   row_tolerance=s.row_tolerance).labels
 
     def _fit_shard(self, data: InteractionData, rows: np.ndarray, k: int, seed: int) -> tuple[BPRMF, float]:
-        part = InteractionData(data.user_keys[rows], data.train[rows], data.valid[rows], data.test[rows])
-        m, st = fit_bpr(part, self.cfg.model, seed=make_seed(seed, "shard", k))
+        m, st = fit_bpr(data.subset(rows), self.cfg.model, seed=make_seed(seed, "shard", k))
         m.fold_in_reg = self.cfg.aggregator.fold_in_reg
         return m, st["fit_seconds"]
 

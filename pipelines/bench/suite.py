@@ -38,7 +38,7 @@ import torch
 from recunlearn.completeness import functional_gap, parametric_evidence, score_evidence
 from recunlearn.config import RunConfig, SuiteConfig, fingerprint
 from recunlearn.fairness import a_igf, active_mask, draw_forget_users, shard_spread
-from recunlearn.metrics import per_user_metrics
+from recunlearn.evaluation import per_user, with_truth
 from recunlearn.mia import MembershipAttack, fit_attack, item_vectors
 from recunlearn.models.base import lookup_rows
 from recunlearn.models.data import InteractionData
@@ -81,11 +81,6 @@ def cells(cfg: SuiteConfig) -> list[Cell]:
     return list(out.values())
 
 
-def sub(data: InteractionData, rows: np.ndarray) -> InteractionData:
-    rows = np.sort(rows)
-    return InteractionData(data.user_keys[rows], data.train[rows], data.valid[rows], data.test[rows])
-
-
 class DatasetContext:
     """What every cell of one data set shares: the split, the user roles, the attack, and a
     cache of trained models keyed by method, seed and training users."""
@@ -104,7 +99,7 @@ class DatasetContext:
         self.shadow_members = np.sort(perm[: n_sh // 2])
         self.shadow_nonmembers = np.sort(perm[n_sh // 2: n_sh])
         self.never_seen = np.sort(perm[n_sh: n_sh + n_non])
-        self.target = sub(data, perm[n_sh + n_non:])
+        self.target = data.subset(perm[n_sh + n_non:])
         # the models' fingerprint: cached fits are only reused under the same settings
         self.model_fp = fingerprint({"model": run_cfg.model.model_dump(mode="json"),
                                      "aggregator": run_cfg.aggregator.model_dump(mode="json"),
@@ -127,7 +122,7 @@ class DatasetContext:
             t0 = time.perf_counter()
             mia = self.suite.mia
             shadow, _ = self.cached(f"{spec}-shadow", lambda: method.fit(
-                sub(self.data, self.shadow_members), make_seed(self.seed, "shadow")))
+                self.data.subset(self.shadow_members), make_seed(self.seed, "shadow")))
             attacker_rows = np.sort(np.r_[self.shadow_members, self.shadow_nonmembers])
             vecs = item_vectors(self.data.train[attacker_rows], mia.dim, make_seed(self.seed, "svd"))
             self._attacks[spec] = fit_attack(shadow.model, self.rows_of(self.shadow_members),
@@ -209,9 +204,8 @@ def _forget_tag(keys: np.ndarray) -> str:
 
 
 def _utility(model: Any, data: InteractionData, k: int) -> tuple[dict[str, float], np.ndarray]:
-    users = np.flatnonzero(np.diff(data.test.indptr) > 0)
-    per = per_user_metrics(lambda r: model.score_users(data.user_keys[r], data.train[r]), users,
-                           (data.train + data.valid).tocsr(), data.test, k=k)
+    users = with_truth(data)
+    per = per_user(model, data, users, k=k)
     means = {f"{m}@{k}": round(float(v.mean()), 5) for m, v in per.items()}
     full = np.full(data.n_users, np.nan)
     full[users] = per["ndcg"]

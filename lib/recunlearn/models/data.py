@@ -47,9 +47,14 @@ class InteractionData:
 
         return cls(keys, mat(is_train), mat(split == "valid"), mat(split == "test"))
 
+    def subset(self, rows: np.ndarray) -> InteractionData:
+        """The users at ``rows`` (indices in any order, or a boolean mask), keys kept sorted."""
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows)
+        return InteractionData(self.user_keys[rows], self.train[rows], self.valid[rows], self.test[rows])
+
     def without_users(self, keys: np.ndarray) -> InteractionData:
-        keep = ~np.isin(self.user_keys, np.asarray(keys).astype(str))
-        return InteractionData(self.user_keys[keep], self.train[keep], self.valid[keep], self.test[keep])
+        return self.subset(~np.isin(self.user_keys, np.asarray(keys).astype(str)))
 
 
 def split_pairs(user_key: np.ndarray, item_idx: np.ndarray, *, valid: float, test: float,

@@ -26,9 +26,12 @@ import torch
 from recunlearn.models.base import Recommender
 
 
+DENSE_ITEMS = 6000  # up to this many items the counts are a dense array (6000^2 x 8 B = 288 MB)
+
+
 class ItemKNN(Recommender):
     def __init__(self, user_keys: np.ndarray, x: sp.csr_matrix, *, k: int = 50, shrink: float = 0.0,
-                 chunk: int = 1024, dense_items: int = 6000, meta: dict[str, Any] | None = None) -> None:
+                 chunk: int = 1024, dense_items: int = DENSE_ITEMS, meta: dict[str, Any] | None = None) -> None:
         self.user_keys = np.asarray(user_keys).astype(str)
         self.x = _binary(x)
         self.n_items = int(x.shape[1])
@@ -100,13 +103,18 @@ class ItemKNN(Recommender):
         old, new = self.x[rows], _binary(new_rows)
         if ((new - old.multiply(new)).nnz) != 0:
             raise ValueError("update_rows only removes interactions; it cannot add any")
+        stats = self._repair(old, new)
+        self.x = _replace_rows(self.x, rows, new)
+        return stats
+
+    def _repair(self, old: sp.csr_matrix, new: sp.csr_matrix) -> dict[str, int]:
+        """Counts and index after some users' rows went from ``old`` to ``new`` (X untouched)."""
         delta = (old.T @ old - new.T @ new).tocsr()
         delta.eliminate_zeros()
         if delta.nnz == 0:
-            return {"counts_changed": 0, "index_rows_recomputed": 0}
+            return {"counts_changed": 0, "index_rows_recomputed": 0, "index_rows_merged": 0}
         moved = np.unique(delta.nonzero()[0])  # items whose counts changed
         self._subtract(delta)
-        self.x = _replace_rows(self.x, rows, new)
         fallback, merged = self._merge_untouched(moved)
         self._recompute(np.union1d(moved, fallback))
         return {"counts_changed": int(delta.nnz), "index_rows_recomputed": int(len(moved) + len(fallback)),
@@ -152,7 +160,7 @@ class ItemKNN(Recommender):
         """Remove users entirely: their rows and keys leave the model."""
         rows = self.rows_of(keys)
         rows = rows[rows >= 0]
-        stats = self.update_rows(rows, sp.csr_matrix((len(rows), self.n_items), dtype=np.float32))
+        stats = self._repair(self.x[rows], sp.csr_matrix((len(rows), self.n_items), dtype=np.float32))
         keep = np.ones(len(self.user_keys), bool)
         keep[rows] = False
         self.user_keys, self.x = self.user_keys[keep], self.x[keep]
@@ -199,7 +207,7 @@ class ItemKNN(Recommender):
         r, c = state["rows"].numpy(), state["cols"].numpy()
         x = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=tuple(state["shape"]))
         return cls(np.asarray(state["user_keys"], dtype=str), x, k=state["k"], shrink=state["shrink"],
-                   dense_items=state.get("dense_items", 6000), meta=state.get("meta"))
+                   dense_items=state.get("dense_items", DENSE_ITEMS), meta=state.get("meta"))
 
 
 def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
