@@ -2,6 +2,9 @@
 
 - ``recunlearn bench attribute --dataset movielens-1m``: attribute unlearning; JSON, a
   Markdown table and a PNG.
+- ``recunlearn bench fast [--datasets movielens-100k,movielens-1m] [--methods scif,als,...]
+  [--stream scif=1000,...]``: the fast tier on a stream of single-user requests; JSON and a
+  Markdown table.
 - ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
   matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
   (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
@@ -20,7 +23,7 @@ from pathlib import Path
 from jobs._common import add_config_args, setup
 from recunlearn.engines import PROJECT_ROOT
 
-BENCHES = ("attribute", "suite")
+BENCHES = ("attribute", "suite", "fast")
 DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
 
 
@@ -37,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
     p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite matrix (bench suite)")
     p.add_argument("--only", help="bench suite: run only the cells whose id contains this text")
+    p.add_argument("--datasets", default="movielens-100k,movielens-1m", help="bench fast: data sets")
+    p.add_argument("--methods", help="bench fast: methods (default: all of them)")
+    p.add_argument("--stream", help="bench fast: requests per method, e.g. scif=200,als=100")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
+    if args.bench == "fast":
+        return _fast(args, cfg, args.out or (layout.root / "bench"))
     if args.bench == "suite":
         return _suite(args, cfg, args.out or (layout.root / "bench" / "suite"))
     out = args.out or (layout.root / "bench")
@@ -50,6 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"outputs": result["outputs"], "wall_seconds": result["wall_seconds"],
                "rows": [{k: r[k] for k in ("setting", "method", "attribute", "ndcg_ratio",
                                           "worst_balanced_accuracy")} for r in result["rows"]]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _fast(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
+    from pipelines.bench import fast
+
+    stream = {}
+    for part in filter(None, (args.stream or "").split(",")):
+        name, _, n = part.partition("=")
+        if not n.isdigit():
+            raise SystemExit(f"--stream: expected method=count, got {part!r}")
+        stream[name.strip()] = int(n)
+    methods = [m for m in (args.methods or "").split(",") if m] or None
+    summary = fast.run(cfg, datasets=[d for d in args.datasets.split(",") if d], out_dir=out,
+                       data_dir=args.data_dir, methods=methods, stream=stream)
     print(json.dumps(summary, indent=2))
     return 0
 

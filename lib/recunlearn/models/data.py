@@ -8,6 +8,17 @@ import numpy as np
 import scipy.sparse as sp
 
 
+def binary_csr(m: sp.spmatrix, dtype: type = np.float32) -> sp.csr_matrix:
+    """A copy of ``m`` as a 0/1 CSR matrix: duplicates summed, explicit zeros dropped (before
+    the values become 1, so a stored 0 never counts as an interaction), indices sorted."""
+    out = sp.csr_matrix(m, dtype=dtype, copy=True)
+    out.sum_duplicates()
+    out.eliminate_zeros()
+    out.data[:] = 1
+    out.sort_indices()
+    return out
+
+
 @dataclass(frozen=True)
 class InteractionData:
     user_keys: np.ndarray  # (n_users,) sorted unique keys: row i of every matrix

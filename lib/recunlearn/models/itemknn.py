@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from recunlearn.models.base import Recommender
+from recunlearn.models.data import binary_csr
 
 
 DENSE_ITEMS = 6000  # up to this many items the counts are a dense array (6000^2 x 8 B = 288 MB)
@@ -33,7 +34,7 @@ class ItemKNN(Recommender):
     def __init__(self, user_keys: np.ndarray, x: sp.csr_matrix, *, k: int = 50, shrink: float = 0.0,
                  chunk: int = 1024, dense_items: int = DENSE_ITEMS, meta: dict[str, Any] | None = None) -> None:
         self.user_keys = np.asarray(user_keys).astype(str)
-        self.x = _binary(x)
+        self.x = binary_csr(x)
         self.n_items = int(x.shape[1])
         self.k = min(k, self.n_items - 1)
         self.shrink = float(shrink)
@@ -100,7 +101,7 @@ class ItemKNN(Recommender):
         """Replace users ``rows`` of X by ``new_rows`` (a subset of their old items) and repair
         the index. Returns how many counts and index rows changed."""
         rows = np.asarray(rows, dtype=np.int64)
-        old, new = self.x[rows], _binary(new_rows)
+        old, new = self.x[rows], binary_csr(new_rows)
         if ((new - old.multiply(new)).nnz) != 0:
             raise ValueError("update_rows only removes interactions; it cannot add any")
         stats = self._repair(old, new)
@@ -189,7 +190,7 @@ class ItemKNN(Recommender):
     # ---- the Recommender interface
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
         # score(u, j) = sum over i in h(u) of sim(j, i) for i among j's neighbours
-        s = (_binary(history) @ self.similarity_matrix().T).toarray()
+        s = (binary_csr(history) @ self.similarity_matrix().T).toarray()
         return torch.from_numpy(np.asarray(s, dtype=np.float32))
 
     def score(self, rows: np.ndarray) -> torch.Tensor:
@@ -220,14 +221,6 @@ def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
     need = k - above.sum(1, keepdims=True)
     chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
     return np.nonzero(chosen)[1].reshape(sim.shape[0], k)
-
-
-def _binary(x: sp.spmatrix) -> sp.csr_matrix:
-    x = sp.csr_matrix(x, dtype=np.float32, copy=True)
-    x.sum_duplicates()
-    x.data[:] = 1.0
-    x.eliminate_zeros()
-    return x
 
 
 def _replace_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
