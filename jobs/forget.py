@@ -1,4 +1,6 @@
-"""File forget requests: ``--user ID`` (repeatable) or ``--file`` (one id per line).
+"""File forget requests: ``--user ID`` (repeatable) or ``--file`` (one id per line) forget
+users; ``--item ID`` forgets every interaction with an item; ``--interaction USER ITEM`` one
+interaction.
 
 With ``--attribute gender|age`` the request is to unlearn that attribute from the users'
 embeddings (everyone's when no user is named); ``--undo`` takes such an edit back. The next
@@ -20,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p)
     p.add_argument("--user", action="append", default=[], help="raw user id to forget")
     p.add_argument("--file", type=Path, help="file of raw user ids, one per line")
+    p.add_argument("--item", action="append", default=[], help="raw item id: forget every interaction with it")
+    p.add_argument("--interaction", nargs=2, action="append", default=[], metavar=("USER", "ITEM"),
+                   help="forget one interaction (raw user id, raw item id)")
     p.add_argument("--attribute", choices=["gender", "age"],
                    help="unlearn this attribute from the users' embeddings (all users if none named)")
     p.add_argument("--undo", action="store_true", help="with --attribute: take the edit back")
@@ -27,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     ids = list(args.user) + (read_ids(args.file) if args.file else [])
     if args.undo and not args.attribute:
         p.error("--undo needs --attribute")
-    if not ids and not args.attribute:
-        p.error("give --user ID or --file PATH")
+    if not ids and not args.attribute and not args.item and not args.interaction:
+        p.error("give --user ID, --file PATH, --item ID or --interaction USER ITEM")
+    if (args.item or args.interaction) and args.attribute:
+        p.error("--item and --interaction do not combine with --attribute")
     cfg, layout = setup(args)
     secret = secret_for(cfg, layout)
     if args.attribute:
@@ -38,10 +45,17 @@ def main(argv: list[str] | None = None) -> int:
             spark, cfg=cfg, layout=layout, secret=secret, name=args.attribute,
             raw_ids=ids or None, undo=args.undo), ray_needed=False)
     else:
-        from pipelines.forget import submit_user_requests
+        from pipelines.forget import submit_data_requests, submit_user_requests
 
-        outcomes = with_engines(cfg, lambda spark: submit_user_requests(spark, layout=layout, secret=secret,
-                                                                        raw_ids=ids), ray_needed=False)
+        def submit(spark):  # noqa: ANN001, ANN202
+            out = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=ids) if ids else []
+            if args.item or args.interaction:
+                more = submit_data_requests(spark, layout=layout, secret=secret, items=args.item,
+                                            interactions=[tuple(x) for x in args.interaction])
+                out += [{**o, "position": o["position"] + len(ids)} for o in more]
+            return out
+
+        outcomes = with_engines(cfg, submit, ray_needed=False)
     for o in outcomes:
         print(json.dumps({k: o.get(k) for k in ("position", "request_id", "outcome", "status", "reason")}))
     return 0 if all(o["outcome"] != "rejected" for o in outcomes) else 2

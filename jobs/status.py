@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         when = r["completed_at"] or r["updated_at"] or r["received_at"]
         kind = (r["target_type"] or "user") + (f":{r['attribute']}" if r.get("attribute") else "")
         print(f"  {r['request_id'][:12]}  {kind:<21} key {r['user_key'][:8]}...  {r['status']:<11} "
-              f"shards={r['shards'] or []}  v={r['model_version'] or '-'}  {when}  {r['reason'] or ''}")
+              f"shards={r['shards'] or []}  v={r['model_version'] or '-'}  {r.get('guarantee') or '-':<18} "
+              f"{when}  {r['reason'] or ''}")
     return 0
 
 

@@ -1,4 +1,11 @@
-"""Process open forget requests: delete, vacuum, retrain touched shards, refit, publish."""
+"""Process open forget requests: delete, vacuum, retrain touched shards, refit, publish.
+
+``--method exact`` (the default from ``unlearn.method``) retrains the touched shards, and
+completes requests a fast method answered earlier. ``--method scif|influence|finetune|ascent``
+answers at once: delete, vacuum, update the touched shard models in place, publish with an
+approximate guarantee; the exact retrain follows when the policy (``unlearn.policy``) says it
+is due, in the same run, or with the next ``--method exact`` run (e.g. nightly).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,16 @@ from jobs._common import add_config_args, print_json, setup, with_engines
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="recunlearn unlearn", description=__doc__)
     add_config_args(p)
+    p.add_argument("--method", choices=["exact", "scif", "influence", "finetune", "ascent"],
+                   help="unlearning method (default: unlearn.method in the config)")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
     from pipelines.unlearn import unlearn
 
-    result = with_engines(cfg, lambda spark: unlearn(spark, cfg=cfg, layout=layout))
+    result = with_engines(cfg, lambda spark: unlearn(spark, cfg=cfg, layout=layout, method=args.method))
     result.pop("functional", None)  # per-user evidence lives in the ledger, not on stdout
+    if isinstance(result.get("exact"), dict):
+        result["exact"].pop("functional", None)
     print_json(result)
     return 0
 

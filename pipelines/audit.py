@@ -20,8 +20,9 @@ from recunlearn import checkpoints
 from recunlearn.ensemble import load_ensemble
 from recunlearn.mia import has_power
 from recunlearn.pseudonym import user_key
-from recunlearn.scan import delta_log_hits, rows_with_keys
-from recunlearn.tables import COMPLETED, ForgetLedger, Layout, ModelRegistry, append_audit, now_utc
+from recunlearn.scan import delta_log_hits, rows_with_items, rows_with_keys, rows_with_pairs
+from recunlearn.tables import (COMPLETED, DATA_TARGETS, INTERACTION, ITEM, USER, ForgetLedger, Layout,
+                               ModelRegistry, append_audit, now_utc)
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,17 @@ log = logging.getLogger(__name__)
 def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
           raw_ids: list[str] | None = None) -> dict[str, Any]:
     ledger = ForgetLedger(spark, layout.ledger)
-    done = ledger.rows((COMPLETED,))
+    done = [r for r in ledger.rows((COMPLETED,)) if (r["target_type"] or USER) in DATA_TARGETS]
     registry = ModelRegistry(spark, layout)
     manifest = registry.current_manifest()
     if not done or manifest is None:
         return {"requests": [], "passed": True, "note": "no completed requests to audit"}
-    keys = [r["user_key"] for r in done]
+    keys = [r["user_key"] for r in done if (r["target_type"] or USER) == USER]
     raw_by_key = {user_key(secret, r): r for r in (raw_ids or [])}
     rows_found = rows_with_keys(layout.tables, keys)
+    item_rows = rows_with_items(layout.tables, [r["item_idx"] for r in done if r["target_type"] == ITEM])
+    pair_rows = rows_with_pairs(layout.tables, [(r["user_key"], r["item_idx"]) for r in done
+                                                if r["target_type"] == INTERACTION])
     # raw-id hits are labelled with the key they belong to, never with the id itself
     log_hits = delta_log_hits(layout.tables, keys=keys,
                               raw_ids={raw: f"raw id of {key[:8]}..." for key, raw in raw_by_key.items()})
@@ -49,24 +53,31 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
     stamp = now_utc()
     results = []
     for r in done:
-        key, dv, shards = r["user_key"], r["delete_version"], r["shards"] or []
+        kind = r["target_type"] or USER
+        key, dv, shards = r["user_key"] or "", r["delete_version"], r["shards"] or []
         stale_published = [k for k in shards if manifest["shards"][str(k)]["delta_version"] < dv]
         stale_ckpts = [m["component"] + "/" + m["run_id"] for m in metas
                        if m["delta_version"] < dv and (m["shard_id"] is None or m["shard_id"] in shards)]
         raw = raw_by_key.get(key)
-        my_log_hits = {f: h for f, h in log_hits.items() if any(key[:8] in x for x in h)}
-        known = bool(still_known[key]) or key in reference_keys
-        passed = (rows_found.get(key, 0) == 0 and not my_log_hits and not stale_published
+        if kind == USER:
+            found = rows_found.get(key, 0)
+            my_log_hits = {f: h for f, h in log_hits.items() if any(key[:8] in x for x in h)}
+            known = bool(still_known[key]) or key in reference_keys
+        else:  # the user stays (an item or one interaction goes): count the rows that must go
+            found = item_rows[r["item_idx"]] if kind == ITEM else pair_rows[(key, r["item_idx"])]
+            my_log_hits, known = {}, False
+        passed = (found == 0 and not my_log_hits and not stale_published
                   and not stale_ckpts and not known)
         evidence = json.loads(r["evidence"]) if r["evidence"] else {}
         membership = evidence.pop("membership", None)
         results.append({
-            "request_id": r["request_id"], "user_key": key, "audited_at": stamp,
+            "request_id": r["request_id"], "user_key": r["user_key"], "audited_at": stamp,
             "model_version": manifest["version"], "passed": passed,
-            "parquet_rows_found": int(rows_found.get(key, 0)), "delta_log_hits": len(my_log_hits),
+            "parquet_rows_found": int(found), "delta_log_hits": len(my_log_hits),
             "stale_published_shards": len(stale_published), "stale_checkpoints": len(stale_ckpts),
             "key_in_published_model": known, "guarantee": manifest.get("guarantee"),
-            "details": json.dumps({"shards": shards, "delete_version": dv,
+            "details": json.dumps({"target_type": kind, "item_idx": r["item_idx"],
+                                   "shards": shards, "delete_version": dv,
                                    "raw_id_checked": bool(raw), "log_files": sorted(my_log_hits),
                                    "stale_checkpoints": stale_ckpts, "functional": evidence,
                                    "membership": membership}),
@@ -91,7 +102,7 @@ def render_audit_md(report: dict[str, Any]) -> str:
         f"**Guarantee of this model version:** {report['guarantee']}.", "",
         f"Overall: **{'PASSED' if report['passed'] else 'FAILED'}** for {report['n_requests']} "
         f"completed request(s); raw ids checked in `_delta_log`: {report['raw_ids_checked']}.", "",
-        "| request | key | parquet rows | log hits | stale shards | stale ckpts | in model | "
+        "| request | target | parquet rows | log hits | stale shards | stale ckpts | in model | "
         "NDCG@20 orig / unlearned / retrained | membership orig -> unlearned | passed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -106,7 +117,7 @@ def render_audit_md(report: dict[str, Any]) -> str:
             mp = (f"{mem['original']} -> {mem['unlearned']} (attack AUC {mem['attack_shadow_auc']} "
                   f"[{lo}, {hi}]: {power})")
         lines.append(
-            f"| {r['request_id'][:12]} | {r['user_key'][:8]}... | {r['parquet_rows_found']} | "
+            f"| {r['request_id'][:12]} | {_target(r)} | {r['parquet_rows_found']} | "
             f"{r['delta_log_hits']} | {r['stale_published_shards']} | {r['stale_checkpoints']} | "
             f"{'yes' if r['key_in_published_model'] else 'no'} | {nd} | {mp} | "
             f"{'yes' if r['passed'] else 'NO'} |")
@@ -121,3 +132,11 @@ def render_audit_md(report: dict[str, Any]) -> str:
               "It is evidence, not a pass criterion: the attack's own held-out AUC says how much "
               "it can tell at all (against a sharded ensemble, usually little).", ""]
     return "\n".join(lines)
+
+
+def _target(r: dict[str, Any]) -> str:
+    kind = r["details"].get("target_type", "user")
+    if kind == "item":
+        return f"item {r['details']['item_idx']}"
+    key = f"{r['user_key'][:8]}..."
+    return key if kind == "user" else f"{key} x item {r['details']['item_idx']}"

@@ -15,7 +15,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recunlearn.pseudonym import user_key
-from recunlearn.tables import PENDING, REJECTED, ForgetLedger, Layout, now_utc, table_exists
+from recunlearn.tables import (INTERACTION, ITEM, PENDING, REJECTED, ForgetLedger, Layout, now_utc,
+                               table_exists)
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,98 @@ def submit_user_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
     return outcomes
 
 
-def _row(rid: str, key: str, status: str, reason: str | None, stamp: Any) -> dict[str, Any]:
-    return {"request_id": rid, "target_type": "user", "user_key": key, "status": status,
-            "reason": reason, "received_at": stamp, "updated_at": stamp}
+def _row(rid: str, key: str | None, status: str, reason: str | None, stamp: Any,
+         target_type: str = "user", item_idx: int | None = None) -> dict[str, Any]:
+    return {"request_id": rid, "target_type": target_type, "user_key": key, "status": status,
+            "reason": reason, "received_at": stamp, "updated_at": stamp, "item_idx": item_idx}
+
+
+def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
+                         items: list[str] | None = None,
+                         interactions: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Record requests to forget items (every interaction with each) and single interactions
+    (raw user id, raw item id). Unknown items or interactions and malformed ids are rejected with
+    a recorded reason; a repeated request is a duplicate. Outcomes never carry raw ids."""
+    ledger = ForgetLedger(spark, layout.ledger)
+    ledger.ensure()
+    stamp = now_utc()
+    items, interactions = list(items or []), list(interactions or [])
+    raw_items = sorted({str(i).strip() for i in items} | {str(i).strip() for _, i in interactions})
+    index = _item_index(spark, layout, [i for i in raw_items if _VALID_ID.match(i)])
+    candidates: list[tuple[int, dict[str, Any]]] = []
+    for position, raw in enumerate(items):
+        text = str(raw).strip()
+        if not _VALID_ID.match(text) or text not in index:
+            reason = ("malformed item id" if not _VALID_ID.match(text)
+                      else "unknown item: not in the items table")
+            rid = request_id_for("rejected-item", hashlib.sha256(text.encode()).hexdigest())
+            candidates.append((position, _row(rid, None, REJECTED, reason, stamp, ITEM)))
+            continue
+        idx = index[text]
+        candidates.append((position, _row(request_id_for(ITEM, str(idx)), None, PENDING, None, stamp,
+                                          ITEM, idx)))
+    pairs = []
+    for position, (raw_user, raw_item) in enumerate(interactions, start=len(items)):
+        u, i = str(raw_user).strip(), str(raw_item).strip()
+        key = user_key(secret, u if _VALID_ID.match(u) else f"malformed:{u}")
+        if not (_VALID_ID.match(u) and _VALID_ID.match(i)) or i not in index:
+            reason = ("malformed user or item id" if not (_VALID_ID.match(u) and _VALID_ID.match(i))
+                      else "unknown item: not in the items table")
+            rid = request_id_for("rejected-interaction", f"{key}:{hashlib.sha256(i.encode()).hexdigest()}")
+            candidates.append((position, _row(rid, key, REJECTED, reason, stamp, INTERACTION)))
+            continue
+        idx = index[i]
+        pairs.append((key, idx))
+        candidates.append((position, _row(request_id_for(INTERACTION, f"{key}:{idx}"), key, PENDING,
+                                          None, stamp, INTERACTION, idx)))
+    known = _known_pairs(spark, layout, pairs)
+    for _, row in candidates:
+        if row["target_type"] == INTERACTION and row["status"] == PENDING \
+                and (row["user_key"], row["item_idx"]) not in known:
+            row["status"], row["reason"] = REJECTED, "unknown interaction: this user has no row with this item"
+    return _record(ledger, candidates)
+
+
+def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Append the new rows (a rejected one re-opens when valid again) and say, per position,
+    accepted / duplicate / rejected."""
+    ids = sorted({row["request_id"] for _, row in candidates})
+    existing = {r["request_id"]: r.asDict() for r in ledger.read()
+                .where(F.col("request_id").isin(ids)).collect()} if ids else {}
+    new: dict[str, dict[str, Any]] = {}
+    outcomes = []
+    for position, row in candidates:
+        rid = row["request_id"]
+        old = existing.get(rid) or new.get(rid)
+        if old is not None and not (old["status"] == REJECTED and row["status"] == PENDING):
+            outcomes.append({"position": position, "request_id": rid, "outcome": "duplicate",
+                             "status": old["status"], "reason": old["reason"]})
+            continue
+        new[rid] = row
+        outcomes.append({"position": position, "request_id": rid,
+                         "outcome": "accepted" if row["status"] == PENDING else "rejected",
+                         "status": row["status"], "reason": row["reason"]})
+    ledger.append(list(new.values()))
+    log.info("forget intake (items/interactions): %d accepted, %d duplicate, %d rejected",
+             *(sum(o["outcome"] == k for o in outcomes) for k in ("accepted", "duplicate", "rejected")))
+    return outcomes
+
+
+def _item_index(spark: SparkSession, layout: Layout, raw_items: list[str]) -> dict[str, int]:
+    if not raw_items or not table_exists(spark, layout.items):
+        return {}
+    probe = spark.createDataFrame([(i,) for i in raw_items], "item_id string")
+    items = spark.read.format("delta").load(layout.items)
+    return {r["item_id"]: int(r["item_idx"]) for r in items.join(probe, "item_id", "left_semi").collect()}
+
+
+def _known_pairs(spark: SparkSession, layout: Layout, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    if not pairs or not table_exists(spark, layout.interactions):
+        return set()
+    probe = spark.createDataFrame(sorted(set(pairs)), "user_key string, item_idx int")
+    inter = spark.read.format("delta").load(layout.interactions).select("user_key", "item_idx")
+    return {(r["user_key"], int(r["item_idx"]))
+            for r in inter.join(probe, ["user_key", "item_idx"], "left_semi").distinct().collect()}
 
 
 def _known_keys(spark: SparkSession, layout: Layout, keys: list[str]) -> set[str]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pyspark.sql import SparkSession
 
 from recunlearn import checkpoints
@@ -24,8 +26,9 @@ from recunlearn.evaluation import functional_evidence
 from recunlearn.models.data import InteractionData
 from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
-from recunlearn.tables import (ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, FAILED, IN_PROGRESS, USER,
-                               ForgetLedger, Layout, ModelRegistry, delete_keys, now_utc, vacuum_now)
+from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, DATA_TARGETS, EXACT,
+                               FAILED, IN_PROGRESS, INTERACTION, ITEM, USER, ForgetLedger, Layout,
+                               ModelRegistry, delete_keys, delta_version, now_utc, vacuum_now)
 from pipelines.partition import PARTITION_GUARANTEE
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
                              read_split_data, shard_paths_of, train_models)
@@ -50,9 +53,27 @@ class _Clock:
         return _T()
 
 
-def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
+def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
+            method: str | None = None) -> dict[str, Any]:
+    """Process open forget requests with ``method`` (default ``cfg.unlearn.method``).
+
+    ``exact`` also completes the requests a fast method answered (status ``approximate``): their
+    data is gone already, and their shards are retrained. A fast method answers the open
+    requests at once, then runs the exact path when the policy says it is due
+    (``pipelines.fast_unlearn.exact_due``)."""
+    method = method or cfg.unlearn.method
+    if method != "exact":
+        from pipelines.fast_unlearn import exact_due, unlearn_fast
+
+        result = unlearn_fast(spark, cfg=cfg, layout=layout, method=method)
+        due, why = exact_due(spark, cfg=cfg, layout=layout)
+        result["policy"] = {"exact_due": due, "reason": why}
+        if due:
+            log.info("unlearn: exact retrain due (%s)", why)
+            result["exact"] = unlearn(spark, cfg=cfg, layout=layout, method="exact")
+        return result
     ledger = ForgetLedger(spark, layout.ledger)
-    requests = ledger.open_requests((USER,))
+    requests = ledger.open_requests(DATA_TARGETS) + ledger.rows((APPROXIMATE,))
     if not requests:
         if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
             from pipelines.attribute import process_attribute_requests
@@ -84,28 +105,110 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str,
     return result
 
 
+@dataclass
+class Targets:
+    """What a batch of requests deletes: whole users (keys), items (every interaction with
+    each) and single interactions (key, item), and the shards holding any of it."""
+
+    users: list[str]
+    items: list[int]
+    pairs: list[tuple[str, int]]
+    touched: list[int]
+    shards_of: dict[str, list[int]]  # request id -> the shards holding its data
+
+
+def determine_targets(spark: SparkSession, layout: Layout, ledger: ForgetLedger,
+                      requests: list[dict[str, Any]], job_id: str) -> Targets:
+    """The shards holding each request's data, recorded in the ledger (status in progress)
+    before anything is deleted: a user's shards from the shard map, an interaction's from its
+    user's, an item's from the interactions table. Shards a request recorded earlier count
+    when the data is gone already (a resumed or fast-answered request)."""
+    users = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
+    pairs = sorted({(r["user_key"], int(r["item_idx"])) for r in requests if r["target_type"] == INTERACTION})
+    items = sorted({int(r["item_idx"]) for r in requests if r["target_type"] == ITEM})
+    by_user: dict[str, set[int]] = {}
+    by_item: dict[int, set[int]] = {}
+    lookup = sorted(set(users) | {k for k, _ in pairs})
+    if lookup:
+        probe = spark.createDataFrame([(k,) for k in lookup], "user_key string")
+        smap = spark.read.format("delta").load(layout.shard_map)
+        for row in smap.join(probe, "user_key", "left_semi").select("user_key", "shard_id").collect():
+            by_user.setdefault(row["user_key"], set()).add(int(row["shard_id"]))
+    if items:
+        probe = spark.createDataFrame([(i,) for i in items], "item_idx int")
+        inter = spark.read.format("delta").load(layout.interactions)
+        for row in inter.join(probe, "item_idx", "left_semi").select("item_idx", "shard_id").distinct().collect():
+            by_item.setdefault(int(row["item_idx"]), set()).add(int(row["shard_id"]))
+    per_request = []
+    for r in requests:
+        found = by_item.get(int(r["item_idx"]), set()) if r["target_type"] == ITEM \
+            else by_user.get(r["user_key"], set())
+        shards = sorted(found or set(r["shards"] or []))
+        per_request.append({"request_id": r["request_id"], "shards": shards,
+                            "status": IN_PROGRESS, "started_at": now_utc(), "job_id": job_id,
+                            "reason": None})
+    ledger.update_rows(per_request)
+    return Targets(users, items, pairs, sorted({s for p in per_request for s in p["shards"]}),
+                   {p["request_id"]: p["shards"] for p in per_request})
+
+
+def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
+                      ids: list[str], targets: Targets, clock: _Clock) -> int:
+    """Delete the targets' rows (users also from the shard map) through MERGEs with batch
+    tables, so no value enters ``_delta_log``; record the delete version, then VACUUM with zero
+    retention. Returns the delete version of the interactions table."""
+    with clock.step("delete"):
+        t = targets
+        partition_filter = f"t.shard_id IN ({','.join(map(str, t.touched))})" if t.touched else None
+        delete_version = delta_version(spark, layout.interactions)
+        if t.users:
+            probe = spark.createDataFrame([(k,) for k in t.users], "user_key string")
+            delete_version = delete_keys(spark, layout.interactions, probe, partition_filter=partition_filter)
+            delete_keys(spark, layout.shard_map, probe)
+        if t.items:
+            probe = spark.createDataFrame([(i,) for i in t.items], "item_idx int")
+            delete_version = delete_keys(spark, layout.interactions, probe, on="item_idx",
+                                         partition_filter=partition_filter)
+        if t.pairs:
+            probe = spark.createDataFrame(t.pairs, "user_key string, item_idx int")
+            delete_version = delete_keys(spark, layout.interactions, probe, on=("user_key", "item_idx"),
+                                         partition_filter=partition_filter)
+    ledger.update(ids, deleted_at=now_utc(), delete_version=delete_version)
+    with clock.step("vacuum"):
+        if cfg.unlearn.vacuum:
+            vacuum_now(spark, layout.interactions)
+            vacuum_now(spark, layout.shard_map)
+    return delete_version
+
+
+def publish_and_clean(registry: ModelRegistry, layout: Layout, manifest: dict[str, Any], *,
+                      parent: int, ids: list[str], touched: list[int], delete_version: int,
+                      clock: _Clock, note: str) -> tuple[Any, list[str]]:
+    """Publish ``manifest``, then delete every checkpoint of a touched component it does not use
+    (trained on the forgotten rows) and retire the older versions. Returns the publication time
+    and the checkpoints removed."""
+    with clock.step("publish"):
+        registry.publish(manifest, parent=parent, request_ids=ids, note=note)
+    published_at = now_utc()
+    with clock.step("delete_superseded"):
+        removed = _delete_superseded(layout, manifest, touched, delete_version)
+        registry.retire([v["version"] for v in registry.versions()
+                         if v["status"] == "published" and v["version"] < manifest["version"]],
+                        note=f"superseded by v{manifest['version']}: held data since forgotten")
+    return published_at, removed
+
+
 def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
          registry: ModelRegistry, current: dict[str, Any], manifest: dict[str, Any],
          requests: list[dict[str, Any]], job_id: str, clock: _Clock, t_start: float) -> dict[str, Any]:
     ids = [r["request_id"] for r in requests]
-    keys = sorted({r["user_key"] for r in requests})
+    keys = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
     n_items = n_items_of(layout)
 
     # 1. target determination: which shards hold each user (recorded before any delete).
     with clock.step("target_determination"):
-        probe = spark.createDataFrame([(k,) for k in keys], "user_key string")
-        smap = spark.read.format("delta").load(layout.shard_map)
-        found: dict[str, list[int]] = {}
-        for row in smap.join(probe, "user_key", "left_semi").select("user_key", "shard_id").collect():
-            found.setdefault(row["user_key"], []).append(int(row["shard_id"]))
-        per_request = []
-        for r in requests:
-            shards = sorted(set(found.get(r["user_key"], []) or (r["shards"] or [])))
-            per_request.append({"request_id": r["request_id"], "shards": shards,
-                                "status": IN_PROGRESS, "started_at": now_utc(), "job_id": job_id,
-                                "reason": None})
-        touched = sorted({s for p in per_request for s in p["shards"]})
-        ledger.update_rows(per_request)
+        targets = determine_targets(spark, layout, ledger, requests, job_id)
+    touched = targets.touched
     log.info("unlearn %s: %d request(s), shards touched %s", job_id, len(requests), touched)
 
     # 2. the forgotten users' rows, held in memory only, for the functional check.
@@ -115,21 +218,16 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         original = load_ensemble(manifest, fold_in_reg=cfg.aggregator.fold_in_reg)
 
     # 3. delete through a MERGE with a batch table, 4. vacuum.
-    with clock.step("delete"):
-        partition_filter = f"t.shard_id IN ({','.join(map(str, touched))})" if touched else None
-        delete_version = delete_keys(spark, layout.interactions, probe, partition_filter=partition_filter)
-        delete_keys(spark, layout.shard_map, probe)
-    ledger.update(ids, deleted_at=now_utc(), delete_version=delete_version)
-    with clock.step("vacuum"):
-        if cfg.unlearn.vacuum:
-            vacuum_now(spark, layout.interactions)
-            vacuum_now(spark, layout.shard_map)
+    delete_version = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
+                                       targets=targets, clock=clock)
 
     # 5. retrain the touched shards (and the reference) from scratch at the new version.
     with clock.step("retrain_shards"):
+        # a fast-tier version dropped the reference (trained on what it forgot): retrain it too
         trained = train_models(cfg, layout, version=delete_version, n_items=n_items,
                                shard_ids=touched, reference=cfg.unlearn.retrain_reference
-                               and manifest.get("reference") is not None, job_id=job_id)
+                               and (manifest.get("reference") is not None
+                                    or bool(manifest.get("pending_exact"))), job_id=job_id)
     shards = {int(k): v for k, v in manifest["shards"].items()}
     shards.update(trained["shards"])
 
@@ -152,7 +250,7 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
             overlay, _ = build_overlay(cfg, layout, draft, edits, job_id=job_id)
 
     # 8. publish.
-    with clock.step("publish"):
+    with clock.step("manifest"):
         version = registry.next_version()
         # A reference trained before the delete held the forgotten rows: only a retrained one stays.
         reference = trained["reference"]
@@ -163,16 +261,11 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         new_manifest["parent"] = current["version"]
         new_manifest["unlearn_job"] = job_id
         new_manifest["attribute_overlay"] = overlay
-        registry.publish(new_manifest, parent=current["version"], request_ids=ids,
-                         note=f"unlearned {len(ids)} request(s), retrained shards {touched}")
-    published_at = now_utc()
-
     # 9. checkpoints trained on the forgotten rows go; model versions that used them retire.
-    with clock.step("delete_superseded"):
-        removed = _delete_superseded(layout, new_manifest, touched, delete_version)
-        registry.retire([v["version"] for v in registry.versions()
-                         if v["status"] == "published" and v["version"] < version],
-                        note=f"superseded by v{version}: trained on data since forgotten")
+    published_at, removed = publish_and_clean(
+        registry, layout, new_manifest, parent=current["version"], ids=ids, touched=touched,
+        delete_version=delete_version, clock=clock,
+        note=f"unlearned {len(ids)} request(s), retrained shards {touched}")
 
     # 10. functional evidence (in memory -> ledger; rows themselves are never written).
     with clock.step("functional_check"):
@@ -187,11 +280,20 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
                                  version=delete_version, n_items=n_items,
                                  n_shards=manifest["n_shards"])
     done = now_utc()
+
+    def request_evidence(r: dict[str, Any]) -> dict[str, Any]:
+        if r["status"] == APPROXIMATE:  # answered by the fast tier, which deleted the rows
+            return {"note": "rows deleted by the fast tier; its shards are now retrained",
+                    "fast": json.loads(r["evidence"]) if r["evidence"] else None}
+        if (r["target_type"] or USER) != USER:
+            return {"note": f"{r['target_type']} request: rows deleted and shards {r['shards']} retrained; "
+                    "the functional and membership checks are per forgotten user"}
+        return evidence.get(r["user_key"], {"note": "rows already deleted by an earlier attempt"})
+
     ledger.update_rows([{
         "request_id": r["request_id"], "status": COMPLETED, "published_at": published_at,
-        "completed_at": done, "model_version": version,
-        "evidence": json.dumps(evidence.get(r["user_key"],
-                                            {"note": "rows already deleted by an earlier attempt"})),
+        "completed_at": done, "model_version": version, "guarantee": EXACT,
+        "evidence": json.dumps(request_evidence(r)),
     } for r in requests])
     compute = {
         "shard_fit_seconds": {str(k): m["fit_seconds"] for k, m in trained["shards"].items()},
@@ -237,6 +339,8 @@ def _membership_evidence(evidence: dict[str, dict[str, Any]], forgotten: Interac
 def _rows_of(layout: Layout, n_items: int, keys: list[str], shards: list[int]) -> InteractionData:
     from deltalake import DeltaTable
 
+    if not keys:
+        return InteractionData.from_columns(np.array([], str), np.array([], np.int64), np.array([], str), n_items)
     dt = DeltaTable(layout.interactions)
     filters = [("user_key", "in", keys)]
     if shards:

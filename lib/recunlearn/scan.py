@@ -56,6 +56,34 @@ def rows_with_keys(root: Path, keys: Iterable[str]) -> dict[str, int]:
     return {k: found.get(k, 0) for k in keys}
 
 
+def rows_with_items(root: Path, items: Iterable[int]) -> dict[int, int]:
+    """Per item index, rows in any data Parquet file (outside the evidence tables) with it."""
+    items = sorted({int(i) for i in items})
+    found: Counter[int] = Counter()
+    for path in _data_files(root, ("item_idx", "user_key")) if items else []:
+        col = pq.read_table(path, columns=["item_idx"]).column("item_idx").cast(pa.int64())
+        found.update(pc.filter(col, pc.is_in(col, value_set=pa.array(items, pa.int64()))).to_pylist())
+    return {i: found.get(i, 0) for i in items}
+
+
+def rows_with_pairs(root: Path, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """Per (user_key, item index), rows in any data Parquet file (outside the evidence tables)."""
+    pairs = sorted({(str(k), int(i)) for k, i in pairs})
+    wanted = pa.array([f"{k}\x00{i}" for k, i in pairs])
+    found: Counter[str] = Counter()
+    for path in _data_files(root, ("item_idx", "user_key")) if pairs else []:
+        t = pq.read_table(path, columns=["user_key", "item_idx"])
+        joined = pc.binary_join_element_wise(t.column("user_key"),
+                                             pc.cast(t.column("item_idx"), pa.string()), "\x00")
+        found.update(pc.filter(joined, pc.is_in(joined, value_set=wanted)).to_pylist())
+    return {p: found.get(f"{p[0]}\x00{p[1]}", 0) for p in pairs}
+
+
+def _data_files(root: Path, columns: tuple[str, ...]) -> list[Path]:
+    return [p for p in parquet_files(root) if not any(t in p.parts for t in EVIDENCE_TABLES)
+            and set(columns) <= set(pq.read_schema(p).names)]
+
+
 def _strings(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         yield value

@@ -23,11 +23,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Statuses of a forget request. REVERTED: an attribute edit that a later undo request took back.
-PENDING, IN_PROGRESS, FAILED, COMPLETED, REJECTED, REVERTED = (
-    "pending", "in_progress", "failed", "completed", "rejected", "reverted")
+# APPROXIMATE: answered by the fast tier (data deleted, touched shard models updated in place
+# and published) and waiting for the exact retrain of its shards, which sets COMPLETED.
+PENDING, IN_PROGRESS, FAILED, COMPLETED, REJECTED, REVERTED, APPROXIMATE = (
+    "pending", "in_progress", "failed", "completed", "rejected", "reverted", "approximate")
 OPEN_STATUSES = (PENDING, IN_PROGRESS, FAILED)
-# target_type of the ledger's rows
-USER, ATTRIBUTE, ATTRIBUTE_UNDO = "user", "attribute", "attribute-undo"
+# the guarantee column: what the published model version answering the request offers
+EXACT = "exact"
+# target_type of the ledger's rows: a whole user, an item (every interaction with it), one
+# interaction (user_key + item_idx), an attribute edit or its undo
+USER, ITEM, INTERACTION, ATTRIBUTE, ATTRIBUTE_UNDO = (
+    "user", "item", "interaction", "attribute", "attribute-undo")
+DATA_TARGETS = (USER, ITEM, INTERACTION)  # requests that delete rows and retrain shards
 
 _CONFLICTS = (
     "ConcurrentAppendException", "ConcurrentDeleteReadException",
@@ -158,16 +165,18 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 
 
-def delete_keys(spark: SparkSession, path: str, keys: DataFrame, *, on: str = "user_key",
-                partition_filter: str | None = None) -> int:
-    """Delete rows whose ``on`` column matches ``keys`` through a MERGE with a batch table.
+def delete_keys(spark: SparkSession, path: str, keys: DataFrame, *,
+                on: str | tuple[str, ...] = "user_key", partition_filter: str | None = None) -> int:
+    """Delete rows whose ``on`` column(s) match a row of ``keys`` through a MERGE with a batch
+    table.
 
     The predicate written to ``_delta_log`` names columns only (``t.user_key = b.user_key``);
     the values stay in the batch DataFrame, so no key or raw id enters the log.
     """
     from delta.tables import DeltaTable
 
-    cond = f"t.{on} = b.{on}"
+    cols = (on,) if isinstance(on, str) else on
+    cond = " AND ".join(f"t.{c} = b.{c}" for c in cols)
     if partition_filter:
         cond = f"{partition_filter} AND {cond}"
 
@@ -191,7 +200,8 @@ LEDGER_SCHEMA = (
     "request_id string, target_type string, user_key string, status string, reason string, "
     "received_at timestamp, updated_at timestamp, started_at timestamp, deleted_at timestamp, "
     "published_at timestamp, completed_at timestamp, shards array<int>, delete_version long, "
-    "model_version long, job_id string, evidence string, attribute string"
+    "model_version long, job_id string, evidence string, attribute string, guarantee string, "
+    "item_idx int"
 )
 LEDGER_FIELDS = [f.split()[0] for f in LEDGER_SCHEMA.split(", ")]
 

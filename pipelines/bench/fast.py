@@ -19,6 +19,7 @@ shorter streams (``--stream``), reported with the number of requests behind each
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from pathlib import Path
@@ -169,11 +170,15 @@ def run(cfg: RunConfig, *, datasets: list[str], out_dir: Path, data_dir: str | N
     if unknown:
         raise ValueError(f"unknown fast methods {unknown}; choose from {sorted(STREAM)}")
     stream = {**STREAM, **(stream or {})}
+    # results of data sets this run does not touch are kept from the last run's JSON
+    old = out_dir / "fast.json"
+    kept = [r for r in json.loads(old.read_text()).get("results", [])
+            if r["dataset"] not in datasets] if old.exists() else []
     results = []
     for name in datasets:
         results.append(run_dataset(name, cfg, data_dir=data_dir, methods=methods, stream=stream))
-        write_outputs(out_dir, "fast", {"results": results}, markdown(results))  # after each set
-    outputs = write_outputs(out_dir, "fast", {"results": results,
+        write_outputs(out_dir, "fast", {"results": kept + results}, markdown(kept + results))
+    outputs = write_outputs(out_dir, "fast", {"results": kept + results,
                                               "wall_seconds": round(time.perf_counter() - t0, 1)},
-                            markdown(results))
+                            markdown(kept + results))
     return {"outputs": outputs, "wall_seconds": round(time.perf_counter() - t0, 1)}

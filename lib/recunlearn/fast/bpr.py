@@ -37,6 +37,7 @@ from torch import nn
 
 from recunlearn.config import FastSettings
 from recunlearn.models.bpr import BPRMF
+from recunlearn.models.data import has_pairs
 
 METHODS = ("influence", "scif", "finetune", "ascent")
 
@@ -83,7 +84,7 @@ class BPRUnlearner:
 
     def forget_pairs(self, user_rows: np.ndarray, items: np.ndarray, method: str) -> dict[str, Any]:
         user_rows, items = np.asarray(user_rows, dtype=np.int64), np.asarray(items, dtype=np.int64)
-        hit = np.asarray(self.train[user_rows, items]).ravel() > 0
+        hit = has_pairs(self.train, user_rows, items)
         return self._forget(user_rows[hit], items[hit], method)
 
     # ------------------------------------------------------------------ the update

@@ -19,6 +19,16 @@ def binary_csr(m: sp.spmatrix, dtype: type = np.float32) -> sp.csr_matrix:
     return out
 
 
+def has_pairs(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether each (row, col) is stored (non-zero) in ``m``; vectorised, any number of pairs."""
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros(0, dtype=bool)
+    coo = m.tocoo()
+    stored = np.sort(coo.row.astype(np.int64)[coo.data != 0] * m.shape[1] + coo.col[coo.data != 0])
+    return np.isin(rows * m.shape[1] + cols, stored, assume_unique=False)
+
+
 @dataclass(frozen=True)
 class InteractionData:
     user_keys: np.ndarray  # (n_users,) sorted unique keys: row i of every matrix

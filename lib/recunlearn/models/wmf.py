@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr
+from recunlearn.models.data import binary_csr, has_pairs
 
 _CHUNK = 1 << 17  # interactions per chunk of row-wise dot products (bounds memory)
 
@@ -189,7 +189,7 @@ class WMF(Recommender):
         t0 = time.perf_counter()
         user_rows = np.asarray(user_rows, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
-        hit = np.asarray(self.users.m[user_rows, items]).ravel() > 0
+        hit = has_pairs(self.users.m, user_rows, items)
         user_rows, items = user_rows[hit], items[hit]
         if len(user_rows):
             x, y = self.users.f[user_rows], self.items.f[items]
