@@ -365,25 +365,38 @@ class _Linear:
         self.counts = (cu, ci)
         self.reg_diag = torch.cat([(2 * reg * cu).repeat_interleave(self.d),
                                    (2 * reg * ci).repeat_interleave(self.d), torch.zeros(self.n_i)])
+        self._touching()
 
     def _split(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nu, ni, d = self.n_u, self.n_i, self.d
-        pad = torch.zeros(1, d)
-        return (torch.cat([v[:nu * d].view(nu, d), pad]), torch.cat([v[nu * d:(nu + ni) * d].view(ni, d), pad]),
-                torch.cat([v[(nu + ni) * d:], torch.zeros(1)]))
+        return v[:nu * d].view(nu, d), v[nu * d:(nu + ni) * d].view(ni, d), v[(nu + ni) * d:]
+
+    def _touching(self) -> None:
+        """For each role (user, positive item, negative item), the terms whose row in that role
+        is in the block: a term usually touches the block in one role only, so J and J^T
+        gather a third of what padded full-length gathers would."""
+        self.su = torch.nonzero(self.lu < self.n_u).flatten()
+        self.si = torch.nonzero(self.li < self.n_i).flatten()
+        self.sj = torch.nonzero(self.lj < self.n_i).flatten()
+        self.qd_u, self.pu_i, self.pu_j = self.qd[self.su], self.pu[self.si], self.pu[self.sj]
+        self.lu_s, self.li_s, self.lj_s = self.lu[self.su], self.li[self.si], self.lj[self.sj]
 
     def j(self, v: torch.Tensor) -> torch.Tensor:
         dp, dq, db = self._split(v)
-        return ((dp[self.lu] * self.qd).sum(1) + (self.pu * (dq[self.li] - dq[self.lj])).sum(1)
-                + db[self.li] - db[self.lj])
+        out = torch.zeros(len(self.x))
+        out.index_add_(0, self.su, (dp[self.lu_s] * self.qd_u).sum(1))
+        out.index_add_(0, self.si, (self.pu_i * dq[self.li_s]).sum(1) + db[self.li_s])
+        out.index_add_(0, self.sj, -(self.pu_j * dq[self.lj_s]).sum(1) - db[self.lj_s])
+        return out
 
     def jt(self, z: torch.Tensor) -> torch.Tensor:
         nu, ni, d = self.n_u, self.n_i, self.d
-        gp = torch.zeros(nu + 1, d).index_add_(0, self.lu, z[:, None] * self.qd)
-        zp = z[:, None] * self.pu
-        gq = torch.zeros(ni + 1, d).index_add_(0, self.li, zp).index_add_(0, self.lj, -zp)
-        gb = torch.zeros(ni + 1).index_add_(0, self.li, z).index_add_(0, self.lj, -z)
-        return torch.cat([gp[:-1].reshape(-1), gq[:-1].reshape(-1), gb[:-1]])
+        zu, zi, zj = z[self.su], z[self.si], z[self.sj]
+        gp = torch.zeros(nu, d).index_add_(0, self.lu_s, zu[:, None] * self.qd_u)
+        gq = (torch.zeros(ni, d).index_add_(0, self.li_s, zi[:, None] * self.pu_i)
+              .index_add_(0, self.lj_s, -zj[:, None] * self.pu_j))
+        gb = torch.zeros(ni).index_add_(0, self.li_s, zi).index_add_(0, self.lj_s, -zj)
+        return torch.cat([gp.reshape(-1), gq.reshape(-1), gb])
 
     def block_jacobi(self, curv: torch.Tensor, damping: float):  # noqa: ANN201
         """The preconditioner: the inverse of each row's own (d x d) block of the Gauss-Newton
