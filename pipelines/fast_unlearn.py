@@ -36,11 +36,11 @@ from recunlearn.config import RunConfig, fingerprint
 from recunlearn.errors import PipelineError
 from recunlearn.fast.bpr import METHODS, BPRUnlearner
 from recunlearn.models.base import lookup_rows
-from recunlearn.models.bpr import BPRMF
+from recunlearn.models import load_model
 from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
-from recunlearn.tables import (APPROXIMATE, DATA_TARGETS, FAILED, ForgetLedger, Layout, ModelRegistry,
-                               delta_version, now_utc)
+from recunlearn.tables import (APPROXIMATE, COMPLETED, DATA_TARGETS, FAILED, ForgetLedger, Layout,
+                               ModelRegistry, delta_version, now_utc)
 from pipelines.train import build_manifest, n_items_of, new_job_id, read_split_data
 from pipelines.unlearn import _Clock, delete_and_vacuum, determine_targets, publish_and_clean
 
@@ -53,9 +53,27 @@ APPROXIMATE_GUARANTEE = (
 )
 
 
+EXACT_UPDATES = {"als": "wmf", "knn": "itemknn"}  # model-specific exact updates, by model kind
+EXACT_UPDATE_GUARANTEE = (
+    "exact ({method}, model-specific): the forgotten rows are deleted and vacuumed, and every shard "
+    "that held them, and the reference, was updated to the model of the retained data: {detail}"
+)
+EXACT_DETAIL = {
+    "knn": "the item-kNN index equals, bit for bit, the index rebuilt without the rows",
+    "als": "the WMF factors re-converged from the current ones until every row's normal equations "
+           "on the retained data hold to the training tolerance (a retrain from scratch meets the "
+           "same test; it differs from this model as much as a retrain with another seed does)",
+}
+
+
 def unlearn_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, method: str) -> dict[str, Any]:
-    if method not in METHODS:
-        raise PipelineError(f"unknown unlearning method {method!r}: exact or one of {', '.join(METHODS)}")
+    if method not in METHODS and method not in EXACT_UPDATES:
+        raise PipelineError(f"unknown unlearning method {method!r}: exact or one of "
+                            f"{', '.join((*METHODS, *EXACT_UPDATES))}")
+    want = EXACT_UPDATES.get(method, "bpr")
+    if cfg.model.kind != want:
+        raise PipelineError(f"unlearn --method {method} updates {want} models; this deployment "
+                            f"trains {cfg.model.kind} (model.kind)")
     ledger = ForgetLedger(spark, layout.ledger)
     requests = ledger.open_requests(DATA_TARGETS)
     if not requests:
@@ -100,52 +118,74 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
     # each touched shard's rows before the delete, in memory only: the update needs them
     with clock.step("read_shards"):
         version_before = delta_version(spark, layout.interactions)
-        shard_data = {k: read_split_data(layout.interactions, version_before, n_items, k) for k in touched}
+        shard_data = {k: read_split_data(layout.interactions, version_before, n_items, k)
+                      for k in touched} if method not in EXACT_UPDATES else {}
     delete_version = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
                                        targets=targets, clock=clock)
     shards = {int(k): dict(v) for k, v in manifest["shards"].items()}
     pending = dict(manifest.get("pending_exact") or {})
     removed_rows = {int(k): v for k, v in (pending.get("removed_rows") or {}).items()}
     updates: dict[int, dict[str, Any]] = {}
+    exact = method in EXACT_UPDATES
+    reference = manifest.get("reference") if exact else None
     with clock.step("fast_update"):
-        for k in touched:
-            base = manifest["shards"][str(k)]
-            model = BPRMF.from_state(checkpoints.load_state(base["path"]))
-            data = shard_data[k]
-            un = BPRUnlearner(model, _aligned(model.user_keys, data.train, data), cfg.unlearn.fast,
-                              reg=cfg.model.reg, holdout=_aligned(model.user_keys, data.valid, data),
-                              seed=make_seed(cfg.seed, "fast", job_id, k) % 2**31)
-            infos = _apply(un, targets, method)
+        for k in [*touched, *(["reference"] if reference else [])]:
+            base = reference if k == "reference" else manifest["shards"][str(k)]
+            state = checkpoints.load_state(base["path"])
+            if state.get("kind", "bpr") != cfg.model.kind:
+                raise PipelineError(f"the published {k} model is {state.get('kind', 'bpr')}, the config "
+                                    f"says model.kind={cfg.model.kind}: train again after changing it")
+            model = load_model(state)
+            if exact:
+                infos = _apply_exact(model, targets)
+            else:
+                data = shard_data[k]
+                un = BPRUnlearner(model, _aligned(model.user_keys, data.train, data), cfg.unlearn.fast,
+                                  reg=cfg.model.reg, holdout=_aligned(model.user_keys, data.valid, data),
+                                  seed=make_seed(cfg.seed, "fast", job_id, k) % 2**31)
+                infos = _apply(un, targets, method)
             pairs = sum(i["pairs"] for i in infos)
-            removed_rows[k] = removed_rows.get(k, 0) + pairs
-            meta = {"shard_id": k, "delta_version": base["delta_version"], "table": "interactions",
+            seconds = round(sum(i["seconds"] for i in infos), 4)
+            meta = {"shard_id": None if k == "reference" else k, "table": "interactions",
                     "config_fingerprint": base.get("config_fingerprint"), "seed": base.get("seed"),
-                    "job_id": job_id, "created_at": now_utc().isoformat(),
-                    "fit_seconds": round(sum(i["seconds"] for i in infos), 3), "epochs": 0,
-                    "valid_ndcg": base.get("valid_ndcg"), "n_users": len(model.user_keys),
-                    "n_train": int(un.train.nnz),
-                    # trained on the rows at delta_version, then had the forgotten rows taken out
-                    # approximately; the audit treats it as trained at delta_version
-                    "approximate": {"method": method, "base_sha256": base.get("sha256"),
-                                    "applied_at_version": delete_version,
-                                    "fast_config": fingerprint(cfg.unlearn.fast)}}
-            saved = checkpoints.save(layout.checkpoints, checkpoints.shard_component(k),
+                    "job_id": job_id, "created_at": now_utc().isoformat(), "fit_seconds": seconds,
+                    "epochs": 0, "valid_ndcg": base.get("valid_ndcg"), "n_users": len(model.user_keys),
+                    "n_train": int(base.get("n_train") or 0) - pairs, "update_of": base.get("sha256")}
+            if exact:  # the model of the rows at the delete version, as a retrain would give
+                meta["delta_version"] = delete_version
+                meta["exact_update"] = method
+            else:
+                # trained on the rows at delta_version, then had the forgotten rows taken out
+                # approximately; the audit treats it as trained at delta_version
+                removed_rows[k] = removed_rows.get(k, 0) + pairs
+                meta["delta_version"] = base["delta_version"]
+                meta["approximate"] = {"method": method, "applied_at_version": delete_version,
+                                       "fast_config": fingerprint(cfg.unlearn.fast)}
+            component = "reference" if k == "reference" else checkpoints.shard_component(k)
+            saved = checkpoints.save(layout.checkpoints, component,
                                      f"{job_id}-{uuid.uuid4().hex[:6]}", model.state(), meta)
+            if k == "reference":
+                reference = saved
+                continue
             shards[k] = saved
-            updates[k] = {"pairs": pairs, "seconds": round(sum(i["seconds"] for i in infos), 4),
-                          "steps": [{f: i.get(f) for f in ("kind", "pairs", "users", "cg_iterations",
+            updates[k] = {"pairs": pairs, "seconds": seconds,
+                          "steps": [{f: i.get(f) for f in ("kind", "pairs", "users", "rounds",
+                                                           "index_rows_recomputed", "cg_iterations",
                                                            "cg_residual", "steps", "stopped",
                                                            "block_users", "block_items", "terms")
                                      if f in i} for i in infos]}
     with clock.step("manifest"):
         version = registry.next_version()
         pend_shards = sorted(set(pending.get("shards", [])) | set(touched))
+        guarantee = (EXACT_UPDATE_GUARANTEE.format(method=method, detail=EXACT_DETAIL[method]) if exact
+                     else APPROXIMATE_GUARANTEE.format(method=method, shards=pend_shards))
         new_manifest = build_manifest(
-            version=version, cfg=cfg, shards=shards, aggregator=manifest["aggregator"], reference=None,
-            table_version=delete_version, n_items=n_items, partition=manifest.get("partition"),
-            guarantee=APPROXIMATE_GUARANTEE.format(method=method, shards=pend_shards))
+            version=version, cfg=cfg, shards=shards, aggregator=manifest["aggregator"],
+            reference=reference, table_version=delete_version, n_items=n_items,
+            partition=manifest.get("partition"), guarantee=guarantee)
         new_manifest["parent"] = current["version"]
         new_manifest["unlearn_job"] = job_id
+    if not exact:
         new_manifest["pending_exact"] = {
             "shards": pend_shards, "aggregator": manifest["aggregator"].get("kind") != "mean",
             "requests": sorted(set(pending.get("requests", [])) | set(ids)),
@@ -157,20 +197,47 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
         delete_version=delete_version, clock=clock,
         note=f"fast ({method}): {len(ids)} request(s), updated shards {touched}")
     ledger.update_rows([{
-        "request_id": r["request_id"], "status": APPROXIMATE, "published_at": published_at,
-        "model_version": version, "guarantee": f"approximate:{method}",
+        "request_id": r["request_id"], "status": COMPLETED if exact else APPROXIMATE,
+        "published_at": published_at, "completed_at": published_at if exact else None,
+        "model_version": version, "guarantee": f"{'exact' if exact else 'approximate'}:{method}",
         "evidence": json.dumps({"method": method, "shards": {
             str(k): updates[k] for k in targets.shards_of[r["request_id"]] if k in updates}}),
     } for r in requests])
     result = {"job_id": job_id, "method": method, "requests": ids, "shards_touched": touched,
               "delete_version": delete_version, "model_version": version,
-              "parent_version": current["version"], "guarantee": "approximate",
+              "parent_version": current["version"], "guarantee": "exact" if exact else "approximate",
               "checkpoints_removed": removed, "updates": {str(k): v for k, v in updates.items()},
               "steps_seconds": clock.steps,
               "end_to_end_seconds": round(time.perf_counter() - t_start, 3)}
-    log.info("unlearn %s: published v%d (approximate, %s) in %.1fs", job_id, version, method,
-             result["end_to_end_seconds"])
+    log.info("unlearn %s: published v%d (%s, %s) in %.1fs", job_id, version, result["guarantee"],
+             method, result["end_to_end_seconds"])
     return result
+
+
+def _apply_exact(model: Any, targets: Any) -> list[dict[str, Any]]:
+    """The model-specific exact update (WMF or item-kNN) of one model for the targets."""
+    out = []
+    for kind, call in (("users", lambda: model.forget_users(np.array(targets.users))),
+                       ("items", lambda: model.forget_items(np.array(targets.items))),
+                       ("interactions", lambda: _pairs(model, targets.pairs))):
+        if getattr(targets, "pairs" if kind == "interactions" else kind):
+            t0, before = time.perf_counter(), _nnz(model)
+            info = dict(call())
+            out.append({"kind": kind, **info, "pairs": before - _nnz(model),
+                        "seconds": time.perf_counter() - t0})
+    return out
+
+
+def _nnz(model: Any) -> int:
+    """Training interactions a WMF or item-kNN model holds."""
+    return int(model.users.m.nnz if hasattr(model, "users") else model.x.nnz)
+
+
+def _pairs(model: Any, pairs: list[tuple[str, int]]) -> dict[str, Any]:
+    rows = model.rows_of(np.array([k for k, _ in pairs]))
+    items = np.array([i for _, i in pairs])
+    held = rows >= 0
+    return model.forget_pairs(rows[held], items[held])
 
 
 def _apply(un: BPRUnlearner, targets: Any, method: str) -> list[dict[str, Any]]:

@@ -56,10 +56,11 @@ def _torch_setup(threads: int, deterministic: bool) -> None:
 
 def train_component(cfg_json: str, table: str, version: int, n_items: int, shard_id: int | None,
                     ckpt_root: str, job_id: str) -> dict[str, Any]:
-    """Train one BPR-MF (a shard, or the reference when ``shard_id`` is None); save it."""
+    """Train one sub-model (``model.kind``; a shard, or the reference when ``shard_id`` is
+    None); save it."""
     from pathlib import Path
 
-    from recunlearn.models.bpr import fit_bpr
+    from recunlearn.models import fit_model
 
     cfg = RunConfig.model_validate_json(cfg_json)
     _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
@@ -70,7 +71,7 @@ def train_component(cfg_json: str, table: str, version: int, n_items: int, shard
         raise PipelineError(f"shard {shard_id}: no training rows at table version {version}")
     component = REFERENCE if shard_id is None else checkpoints.shard_component(shard_id)
     seed = make_seed(cfg.seed, "model", component)
-    model, stats = fit_bpr(data, cfg.model, seed=seed)
+    model, stats = fit_model(data, cfg.model, seed=seed)
     meta = {"shard_id": shard_id, "delta_version": version, "table": Path(table).name,
             "config_fingerprint": fingerprint(cfg.model), "seed": seed, "job_id": job_id,
             "created_at": now_utc().isoformat(), "read_seconds": round(t_read, 3),

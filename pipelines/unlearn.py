@@ -274,7 +274,7 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
             if trained["reference"] else None
         evidence = functional_evidence(forgotten, original=original, unlearned=unlearned,
                                        retrained=retrained)
-    if cfg.unlearn.membership and forgotten.n_users:
+    if cfg.unlearn.membership and forgotten.n_users and cfg.model.kind == "bpr":  # BPR shadows
         with clock.step("membership_check"):
             _membership_evidence(evidence, forgotten, original, unlearned, cfg=cfg, layout=layout,
                                  version=delete_version, n_items=n_items,

@@ -161,3 +161,48 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
     kinds = sorted(r["details"]["target_type"] for r in report["requests"])
     assert report["passed"] and kinds.count("item") == 2 and kinds.count("interaction") >= 2
     assert all(r["parquet_rows_found"] == 0 for r in report["requests"])
+
+
+# the WMF variant is slow (its update is unit-tested in test_wmf.py); the kNN one runs by default
+@pytest.mark.parametrize("kind,method", [("itemknn", "knn"),
+                                         pytest.param("wmf", "als", marks=pytest.mark.slow)])
+def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, kind, method):
+    """Shards of item-kNN or WMF: `unlearn --method knn|als` updates the touched shards and the
+    reference in place and publishes an exact version (no retrain pending); the kNN shards
+    equal a rebuild from the shard's retained rows, the WMF shards satisfy the retained data's
+    normal equations; the audit passes for users, items and interactions."""
+    from recunlearn.models import fit_model, load_model
+    from pipelines.train import n_items_of, read_split_data
+
+    cfg = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"kind": kind, "dim": 8, "wmf_reg": 2.0}),
+        "unlearn": cfg.unlearn.model_copy(update={"method": method, "membership": False})})
+    raw = tmp_path / "raw"
+    write_ml100k(raw)
+    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
+    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
+    lines = [ln.split("\t") for ln in (raw / "u.data").read_text().split("\n") if ln]
+    submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["5", "17"])
+    submit_data_requests(spark, layout=layout, secret=SECRET, items=[lines[100][1]],
+                         interactions=[(lines[200][0], lines[200][1])])
+    res = unlearn(spark, cfg=cfg, layout=layout)
+    assert res["guarantee"] == "exact" and res["policy"]["exact_due"] is False
+    rows = [r for r in ForgetLedger(spark, layout.ledger).rows() if r["reason"] is None]
+    assert len(rows) == 4
+    assert {(r["status"], r["guarantee"]) for r in rows} == {("completed", f"exact:{method}")}
+    v = ModelRegistry(spark, layout).current_manifest()
+    assert "pending_exact" not in v and v["guarantee"].startswith(f"exact ({method}")
+    assert v["reference"]["delta_version"] == v["table_version"]
+    n_items = n_items_of(layout)
+    for k in res["shards_touched"]:
+        model = load_model(checkpoints.load_state(v["shards"][str(k)]["path"]))
+        data = read_split_data(layout.interactions, v["table_version"], n_items, k)
+        assert list(model.user_keys) == list(data.user_keys)
+        if kind == "itemknn":
+            rebuilt, _ = fit_model(data, cfg.model, seed=0)
+            assert (model.neighbours == rebuilt.neighbours).all() and (model.sims == rebuilt.sims).all()
+        else:
+            assert (model.users.m != (data.train > 0)).nnz == 0
+            assert model.max_residual() <= cfg.model.wmf_tol
+    report = audit(spark, layout=layout, secret=SECRET, raw_ids=["5", "17"])
+    assert report["passed"] and report["n_requests"] == 4

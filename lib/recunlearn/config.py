@@ -82,7 +82,11 @@ class ShardingConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    dim: int = Field(64, ge=1, description="Embedding dimension.")
+    kind: Literal["bpr", "wmf", "itemknn"] = Field(
+        "bpr", description="Shard sub-model: BPR-MF (torch, every method incl. the fast tier's "
+        "influence, fine-tune and ascent), WMF (implicit ALS; unlearn --method als re-converges "
+        "it) or item-kNN (unlearn --method knn updates its top-k index).")
+    dim: int = Field(64, ge=1, description="Embedding dimension (BPR and WMF).")
     lr: float = Field(0.005, gt=0)
     reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
     batch_size: int = Field(2048, ge=1)
@@ -91,6 +95,11 @@ class ModelConfig(_Frozen):
     patience: int = Field(4, ge=1, description="Validation checks without improvement before stop.")
     eval_k: int = Field(20, ge=1)
     init_std: float = Field(0.1, gt=0)
+    wmf_alpha: float = Field(10.0, gt=0, description="WMF: confidence 1 + alpha of an observed pair.")
+    wmf_reg: float = Field(5.0, gt=0, description="WMF: L2 weight.")
+    wmf_tol: float = Field(1e-3, gt=0, description="WMF: relative residual of converged normal equations.")
+    knn_k: int = Field(50, ge=1, description="item-kNN: neighbours kept per item.")
+    knn_shrink: float = Field(0.0, ge=0, description="item-kNN: cosine shrinkage.")
 
 
 class AggregatorConfig(_Frozen):
@@ -149,10 +158,11 @@ class PolicyConfig(_Frozen):
 
 
 class UnlearnConfig(_Frozen):
-    method: Literal["exact", "scif", "influence", "finetune", "ascent"] = Field(
+    method: Literal["exact", "scif", "influence", "finetune", "ascent", "als", "knn"] = Field(
         "exact", description="exact: delete, retrain the touched shards, refit, publish. A fast "
         "method: delete, update the touched shard models in place, publish with an approximate "
-        "guarantee, and retrain exactly when the policy says so.")
+        "guarantee, and retrain exactly when the policy says so. als / knn (model.kind wmf / "
+        "itemknn): the model-specific exact update of the touched shards, no retrain needed.")
     fast: FastSettings = FastSettings()
     policy: PolicyConfig = PolicyConfig()
     retrain_reference: bool = Field(
@@ -226,6 +236,18 @@ class RunConfig(_Frozen):
     attribute: AttributeConfig = AttributeConfig()
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _model_fits(self) -> RunConfig:
+        if self.model.kind != "bpr" and self.aggregator.kind == "attention":
+            raise ValueError("aggregator.kind=attention attends over BPR shard embeddings; "
+                             f"model.kind={self.model.kind} needs aggregator.kind=mean")
+        fits = {"als": "wmf", "knn": "itemknn"}
+        want = fits.get(self.unlearn.method, "bpr" if self.unlearn.method != "exact" else None)
+        if want is not None and want != self.model.kind:
+            raise ValueError(f"unlearn.method={self.unlearn.method} updates {want} models, but "
+                             f"model.kind={self.model.kind}")
+        return self
 
     def resolved_data_dir(self, base: Path | None = None) -> Path:
         raw = os.environ.get(DATA_DIR_ENV) or self.data_dir

@@ -133,6 +133,10 @@ class ShardedEnsemble:
     def score(self, keys: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
         """Aggregated scores of users by key (``history``: their current interaction rows)."""
         with torch.no_grad():
+            if not all(isinstance(m, BPRMF) for m in self.shards):
+                # other sub-models (WMF, item-kNN): each shard scores as it serves (trained row at
+                # home, its own fold-in elsewhere), and the mean combines them
+                return torch.stack([m.score_users(keys, history) for m in self.shards]).mean(0)
             vecs, home = shard_views(self.shards, keys, history)
             if self.overlay is not None:
                 vecs = self.overlay.apply(keys, vecs)
@@ -234,9 +238,11 @@ def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
     from recunlearn import checkpoints
     from recunlearn.attribute.edit import AttributeOverlay
 
+    from recunlearn.models import load_model
+
     shards = []
     for k in range(manifest["n_shards"]):
-        m = BPRMF.from_state(checkpoints.load_state(manifest["shards"][str(k)]["path"]))
+        m = load_model(checkpoints.load_state(manifest["shards"][str(k)]["path"]))
         m.fold_in_reg = fold_in_reg
         shards.append(m)
     overlay = None
@@ -252,11 +258,13 @@ def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
     return ShardedEnsemble(shards, agg, overlay=overlay)
 
 
-def load_reference(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> BPRMF | None:
+def load_reference(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> Any:
     from recunlearn import checkpoints
 
     if not manifest.get("reference"):
         return None
-    m = BPRMF.from_state(checkpoints.load_state(manifest["reference"]["path"]))
+    from recunlearn.models import load_model
+
+    m = load_model(checkpoints.load_state(manifest["reference"]["path"]))
     m.fold_in_reg = fold_in_reg
     return m

@@ -85,7 +85,9 @@ def _checkpoint(model: Any, retrained: Any, original: Any, data: InteractionData
 
 
 def run_dataset(name: str, cfg: RunConfig, *, data_dir: str | None, methods: list[str],
-                stream: dict[str, int]) -> dict[str, Any]:
+                stream: dict[str, int], done: Callable[[dict[str, Any]], None] = lambda r: None
+                ) -> dict[str, Any]:
+    """One data set; ``done`` gets the result so far after every method (written to disk)."""
     torch.set_num_threads(1)
     data, _ = load_split(name, dataset_dir(name, data_dir), seed=cfg.seed)
     n_max = max(stream[m] for m in methods)
@@ -134,6 +136,7 @@ def run_dataset(name: str, cfg: RunConfig, *, data_dir: str | None, methods: lis
                 "latency_seconds": {"p50": round(p50, 4), "p90": round(float(np.quantile(lat, 0.9)), 4),
                                     "max": round(float(np.max(lat)), 4), "mean": round(float(np.mean(lat)), 4)},
                 "speedup_vs_full_retrain": round(fit_s / p50, 1), "after": rows, **extra}
+            done(out)
     return out
 
 
@@ -171,13 +174,24 @@ def run(cfg: RunConfig, *, datasets: list[str], out_dir: Path, data_dir: str | N
         raise ValueError(f"unknown fast methods {unknown}; choose from {sorted(STREAM)}")
     stream = {**STREAM, **(stream or {})}
     # results of data sets this run does not touch are kept from the last run's JSON
+    # and so are the methods this run does not run, on the data sets it does
     old = out_dir / "fast.json"
-    kept = [r for r in json.loads(old.read_text()).get("results", [])
-            if r["dataset"] not in datasets] if old.exists() else []
-    results = []
+    previous = {r["dataset"]: r for r in json.loads(old.read_text()).get("results", [])} if old.exists() else {}
+    kept = [r for d, r in previous.items() if d not in datasets]
+    results: list[dict[str, Any]] = []
+
+    def save(partial: dict[str, Any]) -> None:
+        before = previous.get(partial["dataset"], {})
+        merged = {**partial, "methods": {**{m: v for m, v in before.get("methods", {}).items()
+                                            if m not in partial["methods"]}, **partial["methods"]},
+                  "families": {**before.get("families", {}), **partial["families"]}}
+        rows = [r for r in results if r["dataset"] != partial["dataset"]] + [merged]
+        write_outputs(out_dir, "fast", {"results": kept + rows}, markdown(kept + rows))
+
     for name in datasets:
-        results.append(run_dataset(name, cfg, data_dir=data_dir, methods=methods, stream=stream))
-        write_outputs(out_dir, "fast", {"results": kept + results}, markdown(kept + results))
+        res = run_dataset(name, cfg, data_dir=data_dir, methods=methods, stream=stream, done=save)
+        save(res)
+        results.append(json.loads((out_dir / "fast.json").read_text())["results"][-1])
     outputs = write_outputs(out_dir, "fast", {"results": kept + results,
                                               "wall_seconds": round(time.perf_counter() - t0, 1)},
                             markdown(kept + results))

@@ -1,0 +1,55 @@
+"""Sub-model selection: the config's checks, fitting and reloading every kind, and the
+ensemble's mean over shards of any kind."""
+
+import numpy as np
+import pytest
+import torch
+
+from recunlearn.config import load_config
+from recunlearn.engines import PROJECT_ROOT
+from recunlearn.ensemble import MeanAggregator, ShardedEnsemble
+from recunlearn.errors import ConfigError
+from recunlearn.models import fit_model, load_model
+from recunlearn.models.data import InteractionData, split_pairs
+
+CONF = PROJECT_ROOT / "conf" / "test.yaml"
+
+
+def small_data(seed=0):
+    rng = np.random.default_rng(seed)
+    u, i = np.nonzero(rng.random((60, 30)) < 0.2)
+    keys = np.array([f"u{x:03d}" for x in range(60)])[u]
+    return InteractionData.from_columns(keys, i, split_pairs(keys, i, valid=0.1, test=0.1, seed=1), 30)
+
+
+def test_config_rejects_mismatched_model_and_method():
+    with pytest.raises(ConfigError, match="aggregator.kind=mean"):
+        load_config(CONF, ["model.kind=wmf", "aggregator.kind=attention"])
+    with pytest.raises(ConfigError, match="updates wmf models"):
+        load_config(CONF, ["unlearn.method=als"])
+    with pytest.raises(ConfigError, match="updates bpr models"):
+        load_config(CONF, ["model.kind=itemknn", "unlearn.method=scif"])
+    assert load_config(CONF, ["model.kind=itemknn", "unlearn.method=knn"]).model.kind == "itemknn"
+
+
+@pytest.mark.parametrize("kind", ["bpr", "wmf", "itemknn"])
+def test_fit_and_reload_every_kind(kind):
+    data = small_data()
+    cfg = load_config(CONF, [f"model.kind={kind}", "model.dim=4", "model.max_epochs=5"]).model
+    model, stats = fit_model(data, cfg, seed=3)
+    assert stats["n_train"] == data.train.nnz and stats["fit_seconds"] >= 0
+    back = load_model(model.state())
+    assert type(back) is type(model) and list(back.user_keys) == list(data.user_keys)
+    assert torch.allclose(back.score(np.arange(5)), model.score(np.arange(5)))
+
+
+def test_ensemble_mean_over_other_kinds():
+    data = small_data(1)
+    cfg = load_config(CONF, ["model.kind=itemknn"]).model
+    halves = [data.subset(np.arange(0, 30)), data.subset(np.arange(30, data.n_users))]
+    shards = [fit_model(h, cfg, seed=0)[0] for h in halves]
+    ens = ShardedEnsemble(shards, MeanAggregator())
+    keys, hist = data.user_keys[:4], data.train[:4]
+    want = (shards[0].score_users(keys, hist) + shards[1].score_users(keys, hist)) / 2
+    assert torch.allclose(ens.score(keys, hist), want)
+    assert ens.knows(data.user_keys).all()
