@@ -3,6 +3,7 @@ ensemble's mean over shards of any kind."""
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recunlearn.config import load_config
@@ -53,3 +54,19 @@ def test_ensemble_mean_over_other_kinds():
     want = (shards[0].score_users(keys, hist) + shards[1].score_users(keys, hist)) / 2
     assert torch.allclose(ens.score(keys, hist), want)
     assert ens.knows(data.user_keys).all()
+
+
+def test_has_pairs_matches_a_dense_lookup():
+    from recunlearn.models.data import has_pairs
+
+    rng = np.random.default_rng(5)
+    dense = (rng.random((40, 30)) < 0.2).astype(np.float32)
+    dense[3] = 0  # a row without interactions
+    m = sp.csr_matrix(dense)
+    m.data[:2] = 0  # stored zeros are not interactions
+    dense = m.toarray()
+    rows, cols = rng.integers(0, 40, 500), rng.integers(0, 30, 500)
+    rows[:5] = 3
+    assert np.array_equal(has_pairs(m, rows, cols), dense[rows, cols] != 0)
+    assert has_pairs(m, np.array([], int), np.array([], int)).shape == (0,)
+    assert not has_pairs(sp.csr_matrix((5, 5)), np.array([1]), np.array([2])).any()

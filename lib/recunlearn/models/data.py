@@ -24,9 +24,16 @@ def has_pairs(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
     if len(rows) == 0:
         return np.zeros(0, dtype=bool)
-    coo = m.tocoo()
-    stored = np.sort(coo.row.astype(np.int64)[coo.data != 0] * m.shape[1] + coo.col[coo.data != 0])
-    return np.isin(rows * m.shape[1] + cols, stored, assume_unique=False)
+    # only the rows asked about: their stored columns, as sorted keys (local row, col)
+    urows, local = np.unique(rows, return_inverse=True)
+    sub = m[urows].tocoo()
+    keep = sub.data != 0
+    stored = np.sort(sub.row.astype(np.int64)[keep] * m.shape[1] + sub.col[keep])
+    want = local.astype(np.int64) * m.shape[1] + cols
+    if len(stored) == 0:
+        return np.zeros(len(rows), dtype=bool)
+    at = np.minimum(np.searchsorted(stored, want), len(stored) - 1)
+    return stored[at] == want
 
 
 @dataclass(frozen=True)

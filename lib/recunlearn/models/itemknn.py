@@ -27,6 +27,7 @@ from recunlearn.models.base import Recommender
 from recunlearn.models.data import binary_csr
 
 
+_SMALLEST = np.nextafter(0.0, 1.0)  # the smallest positive float64: x >= it iff x > 0
 DENSE_ITEMS = 6000  # up to this many items the counts are a dense array (6000^2 x 8 B = 288 MB)
 
 
@@ -51,41 +52,38 @@ class ItemKNN(Recommender):
         self._recompute(np.arange(self.n_items))
 
     # ---- the index
-    def _recompute(self, items: np.ndarray) -> None:
+    def _recompute(self, items: np.ndarray, sim: np.ndarray | None = None) -> None:
         """Top-k neighbours of ``items`` from the current counts (one code path for build and
-        update, so both give identical rows)."""
-        norm = np.sqrt(self.counts)
-        for s in range(0, len(items), self.chunk):
-            rows = np.asarray(items[s:s + self.chunk])
-            c = self._count_rows(rows)
-            denom = norm[rows][:, None] * norm[None, :] + self.shrink
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sim = np.where(denom > 0, c / denom, 0.0)
-            sim[np.arange(len(rows)), rows] = 0.0  # never its own neighbour
-            part = _topk_lowest_index(sim, self.k)
-            vals = np.take_along_axis(sim, part, axis=1)
-            order = np.lexsort((part, -vals), axis=1)  # by similarity, then item index
+        update, so both give identical rows). ``sim``: their similarity rows, if at hand."""
+        for s in range(0, len(items), self.chunk if sim is None else max(len(items), 1)):
+            rows = np.asarray(items[s:s + self.chunk] if sim is None else items)
+            block = self._sim_rows(rows) if sim is None else sim
+            part = _topk_lowest_index(block, self.k)  # in column order
+            vals = np.take_along_axis(block, part, axis=1)
+            order = np.argsort(-vals, axis=1, kind="stable")  # by similarity, then item index
             part, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
             part[vals <= 0] = -1
             self.neighbours[rows] = part
             self.sims[rows] = np.where(vals > 0, vals, 0.0)
         self._matrix = None
 
+    def _sim_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Dense similarity rows: sim(i, j) = C_ij / (norm_i norm_j + shrink), 0 on the diagonal."""
+        norm = np.sqrt(self.counts)
+        c = self._count_rows(rows)
+        denom = norm[rows][:, None] * norm[None, :] + self.shrink
+        sim = np.zeros_like(denom)
+        np.divide(c, denom, out=sim, where=denom > 0)
+        sim[np.arange(len(rows)), rows] = 0.0  # never its own neighbour
+        return sim
+
     def _count_rows(self, rows: np.ndarray) -> np.ndarray:
         return self.cooc[rows] if isinstance(self.cooc, np.ndarray) else self.cooc[rows].toarray()
 
-    def _count_block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        if isinstance(self.cooc, np.ndarray):
-            return self.cooc[np.ix_(rows, cols)]
-        return self.cooc[:, cols][rows].toarray()
-
     def _subtract(self, delta: sp.csr_matrix) -> None:
-        d = delta.tocoo()
-        if isinstance(self.cooc, np.ndarray):
-            self.cooc[d.row, d.col] -= d.data  # (row, col) pairs are unique in a COO of a CSR
-        else:
-            self.cooc = (self.cooc - delta.astype(np.float64)).tocsr()
-            self.cooc.eliminate_zeros()
+        """Sparse counts minus ``delta``."""
+        self.cooc = (self.cooc - delta.astype(np.float64)).tocsr()
+        self.cooc.eliminate_zeros()
         self.counts -= delta.diagonal()
 
     def similarity_matrix(self) -> sp.csr_matrix:
@@ -110,52 +108,133 @@ class ItemKNN(Recommender):
 
     def _repair(self, old: sp.csr_matrix, new: sp.csr_matrix) -> dict[str, int]:
         """Counts and index after some users' rows went from ``old`` to ``new`` (X untouched)."""
-        delta = (old.T @ old - new.T @ new).tocsr()
-        delta.eliminate_zeros()
-        if delta.nnz == 0:
-            return {"counts_changed": 0, "index_rows_recomputed": 0, "index_rows_merged": 0}
-        moved = np.unique(delta.nonzero()[0])  # items whose counts changed
-        self._subtract(delta)
-        fallback, merged = self._merge_untouched(moved)
-        self._recompute(np.union1d(moved, fallback))
-        return {"counts_changed": int(delta.nnz), "index_rows_recomputed": int(len(moved) + len(fallback)),
+        if isinstance(self.cooc, np.ndarray):
+            # dense counts: the change is a dense block over the rows' items
+            cols = np.unique(old.indices)
+            o = old[:, cols].toarray().astype(np.float64)
+            w = new[:, cols].toarray().astype(np.float64)
+            block = o.T @ o - w.T @ w  # small integers: exact
+            changed = int(np.count_nonzero(block))
+            if changed == 0:
+                return {"counts_changed": 0, "index_rows_recomputed": 0, "index_rows_merged": 0}
+            moved = cols[block.any(1)]  # items whose counts changed
+            self.cooc[np.ix_(cols, cols)] -= block
+            self.counts[cols] -= np.diagonal(block)
+        else:
+            delta = (old.T @ old - new.T @ new).tocsr()
+            delta.eliminate_zeros()
+            changed = int(delta.nnz)
+            if changed == 0:
+                return {"counts_changed": 0, "index_rows_recomputed": 0, "index_rows_merged": 0}
+            moved = np.unique(delta.nonzero()[0])
+            self._subtract(delta)
+        # dense counts: the moved rows' similarities serve both the merge and their recompute
+        sim = self._sim_rows(moved) if isinstance(self.cooc, np.ndarray) else None
+        fallback, merged = self._merge_untouched(moved, sim)
+        self._recompute(moved, sim)
+        if len(fallback):
+            self._recompute(fallback)
+        return {"counts_changed": changed, "index_rows_recomputed": int(len(moved) + len(fallback)),
                 "index_rows_merged": int(merged)}
 
-    def _merge_untouched(self, moved: np.ndarray) -> tuple[np.ndarray, int]:
+    def _merge_untouched(self, moved: np.ndarray, sim: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Repair the lists of the items whose own counts did not change, without scanning
-        every item. Returns the rows left to a full recompute and how many were merged.
+        every item's row. Returns the rows left to a full recompute and how many were merged.
 
-        A deletion only lowers counts. For such an item i, only its similarities to the moved
-        items change, and they can only grow (a moved item's norm fell, C_id did not change):
-        the new list is the top-k of the old list and the moved items. A row needs work iff a
-        moved item is in its list or now reaches its last value. One case goes to a full
-        recompute: the last value did not move and a moved item holds it, where an item
-        outside both could tie there and win on a lower index."""
-        others = np.setdiff1d(np.arange(self.n_items), moved)
-        if len(moved) == 0 or len(others) == 0:
+        A deletion only lowers counts. For such an item i no deleted user had i, so C_id is
+        unchanged for every d, and only its similarities to the moved items change: they grow
+        (a moved item's norm fell). So the new list is the top-k of the old list and the moved
+        items, and only two kinds of rows need work: those holding a moved item (its value
+        grew, the order may change) and those a moved item now enters (its new value reaches
+        the row's last one). Both are found from the moved items' count rows alone (C is
+        symmetric). One case goes to a full recompute: the last value did
+        not move and a moved item holds it, where an item outside both could tie there and
+        win on a lower index."""
+        n, k = self.n_items, self.k
+        if len(moved) == 0 or len(moved) == n:
             return np.zeros(0, np.int64), 0
-        norm = np.sqrt(self.counts)
-        c = self._count_block(others, moved)  # (items, |moved|): the only counts needed
-        with np.errstate(divide="ignore", invalid="ignore"):
-            new_sim = np.where(c > 0, c / (norm[others][:, None] * norm[moved][None, :] + self.shrink), 0.0)
-        old = self.neighbours[others]
-        last = self.sims[others, -1]
-        work = np.isin(old, moved).any(1) | ((new_sim > 0) & (new_sim >= last[:, None])).any(1)
-        rows, old, new_sim, last = others[work], old[work], new_sim[work], last[work]
-        # candidates: the old list (a moved item or a padding slot in it is dropped: -1 sorts
-        # last) and the moved items with their new similarities
-        keep_old = np.where((old < 0) | np.isin(old, moved), -1.0, self.sims[rows])
-        cand = np.concatenate([np.maximum(old, 0), np.broadcast_to(moved, (len(rows), len(moved)))], 1)
-        sim = np.concatenate([keep_old, new_sim], 1)
-        order = np.lexsort((cand, -sim), axis=1)[:, :self.k]
-        top, vals = np.take_along_axis(cand, order, 1), np.take_along_axis(sim, order, 1)
-        risky = (last > 0) & (vals[:, -1] == last) & ((vals == vals[:, -1:]) & np.isin(top, moved)).any(1)
+        is_moved = np.zeros(n, bool)
+        is_moved[moved] = True
+        pos = np.full(n, -1, np.int64)
+        pos[moved] = np.arange(len(moved))
+        nb = self.neighbours
+        held = np.append(is_moved, False)[nb]  # moved items held in a list (padding -1: False)
+        held[moved] = False
+        hr, hc = np.nonzero(held)
+        last = self.sims[:, -1]
+        # The moved items' counts with every item (C_di = C_id), and their similarities
+        # exactly as _recompute computes them: c / (norm_i norm_d + shrink).
+        if sim is not None:  # (|moved|, n): sim(d, i) = sim(i, d), the same float (C symmetric)
+            held_s = sim[pos[nb[hr, hc]], hr]
+            enter = sim >= np.maximum(last, _SMALLEST)[None, :]  # positive and reaching last
+            enter[:, moved] = False
+            enter[pos[nb[hr, hc]], hr] = False  # already held: not an entrant
+            ep, er = np.nonzero(enter)
+            ed, es = moved[ep], sim[ep, er]
+        else:
+            norm = np.sqrt(self.counts)
+            dp, it, c = self._count_entries(moved)
+            keep = ~is_moved[it]
+            dp, it, c = dp[keep], it[keep], c[keep]
+            s = c / (norm[it] * norm[moved[dp]] + self.shrink)
+            at = np.searchsorted(dp * n + it, pos[nb[hr, hc]] * n + hr)
+            held_s = s[at]
+            enter = s >= np.maximum(last, _SMALLEST)[it]
+            enter[at] = False
+            er, ed, es = it[enter], moved[dp[enter]], s[enter]
+        mark = np.zeros(n, bool)
+        mark[hr], mark[er] = True, True
+        rows = np.flatnonzero(mark)
+        if len(rows) == 0:
+            return np.zeros(0, np.int64), 0
+        w = np.searchsorted(rows, hr)
+        vals = np.where(nb[rows] >= 0, self.sims[rows], -1.0)
+        vals[w, hc] = held_s
+        cand = nb[rows]
+        # Rows with entrants get them as extra columns (padded with -1 values); the others
+        # only re-sort their own list.
+        order = np.argsort(er, kind="stable")
+        er, ed, es = er[order], ed[order], es[order]
+        top, out = np.empty((len(rows), k), np.int64), np.empty((len(rows), k))
+        plain = np.ones(len(rows), bool)
+        if len(er):
+            ent_rows, first, per = np.unique(er, return_index=True, return_counts=True)
+            g = np.searchsorted(rows, ent_rows)
+            plain[g] = False
+            slot = np.arange(len(er)) - np.repeat(first, per)
+            wr = np.repeat(np.arange(len(ent_rows)), per)
+            extra = int(per.max())
+            gc = np.concatenate([cand[g], np.full((len(g), extra), -1, np.int64)], 1)
+            gv = np.concatenate([vals[g], np.full((len(g), extra), -1.0)], 1)
+            gc[wr, k + slot], gv[wr, k + slot] = ed, es
+            top[g], out[g] = _sorted_top(gc, gv, k, n)
+        # The others' values only grew where they hold a moved item, by a small factor: most
+        # rows are still in order and need no sort.
+        pc, pv = cand[plain], vals[plain]
+        v0, v1, c0, c1 = pv[:, :-1], pv[:, 1:], pc[:, :-1], pc[:, 1:]
+        bad = ~((v0 > v1) | ((v0 == v1) & ((c0 < c1) | (v1 <= 0)))).all(1)
+        if bad.any():
+            pc[bad], pv[bad] = _sorted_top(pc[bad], pv[bad], k, n)
+        top[plain], out[plain] = pc, pv
+        vals = out
+        last = last[rows]
+        risky = (last > 0) & (vals[:, -1] == last) & ((vals == vals[:, -1:]) & is_moved[np.maximum(top, 0)]
+                                                      & (top >= 0)).any(1)
         ok = ~risky
         top[vals <= 0] = -1
         self.neighbours[rows[ok]] = top[ok]
         self.sims[rows[ok]] = np.maximum(vals[ok], 0.0)
         self._matrix = None
         return rows[risky], int(ok.sum())
+
+    def _count_entries(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Nonzero counts of ``items``' rows of the sparse counts, as (position in items,
+        column, count) sorted by position then column."""
+        sub = self.cooc[items]
+        sub.sort_indices()
+        sub = sub.tocoo()
+        keep = sub.data != 0
+        return sub.row[keep].astype(np.int64), sub.col[keep].astype(np.int64), sub.data[keep]
 
     def forget_users(self, keys: np.ndarray) -> dict[str, int]:
         """Remove users entirely: their rows and keys leave the model."""
@@ -211,6 +290,21 @@ class ItemKNN(Recommender):
                    dense_items=state.get("dense_items", DENSE_ITEMS), meta=state.get("meta"))
 
 
+def _sorted_top(cand: np.ndarray, vals: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` candidates of largest value, ties to the lower index (padding,
+    cand -1, after everything), in that order. A stable sort by value (fast on the nearly
+    sorted rows the merge gives it) is already right unless two equal positive values came
+    out with the higher index first; only those rows go through the two-key sort."""
+    order = np.argsort(-vals, axis=1, kind="stable")
+    v, c = np.take_along_axis(vals, order, 1), np.take_along_axis(cand, order, 1)
+    wrong = ((v[:, 1:] == v[:, :-1]) & (v[:, 1:] > 0) & (c[:, 1:] < c[:, :-1])).any(1)
+    if wrong.any():
+        cw = cand[wrong]
+        order[wrong] = np.lexsort((np.where(cw >= 0, cw, n), -vals[wrong]), axis=1)
+        v[wrong], c[wrong] = np.take_along_axis(vals[wrong], order[wrong], 1), np.take_along_axis(cw, order[wrong], 1)
+    return c[:, :k], v[:, :k]
+
+
 def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
     """Columns of the k largest values per row; ties at the k-th value go to the lowest
     column index, so the choice depends on the values alone (never on how a selection
@@ -219,7 +313,11 @@ def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
     above = sim > kth
     tied = sim == kth
     need = k - above.sum(1, keepdims=True)
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    chosen = above | tied
+    crowded = tied.sum(1) > need[:, 0]  # more ties at the k-th value than free slots
+    if crowded.any():
+        t = tied[crowded]
+        chosen[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1) <= need[crowded]))
     return np.nonzero(chosen)[1].reshape(sim.shape[0], k)
 
 
