@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from recunlearn.config import RunConfig, fingerprint
 from recunlearn.errors import PipelineError
-from recunlearn.partition import Partition, balanced_kmeans_ot, random_partition
+from recunlearn.partition import Partition, balanced_kmeans, balanced_kmeans_ot, random_partition
 from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.tables import Layout, now_utc, vacuum_now, write_delta
 from pipelines.ingest import INTERACTION_STATS
@@ -63,6 +63,8 @@ def assign(x: np.ndarray, rows: np.ndarray, *, cfg: RunConfig) -> Partition:
     s = cfg.sharding
     if s.method == "random":
         return random_partition(len(x), s.n_shards, rng)
+    if s.method == "kmeans":
+        return balanced_kmeans(x, s.n_shards, rng, iterations=s.kmeans_iterations, capacity=s.capacity)
     return balanced_kmeans_ot(x, s.n_shards, rng, iterations=s.kmeans_iterations,
                               epsilon=s.sinkhorn_epsilon, rows=rows, row_tolerance=s.row_tolerance)
 
@@ -74,7 +76,7 @@ def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> d
     part = assign(x, rows, cfg=cfg)
     row_load = np.bincount(part.labels, weights=rows, minlength=cfg.sharding.n_shards)
     imbalance = part.max_imbalance()
-    if imbalance > cfg.sharding.balance_tolerance:
+    if cfg.sharding.method != "kmeans" and imbalance > cfg.sharding.balance_tolerance:
         raise PipelineError(f"partition: shard sizes {part.sizes.tolist()} deviate {imbalance:.1%} "
                             f"from n/K (tolerance {cfg.sharding.balance_tolerance:.0%})")
     partition_id = fingerprint({"sharding": cfg.sharding.model_dump(), "seed": cfg.seed,

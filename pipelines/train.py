@@ -90,7 +90,7 @@ def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: i
     """Fit the aggregator on retained training data at ``version``, shard models frozen."""
     from pathlib import Path
 
-    from recunlearn.ensemble import MeanAggregator, fit_attention
+    from recunlearn.ensemble import MeanAggregator, fit_attention, fit_learned
     from recunlearn.models.bpr import BPRMF
     from recunlearn.seeding import numpy_rng
 
@@ -99,11 +99,11 @@ def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: i
     t0 = time.perf_counter()
     seed = make_seed(cfg.seed, "aggregator")
     n_train = None
-    if cfg.aggregator.kind == "attention":
+    if cfg.aggregator.kind in ("attention", "learned"):
         data = read_split_data(table, version, n_items, None)
         shards = [BPRMF.from_state(checkpoints.load_state(p)) for p in shard_paths]
-        agg, stats = fit_attention(shards, data, cfg.aggregator, seed=seed,
-                                   rng=numpy_rng(cfg.seed, "aggregator-sample"))
+        fit = fit_attention if cfg.aggregator.kind == "attention" else fit_learned
+        agg, stats = fit(shards, data, cfg.aggregator, seed=seed, rng=numpy_rng(cfg.seed, "aggregator-sample"))
         state, n_train = agg.state(), int(data.train.nnz)
     else:  # the mean has no parameters: nothing to fit, nothing trained on anyone's data
         stats, state = {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None}, MeanAggregator().state()

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from recunlearn.config import AggregatorConfig
-from recunlearn.ensemble import (MeanAggregator, ShardedEnsemble, fit_attention, load_aggregator)
+from recunlearn.ensemble import (MeanAggregator, ShardedEnsemble, fit_attention, fit_learned,
+                                 load_aggregator)
 from recunlearn.models.bpr import fit_bpr
 from recunlearn.models.data import InteractionData
 
@@ -50,3 +51,22 @@ def test_attention_starts_at_the_mean_keeps_its_best_and_round_trips():
     home = torch.zeros(3, 4, dtype=torch.bool)
     again = load_aggregator(agg.state())
     assert torch.allclose(again.weights(vecs, home), agg.weights(vecs, home))
+
+
+def test_learned_weights_turn_down_a_noisy_shard_and_round_trip():
+    data = checkerboard(n_users=60)
+    shards = shards_of(data)
+    g = torch.Generator().manual_seed(3)
+    noisy = shards[2]  # its items scrambled: its scores carry no signal, only noise
+    noisy.item = torch.randn(noisy.item.shape, generator=g) * noisy.item.std() * 3
+    agg, stats = fit_learned(shards, data, AggregatorConfig(), seed=1, rng=np.random.default_rng(0))
+    assert stats["kept"] == "learned" and stats["valid_ndcg_learned"] >= stats["valid_ndcg_mean"]
+    w = agg.w.abs()
+    assert w[2] < 0.6 * min(w[0], w[1]) and stats["valid_ndcg_learned"] > stats["valid_ndcg_mean"]
+    again = load_aggregator(agg.state())
+    vecs = torch.randn(3, 4, shards[0].item.shape[1])
+    home = torch.rand(3, 4) < 0.3
+    assert torch.equal(again.weights(vecs, home), agg.weights(vecs, home))
+    scores = torch.randn(3, 4, data.n_items)
+    assert torch.allclose(again.combine(scores, vecs, home),
+                          (agg.weights(vecs, home).T[:, :, None] * scores).sum(0))

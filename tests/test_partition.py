@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from recunlearn.errors import ConfigError
-from recunlearn.partition import (balanced_kmeans_ot, capacities, capacity_round, random_partition,
-                                  sinkhorn)
+from recunlearn.partition import (balanced_kmeans, balanced_kmeans_ot, capacities, capacity_round,
+                                  interaction_embeddings, random_partition, sinkhorn)
 
 
 def planted(n_per: int = 50, k: int = 4, d: int = 8, seed: int = 0):
@@ -84,3 +84,44 @@ def test_row_rebalancing_moves_the_cheapest_pair():
     out = rebalance_rows(labels, cost, rows, tolerance=0.0)
     assert out.tolist() == [0, 1, 0, 1] or out.tolist() == [0, 1, 1, 0]
     assert np.bincount(out).tolist() == [2, 2]
+
+
+def test_receraser_kmeans_recovers_planted_clusters_under_the_cap():
+    x, truth = planted()
+    p = balanced_kmeans(x, 4, np.random.default_rng(1))
+    assert purity(p.labels, truth) > 0.95 and p.sizes.sum() == 200
+    # a planted cluster larger than the cap spills its farthest rows, never more than the cap
+    x, truth = planted(n_per=40, k=3)
+    x = np.concatenate([x, x[truth == 0][:30] + 0.01])  # cluster 0: 70 of 150 rows
+    p = balanced_kmeans(x, 3, np.random.default_rng(0), capacity=1.2)
+    assert p.sizes.max() <= 60 and p.sizes.sum() == 150
+    # the rows that stay in cluster 0's shard are its nearest to the centroid
+    big = np.bincount(p.labels[:40]).argmax()
+    d = ((x - p.centroids[big]) ** 2).sum(1)
+    own = np.flatnonzero(np.concatenate([truth, np.zeros(30, int)]) == 0)
+    kept, spilled = own[p.labels[own] == big], own[p.labels[own] != big]
+    assert len(spilled) > 0 and d[kept].max() <= d[spilled].min() + 1e-9
+    with pytest.raises(ConfigError):
+        balanced_kmeans(x, 3, np.random.default_rng(0), capacity=0.9)
+
+
+def test_centroids_are_vectors_not_scalars():
+    # RecEraser's code took the mean without an axis: every centroid became one number
+    x, _ = planted(k=2, d=5)
+    p = balanced_kmeans(x, 2, np.random.default_rng(0))
+    assert p.centroids.shape == (2, 5)
+    assert np.allclose(p.centroids[0], x[p.labels == 0].mean(0))
+
+
+def test_interaction_embeddings_put_users_data_in_several_shards():
+    # two user groups x two item groups: interaction clusters are (user group, item group)
+    rng = np.random.default_rng(2)
+    ue = np.concatenate([rng.normal(0, .1, (20, 3)) + 5, rng.normal(0, .1, (20, 3)) - 5])
+    ie = np.concatenate([rng.normal(0, .1, (10, 3)) + 5, rng.normal(0, .1, (10, 3)) - 5])
+    users, items = np.repeat(np.arange(40), 20), np.tile(np.arange(20), 40)
+    x = interaction_embeddings(ue, ie, users, items)
+    assert x.shape == (800, 6)
+    p = balanced_kmeans(x, 4, np.random.default_rng(0))
+    assert purity(p.labels, (users // 20) * 2 + items // 10) == 1.0
+    shards_per_user = np.array([len(np.unique(p.labels[users == u])) for u in range(40)])
+    assert (shards_per_user == 2).all()  # each user's data lies in two shards

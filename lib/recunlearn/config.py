@@ -64,16 +64,20 @@ class PseudonymConfig(_Frozen):
 
 class ShardingConfig(_Frozen):
     n_shards: int = Field(10, ge=1, le=1024, description="K, the number of user shards.")
-    method: Literal["sinkhorn", "random"] = Field(
-        "sinkhorn", description="Balanced OT clustering of user embeddings, or a random split."
+    method: Literal["sinkhorn", "kmeans", "random"] = Field(
+        "sinkhorn", description="How users are split: UltraRE's balanced OT clustering of user "
+        "embeddings (sinkhorn), RecEraser's balanced k-means with a capacity cap (kmeans, UBP), "
+        "or SISA's random split."
     )
+    capacity: float = Field(1.2, ge=1.0, description="kmeans: at most this x n/K users per shard.")
     embedding_rank: int = Field(16, ge=2, description="Rank of the Spark ALS user embeddings.")
     als_iterations: int = Field(10, ge=1)
     als_reg: float = Field(0.05, gt=0)
     kmeans_iterations: int = Field(20, ge=1, description="Outer OT k-means iterations.")
     sinkhorn_epsilon: float = Field(0.05, gt=0, description="Entropic regulariser, relative to the cost scale.")
     balance_tolerance: float = Field(
-        0.1, ge=0, lt=1, description="Every shard must hold within this share of n/K users."
+        0.1, ge=0, lt=1, description="sinkhorn and random: every shard must hold within this "
+        "share of n/K users (kmeans is bounded by its capacity instead)."
     )
     row_tolerance: float | None = Field(
         0.5, gt=0, description="Then swap users (counts kept) until no shard holds more than "
@@ -103,16 +107,19 @@ class ModelConfig(_Frozen):
 
 
 class AggregatorConfig(_Frozen):
-    kind: Literal["attention", "mean"] = Field(
-        "mean", description="How shard scores combine: the mean (no parameters, nothing to refit) "
-        "or RecEraser-style attention (refit on retained data after every deletion).")
+    kind: Literal["attention", "learned", "mean"] = Field(
+        "mean", description="How shard scores combine: the mean (no parameters, nothing to refit), "
+        "UltraRE-style learned weights (a logistic regression over the shard scores) or "
+        "RecEraser-style attention; the last two are refit on retained data after every deletion.")
     fold_in_reg: float = Field(1.0, gt=0, description="Ridge term of the least-squares fold-in.")
     attention_dim: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(4096, ge=1)
     max_epochs: int = Field(20, ge=1)
     patience: int = Field(2, ge=1)
-    holdout: float = Field(0.2, gt=0, lt=1, description="Share of training pairs the attention learns on.")
+    holdout: float = Field(0.2, gt=0, lt=1, description="Share of training pairs the aggregator learns on.")
+    learned_l2: float = Field(1e-4, ge=0, description="Learned weights: L2 on the standardised weights.")
+    learned_iterations: int = Field(100, ge=1, description="Learned weights: L-BFGS iterations.")
     max_valid_users: int = Field(2000, ge=10, description="Users sampled for early stopping.")
     valid_cache_mb: int = Field(
         256, ge=1, description="Memory for the validation users' shard scores (fewer users if over)."
@@ -239,8 +246,8 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _model_fits(self) -> RunConfig:
-        if self.model.kind != "bpr" and self.aggregator.kind == "attention":
-            raise ValueError("aggregator.kind=attention attends over BPR shard embeddings; "
+        if self.model.kind != "bpr" and self.aggregator.kind != "mean":
+            raise ValueError(f"aggregator.kind={self.aggregator.kind} is fit over BPR shard views; "
                              f"model.kind={self.model.kind} needs aggregator.kind=mean")
         fits = {"als": "wmf", "knn": "itemknn"}
         want = fits.get(self.unlearn.method, "bpr" if self.unlearn.method != "exact" else None)

@@ -7,6 +7,8 @@ forgotten user, whose history is gone, leaves nothing behind.
 
 Aggregators combine the K score vectors:
 - ``MeanAggregator``: the plain mean (SISA);
+- ``LearnedWeights``: UltraRE-style learned weights, a logistic regression over the K shard
+  scores (and the home shard's), refit on retained data after every deletion;
 - ``AttentionAggregator``: RecEraser-style attention over the user's K shard embeddings,
   softmax_k(h . tanh(W_k e_uk + c) + home_bonus [k is home]), times a per-shard gain; trained
   with the BPR loss on retained training data, shard models frozen, early-stopped on
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +30,7 @@ from torch import nn
 from recunlearn.config import AggregatorConfig
 from recunlearn.metrics import evaluate
 from recunlearn.models.bpr import BPRMF
-from recunlearn.models.data import InteractionData
+from recunlearn.models.data import InteractionData, has_pairs
 
 
 def shard_views(shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix,
@@ -106,9 +109,11 @@ class AttentionAggregator:
                 "shape": list(self.module.w.shape)}
 
 
-def load_aggregator(state: dict[str, Any]) -> MeanAggregator | AttentionAggregator:
+def load_aggregator(state: dict[str, Any]) -> MeanAggregator | AttentionAggregator | LearnedWeights:
     if state["kind"] == "mean":
         return MeanAggregator()
+    if state["kind"] == "learned":
+        return LearnedWeights(state["w"], state["home_weight"], state.get("meta"))
     k, d, a = state["shape"]
     module = AttentionModule(k, d, a, torch.Generator().manual_seed(0))
     module.load_state_dict(state["params"])
@@ -145,19 +150,44 @@ class ShardedEnsemble:
     score_users = score  # the interface shared with single models (Recommender.score_users)
 
 
-def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, *, seed: int,
-                  rng: np.random.Generator) -> tuple[AttentionAggregator, dict[str, Any]]:
-    """Train the attention aggregator on ``data.train`` (retained data only), shard models
-    frozen; early-stop on validation NDCG@20 of at most ``cfg.max_valid_users`` users."""
-    t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(seed)
+@dataclass
+class _PairData:
+    """What an aggregator learns from, on retained training data with the shards frozen.
+
+    Validation uses inference views (home shards' trained vectors). Training pairs must be
+    unseen by the views that score them: a home shard has memorised its training pairs, and a
+    fold-in fit to an item ranks that item high. So each user's training items are split:
+    views are folded in from one part ("shown"), the loss is taken on the other ("held"),
+    each held pair with one seeded negative the user never had. Shard models are frozen, so every pair's K shard
+    scores are fixed and computed once; the validation users' views and scores too.
+    """
+
+    fold: torch.Tensor  # (K, n_users, d) fold-in views from the shown part
+    home: torch.Tensor  # (K, n_users) bool
+    pos_u: torch.Tensor  # (P,) user row of each held pair
+    pos: torch.Tensor  # (K, P) shard scores of the held item
+    neg: torch.Tensor  # (K, P) shard scores of its negative
+    valid_users: np.ndarray
+    vecs_v: torch.Tensor
+    home_v: torch.Tensor
+    scores_v: torch.Tensor
+    data: InteractionData
+
+    def validate(self, weights: Any) -> float:
+        """Validation NDCG@20 with ``weights(vecs, home) -> (n, K)``."""
+        with torch.no_grad():
+            def rows(r: np.ndarray) -> torch.Tensor:
+                p = torch.from_numpy(np.searchsorted(self.valid_users, r))
+                return torch.einsum("nk,kni->ni", weights(self.vecs_v[:, p], self.home_v[:, p]),
+                                    self.scores_v[:, p])
+            return evaluate(rows, self.valid_users, self.data.train, self.data.valid, k=20, batch=256)["ndcg@20"]
+
+
+def _pair_data(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, g: torch.Generator,
+               rng: np.random.Generator) -> _PairData:
     k = len(shards)
     for m in shards:
         m.fold_in_reg = cfg.fold_in_reg
-    # Validation uses inference views (home shards' trained vectors). Training pairs must be
-    # unseen by the views that score them: a home shard has memorised its training pairs, and
-    # a fold-in fit to an item ranks that item high. So each user's training items are split:
-    # views are folded in from one part, the BPR loss is taken on the other ("masked fold-in").
     home = torch.stack([torch.from_numpy(m.rows_of(data.user_keys) >= 0) for m in shards])
     coo = data.train.tocoo()
     held = rng.random(coo.nnz) < cfg.holdout
@@ -165,44 +195,48 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
     fold, _ = shard_views(shards, data.user_keys, shown, trained=False)
     items = torch.stack([m.item for m in shards])  # (K, n_items, d)
     bias = torch.stack([m.bias for m in shards])  # (K, n_items)
-    module = AttentionModule(k, fold.shape[2], cfg.attention_dim, g)
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     pos_u = torch.from_numpy(coo.row[held].astype(np.int64))
     pos_i = torch.from_numpy(coo.col[held].astype(np.int64))
-    n_items = data.n_items
-    valid_users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
-    if len(valid_users) > cfg.max_valid_users:
-        valid_users = np.sort(rng.choice(valid_users, cfg.max_valid_users, replace=False))
+    # negatives among the items the user never had: a shown item would score high under the
+    # fold-in and teach the aggregator that fold-in scores mislead
+    pos_j = torch.randint(data.n_items, (len(pos_u),), generator=g)
+    for _ in range(20):
+        seen = torch.from_numpy(has_pairs(data.train, pos_u.numpy(), pos_j.numpy()))
+        if not seen.any():
+            break
+        pos_j[seen] = torch.randint(data.n_items, (int(seen.sum()),), generator=g)
     kk = torch.arange(k)[:, None]
-
-    # Shard models are frozen, so each training pair's K shard scores are fixed: compute them
-    # once (with one seeded negative per pair) and let the epochs only learn the weights.
-    pos_j = torch.randint(n_items, (len(pos_u),), generator=g)
-    diffs = torch.empty(k, len(pos_u))
+    pos, neg = torch.empty(k, len(pos_u)), torch.empty(k, len(pos_u))
     with torch.no_grad():
         for s in range(0, len(pos_u), cfg.batch_size):
             u, i, j = pos_u[s:s + cfg.batch_size], pos_i[s:s + cfg.batch_size], pos_j[s:s + cfg.batch_size]
-            diffs[:, s:s + len(u)] = ((fold[:, u] * (items[kk, i[None, :]] - items[kk, j[None, :]])).sum(-1)
-                                      + bias[kk, i[None, :]] - bias[kk, j[None, :]])
-
-    # The validation users' views and shard scores do not change while the aggregator
-    # trains: compute them once (within a memory budget) and let each check re-weight them.
-    budget = cfg.valid_cache_mb * 2**20 // (4 * k * n_items)
+            pos[:, s:s + len(u)] = (fold[:, u] * items[kk, i[None, :]]).sum(-1) + bias[kk, i[None, :]]
+            neg[:, s:s + len(u)] = (fold[:, u] * items[kk, j[None, :]]).sum(-1) + bias[kk, j[None, :]]
+    valid_users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
+    if len(valid_users) > cfg.max_valid_users:
+        valid_users = np.sort(rng.choice(valid_users, cfg.max_valid_users, replace=False))
+    budget = cfg.valid_cache_mb * 2**20 // (4 * k * data.n_items)
     if len(valid_users) > budget:
         valid_users = np.sort(rng.choice(valid_users, max(int(budget), 10), replace=False))
     vecs_v, home_v = shard_views(shards, data.user_keys[valid_users], data.train[valid_users])
     with torch.no_grad():
         scores_v = torch.einsum("knd,kid->kni", vecs_v, items) + bias[:, None, :]
+    return _PairData(fold, home, pos_u, pos, neg, valid_users, vecs_v, home_v, scores_v, data)
 
-    def validate() -> float:
-        with torch.no_grad():
-            def rows(r: np.ndarray) -> torch.Tensor:
-                p = torch.from_numpy(np.searchsorted(valid_users, r))
-                return torch.einsum("nk,kni->ni", module.weights(vecs_v[:, p], home_v[:, p]),
-                                    scores_v[:, p])
-            return evaluate(rows, valid_users, data.train, data.valid, k=20, batch=256)["ndcg@20"]
 
-    best, best_state, bad, epochs, curve = validate(), copy.deepcopy(module.state_dict()), 0, 0, []
+def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, *, seed: int,
+                  rng: np.random.Generator) -> tuple[AttentionAggregator, dict[str, Any]]:
+    """Train the attention aggregator on ``data.train`` (retained data only), shard models
+    frozen, with the BPR loss on held pairs (``_PairData``); early-stop on validation NDCG@20
+    of at most ``cfg.max_valid_users`` users."""
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    pd_ = _pair_data(shards, data, cfg, g, rng)
+    module = AttentionModule(len(shards), pd_.fold.shape[2], cfg.attention_dim, g)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    diffs = pd_.pos - pd_.neg
+    pos_u = pd_.pos_u
+    best, best_state, bad, epochs, curve = pd_.validate(module.weights), copy.deepcopy(module.state_dict()), 0, 0, []
     curve.append((0, round(best, 5)))
     for epoch in range(1, cfg.max_epochs + 1):
         epochs = epoch
@@ -211,12 +245,12 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
             idx = perm[s:s + cfg.batch_size]
             # attention depends on the user only: compute it once per distinct user in the batch
             uniq, inv = torch.unique(pos_u[idx], return_inverse=True)
-            w = module.weights(fold[:, uniq], home[:, uniq])[inv]  # (B, K)
+            w = module.weights(pd_.fold[:, uniq], pd_.home[:, uniq])[inv]  # (B, K)
             loss = -nn.functional.logsigmoid((w * diffs[:, idx].T).sum(1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        score = validate()
+        score = pd_.validate(module.weights)
         curve.append((epoch, round(score, 5)))
         if score > best:
             best, best_state, bad = score, copy.deepcopy(module.state_dict()), 0
@@ -228,6 +262,67 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
     stats = {"epochs": epochs, "valid_ndcg": best, "fit_seconds": time.perf_counter() - t0,
              "n_train": int(len(pos_u)), "curve": curve}
     return AttentionAggregator(module, {"stats": stats}), stats
+
+
+class LearnedWeights:
+    """UltraRE-style learned weights: score = sum_k (w_k + h [k is home]) s_k, the weights
+    from a logistic regression over the K shard scores of held pairs and their negatives."""
+
+    kind = "learned"
+
+    def __init__(self, w: torch.Tensor, home_weight: float, meta: dict[str, Any] | None = None) -> None:
+        self.w = w.detach().clone().float()
+        self.home_weight = float(home_weight)
+        self.meta = dict(meta or {})
+
+    def weights(self, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        return self.w[None, :] + self.home_weight * home.T.float()
+
+    def combine(self, scores: torch.Tensor, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nk,kni->ni", self.weights(vecs, home), scores)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "learned", "w": self.w, "home_weight": self.home_weight, "meta": self.meta}
+
+
+def fit_learned(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, *, seed: int,
+                rng: np.random.Generator) -> tuple[LearnedWeights, dict[str, Any]]:
+    """Logistic regression (L-BFGS, full batch, L2 ``cfg.learned_l2``) of held pair vs negative
+    on the K shard scores and the home shard's score, from the plain mean. The fit is kept
+    only if validation NDCG@20 is at least the mean's (it is recorded either way)."""
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    pd_ = _pair_data(shards, data, cfg, g, rng)
+    k = len(shards)
+    home_p = pd_.home[:, pd_.pos_u].float()  # (K, P)
+    x = torch.cat([torch.cat([pd_.pos.T, (home_p * pd_.pos).sum(0)[:, None]], 1),
+                   torch.cat([pd_.neg.T, (home_p * pd_.neg).sum(0)[:, None]], 1)]).double()
+    y = torch.cat([torch.ones(len(pd_.pos_u)), torch.zeros(len(pd_.pos_u))]).double()
+    scale = x.std(0).clamp_min(1e-12)  # standardised features: a well-conditioned problem
+    theta = torch.zeros(k + 2, dtype=torch.float64, requires_grad=True)  # k weights, home, bias
+    with torch.no_grad():
+        theta[:k] = scale[:k] / k  # the mean, in standardised units
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=cfg.learned_iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        z = (x / scale) @ theta[:k + 1] + theta[k + 1]
+        loss = nn.functional.binary_cross_entropy_with_logits(z, y) + cfg.learned_l2 * (theta[:k + 1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    raw = (theta.detach()[:k + 1] / scale).float()
+    learned = LearnedWeights(raw[:k], float(raw[k]))
+    mean = LearnedWeights(torch.full((k,), 1.0 / k), 0.0)
+    ndcg_learned, ndcg_mean = pd_.validate(learned.weights), pd_.validate(mean.weights)
+    chosen = learned if ndcg_learned >= ndcg_mean else mean
+    stats = {"epochs": 1, "valid_ndcg": max(ndcg_learned, ndcg_mean), "valid_ndcg_learned": ndcg_learned,
+             "valid_ndcg_mean": ndcg_mean, "kept": "learned" if chosen is learned else "mean",
+             "weights": [round(float(v), 5) for v in chosen.w], "home_weight": round(chosen.home_weight, 5),
+             "fit_seconds": time.perf_counter() - t0, "n_train": int(len(pd_.pos_u))}
+    chosen.meta = {"stats": stats}
+    return chosen, stats
 
 
 def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,

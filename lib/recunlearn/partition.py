@@ -1,5 +1,8 @@
 """Balanced partitioning of users into K shards (pure numpy; the Spark step feeds it).
 
+``balanced_kmeans`` is RecEraser's: k-means with a capacity cap per shard, each row to its
+nearest centroid with room; it partitions users (UBP), items (IBP) or interactions (InBP).
+
 ``balanced_kmeans_ot`` is UltraRE-style clustering: k-means whose assignment step is entropic
 optimal transport with uniform marginals (every cluster gets n/K of the mass), solved with a
 log-domain Sinkhorn. Hard labels come from the dual potentials in one vectorised pass,
@@ -12,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.special import logsumexp
 
 from recunlearn.errors import ConfigError
@@ -173,6 +177,43 @@ def balanced_kmeans_ot(x: np.ndarray, k: int, rng: np.random.Generator, *, itera
     if rows is not None and row_tolerance is not None:
         labels = rebalance_rows(labels, cost, rows, tolerance=row_tolerance)
     return Partition(labels, c, np.bincount(labels, minlength=k))
+
+
+def balanced_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, *, iterations: int = 20,
+                    capacity: float = 1.2) -> Partition:
+    """RecEraser's balanced k-means, for any rows: users (UBP), items (IBP) or interactions
+    (InBP, ``interaction_embeddings``).
+
+    k-means++ seeds; then each iteration assigns every row to its *nearest* centroid that still
+    has room, at most ceil(capacity n / K) rows per shard (``capacity_round``: claims by
+    preference rank, a full shard keeps its nearest claimants; CURE4Rec's code sorts the
+    distances the other way and fills shards with the farthest rows), and moves each centroid
+    to the mean of its rows, over the rows (RecEraser's code takes the mean without an axis and
+    collapses centroids to scalars). Stops when the labels repeat.
+    """
+    _check(len(x), k)
+    if capacity < 1.0:
+        raise ConfigError(f"capacity must be >= 1 (shards must hold all rows), got {capacity}")
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    cap = np.full(k, int(np.ceil(capacity * n / k)), dtype=np.int64)
+    c = kmeans_pp(x, k, rng)
+    labels = np.full(n, -1, dtype=np.int32)
+    for _ in range(iterations):
+        new = capacity_round(sq_dists(x, c), cap)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        member = sp.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
+        counts = np.asarray(member.sum(1)).ravel()
+        c = np.where(counts[:, None] > 0, (member @ x) / np.maximum(counts, 1)[:, None], c)
+    return Partition(labels, c, np.bincount(labels, minlength=k))
+
+
+def interaction_embeddings(user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray,
+                           items: np.ndarray) -> np.ndarray:
+    """InBP's rows: one per interaction, its user's and its item's embeddings side by side."""
+    return np.hstack([user_emb[users], item_emb[items]])
 
 
 def _check(n: int, k: int) -> None:
