@@ -55,6 +55,9 @@ def _unlearn_summary(unl: dict[str, Any], full_fit: float | None) -> dict[str, A
     return {
         "job_id": unl["job_id"], "requests": len(unl["requests"]),
         "shards_touched": unl["shards_touched"], "model_version": unl["model_version"],
+        "shards_retrained": unl.get("shards_retrained", unl["shards_touched"]),
+        "partition_mode": unl.get("partition_mode", "frozen"),
+        "users_moved": (unl.get("partition") or {}).get("users_moved"),
         "parent_version": unl["parent_version"], "delete_version": unl["delete_version"],
         "checkpoints_removed": unl["checkpoints_removed"], "steps_seconds": unl["steps_seconds"],
         "fit_seconds": round(fit, 3),
@@ -145,6 +148,9 @@ def summary_table(report: dict[str, Any]) -> str:
          "/".join(str(r["unlearn_compute_by_shard_vs_full_training"][q]) for q in ("min", "median", "max"))
          if r["unlearn_compute_by_shard_vs_full_training"] else "-"),
         ("single request end to end (s)", f"{one['end_to_end_seconds']:.2f}"),
+        *([("strict partition: users moved, shards retrained (batch; single)",
+            f"{b['users_moved']}, {b['shards_retrained']}; {one['users_moved']}, {one['shards_retrained']}")]
+          if one.get("partition_mode") == "strict" else []),
         ("membership probability of the forgotten users, original -> unlearned (batch)",
          " -> ".join(str(b["membership_mean"][w]) for w in ("original", "unlearned"))),
         ("requests completed (distinct)", str(_distinct(report, "completed"))),

@@ -29,7 +29,7 @@ from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, DATA_TARGETS, EXACT,
                                FAILED, IN_PROGRESS, INTERACTION, ITEM, USER, ForgetLedger, Layout,
                                ModelRegistry, delete_keys, delta_version, now_utc, vacuum_now)
-from pipelines.partition import PARTITION_GUARANTEE
+from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
                              read_split_data, shard_paths_of, train_models)
 
@@ -120,29 +120,37 @@ class Targets:
 def determine_targets(spark: SparkSession, layout: Layout, ledger: ForgetLedger,
                       requests: list[dict[str, Any]], job_id: str) -> Targets:
     """The shards holding each request's data, recorded in the ledger (status in progress)
-    before anything is deleted: a user's shards from the shard map, an interaction's from its
-    user's, an item's from the interactions table. Shards a request recorded earlier count
+    before anything is deleted: a user's shards from the shard map, an item's and an
+    interaction's from the interactions table. Shards a request recorded earlier count
     when the data is gone already (a resumed or fast-answered request)."""
     users = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
     pairs = sorted({(r["user_key"], int(r["item_idx"])) for r in requests if r["target_type"] == INTERACTION})
     items = sorted({int(r["item_idx"]) for r in requests if r["target_type"] == ITEM})
     by_user: dict[str, set[int]] = {}
     by_item: dict[int, set[int]] = {}
-    lookup = sorted(set(users) | {k for k, _ in pairs})
-    if lookup:
-        probe = spark.createDataFrame([(k,) for k in lookup], "user_key string")
+    by_pair: dict[tuple[str, int], set[int]] = {}
+    if users:
+        probe = spark.createDataFrame([(k,) for k in users], "user_key string")
         smap = spark.read.format("delta").load(layout.shard_map)
+        # one row per user with user shards, one per (user, shard) with item or interaction shards
         for row in smap.join(probe, "user_key", "left_semi").select("user_key", "shard_id").collect():
             by_user.setdefault(row["user_key"], set()).add(int(row["shard_id"]))
+    inter = spark.read.format("delta").load(layout.interactions)
     if items:
         probe = spark.createDataFrame([(i,) for i in items], "item_idx int")
-        inter = spark.read.format("delta").load(layout.interactions)
         for row in inter.join(probe, "item_idx", "left_semi").select("item_idx", "shard_id").distinct().collect():
             by_item.setdefault(int(row["item_idx"]), set()).add(int(row["shard_id"]))
+    if pairs:  # the shard(s) holding the pair's own rows
+        probe = spark.createDataFrame(pairs, "user_key string, item_idx int")
+        for row in inter.join(probe, ["user_key", "item_idx"], "left_semi") \
+                .select("user_key", "item_idx", "shard_id").distinct().collect():
+            by_pair.setdefault((row["user_key"], int(row["item_idx"])), set()).add(int(row["shard_id"]))
     per_request = []
     for r in requests:
-        found = by_item.get(int(r["item_idx"]), set()) if r["target_type"] == ITEM \
-            else by_user.get(r["user_key"], set())
+        t = r["target_type"] or USER
+        found = by_item.get(int(r["item_idx"]), set()) if t == ITEM else \
+            by_pair.get((r["user_key"], int(r["item_idx"])), set()) if t == INTERACTION else \
+            by_user.get(r["user_key"], set())
         shards = sorted(found or set(r["shards"] or []))
         per_request.append({"request_id": r["request_id"], "shards": shards,
                             "status": IN_PROGRESS, "started_at": now_utc(), "job_id": job_id,
@@ -221,11 +229,24 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
     delete_version = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
                                        targets=targets, clock=clock)
 
-    # 5. retrain the touched shards (and the reference) from scratch at the new version.
+    # 4b. strict partition mode: recompute the partition without the forgotten data; the
+    # shards whose members change are retrained too.
+    partition, guarantee, train_version, retrain = manifest.get("partition"), PARTITION_GUARANTEE, \
+        delete_version, touched
+    if cfg.unlearn.partition == "strict":
+        with clock.step("repartition"):
+            strict = repartition_strict(spark, cfg=cfg, layout=layout)
+        retrain = sorted(set(touched) | set(strict["shards_changed"]))
+        train_version, guarantee = strict["interactions_version"], STRICT_GUARANTEE
+        partition = {**(partition or {}), **strict, "mode": "strict"}
+        log.info("unlearn %s: strict partition moved %d user(s); shards changed %s",
+                 job_id, strict["users_moved"], strict["shards_changed"])
+
+    # 5. retrain those shards (and the reference) from scratch at the new version.
     with clock.step("retrain_shards"):
         # a fast-tier version dropped the reference (trained on what it forgot): retrain it too
-        trained = train_models(cfg, layout, version=delete_version, n_items=n_items,
-                               shard_ids=touched, reference=cfg.unlearn.retrain_reference
+        trained = train_models(cfg, layout, version=train_version, n_items=n_items,
+                               shard_ids=retrain, reference=cfg.unlearn.retrain_reference
                                and (manifest.get("reference") is not None
                                     or bool(manifest.get("pending_exact"))), job_id=job_id)
     shards = {int(k): v for k, v in manifest["shards"].items()}
@@ -234,7 +255,7 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
     # 6. refit the aggregator on retained data.
     with clock.step("refit_aggregator"):
         new_paths = [shards[k]["path"] for k in range(manifest["n_shards"])]
-        agg = fit_aggregator(cfg, layout, version=delete_version, n_items=n_items,
+        agg = fit_aggregator(cfg, layout, version=train_version, n_items=n_items,
                              shard_paths=new_paths, job_id=job_id)
 
     # 7. attribute edits in effect are recomputed on the new shards (a forgotten user's go).
@@ -246,7 +267,7 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         if edits:
             draft = {"n_shards": manifest["n_shards"], "shards": {str(k): v for k, v in shards.items()},
                      "aggregator": agg,
-                     "table_version": delete_version, "n_items": n_items}
+                     "table_version": train_version, "n_items": n_items}
             overlay, _ = build_overlay(cfg, layout, draft, edits, job_id=job_id)
 
     # 8. publish.
@@ -256,16 +277,15 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         reference = trained["reference"]
         new_manifest = build_manifest(
             version=version, cfg=cfg, shards=shards, aggregator=agg, reference=reference,
-            table_version=delete_version, n_items=n_items, partition=manifest.get("partition"),
-            guarantee=PARTITION_GUARANTEE)
+            table_version=train_version, n_items=n_items, partition=partition, guarantee=guarantee)
         new_manifest["parent"] = current["version"]
         new_manifest["unlearn_job"] = job_id
         new_manifest["attribute_overlay"] = overlay
     # 9. checkpoints trained on the forgotten rows go; model versions that used them retire.
     published_at, removed = publish_and_clean(
-        registry, layout, new_manifest, parent=current["version"], ids=ids, touched=touched,
+        registry, layout, new_manifest, parent=current["version"], ids=ids, touched=retrain,
         delete_version=delete_version, clock=clock,
-        note=f"unlearned {len(ids)} request(s), retrained shards {touched}")
+        note=f"unlearned {len(ids)} request(s), retrained shards {retrain}")
 
     # 10. functional evidence (in memory -> ledger; rows themselves are never written).
     with clock.step("functional_check"):
@@ -277,7 +297,7 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
     if cfg.unlearn.membership and forgotten.n_users and cfg.model.kind == "bpr":  # BPR shadows
         with clock.step("membership_check"):
             _membership_evidence(evidence, forgotten, original, unlearned, cfg=cfg, layout=layout,
-                                 version=delete_version, n_items=n_items,
+                                 version=train_version, n_items=n_items,
                                  n_shards=manifest["n_shards"])
     done = now_utc()
 
@@ -301,7 +321,9 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         "reference_fit_seconds": trained["reference"]["fit_seconds"] if trained["reference"] else None,
     }
     result = {
-        "job_id": job_id, "requests": ids, "shards_touched": touched,
+        "job_id": job_id, "requests": ids, "shards_touched": touched, "shards_retrained": retrain,
+        "partition_mode": cfg.unlearn.partition,
+        "partition": partition if cfg.unlearn.partition == "strict" else None,
         "delete_version": delete_version, "table_version_before": version_before,
         "model_version": version, "parent_version": current["version"],
         "checkpoints_removed": removed, "steps_seconds": clock.steps, "compute": compute,

@@ -70,6 +70,10 @@ class ShardingConfig(_Frozen):
         "or SISA's random split."
     )
     capacity: float = Field(1.2, ge=1.0, description="kmeans: at most this x n/K users per shard.")
+    unit: Literal["user", "item", "interaction"] = Field(
+        "user", description="What is clustered into shards: users (UBP; a user's data in one "
+        "shard), items (IBP) or interactions (InBP); with items or interactions one user's data "
+        "lies in several shards, and forgetting the user retrains all of them.")
     embedding_rank: int = Field(16, ge=2, description="Rank of the Spark ALS user embeddings.")
     als_iterations: int = Field(10, ge=1)
     als_reg: float = Field(0.05, gt=0)
@@ -176,6 +180,11 @@ class UnlearnConfig(_Frozen):
         True, description="Retrain the full reference model without the forgotten data (benchmarks)."
     )
     vacuum: bool = Field(True, description="VACUUM with zero retention after the delete.")
+    partition: Literal["frozen", "strict"] = Field(
+        "frozen", description="frozen: keep the partition, which was fit with the forgotten data "
+        "present, and retrain the shards that held it. strict: recompute the partition from the "
+        "retained data (as a fresh run would) and also retrain every shard whose members changed "
+        "(exact sharding methods only).")
     membership: bool = Field(
         True, description="Record membership-inference evidence per request: a black-box attack "
         "(recunlearn.mia) on a shadow model of retained users scores each forgotten user under the "
@@ -249,6 +258,9 @@ class RunConfig(_Frozen):
         if self.model.kind != "bpr" and self.aggregator.kind != "mean":
             raise ValueError(f"aggregator.kind={self.aggregator.kind} is fit over BPR shard views; "
                              f"model.kind={self.model.kind} needs aggregator.kind=mean")
+        if self.unlearn.partition == "strict" and self.sharding.unit != "user":
+            raise ValueError("unlearn.partition=strict recomputes user shards; "
+                             f"sharding.unit={self.sharding.unit} needs unlearn.partition=frozen")
         fits = {"als": "wmf", "knn": "itemknn"}
         want = fits.get(self.unlearn.method, "bpr" if self.unlearn.method != "exact" else None)
         if want is not None and want != self.model.kind:

@@ -50,6 +50,7 @@ class _Side:
     m: sp.csr_matrix  # (n, n_other) binary, this side's rows
     res: np.ndarray = field(default=None)  # (n, d)
     b: np.ndarray = field(default=None)  # (n, d)
+    gram: np.ndarray = field(default=None)  # (d, d) f^T f, kept up to date by the solver
 
 
 class WMF(Recommender):
@@ -125,7 +126,7 @@ class WMF(Recommender):
         """Re-solve ``rows`` of ``side`` (CG from the current vectors, to tol * INNER), then update
         the other side's residuals and right-hand sides for the move."""
         m = side.m[rows]
-        gram = self._gram(other)
+        gram = other.gram
         b = side.b[rows]
         x = side.f[rows].copy()
         r = -side.res[rows]  # b - A x, from the tracked residual
@@ -146,6 +147,7 @@ class WMF(Recommender):
         a moved row also see its observed term: alpha (f'(f'.g) - f(f.g)) - (1 + alpha)(f' - f).
         """
         d_gram = new.T @ new - old.T @ old
+        side.gram = side.gram + d_gram
         other.res += other.f @ d_gram
         mt = side.m[rows].T.tocsr()  # (n_other, len(rows))
         if mt.nnz == 0:
@@ -161,6 +163,8 @@ class WMF(Recommender):
 
     def _converge(self) -> int:
         """Alternate sides, re-solving the rows above tol, until no row is. Returns rounds."""
+        for side in (self.users, self.items):
+            side.gram = self._gram(side)  # exact at the start; updated with every move
         for rounds in range(1, self.max_rounds + 1):
             moved = False
             for side, other in ((self.users, self.items), (self.items, self.users)):
