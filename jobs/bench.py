@@ -5,6 +5,8 @@
 - ``recunlearn bench fast [--datasets movielens-100k,movielens-1m] [--methods scif,als,...]
   [--stream scif=1000,...]``: the fast tier on a stream of single-user requests; JSON and a
   Markdown table.
+- ``recunlearn bench exact [--datasets ...] [--methods sisa,receraser,ultrare] [--ks 5,10,20]``:
+  the exact family against the full model; JSON, a Markdown table and a PNG per data set.
 - ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
   matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
   (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
@@ -23,7 +25,7 @@ from pathlib import Path
 from jobs._common import add_config_args, setup
 from recunlearn.engines import PROJECT_ROOT
 
-BENCHES = ("attribute", "suite", "fast")
+BENCHES = ("attribute", "suite", "fast", "exact")
 DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
 
 
@@ -40,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
     p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite matrix (bench suite)")
     p.add_argument("--only", help="bench suite: run only the cells whose id contains this text")
-    p.add_argument("--datasets", default="movielens-100k,movielens-1m", help="bench fast: data sets")
-    p.add_argument("--methods", help="bench fast: methods (default: all of them)")
+    p.add_argument("--datasets", default="movielens-100k,movielens-1m", help="bench fast / exact: data sets")
+    p.add_argument("--methods", help="bench fast / exact: methods (default: all of them)")
+    p.add_argument("--ks", default="5,10,20", help="bench exact: numbers of shards")
+    p.add_argument("--kinds", default="random,core,edge", help="bench exact: 1%% forget sets to time")
     p.add_argument("--stream", help="bench fast: requests per method, e.g. scif=200,als=100")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fast(args, cfg, args.out or (layout.root / "bench"))
     if args.bench == "suite":
         return _suite(args, cfg, args.out or (layout.root / "bench" / "suite"))
+    if args.bench == "exact":
+        return _exact(args, cfg, args.out or (layout.root / "bench" / "exact"))
     out = args.out or (layout.root / "bench")
     from pipelines.bench import attribute
 
@@ -75,6 +81,27 @@ def _fast(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
     summary = fast.run(cfg, datasets=[d for d in args.datasets.split(",") if d], out_dir=out,
                        data_dir=args.data_dir, methods=methods, stream=stream)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _exact(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
+    import time
+
+    from pipelines.bench import exact
+    from pipelines.bench.common import write_outputs
+
+    t0 = time.perf_counter()
+
+    def done(result: dict) -> None:  # written after every cell: a long run keeps what it has
+        write_outputs(out, "exact", result, exact.markdown(result))
+
+    methods = [m for m in (args.methods or "").split(",") if m] or list(exact.METHODS)
+    result = exact.run(cfg, datasets=[d for d in args.datasets.split(",") if d], methods=methods,
+                       ks=[int(k) for k in args.ks.split(",") if k], out_dir=out, data_dir=args.data_dir,
+                       kinds=tuple(k for k in args.kinds.split(",") if k), done=done)
+    done(result)
+    pngs = exact.plot(result, out)
+    print(json.dumps({"out": str(out), "plots": pngs, "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     return 0
 
 

@@ -23,11 +23,11 @@ import torch
 from scipy.sparse.linalg import svds
 
 from recunlearn.config import RunConfig
-from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, fit_attention, load_aggregator
+from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, fit_attention, fit_learned, load_aggregator
 from recunlearn.models.base import lookup_rows
 from recunlearn.models.bpr import BPRMF, fit_bpr
 from recunlearn.models.data import InteractionData
-from recunlearn.partition import balanced_kmeans_ot, random_partition
+from recunlearn.partition import balanced_kmeans, balanced_kmeans_ot, random_partition
 from recunlearn.seeding import make_seed
 
 
@@ -124,17 +124,18 @@ class NoUnlearning(FullRetrain):
 
 
 class Sharded(Method):
-    """Exact sharded unlearning: users split into K shards (a random split as in SISA, or
-    balanced OT k-means of SVD user factors), one model per shard, an aggregator (mean, or
-    attention refit on retained data). Unlearning retrains the shards that held a
-    forgotten user with their original seeds; the partition stays frozen."""
+    """Exact sharded unlearning: users split into K shards (a random split as in SISA,
+    UltraRE's balanced OT k-means or RecEraser's capacity-capped k-means of SVD user
+    factors), one model per shard, an aggregator (mean, or learned weights or attention refit
+    on retained data). Unlearning retrains the shards that held a forgotten user with their
+    original seeds; the partition stays frozen."""
 
     sharded = True
 
     def __init__(self, cfg: RunConfig, *, partition: str, aggregator: str, n_shards: int) -> None:
         super().__init__(cfg)
         self.partition, self.aggregator, self.k = partition, aggregator, n_shards
-        self.name = {("random", "mean"): "sisa"}.get((partition, aggregator), f"{partition}-{aggregator}")
+        self.name = NAMES.get((partition, aggregator), f"{partition}-{aggregator}")
 
     def _labels(self, data: InteractionData, seed: int) -> np.ndarray:
         rng = np.random.default_rng(make_seed(seed, "partition"))
@@ -144,6 +145,9 @@ class Sharded(Method):
         x = data.train.astype(np.float64)
         u, sig, _ = svds(x, k=min(s.embedding_rank, min(x.shape) - 1),
                          v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(x.shape)))
+        if self.partition == "kmeans":
+            return balanced_kmeans(u * sig, self.k, rng, iterations=s.kmeans_iterations,
+                                   capacity=s.capacity).labels
         return balanced_kmeans_ot(u * sig, self.k, rng, iterations=s.kmeans_iterations,
                                   epsilon=s.sinkhorn_epsilon, rows=np.diff(data.train.indptr),
                                   row_tolerance=s.row_tolerance).labels
@@ -156,8 +160,9 @@ class Sharded(Method):
     def _aggregate(self, shards: list[BPRMF], data: InteractionData, seed: int) -> tuple[Any, float]:
         if self.aggregator == "mean":
             return MeanAggregator(), 0.0
-        agg, st = fit_attention(shards, data, self.cfg.aggregator, seed=make_seed(seed, "aggregator"),
-                                rng=np.random.default_rng(make_seed(seed, "aggregator")))
+        fit = fit_attention if self.aggregator == "attention" else fit_learned
+        agg, st = fit(shards, data, self.cfg.aggregator, seed=make_seed(seed, "aggregator"),
+                      rng=np.random.default_rng(make_seed(seed, "aggregator")))
         return agg, st["fit_seconds"]
 
     def _train(self, data: InteractionData, labels: np.ndarray, seed: int,
@@ -201,7 +206,11 @@ class Sharded(Method):
         return self._train(retained, self._retained_labels(fitted, retained), seed)
 
 
-METHODS = ("none", "full", "sisa", "ot-mean", "ot-attention")
+# the field's names for (partition, aggregator); any other pair is "<partition>-<aggregator>"
+NAMES = {("random", "mean"): "sisa", ("kmeans", "attention"): "receraser", ("ot", "learned"): "ultrare"}
+PARTITIONS, AGGREGATORS = ("random", "ot", "kmeans"), ("mean", "learned", "attention")
+METHODS = ("none", "full", *NAMES.values(),
+           *(f"{p}-{a}" for p in PARTITIONS for a in AGGREGATORS if (p, a) not in NAMES))
 
 
 def make_method(name: str, cfg: RunConfig, n_shards: int) -> Method:
@@ -209,8 +218,11 @@ def make_method(name: str, cfg: RunConfig, n_shards: int) -> Method:
         return NoUnlearning(cfg)
     if name == "full":
         return FullRetrain(cfg)
-    if name == "sisa":
-        return Sharded(cfg, partition="random", aggregator="mean", n_shards=n_shards)
-    if name in ("ot-mean", "ot-attention"):
-        return Sharded(cfg, partition="ot", aggregator=name.split("-")[1], n_shards=n_shards)
+    named = {v: k for k, v in NAMES.items()}
+    if name in named:
+        part, agg = named[name]
+        return Sharded(cfg, partition=part, aggregator=agg, n_shards=n_shards)
+    part, _, agg = name.partition("-")
+    if part in PARTITIONS and agg in AGGREGATORS:
+        return Sharded(cfg, partition=part, aggregator=agg, n_shards=n_shards)
     raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")

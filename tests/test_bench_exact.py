@@ -1,0 +1,44 @@
+"""``bench exact`` end to end on a small planted data set (the real data sets are for the
+benchmark itself): every cell is trained, timed and unlearned, the outputs are written and
+merged, and the summary figures are computed from the cells."""
+
+import json
+
+
+from recunlearn.config import RunConfig
+from pipelines.bench import exact
+
+from test_bpr import CFG, checkerboard
+
+
+def test_bench_exact_cells_outputs_and_merge(tmp_path, monkeypatch):
+    data = checkerboard(n_users=60)
+    monkeypatch.setattr(exact, "dataset_dir", lambda name, data_dir=None: tmp_path)
+    monkeypatch.setattr(exact, "load_split", lambda name, folder, seed: (data, {}))
+    cfg = RunConfig(model=CFG.model_dump(), aggregator={"max_epochs": 2})
+    written = []
+
+    def done(result):
+        written.append(json.loads(json.dumps(result)))
+        (tmp_path / "exact.json").write_text(json.dumps(result))
+
+    res = exact.run(cfg, datasets=["toy"], methods=["sisa", "ultrare"], ks=[2, 3], out_dir=tmp_path,
+                    kinds=("random",), share=0.05, done=done)
+    cells = res["datasets"]["toy"]["cells"]
+    assert sorted(cells) == ["sisa-K2", "sisa-K3", "ultrare-K2", "ultrare-K3"] and len(written) == 4
+    full = res["datasets"]["toy"]["full"]
+    for c in cells.values():
+        assert 0 < c["ndcg@20"] <= 1 and c["ndcg_vs_full"] == round(c["ndcg@20"] / full["ndcg@20"], 4)
+        one = c["unlearn"]["one"]
+        assert one["users"] == 1 and one["shards_touched"] == 1 and one["seconds"] > 0
+        assert c["unlearn"]["random"]["users"] == 3  # 5% of 60
+        assert 1 <= c["unlearn"]["random"]["shards_touched"] <= c["n_shards"]
+        assert set(c["a_igf"]) >= {"active", "inactive", "gap"}
+    loss = exact.k_loss(cells, "sisa", [2, 3])
+    assert loss == round(1 - cells["sisa-K3"]["ndcg@20"] / cells["sisa-K2"]["ndcg@20"], 4)
+    md = exact.markdown(res)
+    assert "| sisa | 2 |" in md and "loss from K=2 to K=3" in md
+    assert [p.endswith("exact-toy.png") for p in exact.plot(res, tmp_path)] == [True]
+    # a rerun of one method keeps the other's cells
+    again = exact.run(cfg, datasets=["toy"], methods=["sisa"], ks=[2], out_dir=tmp_path, kinds=())
+    assert sorted(again["datasets"]["toy"]["cells"]) == sorted(cells)
