@@ -28,15 +28,25 @@ pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"
 
 
-def test_kmeans_partition_and_learned_weights_end_to_end(spark, ray_local, cfg, layout, tmp_path):
+def test_match_labels_keeps_shard_names_where_users_stay():
+    old = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    new = np.array([2, 2, 1, 0, 0, 0, 1, 1, 1])  # the same clusters, renumbered; user 2 moved
+    assert match_labels(old, new, 3).tolist() == [0, 0, 2, 1, 1, 1, 2, 2, 2]
+
+
+def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layout, tmp_path):
+    """RecEraser's k-means shards under the cap, learned weights refit after the deletion, and
+    the strict mode: the partition recomputed without the forgotten users, every shard whose
+    members changed retrained, the rest kept."""
     cfg = cfg.model_copy(update={
         "sharding": cfg.sharding.model_copy(update={"method": "kmeans", "capacity": 1.2}),
-        "aggregator": cfg.aggregator.model_copy(update={"kind": "learned"})})
+        "aggregator": cfg.aggregator.model_copy(update={"kind": "learned"}),
+        "unlearn": cfg.unlearn.model_copy(update={"partition": "strict"})})
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
     part = partition_users(spark, cfg=cfg, layout=layout)
-    assert part["method"] == "kmeans" and sum(part["sizes"]) == part["users"]
+    assert part["method"] == "kmeans" and sum(part["sizes"]) == part["users"] == 60
     assert max(part["sizes"]) <= math.ceil(1.2 * part["users"] / cfg.sharding.n_shards)
     train_all(spark, cfg=cfg, layout=layout, partition=part)
     registry = ModelRegistry(spark, layout)
@@ -44,37 +54,6 @@ def test_kmeans_partition_and_learned_weights_end_to_end(spark, ray_local, cfg, 
     agg1 = checkpoints.load_state(v1["aggregator"]["path"])
     assert agg1["kind"] == "learned" and agg1["meta"]["stats"]["n_train"] > 0
 
-    submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["5"])
-    res = unlearn(spark, cfg=cfg, layout=layout)
-    v2 = registry.current_manifest()
-    assert v2["version"] > v1["version"] and len(res["shards_touched"]) == 1
-    # the weights were refit on the retained data of the new table version
-    assert v2["aggregator"]["path"] != v1["aggregator"]["path"]
-    assert v2["aggregator"]["delta_version"] == v2["table_version"]
-    ens = load_ensemble(v2)
-    assert isinstance(ens.aggregator, LearnedWeights) and np.isfinite(ens.aggregator.w.numpy()).all()
-    rows = ForgetLedger(spark, layout.ledger).rows()
-    assert [r["status"] for r in rows] == ["completed"]
-    # (raw ids here are short numbers that occur in any Delta log: the raw-id scan is tested
-    # with distinctive ids elsewhere; the key scan runs)
-    report = audit(spark, layout=layout, secret=SECRET)
-    assert report["passed"], json.dumps(report["requests"], default=str)
-
-
-def test_match_labels_keeps_shard_names_where_users_stay():
-    old = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    new = np.array([2, 2, 1, 0, 0, 0, 1, 1, 1])  # the same clusters, renumbered; user 2 moved
-    assert match_labels(old, new, 3).tolist() == [0, 0, 2, 1, 1, 1, 2, 2, 2]
-
-
-def test_strict_partition_is_recomputed_and_changed_shards_retrained(spark, ray_local, cfg, layout, tmp_path):
-    cfg = cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={"partition": "strict"})})
-    raw = tmp_path / "raw"
-    write_ml100k(raw)
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
-    registry = ModelRegistry(spark, layout)
-    v1 = registry.current_manifest()
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["5", "40"])
     res = unlearn(spark, cfg=cfg, layout=layout)
     strict = res["partition"]
@@ -93,10 +72,18 @@ def test_strict_partition_is_recomputed_and_changed_shards_retrained(spark, ray_
     # every shard's data at the published version is exactly its members' retained rows
     inter = spark.read.format("delta").load(layout.interactions).select("user_key", "shard_id").distinct().toPandas()
     assert (inter.set_index("user_key")["shard_id"].reindex(keys).to_numpy() == now).all()
+    # the weights were refit on the retained data of the new table version
+    assert v2["aggregator"]["path"] != v1["aggregator"]["path"]
+    assert v2["aggregator"]["delta_version"] == v2["table_version"]
+    ens = load_ensemble(v2)
+    assert isinstance(ens.aggregator, LearnedWeights) and np.isfinite(ens.aggregator.w.numpy()).all()
+    assert [r["status"] for r in ForgetLedger(spark, layout.ledger).rows()] == ["completed"] * 2
     report = audit(spark, layout=layout, secret=SECRET, raw_ids=["5", "40"])
     assert report["passed"] and report["guarantee"] == STRICT_GUARANTEE
 
 
+# slow (80 s each): the partitioners are unit-tested in test_partition.py
+@pytest.mark.slow
 @pytest.mark.parametrize("unit", ["item", "interaction"])
 def test_item_and_interaction_shards_retrain_every_shard_holding_the_user(spark, ray_local, cfg, layout,
                                                                          tmp_path, unit):
