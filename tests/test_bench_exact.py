@@ -34,6 +34,9 @@ def test_bench_exact_cells_outputs_and_merge(tmp_path, monkeypatch):
         assert c["unlearn"]["random"]["users"] == 3  # 5% of 60
         assert 1 <= c["unlearn"]["random"]["shards_touched"] <= c["n_shards"]
         assert set(c["a_igf"]) >= {"active", "inactive", "gap"}
+        kind = {"sisa": "mean", "ultrare": "learned"}[c["method"]]
+        assert c["aggregator"]["kind"] == kind
+        assert (c["aggregator"]["kept"] in ("learned", "mean")) == (kind == "learned")
     loss = exact.k_loss(cells, "sisa", [2, 3])
     assert loss == round(1 - cells["sisa-K3"]["ndcg@20"] / cells["sisa-K2"]["ndcg@20"], 4)
     md = exact.markdown(res)

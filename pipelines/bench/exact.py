@@ -77,6 +77,10 @@ def run(run_cfg: RunConfig, *, datasets: list[str], methods: list[str], ks: list
                                         "partition_seconds": round(fitted.seconds.get("partition", 0.0), 3),
                                         **_quality(fitted.model, data, active)}
                 cell["ndcg_vs_full"] = round(cell[f"ndcg@{TOP}"] / res["full"][f"ndcg@{TOP}"], 4)
+                agg = getattr(fitted.model, "aggregator", None)
+                # learned weights fall back to the mean when the mean validates better: say which
+                cell["aggregator"] = {"kind": getattr(agg, "kind", None),
+                                      "kept": (getattr(agg, "meta", {}) or {}).get("stats", {}).get("kept")}
                 cell["unlearn"] = {}
                 for tag, fs in sets.items():
                     un, wall = _timed(lambda fs=fs: m.unlearn(fitted, fs.retained, fs.keys, seed))
