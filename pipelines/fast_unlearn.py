@@ -217,10 +217,11 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
 def _apply_exact(model: Any, targets: Any) -> list[dict[str, Any]]:
     """The model-specific exact update (WMF or item-kNN) of one model for the targets."""
     out = []
-    for kind, call in (("users", lambda: model.forget_users(np.array(targets.users))),
-                       ("items", lambda: model.forget_items(np.array(targets.items))),
-                       ("interactions", lambda: _pairs(model, targets.pairs))):
-        if getattr(targets, "pairs" if kind == "interactions" else kind):
+    steps = (("users", targets.users, lambda: model.forget_users(np.array(targets.users))),
+             ("items", targets.items, lambda: model.forget_items(np.array(targets.items))),
+             ("interactions", targets.pairs, lambda: _pairs(model, targets.pairs)))
+    for kind, wanted, call in steps:
+        if wanted:
             t0, before = time.perf_counter(), _nnz(model)
             info = dict(call())
             out.append({"kind": kind, **info, "pairs": before - _nnz(model),

@@ -117,6 +117,16 @@ def write_partition(spark: SparkSession, *, cfg: RunConfig, layout: Layout, keys
     return partition_id, smap_version, version
 
 
+def _check_balance(part: Partition, cfg: RunConfig) -> float:
+    """The partition's imbalance; over the tolerance is an error (kmeans is bounded by its
+    capacity instead)."""
+    imbalance = part.max_imbalance()
+    if cfg.sharding.method != "kmeans" and imbalance > cfg.sharding.balance_tolerance:
+        raise PipelineError(f"partition: shard sizes {part.sizes.tolist()} deviate {imbalance:.1%} "
+                            f"from n/K (tolerance {cfg.sharding.balance_tolerance:.0%})")
+    return imbalance
+
+
 def match_labels(old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
     """Relabel ``new`` (same users as ``old``) so that as many users as possible keep their
     shard: shard ids are names, and a recomputed clustering may number its clusters
@@ -162,10 +172,7 @@ def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> d
     t0 = time.perf_counter()
     keys, rows, part, t_emb = compute_partition(spark, cfg=cfg, layout=layout)
     row_load = np.bincount(part.labels, weights=rows, minlength=cfg.sharding.n_shards)
-    imbalance = part.max_imbalance()
-    if cfg.sharding.method != "kmeans" and imbalance > cfg.sharding.balance_tolerance:
-        raise PipelineError(f"partition: shard sizes {part.sizes.tolist()} deviate {imbalance:.1%} "
-                            f"from n/K (tolerance {cfg.sharding.balance_tolerance:.0%})")
+    imbalance = _check_balance(part, cfg)
     partition_id, smap_version, version = write_partition(spark, cfg=cfg, layout=layout, keys=keys,
                                                           labels=part.labels)
     stats = {"users": int(len(keys)), "n_shards": cfg.sharding.n_shards,
@@ -216,10 +223,7 @@ def partition_rows(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> di
         votes = np.zeros((len(keys), k), dtype=np.int64)
         np.add.at(votes, (urow[train], part.labels), 1)
         shard[~train] = votes.argmax(1)[urow[~train]]
-    imbalance = part.max_imbalance()
-    if cfg.sharding.method != "kmeans" and imbalance > cfg.sharding.balance_tolerance:
-        raise PipelineError(f"partition: shard sizes {part.sizes.tolist()} deviate {imbalance:.1%} "
-                            f"from n/K (tolerance {cfg.sharding.balance_tolerance:.0%})")
+    imbalance = _check_balance(part, cfg)
     assigned = spark.createDataFrame(pd.DataFrame({
         "user_key": pairs["user_key"].to_numpy().astype(str), "item_idx": item.astype(np.int32),
         "split": pairs["split"].to_numpy().astype(str), "shard_id": shard}

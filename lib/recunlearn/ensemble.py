@@ -158,8 +158,9 @@ class _PairData:
     unseen by the views that score them: a home shard has memorised its training pairs, and a
     fold-in fit to an item ranks that item high. So each user's training items are split:
     views are folded in from one part ("shown"), the loss is taken on the other ("held"),
-    each held pair with one seeded negative the user never had. Shard models are frozen, so every pair's K shard
-    scores are fixed and computed once; the validation users' views and scores too.
+    each held pair with one seeded negative the user never had. Shard models are frozen, so
+    every pair's K shard scores are fixed and computed once; the validation users' views and
+    scores too.
     """
 
     fold: torch.Tensor  # (K, n_users, d) fold-in views from the shown part
@@ -180,7 +181,8 @@ class _PairData:
                 p = torch.from_numpy(np.searchsorted(self.valid_users, r))
                 return torch.einsum("nk,kni->ni", weights(self.vecs_v[:, p], self.home_v[:, p]),
                                     self.scores_v[:, p])
-            return evaluate(rows, self.valid_users, self.data.train, self.data.valid, k=20, batch=256)["ndcg@20"]
+            return evaluate(rows, self.valid_users, self.data.train, self.data.valid, k=20,
+                            batch=256)["ndcg@20"]
 
 
 def _pair_data(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, g: torch.Generator,
@@ -209,9 +211,10 @@ def _pair_data(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig
     pos, neg = torch.empty(k, len(pos_u)), torch.empty(k, len(pos_u))
     with torch.no_grad():
         for s in range(0, len(pos_u), cfg.batch_size):
-            u, i, j = pos_u[s:s + cfg.batch_size], pos_i[s:s + cfg.batch_size], pos_j[s:s + cfg.batch_size]
-            pos[:, s:s + len(u)] = (fold[:, u] * items[kk, i[None, :]]).sum(-1) + bias[kk, i[None, :]]
-            neg[:, s:s + len(u)] = (fold[:, u] * items[kk, j[None, :]]).sum(-1) + bias[kk, j[None, :]]
+            u = pos_u[s:s + cfg.batch_size]
+            for out, it in ((pos, pos_i), (neg, pos_j)):
+                i = it[s:s + cfg.batch_size][None, :]
+                out[:, s:s + len(u)] = (fold[:, u] * items[kk, i]).sum(-1) + bias[kk, i]
     valid_users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
     if len(valid_users) > cfg.max_valid_users:
         valid_users = np.sort(rng.choice(valid_users, cfg.max_valid_users, replace=False))
@@ -236,7 +239,8 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     diffs = pd_.pos - pd_.neg
     pos_u = pd_.pos_u
-    best, best_state, bad, epochs, curve = pd_.validate(module.weights), copy.deepcopy(module.state_dict()), 0, 0, []
+    best, best_state = pd_.validate(module.weights), copy.deepcopy(module.state_dict())
+    bad, epochs, curve = 0, 0, []
     curve.append((0, round(best, 5)))
     for epoch in range(1, cfg.max_epochs + 1):
         epochs = epoch
@@ -307,7 +311,8 @@ def fit_learned(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfi
     def closure() -> torch.Tensor:
         opt.zero_grad()
         z = (x / scale) @ theta[:k + 1] + theta[k + 1]
-        loss = nn.functional.binary_cross_entropy_with_logits(z, y) + cfg.learned_l2 * (theta[:k + 1] ** 2).sum()
+        loss = (nn.functional.binary_cross_entropy_with_logits(z, y)
+                + cfg.learned_l2 * (theta[:k + 1] ** 2).sum())
         loss.backward()
         return loss
 

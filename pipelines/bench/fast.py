@@ -180,18 +180,18 @@ def run(cfg: RunConfig, *, datasets: list[str], out_dir: Path, data_dir: str | N
     kept = [r for d, r in previous.items() if d not in datasets]
     results: list[dict[str, Any]] = []
 
-    def save(partial: dict[str, Any]) -> None:
+    def save(partial: dict[str, Any]) -> dict[str, Any]:
         before = previous.get(partial["dataset"], {})
         merged = {**partial, "methods": {**{m: v for m, v in before.get("methods", {}).items()
                                             if m not in partial["methods"]}, **partial["methods"]},
                   "families": {**before.get("families", {}), **partial["families"]}}
         rows = [r for r in results if r["dataset"] != partial["dataset"]] + [merged]
         write_outputs(out_dir, "fast", {"results": kept + rows}, markdown(kept + rows))
+        return merged
 
     for name in datasets:
         res = run_dataset(name, cfg, data_dir=data_dir, methods=methods, stream=stream, done=save)
-        save(res)
-        results.append(json.loads((out_dir / "fast.json").read_text())["results"][-1])
+        results.append(save(res))
     outputs = write_outputs(out_dir, "fast", {"results": kept + results,
                                               "wall_seconds": round(time.perf_counter() - t0, 1)},
                             markdown(kept + results))

@@ -52,19 +52,22 @@ class ItemKNN(Recommender):
         self._recompute(np.arange(self.n_items))
 
     # ---- the index
-    def _recompute(self, items: np.ndarray, sim: np.ndarray | None = None) -> None:
+    def _recompute(self, items: np.ndarray) -> None:
         """Top-k neighbours of ``items`` from the current counts (one code path for build and
-        update, so both give identical rows). ``sim``: their similarity rows, if at hand."""
-        for s in range(0, len(items), self.chunk if sim is None else max(len(items), 1)):
-            rows = np.asarray(items[s:s + self.chunk] if sim is None else items)
-            block = self._sim_rows(rows) if sim is None else sim
-            part = _topk_lowest_index(block, self.k)  # in column order
-            vals = np.take_along_axis(block, part, axis=1)
-            order = np.argsort(-vals, axis=1, kind="stable")  # by similarity, then item index
-            part, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
-            part[vals <= 0] = -1
-            self.neighbours[rows] = part
-            self.sims[rows] = np.where(vals > 0, vals, 0.0)
+        update, so both give identical rows), in chunks of rows."""
+        for s in range(0, len(items), self.chunk):
+            rows = np.asarray(items[s:s + self.chunk])
+            self._store_top(rows, self._sim_rows(rows))
+
+    def _store_top(self, rows: np.ndarray, sim: np.ndarray) -> None:
+        """Store the top-k of ``rows``' similarity rows ``sim`` as their neighbour lists."""
+        part = _topk_lowest_index(sim, self.k)  # in column order
+        vals = np.take_along_axis(sim, part, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")  # by similarity, then item index
+        part, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
+        part[vals <= 0] = -1
+        self.neighbours[rows] = part
+        self.sims[rows] = np.where(vals > 0, vals, 0.0)
         self._matrix = None
 
     def _sim_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -79,12 +82,6 @@ class ItemKNN(Recommender):
 
     def _count_rows(self, rows: np.ndarray) -> np.ndarray:
         return self.cooc[rows] if isinstance(self.cooc, np.ndarray) else self.cooc[rows].toarray()
-
-    def _subtract(self, delta: sp.csr_matrix) -> None:
-        """Sparse counts minus ``delta``."""
-        self.cooc = (self.cooc - delta.astype(np.float64)).tocsr()
-        self.cooc.eliminate_zeros()
-        self.counts -= delta.diagonal()
 
     def similarity_matrix(self) -> sp.csr_matrix:
         """(n_items, n_items) sparse S with S[i, j] = sim(i, j) for j among i's neighbours."""
@@ -108,30 +105,35 @@ class ItemKNN(Recommender):
 
     def _repair(self, old: sp.csr_matrix, new: sp.csr_matrix) -> dict[str, int]:
         """Counts and index after some users' rows went from ``old`` to ``new`` (X untouched)."""
-        if isinstance(self.cooc, np.ndarray):
-            # dense counts: the change is a dense block over the rows' items
+        dense = isinstance(self.cooc, np.ndarray)
+        if dense:  # the change is a dense block over the rows' items
             cols = np.unique(old.indices)
             o = old[:, cols].toarray().astype(np.float64)
             w = new[:, cols].toarray().astype(np.float64)
             block = o.T @ o - w.T @ w  # small integers: exact
             changed = int(np.count_nonzero(block))
-            if changed == 0:
-                return {"counts_changed": 0, "index_rows_recomputed": 0, "index_rows_merged": 0}
             moved = cols[block.any(1)]  # items whose counts changed
-            self.cooc[np.ix_(cols, cols)] -= block
-            self.counts[cols] -= np.diagonal(block)
         else:
             delta = (old.T @ old - new.T @ new).tocsr()
             delta.eliminate_zeros()
             changed = int(delta.nnz)
-            if changed == 0:
-                return {"counts_changed": 0, "index_rows_recomputed": 0, "index_rows_merged": 0}
             moved = np.unique(delta.nonzero()[0])
-            self._subtract(delta)
+        if changed == 0:
+            return {"counts_changed": 0, "index_rows_recomputed": 0, "index_rows_merged": 0}
+        if dense:
+            self.cooc[np.ix_(cols, cols)] -= block
+            self.counts[cols] -= np.diagonal(block)
+        else:
+            self.cooc = (self.cooc - delta.astype(np.float64)).tocsr()
+            self.cooc.eliminate_zeros()
+            self.counts -= delta.diagonal()
         # dense counts: the moved rows' similarities serve both the merge and their recompute
-        sim = self._sim_rows(moved) if isinstance(self.cooc, np.ndarray) else None
+        sim = self._sim_rows(moved) if dense else None
         fallback, merged = self._merge_untouched(moved, sim)
-        self._recompute(moved, sim)
+        if sim is not None:
+            self._store_top(moved, sim)
+        else:
+            self._recompute(moved)
         if len(fallback):
             self._recompute(fallback)
         return {"counts_changed": changed, "index_rows_recomputed": int(len(moved) + len(fallback)),

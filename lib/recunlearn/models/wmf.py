@@ -39,8 +39,6 @@ from recunlearn.models.data import binary_csr, has_pairs
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-
-
 @dataclass
 class _Side:
     """One side of the factorisation: its factors, its rows of the binary matrix, and the
@@ -85,13 +83,9 @@ class WMF(Recommender):
     def _gram(self, side: _Side) -> np.ndarray:
         return side.f.T @ side.f
 
-    def _dots(self, m: sp.csr_matrix, f: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """f[row] . g[col] for every stored entry of ``m``."""
-        return _sddmm(m, f, g)
-
     def _apply(self, m: sp.csr_matrix, v: np.ndarray, other: np.ndarray, gram: np.ndarray) -> np.ndarray:
         """A v for the rows of ``m`` (one vector per row): v (G + reg I) + alpha sum y (y . v)."""
-        return v @ gram + self.reg * v + _spmm(m, self.alpha * self._dots(m, v, other), other)
+        return v @ gram + self.reg * v + _spmm(m, self.alpha * _sddmm(m, v, other), other)
 
     def _cg(self, m: sp.csr_matrix, other: np.ndarray, gram: np.ndarray, x: np.ndarray,
             r: np.ndarray, goal: np.ndarray, steps: int) -> np.ndarray:
@@ -155,8 +149,8 @@ class WMF(Recommender):
         nz = np.flatnonzero(np.diff(mt.indptr))
         sub = mt[nz]
         g = other.f[nz]
-        s_new = self._dots(sub, g, new)
-        s_old = self._dots(sub, g, old)
+        s_new = _sddmm(sub, g, new)
+        s_old = _sddmm(sub, g, old)
         d_b = (1.0 + self.alpha) * (sub @ (new - old))
         other.res[nz] += (_spmm(sub, self.alpha * s_new, new) - _spmm(sub, self.alpha * s_old, old) - d_b)
         other.b[nz] += d_b
