@@ -77,8 +77,7 @@ class BPRMF(Recommender):
         out = torch.empty_like(direction)
         for s in range(0, history.shape[0], chunk):
             p = direction[s:s + chunk]
-            x = torch.from_numpy(history[s:s + chunk].toarray() > 0).float()
-            out[s:s + chunk] = p * _logit_scale(p @ self.item.T, x, self.bias)
+            out[s:s + chunk] = p * _logit_scale(p @ self.item.T, history[s:s + chunk], self.bias)[:, None]
         return out
 
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
@@ -94,16 +93,46 @@ class BPRMF(Recommender):
                    state["bias"], state.get("meta"))
 
 
-def _logit_scale(s0: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, steps: int = 8) -> torch.Tensor:
-    """Per-row a >= 0 maximising the class-balanced log-likelihood of x under sigmoid(a*s0 + b)."""
-    n_pos = x.sum(1, keepdim=True).clamp(min=1)
-    w = torch.where(x > 0, 1.0 / n_pos, 1.0 / (x.shape[1] - n_pos).clamp(min=1))
-    a = torch.ones(s0.shape[0], 1)
+def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *, steps: int = 8,
+                 tol: float = 1e-3) -> torch.Tensor:
+    """Per-row a >= 0 maximising the class-balanced log-likelihood of the rows of ``history``
+    (positives weighted 1/n_pos, the other items 1/n_neg) under sigmoid(a * s0 + bias).
+
+    Newton steps on the rows still moving by more than ``tol`` (relative): the terms over
+    positives come from the sparse history, and over all items from two dense row sums, so
+    a step costs a few passes over the rows' scores and converged rows drop out."""
+    n, n_items = s0.shape
+    coo = history.tocoo()
+    r = torch.from_numpy(coo.row.astype(np.int64))
+    c = torch.from_numpy(coo.col.astype(np.int64))
+    counts = torch.from_numpy(np.diff(history.indptr).astype(np.float32))
+    n_pos, n_neg = counts.clamp(min=1), (n_items - counts).clamp(min=1)
+    ps, pb = s0[r, c], bias[c]  # positives' scores and biases
+    a = torch.ones(n)
+    active, s_act = torch.arange(n), s0
     for _ in range(steps):
-        sig = torch.sigmoid(a * s0 + bias)
-        grad = (w * (x - sig) * s0).sum(1, keepdim=True)
-        hess = (w * sig * (1 - sig) * s0 * s0).sum(1, keepdim=True) + 1e-6
-        a = (a + grad / hess).clamp(min=0.0)
+        m, aa = len(active), a[active]
+        ss = torch.sigmoid(torch.addcmul(bias, aa[:, None], s_act)).mul_(s_act)  # sig * s0
+        all_g = ss.sum(1)
+        all_h = torch.einsum("ni,ni->n", ss, s_act) - torch.einsum("ni,ni->n", ss, ss)  # sig(1-sig)s0^2
+        sig = torch.sigmoid(aa[r] * ps + pb)
+        pos_g = torch.zeros(m).index_add_(0, r, (1 - sig) * ps)
+        pos_s = torch.zeros(m).index_add_(0, r, sig * ps)
+        pos_h = torch.zeros(m).index_add_(0, r, sig * (1 - sig) * ps * ps)
+        grad = pos_g / n_pos[active] - (all_g - pos_s) / n_neg[active]
+        hess = pos_h / n_pos[active] + (all_h - pos_h) / n_neg[active] + 1e-6
+        new = (aa + grad / hess).clamp(min=0.0)
+        a[active] = new
+        moving = (new - aa).abs() > tol * new.clamp(min=1.0)
+        if not moving.any():
+            break
+        keep = torch.nonzero(moving).flatten()
+        if len(keep) < m:  # drop the converged rows (and their positives)
+            at = torch.full((m,), -1, dtype=torch.long)
+            at[keep] = torch.arange(len(keep))
+            on = moving[r]
+            r, ps, pb = at[r[on]], ps[on], pb[on]
+            active, s_act = active[keep], s_act[keep]
     return a
 
 
