@@ -5,8 +5,9 @@
 - ``recunlearn bench fast [--datasets movielens-100k,movielens-1m] [--methods scif,als,...]
   [--stream scif=1000,...]``: the fast tier on a stream of single-user requests; JSON and a
   Markdown table.
-- ``recunlearn bench exact [--datasets ...] [--methods sisa,receraser,ultrare] [--ks 5,10,20]``:
-  the exact family against the full model; JSON, a Markdown table and a PNG per data set.
+- ``recunlearn bench exact [--datasets ...] [--models bpr,...] [--methods sisa,receraser,ultrare,laser]
+  [--ks 5,10,20]``: the exact family against the full model; JSON, a Markdown table and a PNG
+  per data set.
 - ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
   matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
   (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", help="bench fast / exact: methods (default: all of them)")
     p.add_argument("--ks", default="5,10,20", help="bench exact: numbers of shards")
     p.add_argument("--kinds", default="random,core,edge", help="bench exact: 1%% forget sets to time")
+    p.add_argument("--models", default="bpr", help="bench exact: sub-models (bpr, wmf, itemknn, lightgcn, ncf)")
     p.add_argument("--stream", help="bench fast: requests per method, e.g. scif=200,als=100")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
@@ -98,7 +100,8 @@ def _exact(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
     methods = [m for m in (args.methods or "").split(",") if m] or list(exact.METHODS)
     result = exact.run(cfg, datasets=[d for d in args.datasets.split(",") if d], methods=methods,
                        ks=[int(k) for k in args.ks.split(",") if k], out_dir=out, data_dir=args.data_dir,
-                       kinds=tuple(k for k in args.kinds.split(",") if k), done=done)
+                       kinds=tuple(k for k in args.kinds.split(",") if k), done=done,
+                       models=tuple(m for m in args.models.split(",") if m))
     done(result)
     pngs = exact.plot(result, out)
     print(json.dumps({"out": str(out), "plots": pngs, "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))

@@ -91,7 +91,7 @@ def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: i
     from pathlib import Path
 
     from recunlearn.ensemble import MeanAggregator, fit_attention, fit_learned
-    from recunlearn.models.bpr import BPRMF
+    from recunlearn.models import load_model
     from recunlearn.seeding import numpy_rng
 
     cfg = RunConfig.model_validate_json(cfg_json)
@@ -101,7 +101,7 @@ def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: i
     n_train = None
     if cfg.aggregator.kind in ("attention", "learned"):
         data = read_split_data(table, version, n_items, None)
-        shards = [BPRMF.from_state(checkpoints.load_state(p)) for p in shard_paths]
+        shards = [load_model(checkpoints.load_state(p)) for p in shard_paths]
         fit = fit_attention if cfg.aggregator.kind == "attention" else fit_learned
         agg, stats = fit(shards, data, cfg.aggregator, seed=seed, rng=numpy_rng(cfg.seed, "aggregator-sample"))
         state, n_train = agg.state(), int(data.train.nnz)

@@ -31,9 +31,13 @@ def test_config_rejects_mismatched_model_and_method():
     with pytest.raises(ConfigError, match="updates bpr models"):
         load_config(CONF, ["model.kind=itemknn", "unlearn.method=scif"])
     assert load_config(CONF, ["model.kind=itemknn", "unlearn.method=knn"]).model.kind == "itemknn"
+    # the fitted aggregators need user vectors: LightGCN has them, NCF does not
+    assert load_config(CONF, ["model.kind=lightgcn", "aggregator.kind=attention"]).model.kind == "lightgcn"
+    with pytest.raises(ConfigError, match="aggregator.kind=mean"):
+        load_config(CONF, ["model.kind=ncf", "aggregator.kind=learned"])
 
 
-@pytest.mark.parametrize("kind", ["bpr", "wmf", "itemknn"])
+@pytest.mark.parametrize("kind", ["bpr", "wmf", "itemknn", "lightgcn", "ncf"])
 def test_fit_and_reload_every_kind(kind):
     data = small_data()
     cfg = load_config(CONF, [f"model.kind={kind}", "model.dim=4", "model.max_epochs=5"]).model

@@ -74,6 +74,9 @@ class ShardingConfig(_Frozen):
         "user", description="What is clustered into shards: users (UBP; a user's data in one "
         "shard), items (IBP) or interactions (InBP); with items or interactions one user's data "
         "lies in several shards, and forgetting the user retrains all of them.")
+    group_epochs: int = Field(
+        10, ge=1, description="LASER (sequential training): most epochs per group stage, each "
+        "stage early-stopped on the validation pairs of the groups seen so far.")
     embedding_rank: int = Field(16, ge=2, description="Rank of the Spark ALS user embeddings.")
     als_iterations: int = Field(10, ge=1)
     als_reg: float = Field(0.05, gt=0)
@@ -89,11 +92,17 @@ class ShardingConfig(_Frozen):
         "None: balance users only.")
 
 
+# sub-models served as user . item factors (+ item bias): the fitted aggregators work on them
+FACTOR_MODELS = ("bpr", "lightgcn")
+
+
 class ModelConfig(_Frozen):
-    kind: Literal["bpr", "wmf", "itemknn"] = Field(
+    kind: Literal["bpr", "wmf", "itemknn", "lightgcn", "ncf"] = Field(
         "bpr", description="Shard sub-model: BPR-MF (torch, every method incl. the fast tier's "
         "influence, fine-tune and ascent), WMF (implicit ALS; unlearn --method als re-converges "
-        "it) or item-kNN (unlearn --method knn updates its top-k index).")
+        "it), item-kNN (unlearn --method knn updates its top-k index), LightGCN (BPR loss, "
+        "sparse propagation on the shard's graph) or NCF (NeuMF: GMF + MLP, log loss with "
+        "sampled negatives).")
     dim: int = Field(64, ge=1, description="Embedding dimension (BPR and WMF).")
     lr: float = Field(0.005, gt=0)
     reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
@@ -108,6 +117,12 @@ class ModelConfig(_Frozen):
     wmf_tol: float = Field(1e-3, gt=0, description="WMF: relative residual of converged normal equations.")
     knn_k: int = Field(50, ge=1, description="item-kNN: neighbours kept per item.")
     knn_shrink: float = Field(0.0, ge=0, description="item-kNN: cosine shrinkage.")
+    lightgcn_layers: int = Field(3, ge=1, description="LightGCN: propagation layers.")
+    lightgcn_batch_size: int = Field(
+        8192, ge=1, description="LightGCN: pairs per step (each step propagates the whole shard graph).")
+    ncf_layers: list[int] = Field([32, 16, 8], min_length=1, description="NCF: MLP widths after the input.")
+    ncf_negatives: int = Field(4, ge=1, description="NCF: sampled negatives per positive.")
+    ncf_fold_in_steps: int = Field(30, ge=1, description="NCF: Adam steps of a fold-in.")
 
 
 class AggregatorConfig(_Frozen):
@@ -255,8 +270,9 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _model_fits(self) -> RunConfig:
-        if self.model.kind != "bpr" and self.aggregator.kind != "mean":
-            raise ValueError(f"aggregator.kind={self.aggregator.kind} is fit over BPR shard views; "
+        if self.model.kind not in FACTOR_MODELS and self.aggregator.kind != "mean":
+            raise ValueError(f"aggregator.kind={self.aggregator.kind} is fit over the shards' user "
+                             f"vectors (model.kind {' or '.join(FACTOR_MODELS)}); "
                              f"model.kind={self.model.kind} needs aggregator.kind=mean")
         if self.unlearn.partition == "strict" and self.sharding.unit != "user":
             raise ValueError("unlearn.partition=strict recomputes user shards; "

@@ -1,7 +1,8 @@
 """Unlearning methods as the benchmarks run them: in one process, on in-memory data.
 
 The production path is ``recunlearn unlearn`` (Spark + Delta + Ray). The benchmarks run the
-same library code (``fit_bpr``, the partitioners, the aggregators) without the engines, so a
+same library code (``fit_model``, the partitioners, the aggregators, sequential training)
+without the engines, so a
 matrix of cells fits one machine and every method is timed on the same footing (compute, no
 I/O). Each method answers three questions:
 - ``fit``: train on the data;
@@ -22,22 +23,24 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import svds
 
-from recunlearn.config import RunConfig
+from recunlearn.config import FACTOR_MODELS, RunConfig
 from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, fit_attention, fit_learned, load_aggregator
-from recunlearn.models.base import lookup_rows
-from recunlearn.models.bpr import BPRMF, fit_bpr
+from recunlearn.models import fit_model, load_model
+from recunlearn.models.base import Recommender, lookup_rows
 from recunlearn.models.data import InteractionData
 from recunlearn.partition import balanced_kmeans, balanced_kmeans_ot, random_partition
 from recunlearn.seeding import make_seed
+from recunlearn.sequential import SequentialModel, fit_sequential, train_sequential, unlearn_sequential
 
 
 @dataclass
 class Fitted:
-    model: Any  # BPRMF or ShardedEnsemble
+    model: Any  # a Recommender or ShardedEnsemble
     keys: np.ndarray  # the users it was trained on (sorted)
     shard_of: np.ndarray | None = None  # shard per key (sharded methods)
     seconds: dict[str, float] = field(default_factory=dict)
     shards_touched: list[int] | None = None
+    run: SequentialModel | None = None  # sequential training: every stage's checkpoint
 
     def storage_bytes(self) -> int:
         buf = io.BytesIO()
@@ -48,6 +51,9 @@ class Fitted:
 def _state(f: Fitted) -> dict[str, Any]:
     if isinstance(f.model, ShardedEnsemble):
         model = {"shards": [m.state() for m in f.model.shards], "aggregator": f.model.aggregator.state()}
+    elif f.run is not None:
+        model = {"stages": [m.state() for m in f.run.stages], "order": f.run.order.tolist(),
+                 "labels": torch.from_numpy(f.run.labels.astype(np.int64))}
     else:
         model = {"single": f.model.state()}
     return {"model": model, "keys": f.keys.tolist(), "seconds": f.seconds,
@@ -64,16 +70,26 @@ def save_fitted(f: Fitted, path: Path) -> None:
 
 def load_fitted(path: Path, fold_in_reg: float) -> Fitted:
     st = torch.load(path, weights_only=True)
+    keys = np.asarray(st["keys"], dtype=str)
+    run = None
     if "single" in st["model"]:
-        model: Any = BPRMF.from_state(st["model"]["single"])
-        model.fold_in_reg = fold_in_reg
+        model: Any = _loaded(st["model"]["single"], fold_in_reg)
+    elif "stages" in st["model"]:
+        stages = [_loaded(s, fold_in_reg) for s in st["model"]["stages"]]
+        run = SequentialModel(stages, keys, st["model"]["labels"].numpy(), np.asarray(st["model"]["order"]))
+        model = stages[-1]
     else:
-        shards = [BPRMF.from_state(s) for s in st["model"]["shards"]]
-        for m in shards:
-            m.fold_in_reg = fold_in_reg
+        shards = [_loaded(s, fold_in_reg) for s in st["model"]["shards"]]
         model = ShardedEnsemble(shards, load_aggregator(st["model"]["aggregator"]))
     shard_of = None if st["shard_of"] is None else st["shard_of"].numpy()
-    return Fitted(model, np.asarray(st["keys"], dtype=str), shard_of, st["seconds"], st["shards_touched"])
+    return Fitted(model, keys, shard_of, st["seconds"], st["shards_touched"], run)
+
+
+def _loaded(state: dict[str, Any], fold_in_reg: float) -> Recommender:
+    m = load_model(state)
+    if hasattr(m, "fold_in_reg"):
+        m.fold_in_reg = fold_in_reg
+    return m
 
 
 class Method:
@@ -93,10 +109,15 @@ class Method:
     def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
         return self.fit(retained, seed)
 
+    def _fit(self, data: InteractionData, seed: int) -> tuple[Recommender, float]:
+        m, st = fit_model(data, self.cfg.model, seed=seed)
+        if hasattr(m, "fold_in_reg"):
+            m.fold_in_reg = self.cfg.aggregator.fold_in_reg
+        return m, st["fit_seconds"]
+
     def _single(self, data: InteractionData, seed: int) -> Fitted:
-        m, st = fit_bpr(data, self.cfg.model, seed=seed)
-        m.fold_in_reg = self.cfg.aggregator.fold_in_reg
-        return Fitted(m, data.user_keys, seconds={"fit": st["fit_seconds"]})
+        m, secs = self._fit(data, seed)
+        return Fitted(m, data.user_keys, seconds={"fit": secs})
 
 
 class FullRetrain(Method):
@@ -136,28 +157,18 @@ class Sharded(Method):
         super().__init__(cfg)
         self.partition, self.aggregator, self.k = partition, aggregator, n_shards
         self.name = NAMES.get((partition, aggregator), f"{partition}-{aggregator}")
+        if cfg.model.kind not in FACTOR_MODELS:
+            # attention and learned weights read the shards' user vectors: other sub-models
+            # (WMF, item-kNN, NCF) combine by the mean, as the production config requires
+            self.aggregator = "mean"
 
     def _labels(self, data: InteractionData, seed: int) -> np.ndarray:
-        rng = np.random.default_rng(make_seed(seed, "partition"))
-        if self.partition == "random":
-            return random_partition(data.n_users, self.k, rng).labels
-        s = self.cfg.sharding
-        x = data.train.astype(np.float64)
-        u, sig, _ = svds(x, k=min(s.embedding_rank, min(x.shape) - 1),
-                         v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(x.shape)))
-        if self.partition == "kmeans":
-            return balanced_kmeans(u * sig, self.k, rng, iterations=s.kmeans_iterations,
-                                   capacity=s.capacity).labels
-        return balanced_kmeans_ot(u * sig, self.k, rng, iterations=s.kmeans_iterations,
-                                  epsilon=s.sinkhorn_epsilon, rows=np.diff(data.train.indptr),
-                                  row_tolerance=s.row_tolerance).labels
+        return user_groups(self.partition, data, self.k, self.cfg, seed)
 
-    def _fit_shard(self, data: InteractionData, rows: np.ndarray, k: int, seed: int) -> tuple[BPRMF, float]:
-        m, st = fit_bpr(data.subset(rows), self.cfg.model, seed=make_seed(seed, "shard", k))
-        m.fold_in_reg = self.cfg.aggregator.fold_in_reg
-        return m, st["fit_seconds"]
+    def _fit_shard(self, data: InteractionData, rows: np.ndarray, k: int, seed: int) -> tuple[Recommender, float]:
+        return self._fit(data.subset(rows), make_seed(seed, "shard", k))
 
-    def _aggregate(self, shards: list[BPRMF], data: InteractionData, seed: int) -> tuple[Any, float]:
+    def _aggregate(self, shards: list[Recommender], data: InteractionData, seed: int) -> tuple[Any, float]:
         if self.aggregator == "mean":
             return MeanAggregator(), 0.0
         fit = fit_attention if self.aggregator == "attention" else fit_learned
@@ -166,7 +177,7 @@ class Sharded(Method):
         return agg, st["fit_seconds"]
 
     def _train(self, data: InteractionData, labels: np.ndarray, seed: int,
-               keep: dict[int, BPRMF] | None = None) -> Fitted:
+               keep: dict[int, Recommender] | None = None) -> Fitted:
         shards, secs = [], {}
         for k in range(self.k):
             if keep and k in keep:
@@ -206,10 +217,69 @@ class Sharded(Method):
         return self._train(retained, self._retained_labels(fitted, retained), seed)
 
 
+def user_groups(partition: str, data: InteractionData, k: int, cfg: RunConfig, seed: int) -> np.ndarray:
+    """K user groups: random (SISA), RecEraser's capacity-capped k-means ("kmeans") or
+    UltraRE's OT k-means ("ot") of SVD user factors of the training matrix."""
+    rng = np.random.default_rng(make_seed(seed, "partition"))
+    if partition == "random":
+        return random_partition(data.n_users, k, rng).labels
+    s = cfg.sharding
+    x = data.train.astype(np.float64)
+    u, sig, _ = svds(x, k=min(s.embedding_rank, min(x.shape) - 1),
+                     v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(x.shape)))
+    if partition == "kmeans":
+        return balanced_kmeans(u * sig, k, rng, iterations=s.kmeans_iterations, capacity=s.capacity).labels
+    return balanced_kmeans_ot(u * sig, k, rng, iterations=s.kmeans_iterations, epsilon=s.sinkhorn_epsilon,
+                              rows=np.diff(data.train.indptr), row_tolerance=s.row_tolerance).labels
+
+
+class Sequential(Method):
+    """LASER: one model trained group after group (RecEraser's balanced k-means groups in a
+    curriculum order, ``recunlearn.sequential``); a request restarts from the stage before
+    the earliest group it touches."""
+
+    name = "laser"
+    sharded = True
+
+    def __init__(self, cfg: RunConfig, *, n_groups: int, partition: str = "kmeans") -> None:
+        super().__init__(cfg)
+        self.k, self.partition = n_groups, partition
+
+    def fit(self, data: InteractionData, seed: int) -> Fitted:
+        t0 = time.perf_counter()
+        labels = user_groups(self.partition, data, self.k, self.cfg, seed)
+        t_part = time.perf_counter() - t0
+        run = train_sequential(data, labels, self.k, self.cfg.model, seed=seed,
+                               group_epochs=self.cfg.sharding.group_epochs)
+        return self._fitted(run, list(range(self.k)), {"partition": t_part})
+
+    def _fitted(self, run: SequentialModel, touched: list[int], secs: dict[str, float]) -> Fitted:
+        for m in run.stages:
+            if hasattr(m, "fold_in_reg"):
+                m.fold_in_reg = self.cfg.aggregator.fold_in_reg
+        secs = {**secs, **{f"stage{i}": s for i, s in enumerate(run.seconds)}, "fit": sum(run.seconds)}
+        return Fitted(run.model, run.keys, run.labels, secs, touched, run)
+
+    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
+                seed: int) -> Fitted:
+        run, n = unlearn_sequential(fitted.run, retained, forget_keys, self.cfg.model, seed=seed,
+                                    group_epochs=self.cfg.sharding.group_epochs)
+        # "shards touched": the groups whose stages were retrained
+        return self._fitted(run, sorted(run.order[len(run.order) - n:].tolist()), {})
+
+    def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
+        # every stage from scratch, with the groups and their curriculum order frozen
+        labels = fitted.run.labels[lookup_rows(fitted.keys, retained.user_keys)]
+        stages, secs = fit_sequential(retained, labels, fitted.run.order, self.cfg.model, seed=seed,
+                                      group_epochs=self.cfg.sharding.group_epochs)
+        return self._fitted(SequentialModel(stages, retained.user_keys, labels, fitted.run.order, secs),
+                            list(range(self.k)), {})
+
+
 # the field's names for (partition, aggregator); any other pair is "<partition>-<aggregator>"
 NAMES = {("random", "mean"): "sisa", ("kmeans", "attention"): "receraser", ("ot", "learned"): "ultrare"}
 PARTITIONS, AGGREGATORS = ("random", "ot", "kmeans"), ("mean", "learned", "attention")
-METHODS = ("none", "full", *NAMES.values(),
+METHODS = ("none", "full", *NAMES.values(), "laser",
            *(f"{p}-{a}" for p in PARTITIONS for a in AGGREGATORS if (p, a) not in NAMES))
 
 
@@ -218,6 +288,8 @@ def make_method(name: str, cfg: RunConfig, n_shards: int) -> Method:
         return NoUnlearning(cfg)
     if name == "full":
         return FullRetrain(cfg)
+    if name == "laser":
+        return Sequential(cfg, n_groups=n_shards)
     named = {v: k for k, v in NAMES.items()}
     if name in named:
         part, agg = named[name]

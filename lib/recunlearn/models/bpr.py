@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,6 +32,10 @@ class BPRModule(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.user, std=init_std, generator=generator)
         nn.init.normal_(self.item, std=init_std, generator=generator)
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(users, items, item bias) as scored: score(u, i) = users[u] . items[i] + bias[i]."""
+        return self.user, self.item, self.bias
 
     def loss(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float) -> torch.Tensor:
         # embedding() rather than indexing: its dense backward is a fast deterministic
@@ -137,17 +141,29 @@ def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *
 
 
 def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
-            adversary: nn.Module | None = None) -> tuple[BPRMF, dict[str, Any]]:
+            adversary: nn.Module | None = None,
+            module: Callable[[torch.Generator], nn.Module] | None = None, init: BPRMF | None = None,
+            max_epochs: int | None = None, batch_size: int | None = None) -> tuple[BPRMF, dict[str, Any]]:
     """Train BPR-MF on ``data.train``, early-stopping on ``data.valid`` (never on test).
 
     Deterministic for a given seed and data: every random draw comes from one generator.
     ``adversary`` (optional) adds ``adversary.loss(user_embeddings, batch_users)`` to every
     step and trains its parameters with the model's (in-training attribute unlearning).
+    ``module(generator)`` builds another module in place of BPR-MF's (LightGCN, NCF), drawing
+    its initial values from the fit's generator: it has ``loss(u, i, j, reg)`` (j holds
+    ``module.negatives`` negatives per positive, default 1), and ``embeddings()`` or
+    ``score_rows(rows)`` for validation; ``init`` warm-starts the users it knows and every item from a
+    trained model's parameters (sequential training); ``max_epochs`` and ``batch_size``
+    override the config's.
     """
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     n_users, n_items = data.train.shape
-    module = BPRModule(n_users, n_items, cfg.dim, cfg.init_std, g)
+    module = BPRModule(n_users, n_items, cfg.dim, cfg.init_std, g) if module is None else module(g)
+    batch = cfg.batch_size if batch_size is None else batch_size
+    n_neg = getattr(module, "negatives", 1)  # negatives per positive (NCF's log loss takes several)
+    if init is not None:
+        _warm_start(module, data.user_keys, init)
     params = list(module.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
     opt = torch.optim.Adam(params, lr=cfg.lr)
     coo = data.train.tocoo()
@@ -164,25 +180,33 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
 
     def validate() -> float:
         with torch.no_grad():
-            m = evaluate(lambda r: module.user[torch.from_numpy(r)] @ module.item.T + module.bias,
-                         valid_users, data.train, data.valid, k=cfg.eval_k)
+            if hasattr(module, "score_rows"):
+                score = module.score_rows
+            else:
+                users, items, bias = module.embeddings()
+
+                def score(r: np.ndarray) -> torch.Tensor:
+                    return users[torch.from_numpy(r)] @ items.T + bias
+            m = evaluate(score, valid_users, data.train, data.valid, k=cfg.eval_k)
         return m[f"ndcg@{cfg.eval_k}"]
 
     best, best_state, best_epoch, bad, epochs, history = -1.0, None, 0, 0, 0, []
-    for epoch in range(1, cfg.max_epochs + 1):
+    last = cfg.max_epochs if max_epochs is None else max_epochs
+    for epoch in range(1, last + 1):
         epochs = epoch
         perm = torch.randperm(nnz, generator=g)
         total = 0.0
-        for s in range(0, nnz, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
+        for s in range(0, nnz, batch):
+            idx = perm[s:s + batch]
             u, i = pos_u[idx], pos_i[idx]
-            j = torch.randint(n_items, (len(idx),), generator=g)
-            clash = torch.nonzero(is_positive(u, j)).flatten()
+            j = torch.randint(n_items, (len(idx) * n_neg,), generator=g)
+            uj = u if n_neg == 1 else u.repeat_interleave(n_neg)
+            clash = torch.nonzero(is_positive(uj, j)).flatten()
             for _ in range(3):  # resample negatives that are positives (bounded, only those)
                 if len(clash) == 0:
                     break
                 j[clash] = torch.randint(n_items, (len(clash),), generator=g)
-                clash = clash[is_positive(u[clash], j[clash])]
+                clash = clash[is_positive(uj[clash], j[clash])]
             loss = module.loss(u, i, j, cfg.reg)
             if adversary is not None:
                 loss = loss + adversary.loss(module.user, u)
@@ -192,7 +216,7 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
             total += float(loss.detach()) * len(idx)
         if len(valid_users) == 0:
             continue
-        if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
+        if epoch % cfg.eval_every == 0 or epoch == last:
             score = validate()
             history.append((epoch, round(total / max(nnz, 1), 5), round(score, 5)))
             if score > best:
@@ -207,5 +231,23 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
     stats = {"epochs": epochs, "best_epoch": best_epoch, "valid_ndcg": best,
              "fit_seconds": time.perf_counter() - t0, "n_users": n_users, "n_train": nnz,
              "curve": history}
-    model = BPRMF(data.user_keys, module.user, module.item, module.bias)
-    return model, stats
+    if hasattr(module, "model"):  # a module that builds its own Recommender (LightGCN, NCF)
+        return module.model(data.user_keys), stats
+    return BPRMF(data.user_keys, module.user, module.item, module.bias), stats
+
+
+def _warm_start(module: nn.Module, keys: np.ndarray, init: BPRMF) -> None:
+    """Copy ``init``'s item parameters and the rows of the users it knows into ``module``
+    (its trainable parameters: a LightGCN's layer-0 embeddings, ``init.base``). A module
+    with its own ``warm_start(keys, init)`` (NCF) does it itself."""
+    if hasattr(module, "warm_start"):
+        module.warm_start(keys, init)
+        return
+    user, item, bias = getattr(init, "base", None) or (init.user, init.item, init.bias)
+    rows = init.rows_of(keys)
+    known = np.flatnonzero(rows >= 0)
+    with torch.no_grad():
+        module.item.copy_(item)
+        module.bias.copy_(bias)
+        if len(known):
+            module.user[torch.from_numpy(known)] = user[torch.from_numpy(rows[known])]

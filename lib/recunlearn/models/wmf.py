@@ -272,13 +272,18 @@ class WMF(Recommender):
 
 def fit_wmf(user_keys: np.ndarray, train: sp.csr_matrix, *, dim: int = 64, alpha: float = 10.0,
             reg: float = 0.1, tol: float = 1e-3, cg_steps: int = 12, seed: int = 0,
-            init_std: float = 0.01) -> tuple[WMF, dict[str, Any]]:
-    """Train from seeded random factors until converged (see the module docstring)."""
+            init_std: float = 0.01, init: WMF | None = None) -> tuple[WMF, dict[str, Any]]:
+    """Train from seeded random factors until converged (see the module docstring); ``init``
+    warm-starts every item and the users it knows from its factors (sequential training)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n_users, n_items = train.shape
     x = rng.normal(0.0, init_std, (n_users, dim))
     y = rng.normal(0.0, init_std, (n_items, dim))
+    if init is not None:
+        y = init.items.f.copy()
+        rows = init.rows_of(user_keys)
+        x[rows >= 0] = init.users.f[rows[rows >= 0]]
     model = WMF(user_keys, x, y, train, alpha=alpha, reg=reg, tol=tol, cg_steps=cg_steps, fresh=True)
     stats = {"fit_seconds": time.perf_counter() - t0, "rounds": model.rounds, "n_users": n_users,
              "n_train": int(train.nnz)}
