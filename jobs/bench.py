@@ -5,6 +5,8 @@
 - ``recunlearn bench fast [--datasets movielens-100k,movielens-1m] [--methods scif,als,...]
   [--stream scif=1000,...]``: the fast tier on a stream of single-user requests; JSON and a
   Markdown table.
+- ``recunlearn bench e2e [--config ...] [--set ...] --ks 10,1``: one forget request through
+  the real engines (``recunlearn run`` per K, K=1 the full retrain), job start to publication.
 - ``recunlearn bench exact [--datasets ...] [--models bpr,...] [--methods sisa,receraser,ultrare,laser]
   [--ks 5,10,20]``: the exact family against the full model; JSON, a Markdown table and a PNG
   per data set.
@@ -26,7 +28,7 @@ from pathlib import Path
 from jobs._common import add_config_args, setup
 from recunlearn.engines import PROJECT_ROOT
 
-BENCHES = ("attribute", "suite", "fast", "exact")
+BENCHES = ("attribute", "suite", "fast", "exact", "e2e")
 DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
 
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return _suite(args, cfg, args.out or (layout.root / "bench" / "suite"))
     if args.bench == "exact":
         return _exact(args, cfg, args.out or (layout.root / "bench" / "exact"))
+    if args.bench == "e2e":
+        return _e2e(args, cfg, args.out or (layout.root / "bench" / "e2e"), layout.root / "bench" / "e2e-state")
     out = args.out or (layout.root / "bench")
     from pipelines.bench import attribute
 
@@ -105,6 +109,19 @@ def _exact(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
     done(result)
     pngs = exact.plot(result, out)
     print(json.dumps({"out": str(out), "plots": pngs, "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    return 0
+
+
+def _e2e(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # noqa: ANN001
+    from jobs._common import with_engines
+    from pipelines.bench import e2e
+    from pipelines.bench.common import write_outputs
+
+    ks = [int(k) for k in args.ks.split(",") if k]
+    result = with_engines(cfg, lambda spark: e2e.run(spark, cfg, ks=ks, state_root=state))
+    paths = write_outputs(out, f"e2e-{cfg.dataset.name}", result, e2e.markdown(result))
+    print(e2e.markdown(result))
+    print(json.dumps(paths, indent=2))
     return 0
 
 

@@ -120,8 +120,8 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
         version_before = delta_version(spark, layout.interactions)
         shard_data = {k: read_split_data(layout.interactions, version_before, n_items, k)
                       for k in touched} if method not in EXACT_UPDATES else {}
-    delete_version = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
-                                       targets=targets, clock=clock)
+    delete_version, _ = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
+                                          targets=targets, clock=clock)
     shards = {int(k): dict(v) for k, v in manifest["shards"].items()}
     pending = dict(manifest.get("pending_exact") or {})
     removed_rows = {int(k): v for k, v in (pending.get("removed_rows") or {}).items()}

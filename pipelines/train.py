@@ -44,6 +44,20 @@ def read_split_data(table: str, version: int, n_items: int, shard_id: int | None
                                        tbl.column("split").to_numpy(zero_copy_only=False), n_items)
 
 
+def read_grouped_data(table: str, version: int, n_items: int) -> tuple[InteractionData, np.ndarray]:
+    """Every row at ``version`` and each user's shard (group), aligned with the data's keys."""
+    from deltalake import DeltaTable
+
+    tbl = DeltaTable(table, version=version).to_pyarrow_table(columns=["user_key", "item_idx", "split", "shard_id"])
+    keys = tbl.column("user_key").to_numpy(zero_copy_only=False).astype(str)
+    data = InteractionData.from_columns(keys, tbl.column("item_idx").to_numpy(zero_copy_only=False),
+                                       tbl.column("split").to_numpy(zero_copy_only=False), n_items)
+    shard = tbl.column("shard_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    uniq, first = np.unique(keys, return_index=True)
+    labels = shard[first[np.searchsorted(uniq, data.user_keys)]]
+    return data, labels
+
+
 def _torch_setup(threads: int, deterministic: bool) -> None:
     import torch
 
@@ -83,6 +97,42 @@ def train_component(cfg_json: str, table: str, version: int, n_items: int, shard
                              model.state(), meta)
     saved["task_seconds"] = round(time.perf_counter() - t0, 3)
     return saved
+
+
+def train_sequential_component(cfg_json: str, table: str, version: int, n_items: int,
+                               order: list[int] | None, start: int, init_path: str | None,
+                               ckpt_root: str, job_id: str) -> dict[str, Any]:
+    """LASER: the stages from curriculum position ``start`` on, one after the other, warm-
+    started from ``init_path`` (stage ``start - 1``); each stage saved as its group's shard
+    checkpoint. ``order=None`` (first training) puts the groups in curriculum order here."""
+    from pathlib import Path
+
+    from recunlearn.models import load_model
+    from recunlearn.sequential import curriculum, fit_sequential
+
+    cfg = RunConfig.model_validate_json(cfg_json)
+    _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
+    t0 = time.perf_counter()
+    data, labels = read_grouped_data(table, version, n_items)
+    t_read = time.perf_counter() - t0
+    if order is None:
+        order = curriculum(np.diff(data.train.indptr), labels, cfg.sharding.n_shards).tolist()
+    init = load_model(checkpoints.load_state(init_path)) if init_path else None
+    seed = make_seed(cfg.seed, "model", "sequential")
+    stages, stats = fit_sequential(data, labels, np.asarray(order), cfg.model, seed=seed,
+                                   group_epochs=cfg.sharding.group_epochs, start=start, init=init)
+    metas = []
+    for model, st in zip(stages, stats):
+        meta = {"shard_id": st["group"], "stage": st["stage"], "order": order, "delta_version": version,
+                "table": Path(table).name, "config_fingerprint": fingerprint(cfg.model), "seed": seed,
+                "job_id": job_id, "created_at": now_utc().isoformat(), "read_seconds": round(t_read, 3),
+                "fit_seconds": round(st["fit_seconds"], 3), "epochs": st["epochs"],
+                "best_epoch": st["best_epoch"], "valid_ndcg": st["valid_ndcg"], "n_users": st["n_users"],
+                "n_train": st["n_train"], "curve": st["curve"], "init": init_path if st["stage"] == start else None}
+        model.meta = meta
+        metas.append(checkpoints.save(Path(ckpt_root), checkpoints.shard_component(st["group"]),
+                                      f"{job_id}-{uuid.uuid4().hex[:6]}", model.state(), meta))
+    return {"order": order, "stages": metas, "task_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: int,
@@ -156,19 +206,51 @@ def run_tasks(cfg: RunConfig, calls: list[tuple[Any, tuple]], *, label: str) -> 
 
 
 def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
-                 shard_ids: list[int], reference: bool, job_id: str) -> dict[str, Any]:
-    """Train the given shards (and the reference) in parallel on Ray."""
+                 shard_ids: list[int], reference: bool, job_id: str,
+                 manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train the given shards (and the reference) in parallel on Ray. In sequential mode the
+    shards are groups: one task trains the stages from the earliest of ``shard_ids`` in the
+    curriculum order of ``manifest`` (a fresh order without one) to the last, beside the
+    reference's task."""
     cfg_json = cfg.model_dump_json()
     table, root = layout.interactions, str(layout.checkpoints)
-    calls = [(train_component, (cfg_json, table, version, n_items, k, root, job_id)) for k in shard_ids]
+    sequential = cfg.train.mode == "sequential"
+    calls = [] if sequential else [(train_component, (cfg_json, table, version, n_items, k, root, job_id))
+                                   for k in shard_ids]
+    order = None
+    if sequential and shard_ids:
+        order, start, init = sequential_restart(manifest, shard_ids)
+        calls.append((train_sequential_component, (cfg_json, table, version, n_items, order, start, init,
+                                                   root, job_id)))
     if reference:
         calls.append((train_component, (cfg_json, table, version, n_items, None, root, job_id)))
     t0 = time.perf_counter()
     metas = run_tasks(cfg, calls, label="train")
+    if sequential and shard_ids:
+        run, metas = metas[0], metas[1:]
+        order = run["order"]
+        metas = run["stages"] + metas
     out = {"shards": {m["shard_id"]: m for m in metas if m["shard_id"] is not None},
            "reference": next((m for m in metas if m["shard_id"] is None), None),
-           "wall_seconds": round(time.perf_counter() - t0, 3)}
+           "wall_seconds": round(time.perf_counter() - t0, 3), "order": order}
     return out
+
+
+def sequential_restart(manifest: dict[str, Any] | None, groups: list[int]) -> tuple[list[int] | None, int, str | None]:
+    """(curriculum order, first stage to train, checkpoint of the stage before it) for
+    retraining ``groups`` of a sequential ``manifest`` (None: a first training, from stage 0)."""
+    if manifest is None:
+        return None, 0, None
+    order = list(manifest["sequential"]["order"])
+    start = min(order.index(k) for k in groups)
+    return order, start, manifest["shards"][str(order[start - 1])]["path"] if start else None
+
+
+def sequential_groups(manifest: dict[str, Any], touched: list[int]) -> list[int]:
+    """The groups a sequential manifest retrains for ``touched``: every group from the
+    earliest touched one on, in curriculum order."""
+    order = list(manifest["sequential"]["order"])
+    return order[min(order.index(k) for k in touched):] if touched else []
 
 
 def fit_aggregator(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
@@ -188,7 +270,7 @@ def new_job_id(kind: str) -> str:
 def build_manifest(*, version: int, cfg: RunConfig, shards: dict[int, dict[str, Any]],
                    aggregator: dict[str, Any], reference: dict[str, Any] | None,
                    table_version: int, n_items: int, partition: dict[str, Any] | None,
-                   guarantee: str) -> dict[str, Any]:
+                   guarantee: str, order: list[int] | None = None) -> dict[str, Any]:
     if sorted(shards) != list(range(cfg.sharding.n_shards)):
         raise PipelineError(f"manifest: shards {sorted(shards)} do not cover 0..{cfg.sharding.n_shards - 1}")
     keep = ("path", "sha256", "delta_version", "run_id", "fit_seconds", "n_users", "n_train",
@@ -201,6 +283,9 @@ def build_manifest(*, version: int, cfg: RunConfig, shards: dict[int, dict[str, 
         "aggregator": {f: aggregator.get(f) for f in (*keep, "kind")},
         "reference": {f: reference.get(f) for f in keep} if reference else None,
         "partition": partition, "guarantee": guarantee,
+        # sequential training (LASER): the shards are the stages' checkpoints, each filed under
+        # its group; the last group's serves
+        "sequential": {"order": list(order)} if order is not None else None,
     }
 
 
@@ -238,7 +323,7 @@ def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
     model_version = registry.next_version()
     manifest = build_manifest(version=model_version, cfg=cfg, shards=trained["shards"], aggregator=agg,
                               reference=trained["reference"], table_version=version, n_items=n_items,
-                              partition=partition, guarantee=PARTITION_GUARANTEE)
+                              partition=partition, guarantee=PARTITION_GUARANTEE, order=trained["order"])
     registry.publish(manifest, parent=None, request_ids=[], note=f"full training {job_id}")
     ref = trained["reference"]
     return {

@@ -26,12 +26,12 @@ from recunlearn.evaluation import functional_evidence
 from recunlearn.models.data import InteractionData
 from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
-from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, DATA_TARGETS, EXACT,
+from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, DATA_TARGETS, EXACT, OPEN_STATUSES,
                                FAILED, IN_PROGRESS, INTERACTION, ITEM, USER, ForgetLedger, Layout,
                                ModelRegistry, delete_keys, delta_version, now_utc, vacuum_now)
 from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
-                             read_split_data, shard_paths_of, train_models)
+                             read_split_data, sequential_groups, shard_paths_of, train_models)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 class _Clock:
     def __init__(self) -> None:
         self.steps: dict[str, float] = {}
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.perf_counter()
 
     def step(self, name: str):  # noqa: ANN201
         clock = self
@@ -72,8 +76,11 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
             log.info("unlearn: exact retrain due (%s)", why)
             result["exact"] = unlearn(spark, cfg=cfg, layout=layout, method="exact")
         return result
+    t_start = time.perf_counter()
     ledger = ForgetLedger(spark, layout.ledger)
-    requests = ledger.open_requests(DATA_TARGETS) + ledger.rows((APPROXIMATE,))
+    rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
+    requests = [r for r in rows if r["status"] in OPEN_STATUSES and (r["target_type"] or USER) in DATA_TARGETS] \
+        + [r for r in rows if r["status"] == APPROXIMATE]
     if not requests:
         if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
             from pipelines.attribute import process_attribute_requests
@@ -89,11 +96,10 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     job_id = new_job_id("unlearn")
     ids = [r["request_id"] for r in requests]
     clock = _Clock()
-    t_start = time.perf_counter()
     try:
         result = _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
                       current=current, manifest=manifest, requests=requests, job_id=job_id,
-                      clock=clock, t_start=t_start)
+                      clock=clock, t_start=t_start, ledger_rows=rows)
     except Exception as exc:
         # Leave the requests open for the next run; the published model is unchanged.
         ledger.update(ids, status=FAILED, reason=f"{type(exc).__name__}: {str(exc)[:400]}", job_id=job_id)
@@ -161,18 +167,28 @@ def determine_targets(spark: SparkSession, layout: Layout, ledger: ForgetLedger,
 
 
 def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
-                      ids: list[str], targets: Targets, clock: _Clock) -> int:
+                      ids: list[str], targets: Targets, clock: _Clock, background: bool = False) -> tuple[int, Any]:
     """Delete the targets' rows (users also from the shard map) through MERGEs with batch
     tables, so no value enters ``_delta_log``; record the delete version, then VACUUM with zero
-    retention. Returns the delete version of the interactions table."""
+    retention. Returns the delete version of the interactions table and, with ``background``,
+    the running VACUUM (a Future; else None).
+
+    A background VACUUM overlaps the retraining, which only reads the current version's files
+    (the ones VACUUM keeps): the caller must wait for it before publishing, and must not write
+    either table meanwhile (a zero-retention VACUUM can remove a concurrent writer's new files)."""
     with clock.step("delete"):
         t = targets
         partition_filter = f"t.shard_id IN ({','.join(map(str, t.touched))})" if t.touched else None
         delete_version = delta_version(spark, layout.interactions)
         if t.users:
+            from concurrent.futures import ThreadPoolExecutor
+
             probe = spark.createDataFrame([(k,) for k in t.users], "user_key string")
-            delete_version = delete_keys(spark, layout.interactions, probe, partition_filter=partition_filter)
-            delete_keys(spark, layout.shard_map, probe)
+            # two tables, two Delta transactions: run side by side (Spark takes jobs from threads)
+            with ThreadPoolExecutor(1, thread_name_prefix="delete-shard-map") as pool:
+                from_map = pool.submit(delete_keys, spark, layout.shard_map, probe)
+                delete_version = delete_keys(spark, layout.interactions, probe, partition_filter=partition_filter)
+                from_map.result()
         if t.items:
             probe = spark.createDataFrame([(i,) for i in t.items], "item_idx int")
             delete_version = delete_keys(spark, layout.interactions, probe, on="item_idx",
@@ -182,11 +198,22 @@ def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, le
             delete_version = delete_keys(spark, layout.interactions, probe, on=("user_key", "item_idx"),
                                          partition_filter=partition_filter)
     ledger.update(ids, deleted_at=now_utc(), delete_version=delete_version)
-    with clock.step("vacuum"):
-        if cfg.unlearn.vacuum:
-            vacuum_now(spark, layout.interactions)
-            vacuum_now(spark, layout.shard_map)
-    return delete_version
+
+    def vacuum() -> None:
+        with clock.step("vacuum"):
+            if cfg.unlearn.vacuum:
+                vacuum_now(spark, layout.interactions)
+                vacuum_now(spark, layout.shard_map)
+
+    if not background:
+        vacuum()
+        return delete_version, None
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="vacuum")
+    running = pool.submit(vacuum)
+    pool.shutdown(wait=False)
+    return delete_version, running
 
 
 def publish_and_clean(registry: ModelRegistry, layout: Layout, manifest: dict[str, Any], *,
@@ -197,6 +224,7 @@ def publish_and_clean(registry: ModelRegistry, layout: Layout, manifest: dict[st
     and the checkpoints removed."""
     with clock.step("publish"):
         registry.publish(manifest, parent=parent, request_ids=ids, note=note)
+    clock.mark("published")
     published_at = now_utc()
     with clock.step("delete_superseded"):
         removed = _delete_superseded(layout, manifest, touched, delete_version)
@@ -208,7 +236,8 @@ def publish_and_clean(registry: ModelRegistry, layout: Layout, manifest: dict[st
 
 def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
          registry: ModelRegistry, current: dict[str, Any], manifest: dict[str, Any],
-         requests: list[dict[str, Any]], job_id: str, clock: _Clock, t_start: float) -> dict[str, Any]:
+         requests: list[dict[str, Any]], job_id: str, clock: _Clock, t_start: float,
+         ledger_rows: list[dict[str, Any]]) -> dict[str, Any]:
     ids = [r["request_id"] for r in requests]
     keys = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
     n_items = n_items_of(layout)
@@ -225,15 +254,17 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         forgotten = _rows_of(layout, n_items, keys, touched)
         original = load_ensemble(manifest, fold_in_reg=cfg.aggregator.fold_in_reg)
 
-    # 3. delete through a MERGE with a batch table, 4. vacuum.
-    delete_version = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
-                                       targets=targets, clock=clock)
+    # 3. delete through a MERGE with a batch table, 4. vacuum: beside the retraining (5-7),
+    # which only reads, unless strict mode rewrites the tables first
+    strict_mode = cfg.unlearn.partition == "strict"
+    delete_version, vacuuming = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
+                                                  targets=targets, clock=clock, background=not strict_mode)
 
     # 4b. strict partition mode: recompute the partition without the forgotten data; the
     # shards whose members change are retrained too.
     partition, guarantee, train_version, retrain = manifest.get("partition"), PARTITION_GUARANTEE, \
         delete_version, touched
-    if cfg.unlearn.partition == "strict":
+    if strict_mode:
         with clock.step("repartition"):
             strict = repartition_strict(spark, cfg=cfg, layout=layout)
         retrain = sorted(set(touched) | set(strict["shards_changed"]))
@@ -242,13 +273,18 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         log.info("unlearn %s: strict partition moved %d user(s); shards changed %s",
                  job_id, strict["users_moved"], strict["shards_changed"])
 
+    # sequential training (LASER): every group from the earliest touched one on
+    if manifest.get("sequential"):
+        retrain = sequential_groups(manifest, retrain)
+
     # 5. retrain those shards (and the reference) from scratch at the new version.
     with clock.step("retrain_shards"):
         # a fast-tier version dropped the reference (trained on what it forgot): retrain it too
         trained = train_models(cfg, layout, version=train_version, n_items=n_items,
                                shard_ids=retrain, reference=cfg.unlearn.retrain_reference
                                and (manifest.get("reference") is not None
-                                    or bool(manifest.get("pending_exact"))), job_id=job_id)
+                                    or bool(manifest.get("pending_exact"))), job_id=job_id,
+                               manifest=manifest)
     shards = {int(k): v for k, v in manifest["shards"].items()}
     shards.update(trained["shards"])
 
@@ -262,13 +298,18 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
     with clock.step("attribute_edits"):
         from pipelines.attribute import active_edits, build_overlay
 
-        edits = active_edits(ledger.rows(), forgotten=set(keys))
+        # attribute requests are not this job's: the ledger as the job found it
+        edits = active_edits(ledger_rows, forgotten=set(keys))
         overlay = None
         if edits:
             draft = {"n_shards": manifest["n_shards"], "shards": {str(k): v for k, v in shards.items()},
                      "aggregator": agg,
                      "table_version": train_version, "n_items": n_items}
             overlay, _ = build_overlay(cfg, layout, draft, edits, job_id=job_id)
+
+    if vacuuming is not None:  # no version is published while the forgotten rows are on disk
+        with clock.step("vacuum_wait"):
+            vacuuming.result()
 
     # 8. publish.
     with clock.step("manifest"):
@@ -277,7 +318,8 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         reference = trained["reference"]
         new_manifest = build_manifest(
             version=version, cfg=cfg, shards=shards, aggregator=agg, reference=reference,
-            table_version=train_version, n_items=n_items, partition=partition, guarantee=guarantee)
+            table_version=train_version, n_items=n_items, partition=partition, guarantee=guarantee,
+            order=(manifest.get("sequential") or {}).get("order"))
         new_manifest["parent"] = current["version"]
         new_manifest["unlearn_job"] = job_id
         new_manifest["attribute_overlay"] = overlay
@@ -329,6 +371,8 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
         "checkpoints_removed": removed, "steps_seconds": clock.steps, "compute": compute,
         "train_wall_seconds": trained["wall_seconds"],
         "end_to_end_seconds": round(time.perf_counter() - t_start, 3),
+        # the job's start to the new version's publication (the checks after it excluded)
+        "to_publish_seconds": round(clock.marks["published"] - t_start, 3),
         "functional": evidence,
         # what the job leaves on disk: every table (Delta) and the model artifacts
         "storage_bytes": {**{f"table:{k}": v for k, v in storage_bytes(layout.tables).items()},

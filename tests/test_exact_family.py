@@ -121,3 +121,52 @@ def test_item_and_interaction_shards_retrain_every_shard_holding_the_user(spark,
     # with distinctive ids elsewhere; the key scan runs)
     report = audit(spark, layout=layout, secret=SECRET)
     assert report["passed"], json.dumps(report["requests"], default=str)
+
+
+def test_sequential_training_restarts_from_the_earliest_group(spark, ray_local, cfg, layout, tmp_path):
+    """LASER through the pipeline: one model trained group after group, a checkpoint per group;
+    forgetting a user retrains the stages from the user's group on, keeps the earlier ones,
+    and publishes what training from scratch on the retained data gives."""
+    import torch
+
+    from recunlearn.models import load_model
+    from recunlearn.seeding import make_seed
+    from recunlearn.sequential import fit_sequential
+    from pipelines.train import read_grouped_data
+
+    cfg = cfg.model_copy(update={
+        "sharding": cfg.sharding.model_copy(update={"method": "kmeans", "group_epochs": 5}),
+        "train": cfg.train.model_copy(update={"mode": "sequential", "reference_model": False}),
+        "unlearn": cfg.unlearn.model_copy(update={"membership": False})})
+    raw = tmp_path / "raw"
+    write_ml100k(raw)
+    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
+    part = partition_users(spark, cfg=cfg, layout=layout)
+    train_all(spark, cfg=cfg, layout=layout, partition=part)
+    registry = ModelRegistry(spark, layout)
+    v1 = registry.current_manifest()
+    order = v1["sequential"]["order"]
+    assert sorted(order) == list(range(cfg.sharding.n_shards))
+    assert [v1["shards"][str(k)].get("n_users") for k in order] == sorted(
+        v1["shards"][str(k)].get("n_users") for k in order)  # each stage adds a group's users
+    # a user of the group in the middle of the curriculum: the first stage stays
+    smap = spark.read.format("delta").load(layout.shard_map).toPandas().set_index("user_key")["shard_id"]
+    rid = next(r for r in map(str, range(1, 61)) if smap.get(user_key(SECRET, r)) == order[1])
+    submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=[rid])
+    res = unlearn(spark, cfg=cfg, layout=layout)
+    assert res["shards_touched"] == [order[1]] and res["shards_retrained"] == order[1:]
+    v2 = registry.current_manifest()
+    assert v2["sequential"]["order"] == order
+    for pos, k in enumerate(order):
+        assert (v2["shards"][str(k)]["path"] == v1["shards"][str(k)]["path"]) == (pos == 0)
+    # the published model is the from-scratch sequential run on the retained data
+    data, labels = read_grouped_data(layout.interactions, v2["table_version"], v2["n_items"])
+    stages, _ = fit_sequential(data, labels, np.asarray(order), cfg.model,
+                               seed=make_seed(cfg.seed, "model", "sequential"),
+                               group_epochs=cfg.sharding.group_epochs)
+    served = load_model(checkpoints.load_state(v2["shards"][str(order[-1])]["path"]))
+    assert torch.equal(served.user, stages[-1].user) and torch.equal(served.item, stages[-1].item)
+    ens = load_ensemble(v2)
+    assert len(ens.shards) == 1 and not ens.knows(np.array([user_key(SECRET, rid)])).any()
+    report = audit(spark, layout=layout, secret=SECRET)
+    assert report["passed"], json.dumps(report["requests"], default=str)

@@ -43,3 +43,23 @@ def test_run_report_json_and_html(spark, ray_local, cfg, layout, tmp_path):
     for png in pngs:
         assert mpimg.imread(io.BytesIO(png), format="png").std() > 0.01
     assert "Membership attack of an unlearn job" in html and "Storage after unlearning" in html
+
+
+def test_summary_table_without_a_reference_model():
+    """train.reference_model=false: no full fit to compare with, and the table says so instead
+    of failing at the end of a long run."""
+    from pipelines.report import summary_table
+
+    one = {"requests": 1, "shards_touched": [2], "fit_seconds": 1.5, "end_to_end_seconds": 20.25,
+           "membership_mean": {"original": None, "unlearned": None}}
+    report = {"metrics": {p: {"ensemble": {"ndcg@20": 0.25, "recall@20": 0.3, "users": 10},
+                              "ensemble_mean": None, "reference": None}
+                          for p in ("before", "before_retained", "after")},
+              "timings": {"full_training_fit_seconds": None},
+              "ratios": {"ensemble_vs_reference_ndcg_before": None, "ensemble_vs_reference_ndcg_after": None,
+                         "unlearn_compute_vs_full_training": None,
+                         "unlearn_compute_by_shard_vs_full_training": None},
+              "unlearn_batch": one, "unlearn_single": one, "requests": [], "audit": {"passed": True}}
+    table = summary_table(report)
+    assert "| full model fit (s)" in table and "20.25" in table
+    assert [ln for ln in table.splitlines() if ln.startswith("| full model fit")][0].split("|")[2].strip() == "-"

@@ -151,6 +151,11 @@ class TrainConfig(_Frozen):
     )
     threads_per_task: int = Field(1, ge=1, description="torch threads inside one Ray task.")
     deterministic: bool = Field(True, description="torch deterministic kernels (CPU).")
+    mode: Literal["parallel", "sequential"] = Field(
+        "parallel", description="parallel: one model per shard, trained at once, and an aggregator "
+        "(SISA, RecEraser, UltraRE). sequential: LASER, one model trained shard group after group "
+        "in a curriculum order with a checkpoint per group; a request retrains from its earliest "
+        "group on (sharding.group_epochs epochs at most per group).")
 
 
 class FastSettings(_Frozen):
@@ -277,6 +282,16 @@ class RunConfig(_Frozen):
         if self.unlearn.partition == "strict" and self.sharding.unit != "user":
             raise ValueError("unlearn.partition=strict recomputes user shards; "
                              f"sharding.unit={self.sharding.unit} needs unlearn.partition=frozen")
+        if self.train.mode == "sequential":
+            clash = [f"{k}={v}" for k, v in (("aggregator.kind", self.aggregator.kind),
+                                             ("sharding.unit", self.sharding.unit),
+                                             ("unlearn.partition", self.unlearn.partition),
+                                             ("unlearn.method", self.unlearn.method))
+                     if v not in ("mean", "user", "frozen", "exact")]
+            if clash:
+                raise ValueError("train.mode=sequential serves one model, restarted from a user "
+                                 "group's checkpoint: it needs aggregator.kind=mean, sharding.unit=user, "
+                                 f"unlearn.partition=frozen and unlearn.method=exact, not {', '.join(clash)}")
         fits = {"als": "wmf", "knn": "itemknn"}
         want = fits.get(self.unlearn.method, "bpr" if self.unlearn.method != "exact" else None)
         if want is not None and want != self.model.kind:

@@ -341,9 +341,12 @@ def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
     from recunlearn.models import load_model
 
     shards = []
-    for k in range(manifest["n_shards"]):
+    # sequential training (LASER) serves one model: the last group's stage
+    groups = [manifest["sequential"]["order"][-1]] if manifest.get("sequential") else range(manifest["n_shards"])
+    for k in groups:
         m = load_model(checkpoints.load_state(manifest["shards"][str(k)]["path"]))
-        m.fold_in_reg = fold_in_reg
+        if hasattr(m, "fold_in_reg"):
+            m.fold_in_reg = fold_in_reg
         shards.append(m)
     overlay = None
     if with_overlay and manifest.get("attribute_overlay"):

@@ -65,28 +65,30 @@ class SequentialModel:
 
 def fit_sequential(data: InteractionData, labels: np.ndarray, order: np.ndarray, cfg: ModelConfig, *,
                    seed: int, group_epochs: int, start: int = 0,
-                   previous: list[Recommender] | None = None) -> tuple[list[Recommender], list[float]]:
-    """Stage models from curriculum position ``start`` on (``previous`` holds stages
-    0..start-1), trained on ``data`` whose user ``labels`` give the groups."""
-    stages = list((previous or [])[:start])
-    seconds: list[float] = []
+                   init: Recommender | None = None) -> tuple[list[Recommender], list[dict]]:
+    """The stage models from curriculum position ``start`` on, and their fit stats, trained on
+    ``data`` whose user ``labels`` give the groups; ``init`` is stage ``start - 1``'s model
+    (required when ``start > 0``)."""
+    if start > 0 and init is None:
+        raise ValueError(f"restarting at stage {start} needs stage {start - 1}'s model")
+    stages: list[Recommender] = []
+    stats: list[dict] = []
     seen = np.isin(labels, order[:start])
     for pos in range(start, len(order)):
         t0 = time.perf_counter()
         seen |= labels == order[pos]
-        init = stages[-1] if stages else None
-        model, _ = fit_model(data.subset(seen), cfg, seed=make_seed(seed, "group", pos), init=init,
-                             max_epochs=group_epochs)
+        model, st = fit_model(data.subset(seen), cfg, seed=make_seed(seed, "group", pos),
+                              init=stages[-1] if stages else init, max_epochs=group_epochs)
         stages.append(model)
-        seconds.append(time.perf_counter() - t0)
-    return stages, seconds
+        stats.append({**st, "fit_seconds": time.perf_counter() - t0, "stage": pos, "group": int(order[pos])})
+    return stages, stats
 
 
 def train_sequential(data: InteractionData, labels: np.ndarray, n_groups: int, cfg: ModelConfig, *,
                      seed: int, group_epochs: int) -> SequentialModel:
     order = curriculum(np.diff(data.train.indptr), labels, n_groups)
-    stages, seconds = fit_sequential(data, labels, order, cfg, seed=seed, group_epochs=group_epochs)
-    return SequentialModel(stages, data.user_keys, labels, order, seconds)
+    stages, stats = fit_sequential(data, labels, order, cfg, seed=seed, group_epochs=group_epochs)
+    return SequentialModel(stages, data.user_keys, labels, order, [s["fit_seconds"] for s in stats])
 
 
 def unlearn_sequential(fitted: SequentialModel, retained: InteractionData, forget_keys: np.ndarray,
@@ -101,6 +103,7 @@ def unlearn_sequential(fitted: SequentialModel, retained: InteractionData, forge
     start = fitted.restart_position(forget_keys)
     if start is None:
         return fitted, 0
-    stages, seconds = fit_sequential(retained, labels, fitted.order, cfg, seed=seed, group_epochs=group_epochs,
-                                     start=start, previous=fitted.stages)
-    return SequentialModel(stages, retained.user_keys, labels, fitted.order, seconds), len(fitted.order) - start
+    stages, stats = fit_sequential(retained, labels, fitted.order, cfg, seed=seed, group_epochs=group_epochs,
+                                   start=start, init=fitted.stages[start - 1] if start else None)
+    return (SequentialModel(fitted.stages[:start] + stages, retained.user_keys, labels, fitted.order,
+                            [s["fit_seconds"] for s in stats]), len(fitted.order) - start)

@@ -270,10 +270,10 @@ class Sequential(Method):
     def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
         # every stage from scratch, with the groups and their curriculum order frozen
         labels = fitted.run.labels[lookup_rows(fitted.keys, retained.user_keys)]
-        stages, secs = fit_sequential(retained, labels, fitted.run.order, self.cfg.model, seed=seed,
-                                      group_epochs=self.cfg.sharding.group_epochs)
-        return self._fitted(SequentialModel(stages, retained.user_keys, labels, fitted.run.order, secs),
-                            list(range(self.k)), {})
+        stages, stats = fit_sequential(retained, labels, fitted.run.order, self.cfg.model, seed=seed,
+                                       group_epochs=self.cfg.sharding.group_epochs)
+        run = SequentialModel(stages, retained.user_keys, labels, fitted.run.order, [s["fit_seconds"] for s in stats])
+        return self._fitted(run, list(range(self.k)), {})
 
 
 # the field's names for (partition, aggregator); any other pair is "<partition>-<aggregator>"
