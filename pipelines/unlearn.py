@@ -77,8 +77,10 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
             result["exact"] = unlearn(spark, cfg=cfg, layout=layout, method="exact")
         return result
     t_start = time.perf_counter()
+    clock = _Clock()
     ledger = ForgetLedger(spark, layout.ledger)
-    rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
+    with clock.step("read_requests"):
+        rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
     requests = [r for r in rows if r["status"] in OPEN_STATUSES and (r["target_type"] or USER) in DATA_TARGETS] \
         + [r for r in rows if r["status"] == APPROXIMATE]
     if not requests:
@@ -89,13 +91,13 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
         log.info("unlearn: no open requests")
         return {"requests": [], "status": "nothing to do"}
     registry = ModelRegistry(spark, layout)
-    current = registry.current()
+    with clock.step("read_model_version"):
+        current = registry.current()
     if current is None:
         raise PipelineError("unlearn: no published model version; run `recunlearn train` first")
     manifest = json.loads(open(current["manifest"]).read())
     job_id = new_job_id("unlearn")
     ids = [r["request_id"] for r in requests]
-    clock = _Clock()
     try:
         result = _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
                       current=current, manifest=manifest, requests=requests, job_id=job_id,
@@ -197,7 +199,8 @@ def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, le
             probe = spark.createDataFrame(t.pairs, "user_key string, item_idx int")
             delete_version = delete_keys(spark, layout.interactions, probe, on=("user_key", "item_idx"),
                                          partition_filter=partition_filter)
-    ledger.update(ids, deleted_at=now_utc(), delete_version=delete_version)
+    with clock.step("record_deleted"):
+        ledger.update(ids, deleted_at=now_utc(), delete_version=delete_version)
 
     def vacuum() -> None:
         with clock.step("vacuum"):
