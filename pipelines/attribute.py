@@ -34,6 +34,7 @@ from recunlearn.attribute.labels import attribute, labels_for_keys, read_user_at
 from recunlearn.config import RunConfig
 from recunlearn.ensemble import load_ensemble
 from recunlearn.errors import PipelineError
+from recunlearn.joblock import holds_tables
 from recunlearn.pseudonym import secret_from_config, user_key
 from recunlearn.seeding import make_seed
 from recunlearn.tables import (ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, FAILED, IN_PROGRESS, OPEN_STATUSES,
@@ -206,6 +207,7 @@ def merge_overlays(a: AttributeOverlay | None, b: AttributeOverlay) -> Attribute
 
 
 # --------------------------------------------------------------------------- the job step
+@holds_tables("attribute")
 def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
     """Apply open attribute and undo requests to the published ensemble: one new version."""
     ledger = ForgetLedger(spark, layout.ledger)

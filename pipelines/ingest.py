@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from recunlearn.config import RunConfig
 from recunlearn.errors import DataError
+from recunlearn.joblock import holds_tables
 from recunlearn.pseudonym import spark_user_key
 from recunlearn.readers import read_interactions
 from recunlearn.tables import COMPLETED, Layout, table_exists, write_delta
@@ -40,6 +41,7 @@ def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
     ).drop("order")
 
 
+@holds_tables("ingest")
 def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Path,
            secret: bytes) -> dict[str, Any]:
     raw = read_interactions(spark, cfg.dataset, raw_path)

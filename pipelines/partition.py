@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 
 from recunlearn.config import RunConfig, fingerprint
 from recunlearn.errors import PipelineError
+from recunlearn.joblock import holds_tables
 from recunlearn.partition import (Partition, balanced_kmeans, balanced_kmeans_ot, interaction_embeddings,
                                   random_partition)
 from recunlearn.seeding import make_seed, numpy_rng
@@ -164,6 +165,7 @@ def repartition_strict(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -
             "embedding_seconds": round(t_emb, 2), "seconds": round(time.perf_counter() - t0, 2)}
 
 
+@holds_tables("partition")
 def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
     """The partition job: users (UBP), items (IBP) or interactions (InBP) into K shards, by
     ``sharding.unit``."""
@@ -188,6 +190,7 @@ def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> d
     return stats
 
 
+@holds_tables("partition")
 def partition_rows(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
     """Item-based (IBP) or interaction-based (InBP) partition: the clustering runs on the ALS
     item factors, or on each training interaction's user and item factors side by side

@@ -15,6 +15,7 @@ from pyspark.sql import SparkSession
 
 from recunlearn.config import RunConfig, fingerprint
 from recunlearn.datasets import fetch
+from recunlearn.joblock import holds_tables, lock_path
 from recunlearn.pseudonym import secret_from_config, user_key
 from recunlearn.readers import read_interactions
 from recunlearn.seeding import numpy_rng
@@ -40,9 +41,17 @@ def raw_data_path(cfg: RunConfig, layout: Layout) -> Path:
 
 
 def reset_state(layout: Layout) -> None:
-    """Remove tables, checkpoints, models and reports (keeps downloaded data and secrets)."""
+    """Remove tables, checkpoints, models and reports (keeps downloaded data, secrets and the
+    job lock, which the run itself holds)."""
+    keep = Path(lock_path(layout))
     for name in STATE_DIRS:
-        shutil.rmtree(layout.root / name, ignore_errors=True)
+        folder = layout.root / name
+        if name == "tables" and folder.is_dir():
+            for table in folder.iterdir():
+                if table != keep:
+                    shutil.rmtree(table, ignore_errors=True)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def choose_forget_set(spark: SparkSession, cfg: RunConfig, raw_path: Path, n: int) -> list[str]:
@@ -52,6 +61,7 @@ def choose_forget_set(spark: SparkSession, cfg: RunConfig, raw_path: Path, n: in
     return [str(x) for x in np.sort(numpy_rng(cfg.seed, "forget-set").choice(ids, n, replace=False))]
 
 
+@holds_tables("run")  # one lease across every step
 def run_all(spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: int = 12,
             fresh: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}

@@ -22,6 +22,7 @@ from recunlearn import checkpoints
 from recunlearn.config import RunConfig, fingerprint
 from recunlearn.engines import ray_cpus
 from recunlearn.errors import PipelineError
+from recunlearn.joblock import holds_tables
 from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
 from recunlearn.tables import Layout, now_utc
@@ -300,6 +301,7 @@ def n_items_of(layout: Layout) -> int:
     return int(np.max(tbl.column("item_idx").to_numpy())) + 1 if tbl.num_rows else 0
 
 
+@holds_tables("train")
 def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
               partition: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every shard, the reference and the aggregator on the current table version,

@@ -23,6 +23,7 @@ from recunlearn.config import RunConfig
 from recunlearn.ensemble import load_ensemble, load_reference
 from recunlearn.errors import PipelineError
 from recunlearn.evaluation import functional_evidence
+from recunlearn.joblock import holds_tables
 from recunlearn.models.data import InteractionData
 from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
@@ -57,6 +58,7 @@ class _Clock:
         return _T()
 
 
+@holds_tables("unlearn")
 def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
             method: str | None = None) -> dict[str, Any]:
     """Process open forget requests with ``method`` (default ``cfg.unlearn.method``).

@@ -189,6 +189,10 @@ class PolicyConfig(_Frozen):
 
 
 class UnlearnConfig(_Frozen):
+    lock_ttl_hours: float = Field(
+        12.0, gt=0, description="Lease of the tables' job lock (ingest, partition, train, unlearn run "
+        "one at a time): a holder killed on another host frees it after this long; on the same "
+        "host at once.")
     method: Literal["exact", "scif", "influence", "finetune", "ascent", "als", "knn"] = Field(
         "exact", description="exact: delete, retrain the touched shards, refit, publish. A fast "
         "method: delete, update the touched shard models in place, publish with an approximate "

@@ -31,3 +31,8 @@ class PipelineError(RecUnlearnError):
 
 class AuditError(RecUnlearnError):
     """The audit found forgotten data that should not be there."""
+
+
+class JobConflictError(RecUnlearnError):
+    """Another job holds the tables (ingest, partition, train and unlearn run one at a time);
+    this one changed nothing."""
