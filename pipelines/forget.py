@@ -54,11 +54,17 @@ def submit_user_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
     existing = {r["request_id"]: r for r in ledger.read()
                 .where(F.col("request_id").isin(list(rows))).collect()}
     for rid, row in rows.items():
-        if row["status"] == PENDING and row["user_key"] not in known and rid not in existing:
+        if row["status"] == PENDING and row["user_key"] not in known:
             row["status"], row["reason"] = REJECTED, "unknown user: no interactions under this key"
-    new_rows = [r for rid, r in rows.items()
-                if rid not in existing or (existing[rid]["status"] == REJECTED and r["status"] == PENDING)]
-    ledger.append(new_rows)
+    # new requests are appended; a rejected one whose user now has data is reopened in place
+    # (one ledger row per request id, always)
+    fresh = [r for rid, r in rows.items() if rid not in existing]
+    reopened = [r for rid, r in rows.items()
+                if rid in existing and existing[rid]["status"] == REJECTED and r["status"] == PENDING]
+    ledger.append(fresh)
+    ledger.update_rows([{"request_id": r["request_id"], "status": PENDING, "reason": None,
+                         "received_at": r["received_at"]} for r in reopened])
+    new_rows = fresh + reopened
     seen: set[str] = set()
     for o in outcomes:
         if "outcome" in o:
@@ -133,8 +139,8 @@ def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
 
 
 def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Append the new rows (a rejected one re-opens when valid again) and say, per position,
-    accepted / duplicate / rejected."""
+    """Record the new requests (a rejected one re-opens in place when valid again) and say,
+    per position, accepted / duplicate / rejected."""
     ids = sorted({row["request_id"] for _, row in candidates})
     existing = {r["request_id"]: r.asDict() for r in ledger.read()
                 .where(F.col("request_id").isin(ids)).collect()} if ids else {}
@@ -151,7 +157,10 @@ def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) 
         outcomes.append({"position": position, "request_id": rid,
                          "outcome": "accepted" if row["status"] == PENDING else "rejected",
                          "status": row["status"], "reason": row["reason"]})
-    ledger.append(list(new.values()))
+    # one ledger row per request id: new ones appended, a rejected one that is valid now reopened
+    ledger.append([r for rid, r in new.items() if rid not in existing])
+    ledger.update_rows([{"request_id": rid, "status": PENDING, "reason": None, "received_at": r["received_at"]}
+                        for rid, r in new.items() if rid in existing])
     log.info("forget intake (items/interactions): %d accepted, %d duplicate, %d rejected",
              *(sum(o["outcome"] == k for o in outcomes) for k in ("accepted", "duplicate", "rejected")))
     return outcomes

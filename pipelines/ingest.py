@@ -41,10 +41,37 @@ def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
     ).drop("order")
 
 
+QUARANTINE_SCHEMA = "source string, reason string, fingerprint string, quarantined_at timestamp"
+
+
+def quarantine_rows(spark: SparkSession, rejected: DataFrame, *, layout: Layout, secret: bytes,
+                    source: Path) -> dict[str, int]:
+    """Append the malformed rows to the quarantine table as (source file name, reason, keyed
+    fingerprint): an HMAC of the row under the pseudonymisation secret, so an operator holding
+    the raw log can find each row again, while the table holds no raw id. Returns counts by
+    reason (also logged)."""
+    rows = rejected.select(F.lit(source.name).alias("source"), "reason",
+                           spark_user_key(secret, F.concat(F.lit("quarantine-row:"), F.col("row")))
+                           .alias("fingerprint"),
+                           F.current_timestamp().alias("quarantined_at")).persist()
+    counts = {r["reason"]: int(r["count"]) for r in rows.groupBy("reason").count().collect()}
+    if counts:
+        write_delta(rows, layout.quarantine, mode="append", stats_columns=["reason", "quarantined_at"])
+        log.warning("ingest: %d malformed row(s) quarantined (%s)", sum(counts.values()),
+                    ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    rows.unpersist()
+    return counts
+
+
 @holds_tables("ingest")
 def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Path,
            secret: bytes) -> dict[str, Any]:
-    raw = read_interactions(spark, cfg.dataset, raw_path)
+    quarantined: dict[str, int] = {}
+    if cfg.dataset.on_malformed == "quarantine":
+        raw, rejected = read_interactions(spark, cfg.dataset, raw_path, quarantine=True)
+        quarantined = quarantine_rows(spark, rejected, layout=layout, secret=secret, source=raw_path)
+    else:
+        raw = read_interactions(spark, cfg.dataset, raw_path)
     if cfg.dataset.min_rating is not None:
         raw = raw.where(F.col("rating") >= cfg.dataset.min_rating)
     # The split order hashes the raw ids with the seed (inside Spark, never stored), so the
@@ -76,6 +103,6 @@ def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Pat
     n_users = inter.select("user_key").distinct().count()
     inter.unpersist()
     stats = {"rows": n_rows, "users": n_users, "items": items.count(), "splits": counts,
-             "table_version": version}
+             "table_version": version, "quarantined": quarantined}
     log.info("ingested %s", stats)
     return stats

@@ -40,3 +40,22 @@ def test_outcomes_never_carry_raw_ids(spark, seeded):
     flat = repr(out)
     assert "unknown-77" not in flat
     assert out[0]["user_key"] == user_key(SECRET, "3")
+
+
+def test_rejected_request_reopens_in_place_once_the_user_has_data(spark, seeded):
+    """An id rejected as unknown, submitted again after its data arrived, is accepted, and the
+    ledger still holds one row for the request (it is reopened, not appended twice); submitted
+    again while still unknown, it stays one rejected row."""
+    first = submit_user_requests(spark, layout=seeded, secret=SECRET, raw_ids=["late", "never"])
+    assert [o["outcome"] for o in first] == ["rejected", "rejected"]
+    rows = [(user_key(SECRET, "late"), 7, "train", 0)]
+    write_delta(spark.createDataFrame(rows, "user_key string, item_idx int, split string, shard_id int"),
+                seeded.interactions, mode="append", partition_by=["shard_id"], stats_columns=["item_idx"])
+    again = submit_user_requests(spark, layout=seeded, secret=SECRET, raw_ids=["late", "never"])
+    assert [o["outcome"] for o in again] == ["accepted", "duplicate"]
+    ledger = ForgetLedger(spark, seeded.ledger).rows()
+    assert len(ledger) == len({r["request_id"] for r in ledger}) == 2
+    by_key = {r["user_key"]: r for r in ledger}
+    assert by_key[user_key(SECRET, "late")]["status"] == "pending"
+    assert by_key[user_key(SECRET, "late")]["reason"] is None
+    assert by_key[user_key(SECRET, "never")]["status"] == "rejected"

@@ -41,6 +41,10 @@ class DatasetConfig(_Frozen):
     min_rating: float | None = Field(
         None, description="Keep only ratings >= this as positives (None keeps all)."
     )
+    on_malformed: Literal["quarantine", "fail"] = Field(
+        "quarantine", description="Malformed or truncated rows: quarantine (ingest the good rows; "
+        "record each bad one in tables/quarantine by reason and keyed fingerprint, never its "
+        "content) or fail (ingest nothing; the error counts them by reason).")
 
 
 class SplitConfig(_Frozen):

@@ -1,14 +1,16 @@
 """Readers for raw interaction logs, as Spark DataFrames with one canonical schema:
 ``raw_user string, item_id string, rating double, ts long``.
 
-Malformed rows stop the read with a ``DataError`` that counts them and names the first few
-line numbers and the reason; the rows themselves (which hold raw user ids) are never logged.
+Malformed rows (wrong field count, empty ids, non-numeric rating or timestamp) either stop the
+read with a ``DataError`` that counts them by reason, or, with ``quarantine=True``, come back
+beside the good rows as ``reason, row`` (the raw row as text) for the ingest job to record
+by fingerprint. Neither way is a row (which holds a raw user id) logged or silently dropped.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recunlearn.config import DatasetConfig
 from recunlearn.errors import DataError
@@ -25,14 +27,17 @@ _LINE_FORMATS = {
 }
 
 
-def read_interactions(spark: SparkSession, cfg: DatasetConfig, path: Path) -> DataFrame:
-    """Read the raw log at ``path`` (a file or a data set folder) in ``cfg.format``."""
+def read_interactions(spark: SparkSession, cfg: DatasetConfig, path: Path, *,
+                      quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
+    """Read the raw log at ``path`` (a file or a data set folder) in ``cfg.format``. With
+    ``quarantine``, return (good rows, malformed rows as ``reason, row``) instead of failing."""
     if cfg.format in _LINE_FORMATS:
-        return _read_delimited(spark, cfg.format, path)
-    return read_log(spark, path, columns=cfg.columns, separator=cfg.separator)
+        return _read_delimited(spark, cfg.format, path, quarantine=quarantine)
+    return read_log(spark, path, columns=cfg.columns, separator=cfg.separator, quarantine=quarantine)
 
 
-def _read_delimited(spark: SparkSession, fmt: str, path: Path) -> DataFrame:
+def _read_delimited(spark: SparkSession, fmt: str, path: Path, *,
+                    quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
     from pyspark.sql import functions as F
 
     name, sep, header, fields = _LINE_FORMATS[fmt]
@@ -53,14 +58,19 @@ def _read_delimited(spark: SparkSession, fmt: str, path: Path) -> DataFrame:
     out = df.select(
         cols["raw_user"].alias("raw_user"), cols["item_id"].alias("item_id"),
         rating.alias("rating"), ts.alias("ts"), F.size("p").alias("_n"), F.col("value"))
-    bad = ((F.col("_n") != len(fields)) | (F.col("raw_user") == "") | (F.col("item_id") == "")
-           | F.col("rating").isNull() | F.col("ts").isNull())
-    _fail_on_bad(out.where(bad & (F.trim("value") != "")), target, fmt, n_fields=len(fields))
-    return out.where(F.trim("value") != "").select(*CANONICAL)
+    bad = ((F.col("_n") != len(fields)) | F.col("raw_user").isNull() | (F.col("raw_user") == "")
+           | F.col("item_id").isNull() | (F.col("item_id") == "") | F.col("rating").isNull()
+           | F.isnan("rating") | F.col("ts").isNull())
+    nonblank = out.where(F.trim("value") != "")
+    if quarantine:
+        rejected = nonblank.where(bad).select(_reason(len(fields)).alias("reason"), F.col("value").alias("row"))
+        return nonblank.where(~bad).select(*CANONICAL), rejected
+    _fail_on_bad(nonblank.where(bad), target, fmt, n_fields=len(fields))
+    return nonblank.select(*CANONICAL)
 
 
 def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str],
-             separator: str = ",") -> DataFrame:
+             separator: str = ",", quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
     """A generic CSV (with a header) or Parquet log; ``columns`` maps user, item and optional
     rating/weight and timestamp to the file's column names."""
     from pyspark.sql import functions as F
@@ -87,15 +97,38 @@ def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str],
          else F.lit(0).cast("bigint")).alias("ts"),
         *([F.col(rating_src).alias("_r_src")] if rating_src else []),
         *([F.col(columns["timestamp"]).alias("_t_src")] if "timestamp" in columns else []),
+        # the row as text, for the quarantine's fingerprint (never stored as such)
+        F.concat_ws(separator, *[F.coalesce(F.col(c).cast("string"), F.lit("")) for c in df.columns]).alias("_row"),
     )
     bad = (F.col("raw_user").isNull() | (F.col("raw_user") == "") | F.col("item_id").isNull()
            | (F.col("item_id") == ""))
     if rating_src:
-        bad = bad | (F.col("_r_src").isNotNull() & F.col("rating").isNull())
+        bad = bad | (F.col("_r_src").isNotNull() & (F.col("rating").isNull() | F.isnan("rating")))
     if "timestamp" in columns:
         bad = bad | (F.col("_t_src").isNotNull() & F.col("ts").isNull())
+    if quarantine:
+        rejected = out.where(bad).select(_reason(None).alias("reason"), F.col("_row").alias("row"))
+        return out.where(~bad).select(*CANONICAL).fillna({"rating": 1.0, "ts": 0}), rejected
     _fail_on_bad(out.where(bad), path, "log")
     return out.select(*CANONICAL).fillna({"rating": 1.0, "ts": 0})
+
+
+REASONS = ("wrong field count", "empty user id", "empty item id", "non-numeric rating",
+           "non-numeric timestamp")
+
+
+def _reason(n_fields: int | None) -> Any:
+    """Why a row is malformed (the first of ``REASONS`` that applies)."""
+    from pyspark.sql import functions as F
+
+    reason = (F.when(F.col("raw_user").isNull() | (F.col("raw_user") == ""), "empty user id")
+              .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "empty item id")
+              .when(F.col("rating").isNull() | F.isnan("rating"), "non-numeric rating")
+              .when(F.col("ts").isNull(), "non-numeric timestamp")
+              .otherwise("wrong field count"))
+    if n_fields is not None:
+        reason = F.when(F.col("_n") != n_fields, "wrong field count").otherwise(reason)
+    return reason
 
 
 def _fail_on_bad(bad: DataFrame, path: Path, fmt: str, n_fields: int | None = None) -> None:
@@ -104,16 +137,8 @@ def _fail_on_bad(bad: DataFrame, path: Path, fmt: str, n_fields: int | None = No
     n_bad = bad.count()
     if n_bad == 0:
         return
-    from pyspark.sql import functions as F
-
-    reason = (F.when(F.col("raw_user").isNull() | (F.col("raw_user") == ""), "empty user id")
-              .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "empty item id")
-              .when(F.col("rating").isNull(), "non-numeric rating")
-              .when(F.col("ts").isNull(), "non-numeric timestamp")
-              .otherwise("wrong field count"))
-    if n_fields is not None:
-        reason = F.when(F.col("_n") != n_fields, "wrong field count").otherwise(reason)
-    counts = {r["reason"]: r["count"] for r in bad.select(reason.alias("reason")).groupBy("reason").count().collect()}
+    counts = {r["reason"]: r["count"] for r in bad.select(_reason(n_fields).alias("reason"))
+              .groupBy("reason").count().collect()}
     detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     raise DataError(f"{path}: {n_bad} malformed {fmt} row(s) ({detail}); nothing was ingested. "
                     "Fix or drop them and re-run.")

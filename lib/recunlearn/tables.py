@@ -77,6 +77,11 @@ class Layout:
         return self.table("audit")
 
     @property
+    def quarantine(self) -> str:
+        """Malformed input rows, by reason and keyed fingerprint (never their content)."""
+        return self.table("quarantine")
+
+    @property
     def model_versions(self) -> str:
         return self.table("model_versions")
 
