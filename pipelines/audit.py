@@ -16,7 +16,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recunlearn import checkpoints
+from recunlearn import checkpoints, faults
 from recunlearn.ensemble import load_ensemble
 from recunlearn.mia import has_power
 from recunlearn.pseudonym import user_key
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
           raw_ids: list[str] | None = None) -> dict[str, Any]:
+    faults.at("audit")  # the crash harness's kill point (RECUNLEARN_FAULT; off otherwise)
     ledger = ForgetLedger(spark, layout.ledger)
     done = [r for r in ledger.rows((COMPLETED,)) if (r["target_type"] or USER) in DATA_TARGETS]
     registry = ModelRegistry(spark, layout)

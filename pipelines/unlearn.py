@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
-from recunlearn import checkpoints
+from recunlearn import checkpoints, faults
 from recunlearn.config import RunConfig
 from recunlearn.ensemble import load_ensemble, load_reference
 from recunlearn.errors import PipelineError
@@ -50,6 +50,7 @@ class _Clock:
 
         class _T:
             def __enter__(self) -> None:
+                faults.at(name)  # the crash harness's kill point (RECUNLEARN_FAULT; off otherwise)
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc: object) -> None:
