@@ -91,6 +91,7 @@ def _model(cfg: RunConfig, res: dict[str, Any], name: str, model: str, data: Int
             m = make_method(method, cfg, k)
             fitted, fit_wall = _timed(lambda m=m: m.fit(data, seed))
             cell: dict[str, Any] = {"method": method, "n_shards": k, "fit_seconds": round(fit_wall, 3),
+                                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "partition_seconds": round(fitted.seconds.get("partition", 0.0), 3),
                                     **_quality(fitted.model, data, active)}
             cell["ndcg_vs_full"] = round(cell[f"ndcg@{TOP}"] / res["full"][f"ndcg@{TOP}"], 4)
