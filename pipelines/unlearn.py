@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class _Clock:
     def __init__(self) -> None:
         self.steps: dict[str, float] = {}
         self.marks: dict[str, float] = {}
+        self.background: Any = None  # a Future the job started beside its main steps
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.perf_counter()
@@ -82,8 +84,13 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     t_start = time.perf_counter()
     clock = _Clock()
     ledger = ForgetLedger(spark, layout.ledger)
-    with clock.step("read_requests"):
-        rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
+    registry = ModelRegistry(spark, layout)
+    with ThreadPoolExecutor(1, thread_name_prefix="read-model-version") as pool:
+        with clock.step("read_requests"):  # beside the published version's lookup
+            current_f = pool.submit(registry.current)
+            rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
+        with clock.step("read_model_version"):
+            current = current_f.result()
     requests = [r for r in rows if r["status"] in OPEN_STATUSES and (r["target_type"] or USER) in DATA_TARGETS] \
         + [r for r in rows if r["status"] == APPROXIMATE]
     if not requests:
@@ -93,9 +100,6 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
             return process_attribute_requests(spark, cfg=cfg, layout=layout)
         log.info("unlearn: no open requests")
         return {"requests": [], "status": "nothing to do"}
-    registry = ModelRegistry(spark, layout)
-    with clock.step("read_model_version"):
-        current = registry.current()
     if current is None:
         raise PipelineError("unlearn: no published model version; run `recunlearn train` first")
     manifest = json.loads(open(current["manifest"]).read())
@@ -107,6 +111,11 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                       clock=clock, t_start=t_start, ledger_rows=rows)
     except Exception as exc:
         # Leave the requests open for the next run; the published model is unchanged.
+        if clock.background is not None:  # one ledger writer at a time
+            try:
+                clock.background.result()
+            except Exception:  # noqa: BLE001 - the job's own error is the one to report
+                log.exception("unlearn %s: background record/vacuum failed too", job_id)
         ledger.update(ids, status=FAILED, reason=f"{type(exc).__name__}: {str(exc)[:400]}", job_id=job_id)
         raise
     if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
@@ -176,18 +185,17 @@ def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, le
     """Delete the targets' rows (users also from the shard map) through MERGEs with batch
     tables, so no value enters ``_delta_log``; record the delete version, then VACUUM with zero
     retention. Returns the delete version of the interactions table and, with ``background``,
-    the running VACUUM (a Future; else None).
+    the running ledger record and VACUUM (a Future; else None).
 
-    A background VACUUM overlaps the retraining, which only reads the current version's files
-    (the ones VACUUM keeps): the caller must wait for it before publishing, and must not write
-    either table meanwhile (a zero-retention VACUUM can remove a concurrent writer's new files)."""
+    In the background both overlap the retraining, which only reads the current version's
+    files (the ones VACUUM keeps) and writes neither the ledger nor these tables: the caller
+    must wait for it before publishing, and must not write either table meanwhile (a
+    zero-retention VACUUM can remove a concurrent writer's new files)."""
     with clock.step("delete"):
         t = targets
         partition_filter = f"t.shard_id IN ({','.join(map(str, t.touched))})" if t.touched else None
         delete_version = delta_version(spark, layout.interactions)
         if t.users:
-            from concurrent.futures import ThreadPoolExecutor
-
             probe = spark.createDataFrame([(k,) for k in t.users], "user_key string")
             # two tables, two Delta transactions: run side by side (Spark takes jobs from threads)
             with ThreadPoolExecutor(1, thread_name_prefix="delete-shard-map") as pool:
@@ -202,23 +210,23 @@ def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, le
             probe = spark.createDataFrame(t.pairs, "user_key string, item_idx int")
             delete_version = delete_keys(spark, layout.interactions, probe, on=("user_key", "item_idx"),
                                          partition_filter=partition_filter)
-    with clock.step("record_deleted"):
-        ledger.update(ids, deleted_at=now_utc(), delete_version=delete_version)
+    deleted_at = now_utc()
 
-    def vacuum() -> None:
+    def record_and_vacuum() -> None:
+        with clock.step("record_deleted"):
+            ledger.update(ids, deleted_at=deleted_at, delete_version=delete_version)
         with clock.step("vacuum"):
             if cfg.unlearn.vacuum:
                 vacuum_now(spark, layout.interactions)
                 vacuum_now(spark, layout.shard_map)
 
     if not background:
-        vacuum()
+        record_and_vacuum()
         return delete_version, None
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="vacuum")
-    running = pool.submit(vacuum)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="record-and-vacuum")
+    running = pool.submit(record_and_vacuum)
     pool.shutdown(wait=False)
+    clock.background = running  # the job's error path waits for it before writing the ledger
     return delete_version, running
 
 

@@ -32,6 +32,27 @@ def test_rows_survive_delete_until_vacuum(spark, tmp_path):
     assert rows_with_keys(tmp_path / "tables", ["k1", "k2"]) == {"k1": 0, "k2": 1}
 
 
+def test_vacuum_removes_untracked_files_and_checksums_and_spark_keeps_working(spark, tmp_path):
+    """A killed writer's output is in no version; VACUUM (delta-rs, full listing) removes it,
+    with the checksum files of removed data files, and Spark reads and writes on after."""
+    import shutil
+
+    path = tmp_path / "tables" / "interactions"
+    df = spark.createDataFrame([("k1", 1), ("k2", 2)], "user_key string, item_idx int")
+    write_delta(df, str(path), stats_columns=["item_idx"])
+    live = next(path.glob("part-*.parquet"))
+    orphan = path / ("part-99999-killed-writer" + live.name[len("part-00000"):])
+    shutil.copy(live, orphan)  # untracked: no commit names it
+    delete_keys(spark, str(path), spark.createDataFrame([("k1",)], "user_key string"))
+    assert rows_with_keys(tmp_path / "tables", ["k1"])["k1"] >= 2
+    removed = vacuum_now(spark, str(path))
+    assert any("killed-writer" in f for f in removed) and not orphan.exists()
+    assert rows_with_keys(tmp_path / "tables", ["k1", "k2"]) == {"k1": 0, "k2": 1}
+    assert not [c for c in path.glob(".*.crc") if not (path / c.name[1:-4]).exists()]
+    delete_keys(spark, str(path), spark.createDataFrame([("k2",)], "user_key string"))
+    assert spark.read.format("delta").load(str(path)).count() == 0
+
+
 def test_stats_on_user_key_would_leak_the_key_into_the_log(spark, tmp_path):
     path = str(tmp_path / "t" / "with_stats")
     df = spark.createDataFrame([("kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001", 1)], "user_key string, item_idx int")
