@@ -94,7 +94,7 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     requests = [r for r in rows if r["status"] in OPEN_STATUSES and (r["target_type"] or USER) in DATA_TARGETS] \
         + [r for r in rows if r["status"] == APPROXIMATE]
     if not requests:
-        if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
+        if any(r["status"] in OPEN_STATUSES and r["target_type"] in (ATTRIBUTE, ATTRIBUTE_UNDO) for r in rows):
             from pipelines.attribute import process_attribute_requests
 
             return process_attribute_requests(spark, cfg=cfg, layout=layout)

@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any, Callable, Iterator, TypeVar
 
 from recunlearn.errors import JobConflictError
-from recunlearn.tables import Layout, now_utc, with_retries
+from recunlearn.tables import Layout, now_utc, table_exists, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,6 @@ class JobLock:
         self.host, self.pid = socket.gethostname(), os.getpid()
 
     def holder(self) -> dict[str, Any] | None:
-        from recunlearn.tables import table_exists
-
         if not table_exists(self.spark, self.path):
             return None
         rows = self.spark.read.format("delta").load(self.path).where(f"name = '{self.name}'").collect()
@@ -83,12 +81,9 @@ class JobLock:
         row = {"name": self.name, "job_id": job_id, "host": self.host, "pid": self.pid,
                "acquired_at": now, "expires_at": now + self.ttl, "released_at": None}
         src = self.spark.createDataFrame([row], LOCK_SCHEMA)
-        if cur is None:
-            from recunlearn.tables import table_exists
-
-            if not table_exists(self.spark, self.path):
-                with_retries(lambda: self.spark.createDataFrame([], LOCK_SCHEMA).write.format("delta")
-                             .mode("append").save(self.path), what="create job lock table")
+        if cur is None and not table_exists(self.spark, self.path):
+            with_retries(lambda: self.spark.createDataFrame([], LOCK_SCHEMA).write.format("delta")
+                         .mode("append").save(self.path), what="create job lock table")
         free = "t.released_at IS NOT NULL OR t.expires_at < s.acquired_at"
         if stale:
             free += f" OR t.job_id = '{stale}'"

@@ -86,9 +86,13 @@ def load_fitted(path: Path, fold_in_reg: float) -> Fitted:
 
 
 def _loaded(state: dict[str, Any], fold_in_reg: float) -> Recommender:
-    m = load_model(state)
+    return _with_fold_in(load_model(state), fold_in_reg)
+
+
+def _with_fold_in(m: Recommender, reg: float) -> Recommender:
+    """``m`` with its least-squares fold-in's ridge term set (factor models have one)."""
     if hasattr(m, "fold_in_reg"):
-        m.fold_in_reg = fold_in_reg
+        m.fold_in_reg = reg
     return m
 
 
@@ -111,9 +115,7 @@ class Method:
 
     def _fit(self, data: InteractionData, seed: int) -> tuple[Recommender, float]:
         m, st = fit_model(data, self.cfg.model, seed=seed)
-        if hasattr(m, "fold_in_reg"):
-            m.fold_in_reg = self.cfg.aggregator.fold_in_reg
-        return m, st["fit_seconds"]
+        return _with_fold_in(m, self.cfg.aggregator.fold_in_reg), st["fit_seconds"]
 
     def _single(self, data: InteractionData, seed: int) -> Fitted:
         m, secs = self._fit(data, seed)
@@ -255,8 +257,7 @@ class Sequential(Method):
 
     def _fitted(self, run: SequentialModel, touched: list[int], secs: dict[str, float]) -> Fitted:
         for m in run.stages:
-            if hasattr(m, "fold_in_reg"):
-                m.fold_in_reg = self.cfg.aggregator.fold_in_reg
+            _with_fold_in(m, self.cfg.aggregator.fold_in_reg)
         secs = {**secs, **{f"stage{i}": s for i, s in enumerate(run.seconds)}, "fit": sum(run.seconds)}
         return Fitted(run.model, run.keys, run.labels, secs, touched, run)
 
