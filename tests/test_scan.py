@@ -40,7 +40,11 @@ def test_vacuum_removes_untracked_files_and_checksums_and_spark_keeps_working(sp
     path = tmp_path / "tables" / "interactions"
     df = spark.createDataFrame([("k1", 1), ("k2", 2)], "user_key string, item_idx int")
     write_delta(df, str(path), stats_columns=["item_idx"])
-    live = next(path.glob("part-*.parquet"))
+    import pyarrow.parquet as pq
+
+    # the data may be written as one file per row: copy the one that holds k1
+    live = next(f for f in sorted(path.glob("part-*.parquet"))
+                if "k1" in pq.read_table(f, columns=["user_key"]).column(0).to_pylist())
     orphan = path / ("part-99999-killed-writer" + live.name[len("part-00000"):])
     shutil.copy(live, orphan)  # untracked: no commit names it
     delete_keys(spark, str(path), spark.createDataFrame([("k1",)], "user_key string"))
