@@ -37,16 +37,17 @@ from recunlearn.errors import PipelineError
 from recunlearn.joblock import holds_tables
 from recunlearn.pseudonym import secret_from_config, user_key
 from recunlearn.seeding import make_seed
-from recunlearn.tables import (ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, FAILED, IN_PROGRESS, OPEN_STATUSES,
-                               PENDING, REJECTED, REVERTED, ForgetLedger, Layout, ModelRegistry, now_utc)
+from recunlearn.tables import (APPLIED, ATTRIBUTE, ATTRIBUTE_UNDO, FORGOTTEN_STATUSES, PLANNED, RECEIVED,
+                               REJECTED, REVERTED, ForgetLedger, Layout, ModelRegistry, new_job_id, now_utc)
 from pipelines.forget import _VALID_ID, _known_keys, request_id_for
-from pipelines.train import new_job_id, read_split_data
+from pipelines.train import read_split_data
 
 log = logging.getLogger(__name__)
 
 ALL_USERS = "*"
 OVERLAY_COMPONENT = "attribute-overlay"
-LIVE = (COMPLETED, *OPEN_STATUSES)  # an edit request in these states is (or is to be) in effect
+OPEN = (RECEIVED, PLANNED)  # an edit (or undo) request not yet applied
+LIVE = (APPLIED, *OPEN)  # an edit request in these states is (or is to be) in effect
 
 
 def users_file(cfg: RunConfig, layout: Layout) -> Path:
@@ -97,13 +98,13 @@ def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: La
         if not undo:
             if apply_id in seen or (current and current["status"] in LIVE):
                 outcomes.append({"position": pos, "request_id": apply_id, "outcome": "duplicate",
-                                 "status": current["status"] if current else PENDING})
+                                 "status": current["status"] if current else RECEIVED})
             else:
                 new_rows.append({"request_id": apply_id, "target_type": ATTRIBUTE, "attribute": name,
-                                 "user_key": key, "status": PENDING, "received_at": stamp,
+                                 "user_key": key, "status": RECEIVED, "received_at": stamp,
                                  "updated_at": stamp})
                 outcomes.append({"position": pos, "request_id": apply_id, "outcome": "accepted",
-                                 "status": PENDING})
+                                 "status": RECEIVED})
             seen.add(apply_id)
             continue
         if not current or current["status"] not in LIVE:
@@ -113,23 +114,23 @@ def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: La
         undo_id = request_id_for(ATTRIBUTE_UNDO, f"{apply_id}:{current['received_at']}")
         if undo_id in existing or undo_id in seen:
             outcomes.append({"position": pos, "request_id": undo_id, "outcome": "duplicate",
-                             "status": existing.get(undo_id, {}).get("status", PENDING)})
+                             "status": existing.get(undo_id, {}).get("status", RECEIVED)})
             continue
         seen.add(undo_id)
-        if current["status"] == PENDING:  # never applied: nothing to take back from a model
-            updates.append({"request_id": apply_id, "status": REVERTED, "reason": "undone before it was applied"})
+        if current["status"] in OPEN:  # never applied: nothing to take back from a model
+            updates.append({"request_id": apply_id, "reason": "undone before it was applied"})
             new_rows.append({"request_id": undo_id, "target_type": ATTRIBUTE_UNDO, "attribute": name,
-                             "user_key": key, "status": COMPLETED, "received_at": stamp,
+                             "user_key": key, "status": APPLIED, "received_at": stamp,
                              "updated_at": stamp, "completed_at": stamp, "reason": f"undo of {apply_id}"})
-            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": COMPLETED})
+            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": APPLIED})
         else:
             new_rows.append({"request_id": undo_id, "target_type": ATTRIBUTE_UNDO, "attribute": name,
-                             "user_key": key, "status": PENDING, "received_at": stamp,
+                             "user_key": key, "status": RECEIVED, "received_at": stamp,
                              "updated_at": stamp, "reason": f"undo of {apply_id}"})
-            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": PENDING})
-    ledger.append(new_rows)
-    if updates:
-        ledger.update_rows(updates)
+            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": RECEIVED})
+    job_id = new_job_id("intake")
+    ledger.append([{**r, "job_id": job_id} for r in new_rows])
+    ledger.transition(updates, REVERTED, job_id=job_id)
     return outcomes
 
 
@@ -142,9 +143,9 @@ def active_edits(rows: list[dict[str, Any]], *, forgotten: set[str] = frozenset(
     """The attribute requests that the next published version must carry: live apply
     requests, less those an open undo takes back and those of users being forgotten."""
     undoing = {_undone_apply_id(r) for r in rows
-               if r["target_type"] == ATTRIBUTE_UNDO and r["status"] in OPEN_STATUSES}
+               if r["target_type"] == ATTRIBUTE_UNDO and r["status"] in OPEN}
     forgotten_done = {r["user_key"] for r in rows if (r["target_type"] or "user") == "user"
-                      and r["status"] == COMPLETED}
+                      and r["status"] in FORGOTTEN_STATUSES}
     return [r for r in rows if r["target_type"] == ATTRIBUTE and r["status"] in LIVE
             and r["request_id"] not in undoing
             and r["user_key"] not in forgotten and r["user_key"] not in forgotten_done]
@@ -220,7 +221,7 @@ def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: L
     ids = [r["request_id"] for r in open_rows]
     job_id = new_job_id("attribute")
     t0 = time.perf_counter()
-    ledger.update(ids, status=IN_PROGRESS, job_id=job_id, started_at=now_utc())
+    ledger.transition([{"request_id": rid, "started_at": now_utc()} for rid in ids], PLANNED, job_id=job_id)
     try:
         rows = ledger.rows()
         edits = active_edits(rows)
@@ -236,7 +237,7 @@ def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: L
                         note=f"superseded by v{version}")
         removed = remove_stale_overlays(layout, entry)
     except Exception as exc:
-        ledger.update(ids, status=FAILED, reason=f"{type(exc).__name__}: {str(exc)[:400]}", job_id=job_id)
+        ledger.note_error(ids, job_id=job_id, error=exc)
         raise
     done = now_utc()
     by_id = {r["request_id"]: r for r in rows}
@@ -244,18 +245,20 @@ def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: L
     for rid in ids:
         r = by_id[rid]
         if rid in unusable:
-            updates.append({"request_id": rid, "status": REJECTED, "reason": unusable[rid],
+            updates.append({"request_id": rid, "state": REJECTED, "reason": unusable[rid],
                             "completed_at": None, "model_version": None, "evidence": None})
             continue
         evidence = {"edit": (entry or {}).get("edits", {}).get(r["attribute"]), "overlay_users": (entry or {}).get("users", 0)}
-        updates.append({"request_id": rid, "status": COMPLETED, "reason": r["reason"], "completed_at": done,
+        updates.append({"request_id": rid, "state": APPLIED, "reason": r["reason"], "completed_at": done,
                         "model_version": version, "evidence": json.dumps(evidence)})
         if r["target_type"] == ATTRIBUTE_UNDO:
-            updates.append({"request_id": _undone_apply_id(r), "status": REVERTED,
+            updates.append({"request_id": _undone_apply_id(r), "state": REVERTED,
                             "reason": f"undone by {rid} in v{version}", "completed_at": by_id.get(
                                 _undone_apply_id(r), {}).get("completed_at"),
                             "model_version": version, "evidence": json.dumps({"undone_by": rid})})
-    ledger.update_rows(updates)
+    for state in (REJECTED, APPLIED, REVERTED):  # an apply undone in the same batch: applied, then reverted
+        ledger.transition([{k: v for k, v in u.items() if k != "state"} for u in updates if u["state"] == state],
+                          state, job_id=job_id)
     result = {"job_id": job_id, "requests": ids, "model_version": version, "active_edits": len(edits),
               "overlay_users": (entry or {}).get("users", 0), "rejected": sorted(unusable),
               "overlays_removed": removed, "end_to_end_seconds": round(time.perf_counter() - t0, 3)}

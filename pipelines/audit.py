@@ -21,21 +21,25 @@ from recunlearn.ensemble import load_ensemble
 from recunlearn.mia import has_power
 from recunlearn.pseudonym import user_key
 from recunlearn.scan import delta_log_hits, rows_with_items, rows_with_keys, rows_with_pairs
-from recunlearn.tables import (COMPLETED, DATA_TARGETS, INTERACTION, ITEM, USER, ForgetLedger, Layout,
-                               ModelRegistry, append_audit, now_utc)
+from recunlearn.tables import (DATA_TARGETS, INTERACTION, ITEM, RETRAINED, USER, VERIFIED, ForgetLedger, Layout,
+                               ModelRegistry, append_audit, new_job_id, now_utc)
 
 log = logging.getLogger(__name__)
 
 
-def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
-          raw_ids: list[str] | None = None) -> dict[str, Any]:
+def audit(spark: SparkSession, *, layout: Layout, secret: bytes, raw_ids: list[str] | None = None,
+          request_ids: list[str] | None = None, job_id: str | None = None) -> dict[str, Any]:
+    """Audit the data requests that are ``retrained`` or ``verified`` (only ``request_ids``,
+    when given) against the published version; each ``retrained`` one that passes moves to
+    ``verified``. The Markdown and JSON reports are written when every request is audited."""
     faults.at("audit")  # the crash harness's kill point (RECUNLEARN_FAULT; off otherwise)
     ledger = ForgetLedger(spark, layout.ledger)
-    done = [r for r in ledger.rows((COMPLETED,)) if (r["target_type"] or USER) in DATA_TARGETS]
+    done = [r for r in ledger.rows((RETRAINED, VERIFIED)) if (r["target_type"] or USER) in DATA_TARGETS
+            and (request_ids is None or r["request_id"] in set(request_ids))]
     registry = ModelRegistry(spark, layout)
     manifest = registry.current_manifest()
     if not done or manifest is None:
-        return {"requests": [], "passed": True, "note": "no completed requests to audit"}
+        return {"requests": [], "passed": True, "verified": 0, "note": "no retrained requests to audit"}
     keys = [r["user_key"] for r in done if (r["target_type"] or USER) == USER]
     raw_by_key = {user_key(secret, r): r for r in (raw_ids or [])}
     rows_found = rows_with_keys(layout.tables, keys)
@@ -86,14 +90,23 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes,
                                    "membership": membership}),
         })
     append_audit(spark, layout.audit, results)
+    job_id = job_id or new_job_id("audit")
+    status = {r["request_id"]: r["status"] for r in done}
+    verified = [{"request_id": x["request_id"], "completed_at": stamp} for x in results
+                if x["passed"] and status[x["request_id"]] == RETRAINED]
+    ledger.transition(verified, VERIFIED, job_id=job_id)
+    failed = [x["request_id"] for x in results if not x["passed"]]
+    if failed:  # the state stays; the reason says why
+        ledger.note_audit_failure(failed, job_id=job_id, version=manifest["version"])
     report = {"audited_at": stamp.isoformat(), "model_version": manifest["version"],
               "guarantee": manifest.get("guarantee"), "passed": all(x["passed"] for x in results),
-              "n_requests": len(results), "raw_ids_checked": len(raw_by_key),
+              "n_requests": len(results), "raw_ids_checked": len(raw_by_key), "verified": len(verified),
               "requests": [{**x, "audited_at": stamp.isoformat(), "details": json.loads(x["details"])}
                            for x in results]}
-    layout.reports.mkdir(parents=True, exist_ok=True)
-    (layout.reports / "audit.json").write_text(json.dumps(report, indent=2, default=str))
-    (layout.reports / "audit.md").write_text(render_audit_md(report))
+    if request_ids is None:
+        layout.reports.mkdir(parents=True, exist_ok=True)
+        (layout.reports / "audit.json").write_text(json.dumps(report, indent=2, default=str))
+        (layout.reports / "audit.md").write_text(render_audit_md(report))
     log.info("audit: %d request(s), passed=%s", len(results), report["passed"])
     return report
 
@@ -104,7 +117,7 @@ def render_audit_md(report: dict[str, Any]) -> str:
         f"Audited at {report['audited_at']} against model version v{report['model_version']}.", "",
         f"**Guarantee of this model version:** {report['guarantee']}.", "",
         f"Overall: **{'PASSED' if report['passed'] else 'FAILED'}** for {report['n_requests']} "
-        f"completed request(s); raw ids checked in `_delta_log`: {report['raw_ids_checked']}.", "",
+        f"retrained or verified request(s); raw ids checked in `_delta_log`: {report['raw_ids_checked']}.", "",
         "| request | target | parquet rows | log hits | stale shards | stale ckpts | in model | "
         "NDCG@20 orig / unlearned / retrained | membership orig -> unlearned | passed |",
         "|---|---|---|---|---|---|---|---|---|---|",

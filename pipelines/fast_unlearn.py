@@ -39,10 +39,10 @@ from recunlearn.models.base import lookup_rows
 from recunlearn.models import load_model
 from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
-from recunlearn.tables import (APPROXIMATE, COMPLETED, DATA_TARGETS, FAILED, ForgetLedger, Layout,
+from recunlearn.tables import (APPROXIMATE, DATA_TARGETS, PLANNED, RECEIVED, RETRAINED, ForgetLedger, Layout,
                                ModelRegistry, delta_version, now_utc)
 from pipelines.train import build_manifest, n_items_of, new_job_id, read_split_data
-from pipelines.unlearn import _Clock, delete_and_vacuum, determine_targets, publish_and_clean
+from pipelines.unlearn import _Clock, delete_and_vacuum, determine_targets, publish_and_clean, verify_requests
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ def unlearn_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, method:
         raise PipelineError(f"unlearn --method {method} updates {want} models; this deployment "
                             f"trains {cfg.model.kind} (model.kind)")
     ledger = ForgetLedger(spark, layout.ledger)
-    requests = ledger.open_requests(DATA_TARGETS)
+    # a request deleted by a stopped exact run is left to the exact path: its rows, which an
+    # approximate update needs, are gone
+    requests = [r for r in ledger.open_requests(DATA_TARGETS) if r["status"] in (RECEIVED, PLANNED)]
     if not requests:
         return {"requests": [], "status": "nothing to do", "method": method}
     registry = ModelRegistry(spark, layout)
@@ -94,7 +96,7 @@ def unlearn_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, method:
                          current=current, manifest=manifest, requests=requests, job_id=job_id,
                          method=method, clock=clock)
     except Exception as exc:
-        ledger.update(ids, status=FAILED, reason=f"{type(exc).__name__}: {str(exc)[:400]}", job_id=job_id)
+        ledger.note_error(ids, job_id=job_id, error=exc)
         raise
 
 
@@ -120,7 +122,7 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
         version_before = delta_version(spark, layout.interactions)
         shard_data = {k: read_split_data(layout.interactions, version_before, n_items, k)
                       for k in touched} if method not in EXACT_UPDATES else {}
-    delete_version, _ = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
+    delete_version, _ = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, job_id=job_id,
                                           targets=targets, clock=clock)
     shards = {int(k): dict(v) for k, v in manifest["shards"].items()}
     pending = dict(manifest.get("pending_exact") or {})
@@ -196,18 +198,21 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
         registry, layout, new_manifest, parent=current["version"], ids=ids, touched=touched,
         delete_version=delete_version, clock=clock,
         note=f"fast ({method}): {len(ids)} request(s), updated shards {touched}")
-    ledger.update_rows([{
-        "request_id": r["request_id"], "status": COMPLETED if exact else APPROXIMATE,
-        "published_at": published_at, "completed_at": published_at if exact else None,
-        "model_version": version, "guarantee": f"{'exact' if exact else 'approximate'}:{method}",
+    ledger.transition([{
+        "request_id": r["request_id"], "published_at": published_at, "model_version": version,
+        "guarantee": f"{'exact' if exact else 'approximate'}:{method}",
         "evidence": json.dumps({"method": method, "shards": {
             str(k): updates[k] for k in targets.shards_of[r["request_id"]] if k in updates}}),
-    } for r in requests])
+    } for r in requests], RETRAINED if exact else APPROXIMATE, job_id=job_id)
+    verification = None
+    if exact:  # an exact update is audited like a retrain
+        with clock.step("verify"):
+            verification = verify_requests(spark, layout=layout, request_ids=ids, job_id=job_id)
     result = {"job_id": job_id, "method": method, "requests": ids, "shards_touched": touched,
               "delete_version": delete_version, "model_version": version,
               "parent_version": current["version"], "guarantee": "exact" if exact else "approximate",
               "checkpoints_removed": removed, "updates": {str(k): v for k, v in updates.items()},
-              "steps_seconds": clock.steps,
+              "steps_seconds": clock.steps, "verification": verification,
               "end_to_end_seconds": round(time.perf_counter() - t_start, 3)}
     log.info("unlearn %s: published v%d (%s, %s) in %.1fs", job_id, version, result["guarantee"],
              method, result["end_to_end_seconds"])

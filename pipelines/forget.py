@@ -15,8 +15,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recunlearn.pseudonym import user_key
-from recunlearn.tables import (INTERACTION, ITEM, PENDING, REJECTED, ForgetLedger, Layout, now_utc,
-                               table_exists)
+from recunlearn.tables import (INTERACTION, ITEM, RECEIVED, REJECTED, ForgetLedger, Layout, new_job_id,
+                               now_utc, table_exists)
 
 log = logging.getLogger(__name__)
 
@@ -33,56 +33,24 @@ def submit_user_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
     ledger = ForgetLedger(spark, layout.ledger)
     ledger.ensure()
     stamp = now_utc()
-    rows: dict[str, dict[str, Any]] = {}
-    outcomes: list[dict[str, Any]] = []
+    candidates: list[tuple[int, dict[str, Any]]] = []
     for position, raw in enumerate(raw_ids):
         text = str(raw).strip()
         if not _VALID_ID.match(text):
             key = user_key(secret, f"malformed:{text}")
-            rid = request_id_for("malformed", key)
             reason = "malformed user id (empty, too long, or characters outside [A-Za-z0-9_.@:+-])"
-            rows.setdefault(rid, _row(rid, key, REJECTED, reason, stamp))
-            outcomes.append({"position": position, "request_id": rid, "status": REJECTED,
-                             "outcome": "rejected", "reason": reason})
+            candidates.append((position, _row(request_id_for("malformed", key), key, REJECTED, reason, stamp)))
             continue
         key = user_key(secret, text)
-        rid = request_id_for("user", key)
-        rows.setdefault(rid, _row(rid, key, PENDING, None, stamp))
-        outcomes.append({"position": position, "request_id": rid, "user_key": key})
-    keys = sorted({r["user_key"] for r in rows.values() if r["status"] == PENDING})
-    known = _known_keys(spark, layout, keys)
-    existing = {r["request_id"]: r for r in ledger.read()
-                .where(F.col("request_id").isin(list(rows))).collect()}
-    for rid, row in rows.items():
-        if row["status"] == PENDING and row["user_key"] not in known:
+        candidates.append((position, _row(request_id_for("user", key), key, RECEIVED, None, stamp)))
+    known = _known_keys(spark, layout, sorted({r["user_key"] for _, r in candidates if r["status"] == RECEIVED}))
+    for _, row in candidates:
+        if row["status"] == RECEIVED and row["user_key"] not in known:
             row["status"], row["reason"] = REJECTED, "unknown user: no interactions under this key"
-    # new requests are appended; a rejected one whose user now has data is reopened in place
-    # (one ledger row per request id, always)
-    fresh = [r for rid, r in rows.items() if rid not in existing]
-    reopened = [r for rid, r in rows.items()
-                if rid in existing and existing[rid]["status"] == REJECTED and r["status"] == PENDING]
-    ledger.append(fresh)
-    ledger.update_rows([{"request_id": r["request_id"], "status": PENDING, "reason": None,
-                         "received_at": r["received_at"]} for r in reopened])
-    new_rows = fresh + reopened
-    seen: set[str] = set()
-    for o in outcomes:
-        if "outcome" in o:
-            continue
-        rid = o["request_id"]
-        if rid in existing and not any(r["request_id"] == rid for r in new_rows):
-            o.update(status=existing[rid]["status"], outcome="duplicate", reason=existing[rid]["reason"])
-        elif rid in seen:
-            o.update(status=rows[rid]["status"], outcome="duplicate", reason=rows[rid]["reason"])
-        else:
-            o.update(status=rows[rid]["status"],
-                     outcome="accepted" if rows[rid]["status"] == PENDING else "rejected",
-                     reason=rows[rid]["reason"])
-        seen.add(rid)
-    n_ok = sum(o["outcome"] == "accepted" for o in outcomes)
-    log.info("forget intake: %d accepted, %d duplicate, %d rejected", n_ok,
-             sum(o["outcome"] == "duplicate" for o in outcomes),
-             sum(o["outcome"] == "rejected" for o in outcomes))
+    outcomes = _record(ledger, candidates)
+    for o, (_, row) in zip(outcomes, candidates):
+        if row["user_key"] in known:
+            o["user_key"] = row["user_key"]
     return outcomes
 
 
@@ -114,7 +82,7 @@ def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
             candidates.append((position, _row(rid, None, REJECTED, reason, stamp, ITEM)))
             continue
         idx = index[text]
-        candidates.append((position, _row(request_id_for(ITEM, str(idx)), None, PENDING, None, stamp,
+        candidates.append((position, _row(request_id_for(ITEM, str(idx)), None, RECEIVED, None, stamp,
                                           ITEM, idx)))
     pairs = []
     for position, (raw_user, raw_item) in enumerate(interactions, start=len(items)):
@@ -128,11 +96,11 @@ def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
             continue
         idx = index[i]
         pairs.append((key, idx))
-        candidates.append((position, _row(request_id_for(INTERACTION, f"{key}:{idx}"), key, PENDING,
+        candidates.append((position, _row(request_id_for(INTERACTION, f"{key}:{idx}"), key, RECEIVED,
                                           None, stamp, INTERACTION, idx)))
     known = _known_pairs(spark, layout, pairs)
     for _, row in candidates:
-        if row["target_type"] == INTERACTION and row["status"] == PENDING \
+        if row["target_type"] == INTERACTION and row["status"] == RECEIVED \
                 and (row["user_key"], row["item_idx"]) not in known:
             row["status"], row["reason"] = REJECTED, "unknown interaction: this user has no row with this item"
     return _record(ledger, candidates)
@@ -149,19 +117,20 @@ def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) 
     for position, row in candidates:
         rid = row["request_id"]
         old = existing.get(rid) or new.get(rid)
-        if old is not None and not (old["status"] == REJECTED and row["status"] == PENDING):
+        if old is not None and not (old["status"] == REJECTED and row["status"] == RECEIVED):
             outcomes.append({"position": position, "request_id": rid, "outcome": "duplicate",
                              "status": old["status"], "reason": old["reason"]})
             continue
         new[rid] = row
         outcomes.append({"position": position, "request_id": rid,
-                         "outcome": "accepted" if row["status"] == PENDING else "rejected",
+                         "outcome": "accepted" if row["status"] == RECEIVED else "rejected",
                          "status": row["status"], "reason": row["reason"]})
     # one ledger row per request id: new ones appended, a rejected one that is valid now reopened
-    ledger.append([r for rid, r in new.items() if rid not in existing])
-    ledger.update_rows([{"request_id": rid, "status": PENDING, "reason": None, "received_at": r["received_at"]}
-                        for rid, r in new.items() if rid in existing])
-    log.info("forget intake (items/interactions): %d accepted, %d duplicate, %d rejected",
+    job_id = new_job_id("intake")
+    ledger.append([{**r, "job_id": job_id} for rid, r in new.items() if rid not in existing])
+    ledger.transition([{"request_id": rid, "received_at": r["received_at"], "reason": None} for rid, r in new.items()
+                       if rid in existing], RECEIVED, job_id=job_id)
+    log.info("forget intake: %d accepted, %d duplicate, %d rejected",
              *(sum(o["outcome"] == k for o in outcomes) for k in ("accepted", "duplicate", "rejected")))
     return outcomes
 

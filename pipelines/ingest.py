@@ -20,7 +20,7 @@ from recunlearn.errors import DataError
 from recunlearn.joblock import holds_tables
 from recunlearn.pseudonym import spark_user_key
 from recunlearn.readers import read_interactions
-from recunlearn.tables import COMPLETED, Layout, table_exists, write_delta
+from recunlearn.tables import FORGOTTEN_STATUSES, USER, Layout, table_exists, write_delta
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,11 @@ def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Pat
     keyed = keyed.groupBy("user_key", "item_id").agg(F.max("rating").alias("rating"),
                                                      F.max("ts").alias("ts"), F.min("order").alias("order"))
     if table_exists(spark, layout.ledger):
+        # forgotten users (rows deleted already): their new rows never land. Those of a user
+        # whose request is still open land, and that request's delete takes them all.
         gone = (spark.read.format("delta").load(layout.ledger)
-                .where(F.col("status") == COMPLETED).select("user_key").distinct())
+                .where(F.coalesce(F.col("target_type"), F.lit(USER)) == USER)
+                .where(F.col("status").isin(list(FORGOTTEN_STATUSES))).select("user_key").distinct())
         keyed = keyed.join(gone, "user_key", "left_anti")
     items = (keyed.select("item_id").distinct()
              .withColumn("item_idx", F.dense_rank().over(Window.orderBy("item_id")) - 1)

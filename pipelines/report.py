@@ -156,7 +156,7 @@ def summary_table(report: dict[str, Any]) -> str:
           if one.get("partition_mode") == "strict" else []),
         ("membership probability of the forgotten users, original -> unlearned (batch)",
          " -> ".join(str(b["membership_mean"][w]) for w in ("original", "unlearned"))),
-        ("requests completed (distinct)", str(_distinct(report, "completed"))),
+        ("requests verified (distinct)", str(_distinct(report, "verified"))),
         ("requests rejected (distinct)", str(_distinct(report, "rejected"))),
         ("duplicate submissions", str(sum(q["outcome"] == "duplicate" for q in report["requests"]))),
         ("audit", "PASSED" if report["audit"]["passed"] else "FAILED"),

@@ -25,7 +25,7 @@ from recunlearn.errors import PipelineError
 from recunlearn.joblock import holds_tables
 from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
-from recunlearn.tables import Layout, now_utc
+from recunlearn.tables import Layout, new_job_id, now_utc
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,6 @@ def fit_aggregator(cfg: RunConfig, layout: Layout, *, version: int, n_items: int
                                shard_paths, str(layout.checkpoints), job_id))], label="aggregate")
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return meta
-
-
-def new_job_id(kind: str) -> str:
-    return f"{kind}-{now_utc().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
 def build_manifest(*, version: int, cfg: RunConfig, shards: dict[int, dict[str, Any]],

@@ -1,10 +1,12 @@
-"""The unlearn job: pending forget requests -> touched shards -> delete (MERGE with a batch
-table) -> VACUUM -> retrain touched shards on Ray -> refit the aggregator -> publish a new
-model version -> delete checkpoints trained on the forgotten rows -> statuses.
+"""The unlearn job: open forget requests -> touched shards (``planned``) -> delete (MERGE with
+a batch table) -> VACUUM (``deleted``) -> retrain touched shards on Ray -> refit the aggregator
+-> publish a new model version (``retrained``) -> delete checkpoints trained on the forgotten
+rows -> audit each request (``verified``).
 
-A new model version is published only after every step succeeded. Requests stay open
-(``failed``, with the reason) when a step fails, and a later run resumes them: the delete
-is idempotent and the touched shards were recorded in the ledger before it.
+A new model version is published only after every step succeeded. When a step fails, each
+request keeps the state it reached, with the error as its reason, and a later run goes on from
+there: planning and the delete are idempotent, the touched shards were recorded before the
+delete, and a request already ``retrained`` only needs its audit.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,9 +30,10 @@ from recunlearn.joblock import holds_tables
 from recunlearn.models.data import InteractionData
 from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
-from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, COMPLETED, DATA_TARGETS, EXACT, OPEN_STATUSES,
-                               FAILED, IN_PROGRESS, INTERACTION, ITEM, USER, ForgetLedger, Layout,
-                               ModelRegistry, delete_keys, delta_version, now_utc, vacuum_now)
+from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, DATA_TARGETS, DELETED, EXACT, INTERACTION,
+                               ITEM, OPEN_STATUSES, PLANNED, RECEIVED, RETRAINED, USER,
+                               ForgetLedger, Layout, ModelRegistry, delete_keys, delta_version, now_utc,
+                               vacuum_now)
 from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
                              read_split_data, sequential_groups, shard_paths_of, train_models)
@@ -91,15 +94,25 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
             rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
         with clock.step("read_model_version"):
             current = current_f.result()
-    requests = [r for r in rows if r["status"] in OPEN_STATUSES and (r["target_type"] or USER) in DATA_TARGETS] \
-        + [r for r in rows if r["status"] == APPROXIMATE]
+    data = [r for r in rows if (r["target_type"] or USER) in DATA_TARGETS]
+    requests = [r for r in data if r["status"] in OPEN_STATUSES] + [r for r in data if r["status"] == APPROXIMATE]
+    # published by a run that stopped before its audit: only the audit is left to do
+    to_verify = [r["request_id"] for r in data if r["status"] == RETRAINED]
     if not requests:
-        if any(r["status"] in OPEN_STATUSES and r["target_type"] in (ATTRIBUTE, ATTRIBUTE_UNDO) for r in rows):
+        result: dict[str, Any] = {"requests": [], "status": "nothing to do"}
+        if to_verify:
+            result = {"requests": [], "status": "verified earlier runs' requests",
+                      "verification": verify_requests(spark, layout=layout, request_ids=to_verify,
+                                                      job_id=new_job_id("unlearn"))}
+        if any(r["status"] in (RECEIVED, PLANNED) and r["target_type"] in (ATTRIBUTE, ATTRIBUTE_UNDO)
+               for r in rows):
             from pipelines.attribute import process_attribute_requests
 
-            return process_attribute_requests(spark, cfg=cfg, layout=layout)
-        log.info("unlearn: no open requests")
-        return {"requests": [], "status": "nothing to do"}
+            return {**result, "attribute": process_attribute_requests(spark, cfg=cfg, layout=layout)} \
+                if to_verify else process_attribute_requests(spark, cfg=cfg, layout=layout)
+        if not to_verify:
+            log.info("unlearn: no open requests")
+        return result
     if current is None:
         raise PipelineError("unlearn: no published model version; run `recunlearn train` first")
     manifest = json.loads(open(current["manifest"]).read())
@@ -109,6 +122,9 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
         result = _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
                       current=current, manifest=manifest, requests=requests, job_id=job_id,
                       clock=clock, t_start=t_start, ledger_rows=rows)
+        with clock.step("verify"):
+            result["verification"] = verify_requests(spark, layout=layout, request_ids=ids + to_verify,
+                                                     job_id=job_id)
     except Exception as exc:
         # Leave the requests open for the next run; the published model is unchanged.
         if clock.background is not None:  # one ledger writer at a time
@@ -116,7 +132,7 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                 clock.background.result()
             except Exception:  # noqa: BLE001 - the job's own error is the one to report
                 log.exception("unlearn %s: background record/vacuum failed too", job_id)
-        ledger.update(ids, status=FAILED, reason=f"{type(exc).__name__}: {str(exc)[:400]}", job_id=job_id)
+        ledger.note_error(ids, job_id=job_id, error=exc)
         raise
     if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
         from pipelines.attribute import process_attribute_requests
@@ -135,14 +151,30 @@ class Targets:
     pairs: list[tuple[str, int]]
     touched: list[int]
     shards_of: dict[str, list[int]]  # request id -> the shards holding its data
+    planned: list[str] = field(default_factory=list)  # the requests this run planned (to delete)
+
+
+def verify_requests(spark: SparkSession, *, layout: Layout, request_ids: list[str],
+                    job_id: str) -> dict[str, Any]:
+    """Audit ``request_ids`` against the published version; those that pass move from
+    ``retrained`` to ``verified``. A failure is recorded on the request and raised."""
+    from pipelines.audit import audit
+
+    report = audit(spark, layout=layout, secret=b"", request_ids=request_ids, job_id=job_id)
+    failed = [r["request_id"] for r in report["requests"] if not r["passed"]]
+    out = {"audited": len(report["requests"]), "verified": report.get("verified", 0), "failed": failed}
+    if failed:
+        raise PipelineError(f"unlearn {job_id}: the audit failed for {len(failed)} request(s) "
+                            f"(e.g. {failed[0][:12]}); they stay retrained, see `recunlearn audit`")
+    return out
 
 
 def determine_targets(spark: SparkSession, layout: Layout, ledger: ForgetLedger,
                       requests: list[dict[str, Any]], job_id: str) -> Targets:
-    """The shards holding each request's data, recorded in the ledger (status in progress)
-    before anything is deleted: a user's shards from the shard map, an item's and an
-    interaction's from the interactions table. Shards a request recorded earlier count
-    when the data is gone already (a resumed or fast-answered request)."""
+    """The shards holding each request's data, recorded in the ledger (``planned``) before
+    anything is deleted: a user's shards from the shard map, an item's and an interaction's
+    from the interactions table. Shards a request recorded earlier count too (a resumed
+    request, or one the fast tier answered, whose data is gone already)."""
     users = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
     pairs = sorted({(r["user_key"], int(r["item_idx"])) for r in requests if r["target_type"] == INTERACTION})
     items = sorted({int(r["item_idx"]) for r in requests if r["target_type"] == ITEM})
@@ -171,21 +203,24 @@ def determine_targets(spark: SparkSession, layout: Layout, ledger: ForgetLedger,
         found = by_item.get(int(r["item_idx"]), set()) if t == ITEM else \
             by_pair.get((r["user_key"], int(r["item_idx"])), set()) if t == INTERACTION else \
             by_user.get(r["user_key"], set())
-        shards = sorted(found or set(r["shards"] or []))
-        per_request.append({"request_id": r["request_id"], "shards": shards,
-                            "status": IN_PROGRESS, "started_at": now_utc(), "job_id": job_id,
-                            "reason": None})
-    ledger.update_rows(per_request)
+        shards = sorted(found | set(r["shards"] or []))
+        per_request.append({"request_id": r["request_id"], "shards": shards, "started_at": now_utc(),
+                            "plan": r["status"] in (RECEIVED, PLANNED)})
+    # requests past planning (deleted, approximate) keep their record
+    ledger.transition([{k: v for k, v in p.items() if k != "plan"} for p in per_request if p["plan"]],
+                      PLANNED, job_id=job_id)
     return Targets(users, items, pairs, sorted({s for p in per_request for s in p["shards"]}),
-                   {p["request_id"]: p["shards"] for p in per_request})
+                   {p["request_id"]: p["shards"] for p in per_request},
+                   [p["request_id"] for p in per_request if p["plan"]])
 
 
 def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
-                      ids: list[str], targets: Targets, clock: _Clock, background: bool = False) -> tuple[int, Any]:
+                      job_id: str, targets: Targets, clock: _Clock, background: bool = False) -> tuple[int, Any]:
     """Delete the targets' rows (users also from the shard map) through MERGEs with batch
-    tables, so no value enters ``_delta_log``; record the delete version, then VACUUM with zero
-    retention. Returns the delete version of the interactions table and, with ``background``,
-    the running ledger record and VACUUM (a Future; else None).
+    tables, so no value enters ``_delta_log``; VACUUM with zero retention, then move the
+    requests this run planned to ``deleted`` with the delete version. Returns the delete version
+    of the interactions table and, with ``background``, the running VACUUM and ledger record (a
+    Future; else None).
 
     In the background both overlap the retraining, which only reads the current version's
     files (the ones VACUUM keeps) and writes neither the ledger nor these tables: the caller
@@ -213,12 +248,13 @@ def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, le
     deleted_at = now_utc()
 
     def record_and_vacuum() -> None:
-        with clock.step("record_deleted"):
-            ledger.update(ids, deleted_at=deleted_at, delete_version=delete_version)
         with clock.step("vacuum"):
             if cfg.unlearn.vacuum:
                 vacuum_now(spark, layout.interactions)
                 vacuum_now(spark, layout.shard_map)
+        with clock.step("record_deleted"):  # deleted: no longer on disk either
+            ledger.transition([{"request_id": rid, "deleted_at": deleted_at, "delete_version": delete_version}
+                               for rid in targets.planned], DELETED, job_id=job_id)
 
     if not background:
         record_and_vacuum()
@@ -271,7 +307,7 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
     # 3. delete through a MERGE with a batch table, 4. vacuum: beside the retraining (5-7),
     # which only reads, unless strict mode rewrites the tables first
     strict_mode = cfg.unlearn.partition == "strict"
-    delete_version, vacuuming = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, ids=ids,
+    delete_version, vacuuming = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, job_id=job_id,
                                                   targets=targets, clock=clock, background=not strict_mode)
 
     # 4b. strict partition mode: recompute the partition without the forgotten data; the
@@ -355,8 +391,6 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
             _membership_evidence(evidence, forgotten, original, unlearned, cfg=cfg, layout=layout,
                                  version=train_version, n_items=n_items,
                                  n_shards=manifest["n_shards"])
-    done = now_utc()
-
     def request_evidence(r: dict[str, Any]) -> dict[str, Any]:
         if r["status"] == APPROXIMATE:  # answered by the fast tier, which deleted the rows
             return {"note": "rows deleted by the fast tier; its shards are now retrained",
@@ -366,11 +400,10 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
                     "the functional and membership checks are per forgotten user"}
         return evidence.get(r["user_key"], {"note": "rows already deleted by an earlier attempt"})
 
-    ledger.update_rows([{
-        "request_id": r["request_id"], "status": COMPLETED, "published_at": published_at,
-        "completed_at": done, "model_version": version, "guarantee": EXACT,
-        "evidence": json.dumps(request_evidence(r)),
-    } for r in requests])
+    ledger.transition([{
+        "request_id": r["request_id"], "published_at": published_at, "model_version": version,
+        "guarantee": EXACT, "evidence": json.dumps(request_evidence(r)),
+    } for r in requests], RETRAINED, job_id=job_id)
     compute = {
         "shard_fit_seconds": {str(k): m["fit_seconds"] for k, m in trained["shards"].items()},
         "aggregator_fit_seconds": agg["fit_seconds"],

@@ -72,7 +72,7 @@ def test_attribute_requests_apply_undo_and_survive_a_forget(spark, ray_local, at
     assert res["model_version"] == v2["version"] == 2 and res["overlay_users"] == 4
     rows = {r["user_key"]: r for r in ledger.rows() if r["target_type"] == "attribute"}
     assert {k: (r["status"], r["attribute"], r["model_version"]) for k, r in rows.items() if k in keys} == \
-        {k: ("completed", "gender", 2) for k in keys}
+        {k: ("applied", "gender", 2) for k in keys}
     rejected = sorted(r["reason"] for r in rows.values() if r["status"] == "rejected")
     assert rejected == ["malformed user id", "unknown user: no interactions under this key"]
     served, base = _served_and_base(v2)
@@ -96,7 +96,7 @@ def test_attribute_requests_apply_undo_and_survive_a_forget(spark, ray_local, at
     _home_rows_equal(served, base, [k for k in keys if k != k7], equal=False)
     states = {r["request_id"]: r for r in ledger.rows()}
     undo_row = states[undo[0]["request_id"]]
-    assert undo_row["status"] == "completed" and undo_row["model_version"] == 3
+    assert undo_row["status"] == "applied" and undo_row["model_version"] == 3
     assert {r["user_key"]: r["status"] for r in states.values() if r["target_type"] == "attribute"
             and r["status"] != "rejected"}[k7] == "reverted"
 

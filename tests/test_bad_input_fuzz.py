@@ -111,7 +111,7 @@ def test_intake_records_one_outcome_per_submission(spark, layout):
     ledger = ForgetLedger(spark, layout.ledger).rows()
     assert len({r["request_id"] for r in ledger}) == len(ledger) == len({o["request_id"] for o in out})
     assert all(r["reason"] for r in ledger if r["status"] == "rejected")
-    accepted = {r["user_key"] for r in ledger if r["status"] == "pending"}
+    accepted = {r["user_key"] for r in ledger if r["status"] == "received"}
     assert accepted == {user_key(SECRET, i) for i in set(ids) if i.startswith("known")}
     text = repr(ledger) + repr(out)
     assert not any(i in text for i in set(ids) if len(i.strip()) > 3 and i.isascii() and i.isalnum())

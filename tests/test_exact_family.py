@@ -77,7 +77,7 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
     assert v2["aggregator"]["delta_version"] == v2["table_version"]
     ens = load_ensemble(v2)
     assert isinstance(ens.aggregator, LearnedWeights) and np.isfinite(ens.aggregator.w.numpy()).all()
-    assert [r["status"] for r in ForgetLedger(spark, layout.ledger).rows()] == ["completed"] * 2
+    assert [r["status"] for r in ForgetLedger(spark, layout.ledger).rows()] == ["verified"] * 2
     report = audit(spark, layout=layout, secret=SECRET, raw_ids=["5", "40"])
     assert report["passed"] and report["guarantee"] == STRICT_GUARANTEE
 

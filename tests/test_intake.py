@@ -26,11 +26,11 @@ def test_duplicates_are_idempotent_and_bad_input_is_recorded(spark, seeded):
     assert "unknown user" in out[3]["reason"]
     assert "malformed" in out[4]["reason"]
     again = submit_user_requests(spark, layout=seeded, secret=SECRET, raw_ids=["2"])
-    assert again[0]["outcome"] == "duplicate" and again[0]["status"] == "pending"
+    assert again[0]["outcome"] == "duplicate" and again[0]["status"] == "received"
     rows = ForgetLedger(spark, seeded.ledger).rows()
     by_status = sorted((r["status"], r["reason"] is None) for r in rows)
-    # two pending requests, and three rejections (unknown, empty, malformed), each with a reason
-    assert by_status == [("pending", True)] * 2 + [("rejected", False)] * 3
+    # two received requests, and three rejections (unknown, empty, malformed), each with a reason
+    assert by_status == [("received", True)] * 2 + [("rejected", False)] * 3
     keys = {r["user_key"] for r in rows}
     assert user_key(SECRET, "1") in keys and "1" not in keys  # keys, never raw ids
 
@@ -56,6 +56,6 @@ def test_rejected_request_reopens_in_place_once_the_user_has_data(spark, seeded)
     ledger = ForgetLedger(spark, seeded.ledger).rows()
     assert len(ledger) == len({r["request_id"] for r in ledger}) == 2
     by_key = {r["user_key"]: r for r in ledger}
-    assert by_key[user_key(SECRET, "late")]["status"] == "pending"
+    assert by_key[user_key(SECRET, "late")]["status"] == "received"
     assert by_key[user_key(SECRET, "late")]["reason"] is None
     assert by_key[user_key(SECRET, "never")]["status"] == "rejected"

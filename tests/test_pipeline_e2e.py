@@ -61,11 +61,12 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     v2 = registry.current_manifest()
     assert v2["version"] == 2 and v2["parent"] == 1
 
-    # ledger: completed, with shards, delete version and the new model version
+    # ledger: verified, with shards, delete version and the new model version
     rows = {r["user_key"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
     for key in keys:
         r = rows[key]
-        assert r["status"] == "completed" and r["model_version"] == 2
+        assert r["status"] == "verified" and r["model_version"] == 2
+        assert [h["state"] for h in r["history"]] == ["received", "planned", "deleted", "retrained", "verified"]
         assert r["delete_version"] == v2["table_version"] and r["shards"]
         assert r["deleted_at"] <= r["published_at"] <= r["completed_at"]
         ev = json.loads(r["evidence"])
@@ -130,7 +131,8 @@ def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout
     with pytest.raises(RuntimeError, match="aggregator refit"):
         unlearn_mod.unlearn(spark, cfg=cfg, layout=layout)
     [row] = ForgetLedger(spark, layout.ledger).rows()
-    assert row["status"] == "failed" and "aggregator refit" in row["reason"]
+    # the request keeps the state it reached (deleted: the delete and VACUUM went through)
+    assert row["status"] == "deleted" and "aggregator refit" in row["reason"]
     assert row["shards"] and row["delete_version"] is not None  # recorded before the crash
     assert registry.current()["version"] == 1  # nothing half-done was published
 
@@ -138,6 +140,6 @@ def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout
     result = unlearn_mod.unlearn(spark, cfg=cfg, layout=layout)
     assert result["shards_touched"] == row["shards"]  # from the ledger: the map row is gone
     [row] = ForgetLedger(spark, layout.ledger).rows()
-    assert row["status"] == "completed" and registry.current()["version"] == 2
+    assert row["status"] == "verified" and registry.current()["version"] == 2 and row["reason"] is None
     assert audit(spark, layout=layout, secret=SECRET, raw_ids=["8"])["passed"]
     assert registry.current_manifest()["aggregator"]["kind"] == "attention"

@@ -44,5 +44,5 @@ def test_unlearn_job_under_spark_submit(spark, ray_local, cfg, layout, tmp_path)
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["model_version"] == 2 and len(result["requests"]) == 1
     [row] = ForgetLedger(spark, layout.ledger).rows()
-    assert row["status"] == "completed" and row["model_version"] == 2
+    assert row["status"] == "verified" and row["model_version"] == 2
     assert ModelRegistry(spark, layout).current()["version"] == 2

@@ -91,7 +91,7 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     rows = {r["user_key"]: r for r in ledger.rows()}
     for key in keys1 + keys2:
         r = rows[key]
-        assert (r["status"], r["guarantee"], r["model_version"]) == ("completed", "exact", 4)
+        assert (r["status"], r["guarantee"], r["model_version"]) == ("verified", "exact", 4)
         ev = json.loads(r["evidence"])
         assert ev["fast"]["method"] == "scif"  # the fast answer stays on record
     # every shard a fast update touched was retrained from scratch after the last delete
@@ -127,7 +127,7 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
 
     inter = spark.read.format("delta").load(layout.interactions)
     idx_a = ForgetLedger(spark, layout.ledger).rows()
-    item_idx = next(r["item_idx"] for r in idx_a if r["target_type"] == "item" and r["status"] == "pending")
+    item_idx = next(r["item_idx"] for r in idx_a if r["target_type"] == "item" and r["status"] == "received")
     holders = sorted({r["shard_id"] for r in inter.where(f"item_idx = {item_idx}").select("shard_id").collect()})
     res = unlearn(spark, cfg=cfg, layout=layout, method="exact")
     assert set(holders) <= set(res["shards_touched"])
@@ -138,7 +138,7 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
     assert left.where(f"item_idx = {pair_idx} AND user_key = '{key_a}'").count() == 0
     assert left.where(f"user_key = '{key_a}'").count() > 0  # the user stays
     rows = [r for r in ForgetLedger(spark, layout.ledger).rows() if r["target_type"] in ("item", "interaction")]
-    assert {r["status"] for r in rows if r["reason"] is None} == {"completed"}
+    assert {r["status"] for r in rows if r["reason"] is None} == {"verified"}
     v = ModelRegistry(spark, layout).current_manifest()
     for k in holders:
         assert v["shards"][str(k)]["delta_version"] >= res["delete_version"]
@@ -155,7 +155,7 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
     assert res["policy"]["exact_due"] and "max_share" in res["policy"]["reason"]
     assert res["exact"]["model_version"] == res["model_version"] + 1
     fresh = {r["request_id"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
-    assert {(fresh[i]["status"], fresh[i]["guarantee"]) for i in res["requests"]} == {("completed", "exact")}
+    assert {(fresh[i]["status"], fresh[i]["guarantee"]) for i in res["requests"]} == {("verified", "exact")}
     assert all(json.loads(fresh[i]["evidence"])["fast"]["method"] == "finetune" for i in res["requests"])
     report = audit(spark, layout=layout, secret=SECRET)
     kinds = sorted(r["details"]["target_type"] for r in report["requests"])
@@ -189,7 +189,7 @@ def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, k
     assert res["guarantee"] == "exact" and res["policy"]["exact_due"] is False
     rows = [r for r in ForgetLedger(spark, layout.ledger).rows() if r["reason"] is None]
     assert len(rows) == 4
-    assert {(r["status"], r["guarantee"]) for r in rows} == {("completed", f"exact:{method}")}
+    assert {(r["status"], r["guarantee"]) for r in rows} == {("verified", f"exact:{method}")}
     v = ModelRegistry(spark, layout).current_manifest()
     assert "pending_exact" not in v and v["guarantee"].startswith(f"exact ({method}")
     assert v["reference"]["delta_version"] == v["table_version"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,12 +23,44 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Statuses of a forget request. REVERTED: an attribute edit that a later undo request took back.
-# APPROXIMATE: answered by the fast tier (data deleted, touched shard models updated in place
-# and published) and waiting for the exact retrain of its shards, which sets COMPLETED.
-PENDING, IN_PROGRESS, FAILED, COMPLETED, REJECTED, REVERTED, APPROXIMATE = (
-    "pending", "in_progress", "failed", "completed", "rejected", "reverted", "approximate")
-OPEN_STATUSES = (PENDING, IN_PROGRESS, FAILED)
+# The request state machine. A data request (user, item, interaction) moves
+#   received -> planned -> deleted -> retrained -> verified
+# (planned: its shards are recorded; deleted: its rows are deleted and vacuumed; retrained: a
+# version without them is published; verified: the audit found nothing of it), or to rejected
+# with a reason. The fast tier answers between deleted and retrained: approximate (touched
+# shard models updated in place and published) until the exact retrain of its shards. An
+# attribute edit moves received -> planned -> applied, and to reverted when undone. A failed job
+# leaves the state where it was, with the error in ``reason``: the rerun goes on from there.
+RECEIVED, PLANNED, DELETED, APPROXIMATE, RETRAINED, VERIFIED = (
+    "received", "planned", "deleted", "approximate", "retrained", "verified")
+REJECTED, APPLIED, REVERTED = "rejected", "applied", "reverted"
+STATES = (RECEIVED, PLANNED, DELETED, APPROXIMATE, RETRAINED, VERIFIED, REJECTED, APPLIED, REVERTED)
+# the states each state is entered from (a state entered from itself: by a later job run)
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    RECEIVED: (REJECTED, REVERTED),  # a valid resubmission re-opens the request
+    PLANNED: (RECEIVED, PLANNED),
+    DELETED: (PLANNED,),
+    APPROXIMATE: (DELETED,),
+    RETRAINED: (DELETED, APPROXIMATE),
+    VERIFIED: (RETRAINED,),
+    REJECTED: (RECEIVED, PLANNED),
+    APPLIED: (PLANNED,),
+    REVERTED: (RECEIVED, PLANNED, APPLIED),
+}
+# the reasons a job run records without moving the state, cleared by the next transition
+_ERROR_PREFIX, _AUDIT_PREFIX = "failed in ", "audit by "
+OPEN_STATUSES = (RECEIVED, PLANNED, DELETED)  # a data request the exact path has still to retrain
+FORGOTTEN_STATUSES = (DELETED, APPROXIMATE, RETRAINED, VERIFIED)  # its rows are gone
+# what an older ledger's statuses become (failed: the state its recorded fields show)
+_LEGACY_STATUS = """CASE status
+  WHEN 'pending' THEN 'received'
+  WHEN 'in_progress' THEN 'planned'
+  WHEN 'failed' THEN CASE WHEN target_type IN ('attribute', 'attribute-undo') THEN 'received'
+                          WHEN deleted_at IS NOT NULL THEN 'deleted'
+                          WHEN shards IS NOT NULL THEN 'planned' ELSE 'received' END
+  WHEN 'completed' THEN CASE WHEN target_type IN ('attribute', 'attribute-undo') THEN 'applied'
+                             ELSE 'retrained' END
+  ELSE status END"""
 # the guarantee column: what the published model version answering the request offers
 EXACT = "exact"
 # target_type of the ledger's rows: a whole user, an item (every interaction with it), one
@@ -109,6 +142,11 @@ class Layout:
 
 def now_utc() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def new_job_id(kind: str) -> str:
+    """A job run's id: its kind, start time and a random suffix."""
+    return f"{kind}-{now_utc().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5) -> T:
@@ -214,18 +252,32 @@ def vacuum_now(spark: SparkSession, path: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- ledger
+def _split_schema(schema: str) -> list[str]:
+    """The column definitions of a DDL string (commas inside ``<...>`` do not split)."""
+    out, depth, cur = [], 0, ""
+    for ch in schema:
+        depth += (ch == "<") - (ch == ">")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur.strip()] if cur.strip() else out
+
+
 LEDGER_SCHEMA = (
     "request_id string, target_type string, user_key string, status string, reason string, "
     "received_at timestamp, updated_at timestamp, started_at timestamp, deleted_at timestamp, "
     "published_at timestamp, completed_at timestamp, shards array<int>, delete_version long, "
     "model_version long, job_id string, evidence string, attribute string, guarantee string, "
-    "item_idx int"
+    "item_idx int, history array<struct<state:string,job_id:string,at:timestamp>>"
 )
-LEDGER_FIELDS = [f.split()[0] for f in LEDGER_SCHEMA.split(", ")]
+LEDGER_FIELDS = [f.split()[0] for f in _split_schema(LEDGER_SCHEMA)]
 
 
 class ForgetLedger:
-    """The ``forget_requests`` Delta table: append, list pending, update statuses."""
+    """The ``forget_requests`` Delta table: one row per request id, its state and its history
+    (one ``(state, job_id, at)`` entry per transition)."""
 
     def __init__(self, spark: SparkSession, path: str) -> None:
         self.spark = spark
@@ -238,9 +290,12 @@ class ForgetLedger:
                         stats_columns=["status", "received_at", "updated_at"])
             return
         have = set(self.spark.read.format("delta").load(self.path).columns)
-        missing = [f for f in LEDGER_SCHEMA.split(", ") if f.split()[0] not in have]
+        missing = [f for f in _split_schema(LEDGER_SCHEMA) if f.split()[0] not in have]
         if missing:  # a ledger from an older release: add the new columns (null for old rows)
             self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(missing)})")
+            if "history" in {f.split()[0] for f in missing}:  # its statuses predate the states
+                with_retries(lambda: self.spark.sql(
+                    f"UPDATE delta.`{self.path}` SET status = {_LEGACY_STATUS}"), what="ledger upgrade")
 
     def _frame(self, rows: list[dict[str, Any]]) -> DataFrame:
         full = [{f: r.get(f) for f in LEDGER_FIELDS} for r in rows]
@@ -254,30 +309,97 @@ class ForgetLedger:
         if not rows:
             return
         self.ensure()
-        src = self._frame(rows)
+        stamp = now_utc()
+        src = self._frame([{**r, "history": r.get("history") or [
+            {"state": r["status"], "job_id": r.get("job_id") or "intake", "at": r.get("updated_at") or stamp}]}
+            for r in rows])
 
         def run() -> None:
             (DeltaTable.forPath(self.spark, self.path).alias("t")
              .merge(src.alias("s"), "t.request_id = s.request_id")
              .whenMatchedUpdate(
-                 condition="t.status IN ('rejected', 'reverted') AND s.status = 'pending'",
+                 condition=f"t.status IN ('{REJECTED}', '{REVERTED}') AND s.status = '{RECEIVED}'",
                  set={"status": "s.status", "reason": "s.reason", "updated_at": "s.updated_at",
-                      "user_key": "s.user_key"})
+                      "user_key": "s.user_key", "history": "concat(coalesce(t.history, array()), s.history)"})
              .whenNotMatchedInsertAll()
              .execute())
 
         with_retries(run, what="ledger append")
 
+    def transition(self, rows: list[dict[str, Any]], state: str, *, job_id: str,
+                   strict: bool = True) -> int:
+        """Move the requests of ``rows`` (each names ``request_id`` and the same other fields)
+        to ``state`` in one Delta MERGE, keyed by request and job run: a request moves only from
+        a state ``TRANSITIONS`` allows, and a transition this job run made already is not made
+        again (a retried write changes nothing). A failed run's error in ``reason`` is cleared,
+        unless the rows set ``reason``.
+
+        Returns how many requests moved. With ``strict``, a request that neither moved nor had
+        moved already raises ``LedgerConflictError`` (another writer got there first)."""
+        from delta.tables import DeltaTable
+
+        if not rows:
+            return 0
+        if state not in TRANSITIONS:
+            raise ValueError(f"unknown request state {state!r}")
+        stamp = now_utc()
+        rows = [{**r, "updated_at": r.get("updated_at", stamp), "status": state, "job_id": job_id}
+                for r in rows]
+        fields = sorted(set(rows[0]) - {"request_id"})
+        src = self._frame(rows)
+        sets = {k: f"s.{k}" for k in fields}
+        if "reason" not in sets:  # an error of an earlier run goes; a reason of record stays
+            sets["reason"] = (f"CASE WHEN t.reason LIKE '{_ERROR_PREFIX}%' OR t.reason LIKE '{_AUDIT_PREFIX}%' "
+                              "THEN NULL ELSE t.reason END")
+        sets["history"] = ("concat(coalesce(t.history, array()), array(named_struct("
+                           "'state', s.status, 'job_id', s.job_id, 'at', s.updated_at)))")
+        done_by_job = "exists(coalesce(t.history, array()), h -> h.state = s.status AND h.job_id = s.job_id)"
+        allowed = ", ".join(f"'{x}'" for x in TRANSITIONS[state])
+        cond = f"t.status IN ({allowed}) AND NOT {done_by_job}"
+
+        def run() -> int:
+            metrics = (DeltaTable.forPath(self.spark, self.path).alias("t")
+                       .merge(src.alias("s"), "t.request_id = s.request_id")
+                       .whenMatchedUpdate(condition=cond, set=sets).execute().collect())
+            return int(metrics[0]["num_updated_rows"]) if metrics else 0
+
+        moved = with_retries(run, what=f"ledger -> {state}")
+        if strict and moved < len(rows):
+            ids = [r["request_id"] for r in rows]
+            now = {r["request_id"]: r for r in self.rows_for(ids)}
+            stuck = [rid for rid in ids if not (now.get(rid, {}).get("status") == state and any(
+                h["state"] == state and h["job_id"] == job_id for h in now[rid]["history"] or []))]
+            if stuck:
+                raise LedgerConflictError(
+                    f"ledger: {len(stuck)} request(s) could not move to {state} "
+                    f"(now {sorted({now.get(r, {}).get('status', 'missing') for r in stuck})}; "
+                    f"e.g. {stuck[0][:12]}): another job changed them")
+        return moved
+
+    def note_error(self, request_ids: list[str], *, job_id: str, error: BaseException) -> None:
+        """Record a failed job run's error on its requests; their state stays where it was."""
+        if request_ids:
+            self.update(request_ids, reason=f"{_ERROR_PREFIX}{job_id}: {type(error).__name__}: {str(error)[:400]}")
+
+    def note_audit_failure(self, request_ids: list[str], *, job_id: str, version: int) -> None:
+        """Record a failed audit on its requests; their state stays where it was."""
+        if request_ids:
+            self.update(request_ids, reason=f"{_AUDIT_PREFIX}{job_id} failed against v{version}")
+
     def update(self, request_ids: list[str], **fields: Any) -> None:
-        """Set the same ``fields`` (and ``updated_at``) on the given requests."""
+        """Set the same ``fields`` (and ``updated_at``) on the given requests; not the state
+        (``transition`` moves it)."""
         self.update_rows([{"request_id": rid, **fields} for rid in request_ids])
 
     def update_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Per-request updates; every row names ``request_id`` and the same set of fields."""
+        """Per-request updates of fields other than the state; every row names ``request_id``
+        and the same set of fields."""
         from delta.tables import DeltaTable
 
         if not rows:
             return
+        if any("status" in r for r in rows):
+            raise ValueError("ForgetLedger.update_rows does not change states: use transition()")
         stamp = now_utc()
         rows = [{**r, "updated_at": r.get("updated_at", stamp)} for r in rows]
         fields = sorted(set(rows[0]) - {"request_id"})
@@ -299,10 +421,16 @@ class ForgetLedger:
         df = self.read()
         if statuses:
             df = df.where(df.status.isin(list(statuses)))
-        return [r.asDict() for r in df.orderBy("received_at", "request_id").collect()]
+        return [r.asDict(recursive=True) for r in df.orderBy("received_at", "request_id").collect()]
+
+    def rows_for(self, request_ids: list[str]) -> list[dict[str, Any]]:
+        df = self.read()
+        return [r.asDict(recursive=True) for r in df.where(df.request_id.isin(list(request_ids))).collect()]
 
     def open_requests(self, target_types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        rows = self.rows(OPEN_STATUSES)
+        """Requests not yet through: data requests before ``retrained``, attribute requests
+        before ``applied``."""
+        rows = self.rows((RECEIVED, PLANNED, DELETED))
         return [r for r in rows if target_types is None or (r["target_type"] or USER) in target_types]
 
 
