@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import sys
+import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from recunlearn.config import RunConfig, load_config
 from recunlearn.engines import PROJECT_ROOT
+from recunlearn.logs import FORMATS
+from recunlearn.logs import configure as configure_logs
 from recunlearn.tables import Layout
 
 DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "default.yaml"
@@ -24,30 +25,33 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set sharding.n_shards=5")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--log-format", choices=FORMATS, default=os.environ.get("RECUNLEARN_LOG_FORMAT", "auto"),
+                   help="text, json (one object per line), or auto: text on a terminal, json otherwise "
+                        "(env RECUNLEARN_LOG_FORMAT)")
 
 
 def setup(args: argparse.Namespace) -> tuple[RunConfig, Layout]:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "ray", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logs(args.log_format, verbose=args.verbose)
     cfg = load_config(args.config, args.overrides)
     return cfg, Layout(cfg.resolved_data_dir(PROJECT_ROOT))
 
 
-def engines(cfg: RunConfig, *, ray_needed: bool = True):  # noqa: ANN201
+def engines(cfg: RunConfig, *, ray_needed: bool = True, layout: Layout | None = None):  # noqa: ANN201
+    """Spark, and Ray when needed; a local Ray spills into a folder of this run's own under
+    ``scratch/ray-spill`` (removed by ``shutdown``)."""
     from recunlearn.engines import connect_ray, spark_session
 
     # Ray first: processes it starts must not inherit the Py4J socket of a live JVM.
     if ray_needed:
-        connect_ray(cfg.ray)
+        spill = layout.scratch / "ray-spill" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if layout else None
+        connect_ray(cfg.ray, spill_dir=spill)
     return spark_session(cfg.spark)
 
 
 def with_engines(cfg: RunConfig, step: Callable[[Any], T], *, ray_needed: bool = True) -> T:
     """Run ``step(spark)`` with the engines up, and take them down whatever happens."""
-    spark = engines(cfg, ray_needed=ray_needed)
+    spark = engines(cfg, ray_needed=ray_needed,
+                    layout=Layout(cfg.resolved_data_dir(PROJECT_ROOT)))
     try:
         return step(spark)
     finally:
@@ -59,10 +63,9 @@ def print_json(obj: Any) -> None:
 
 
 def shutdown(spark) -> None:  # noqa: ANN001
-    import ray
+    from recunlearn.engines import disconnect_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    disconnect_ray()
     spark.stop()
 
 

@@ -20,6 +20,7 @@ from recunlearn import checkpoints, faults
 from recunlearn.ensemble import load_ensemble
 from recunlearn.mia import has_power
 from recunlearn.pseudonym import user_key
+from recunlearn.logs import context
 from recunlearn.scan import delta_log_hits, rows_with_items, rows_with_keys, rows_with_pairs
 from recunlearn.tables import (DATA_TARGETS, INTERACTION, ITEM, RETRAINED, USER, VERIFIED, ForgetLedger, Layout,
                                ModelRegistry, append_audit, new_job_id, now_utc)
@@ -107,7 +108,9 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes, raw_ids: list[s
         layout.reports.mkdir(parents=True, exist_ok=True)
         (layout.reports / "audit.json").write_text(json.dumps(report, indent=2, default=str))
         (layout.reports / "audit.md").write_text(render_audit_md(report))
-    log.info("audit: %d request(s), passed=%s", len(results), report["passed"])
+    log.info("audit: %d request(s), passed=%s, verified %d", len(results), report["passed"], len(verified),
+             extra=context(job_id=job_id, request_ids=[x["request_id"] for x in results],
+                           model_version=manifest["version"]))
     return report
 
 

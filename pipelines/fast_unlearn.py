@@ -41,6 +41,7 @@ from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
 from recunlearn.tables import (APPROXIMATE, DATA_TARGETS, PLANNED, RECEIVED, RETRAINED, ForgetLedger, Layout,
                                ModelRegistry, delta_version, now_utc)
+from recunlearn.logs import context
 from pipelines.train import build_manifest, n_items_of, new_job_id, read_split_data
 from pipelines.unlearn import _Clock, delete_and_vacuum, determine_targets, publish_and_clean, verify_requests
 
@@ -91,6 +92,7 @@ def unlearn_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, method:
     job_id = new_job_id(f"fast-{method}")
     ids = [r["request_id"] for r in requests]
     clock = _Clock()
+    clock.job_id = job_id
     try:
         return _run_fast(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
                          current=current, manifest=manifest, requests=requests, job_id=job_id,
@@ -215,7 +217,8 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
               "steps_seconds": clock.steps, "verification": verification,
               "end_to_end_seconds": round(time.perf_counter() - t_start, 3)}
     log.info("unlearn %s: published v%d (%s, %s) in %.1fs", job_id, version, result["guarantee"],
-             method, result["end_to_end_seconds"])
+             method, result["end_to_end_seconds"],
+             extra=context(job_id=job_id, request_ids=ids, shards=touched, model_version=version))
     return result
 
 

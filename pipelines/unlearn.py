@@ -27,6 +27,7 @@ from recunlearn.ensemble import load_ensemble, load_reference
 from recunlearn.errors import PipelineError
 from recunlearn.evaluation import functional_evidence
 from recunlearn.joblock import holds_tables
+from recunlearn.logs import context
 from recunlearn.models.data import InteractionData
 from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
@@ -46,6 +47,7 @@ class _Clock:
         self.steps: dict[str, float] = {}
         self.marks: dict[str, float] = {}
         self.background: Any = None  # a Future the job started beside its main steps
+        self.job_id: str | None = None  # for the step log lines, once the job has one
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.perf_counter()
@@ -60,6 +62,8 @@ class _Clock:
 
             def __exit__(self, *exc: object) -> None:
                 clock.steps[name] = round(time.perf_counter() - self.t0, 3)
+                log.info("step %s %s in %.2fs", name, "failed" if exc[0] else "done", clock.steps[name],
+                         extra=context(job_id=clock.job_id, step=name, seconds=clock.steps[name]))
 
         return _T()
 
@@ -116,7 +120,7 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     if current is None:
         raise PipelineError("unlearn: no published model version; run `recunlearn train` first")
     manifest = json.loads(open(current["manifest"]).read())
-    job_id = new_job_id("unlearn")
+    job_id = clock.job_id = new_job_id("unlearn")
     ids = [r["request_id"] for r in requests]
     try:
         result = _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
@@ -131,7 +135,10 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
             try:
                 clock.background.result()
             except Exception:  # noqa: BLE001 - the job's own error is the one to report
-                log.exception("unlearn %s: background record/vacuum failed too", job_id)
+                log.exception("unlearn %s: background record/vacuum failed too", job_id,
+                              extra=context(job_id=job_id, request_ids=ids))
+        log.error("unlearn %s failed: %s: %s", job_id, type(exc).__name__, str(exc)[:400],
+                  extra=context(job_id=job_id, request_ids=ids))
         ledger.note_error(ids, job_id=job_id, error=exc)
         raise
     if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
@@ -296,7 +303,8 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
     with clock.step("target_determination"):
         targets = determine_targets(spark, layout, ledger, requests, job_id)
     touched = targets.touched
-    log.info("unlearn %s: %d request(s), shards touched %s", job_id, len(requests), touched)
+    log.info("unlearn %s: %d request(s), shards touched %s", job_id, len(requests), touched,
+             extra=context(job_id=job_id, request_ids=ids, shards=touched))
 
     # 2. the forgotten users' rows, held in memory only, for the functional check.
     with clock.step("capture_evidence_inputs"):
@@ -426,7 +434,9 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
                           "checkpoints": folder_bytes(layout.checkpoints),
                           "models": folder_bytes(layout.models)},
     }
-    log.info("unlearn %s: published v%d in %.1fs", job_id, version, result["end_to_end_seconds"])
+    log.info("unlearn %s: published v%d in %.1fs", job_id, version, result["end_to_end_seconds"],
+             extra=context(job_id=job_id, request_ids=ids, shards=retrain, model_version=version,
+                           seconds=result["end_to_end_seconds"]))
     return result
 
 

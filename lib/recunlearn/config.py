@@ -264,6 +264,8 @@ class RayConfig(_Frozen):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local instance (None: all).")
     include_dashboard: bool = False
     max_retries: int = Field(2, ge=0, description="Retries of a shard task whose worker died.")
+    object_store_mb: int | None = Field(
+        None, ge=80, description="Object store of a local instance in MiB (None: Ray's default).")
 
 
 class RunConfig(_Frozen):

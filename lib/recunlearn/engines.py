@@ -9,8 +9,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recunlearn.config import RayConfig, SparkConfig
 from recunlearn.errors import ConfigError
@@ -37,9 +38,11 @@ def delta_jars() -> list[str]:
 
 def spark_session(cfg: SparkConfig) -> SparkSession:
     """A Delta-enabled session. Settings given by spark-submit (master, jars) win."""
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # under spark-submit: its JVM runs already
+        SparkContext._ensure_initialized()  # connect, so SparkConf reads what it was given
     submitted = SparkConf()  # holds what spark-submit passed, empty otherwise
     b = SparkSession.builder.appName(cfg.app_name)
     if not submitted.contains("spark.master"):
@@ -77,8 +80,14 @@ def spark_session(cfg: SparkConfig) -> SparkSession:
     return spark
 
 
-def connect_ray(cfg: RayConfig) -> None:
-    """Connect to a Ray cluster (``cfg.address`` or ``RAY_ADDRESS``) or start a local one."""
+_SPILL: dict[str, Path] = {}  # the object-spilling folder of the local instance this process started
+
+
+def connect_ray(cfg: RayConfig, *, spill_dir: str | Path | None = None) -> None:
+    """Connect to a Ray cluster (``cfg.address`` or ``RAY_ADDRESS``) or start a local one.
+
+    A local instance spills objects to ``spill_dir`` (the job's own folder), which
+    ``disconnect_ray`` removes; a cluster's spilling is set where its head is started."""
     import ray
 
     if ray.is_initialized():
@@ -89,13 +98,32 @@ def connect_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        extra: dict[str, Any] = {}
+        if spill_dir is not None:
+            Path(spill_dir).mkdir(parents=True, exist_ok=True)
+            _SPILL["dir"] = Path(spill_dir)
+            extra["object_spilling_directory"] = str(spill_dir)
+        if cfg.object_store_mb:
+            extra["object_store_memory"] = cfg.object_store_mb * 2**20
         ray.init(
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.include_dashboard,
             log_to_driver=True,
             configure_logging=False,
+            **extra,
         )
     log.info("ray connected: %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def disconnect_ray() -> None:
+    """Shut Ray down (if connected) and remove the spill folder of the local instance."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    folder = _SPILL.pop("dir", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def ray_cpus() -> int:
