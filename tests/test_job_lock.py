@@ -93,3 +93,47 @@ def test_unlearn_refused_while_another_job_holds_the_tables(spark, cfg, layout):
     ledger = ForgetLedger(spark, layout.ledger)
     from recunlearn.tables import table_exists
     assert not table_exists(spark, layout.ledger) or ledger.rows() == []  # nothing touched
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_unlearn_racing_intake_and_an_ingest_of_the_user_being_forgotten(spark, ray_local, cfg, layout, tmp_path):
+    """While an unlearn job runs: a new forget request is filed (the intake's ledger MERGE races
+    the job's transitions; Delta's conflicts are retried by name), and an ingest of a log holding
+    new rows of the user being forgotten is refused by name. The job verifies its request only;
+    the new one waits, received, for the next run; the refused ingest, rerun after, does not bring
+    the forgotten user back."""
+    import time
+
+    from conftest import write_ml100k
+    from recunlearn.pseudonym import user_key
+    from recunlearn.scan import rows_with_keys
+    from pipelines.forget import submit_user_requests
+    from pipelines.ingest import ingest
+    from pipelines.partition import partition_users
+    from pipelines.train import train_all
+    from pipelines.unlearn import unlearn
+
+    secret = b"test-secret-key-0123456789"
+    raw = tmp_path / "raw"
+    write_ml100k(raw)
+    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret)
+    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
+    [first] = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=["5"])
+    done: dict = {}
+    job = threading.Thread(target=lambda: done.setdefault("result", unlearn(spark, cfg=cfg, layout=layout)))
+    job.start()
+    lock = JobLock(spark, lock_path(layout))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.holder() or {}).get("job_id", "").startswith("unlearn"):
+        time.sleep(0.2)
+    [second] = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=["6"])
+    with pytest.raises(JobConflictError, match="unlearn-"):
+        ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret)  # holds user 5's rows again
+    job.join(timeout=600)
+    assert done["result"]["requests"] == [first["request_id"]]
+    rows = {r["request_id"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
+    assert rows[first["request_id"]]["status"] == "verified" and rows[second["request_id"]]["status"] == "received"
+    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret)  # after the job: user 5 stays gone
+    assert rows_with_keys(layout.tables, [user_key(secret, "5")])[user_key(secret, "5")] == 0
+    assert rows_with_keys(layout.tables, [user_key(secret, "6")])[user_key(secret, "6")] > 0
