@@ -33,7 +33,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 def setup(args: argparse.Namespace) -> tuple[RunConfig, Layout]:
     configure_logs(args.log_format, verbose=args.verbose)
     cfg = load_config(args.config, args.overrides)
-    return cfg, Layout(cfg.resolved_data_dir(PROJECT_ROOT))
+    return cfg, layout_for(cfg)
+
+
+def layout_for(cfg: RunConfig) -> Layout:
+    return Layout(cfg.resolved_data_dir(PROJECT_ROOT))
 
 
 def engines(cfg: RunConfig, *, ray_needed: bool = True, layout: Layout | None = None):  # noqa: ANN201
@@ -50,8 +54,7 @@ def engines(cfg: RunConfig, *, ray_needed: bool = True, layout: Layout | None = 
 
 def with_engines(cfg: RunConfig, step: Callable[[Any], T], *, ray_needed: bool = True) -> T:
     """Run ``step(spark)`` with the engines up, and take them down whatever happens."""
-    spark = engines(cfg, ray_needed=ray_needed,
-                    layout=Layout(cfg.resolved_data_dir(PROJECT_ROOT)))
+    spark = engines(cfg, ray_needed=ray_needed, layout=layout_for(cfg))
     try:
         return step(spark)
     finally:

@@ -68,7 +68,7 @@ def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: La
     ledger.ensure()
     stamp = now_utc()
     existing = {r["request_id"]: r for r in ledger.rows()}
-    outcomes, new_rows, updates = [], [], []
+    outcomes, new_rows, updates, reopened = [], [], [], []
     targets: list[tuple[int, str | None, str | None]] = []  # (position, key, reason)
     for pos, raw in enumerate([ALL_USERS] if raw_ids is None else raw_ids):
         text = str(raw).strip()
@@ -100,9 +100,12 @@ def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: La
                 outcomes.append({"position": pos, "request_id": apply_id, "outcome": "duplicate",
                                  "status": current["status"] if current else RECEIVED})
             else:
-                new_rows.append({"request_id": apply_id, "target_type": ATTRIBUTE, "attribute": name,
-                                 "user_key": key, "status": RECEIVED, "received_at": stamp,
-                                 "updated_at": stamp})
+                if current:  # reverted earlier: the same request id, reopened in place
+                    reopened.append({"request_id": apply_id, "received_at": stamp, "reason": None})
+                else:
+                    new_rows.append({"request_id": apply_id, "target_type": ATTRIBUTE, "attribute": name,
+                                     "user_key": key, "status": RECEIVED, "received_at": stamp,
+                                     "updated_at": stamp})
                 outcomes.append({"position": pos, "request_id": apply_id, "outcome": "accepted",
                                  "status": RECEIVED})
             seen.add(apply_id)
@@ -130,6 +133,7 @@ def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: La
             outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": RECEIVED})
     job_id = new_job_id("intake")
     ledger.append([{**r, "job_id": job_id} for r in new_rows])
+    ledger.transition(reopened, RECEIVED, job_id=job_id)
     ledger.transition(updates, REVERTED, job_id=job_id)
     return outcomes
 

@@ -35,8 +35,9 @@ def audit(spark: SparkSession, *, layout: Layout, secret: bytes, raw_ids: list[s
     ``verified``. The Markdown and JSON reports are written when every request is audited."""
     faults.at("audit")  # the crash harness's kill point (RECUNLEARN_FAULT; off otherwise)
     ledger = ForgetLedger(spark, layout.ledger)
+    wanted = None if request_ids is None else set(request_ids)
     done = [r for r in ledger.rows((RETRAINED, VERIFIED)) if (r["target_type"] or USER) in DATA_TARGETS
-            and (request_ids is None or r["request_id"] in set(request_ids))]
+            and (wanted is None or r["request_id"] in wanted)]
     registry = ModelRegistry(spark, layout)
     manifest = registry.current_manifest()
     if not done or manifest is None:

@@ -105,15 +105,14 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     if not requests:
         result: dict[str, Any] = {"requests": [], "status": "nothing to do"}
         if to_verify:
-            result = {"requests": [], "status": "verified earlier runs' requests",
-                      "verification": verify_requests(spark, layout=layout, request_ids=to_verify,
-                                                      job_id=new_job_id("unlearn"))}
+            result.update(status="verified earlier runs' requests", verification=verify_requests(
+                spark, layout=layout, request_ids=to_verify, job_id=new_job_id("unlearn")))
         if any(r["status"] in (RECEIVED, PLANNED) and r["target_type"] in (ATTRIBUTE, ATTRIBUTE_UNDO)
                for r in rows):
             from pipelines.attribute import process_attribute_requests
 
-            return {**result, "attribute": process_attribute_requests(spark, cfg=cfg, layout=layout)} \
-                if to_verify else process_attribute_requests(spark, cfg=cfg, layout=layout)
+            edits = process_attribute_requests(spark, cfg=cfg, layout=layout)
+            return {**result, "attribute": edits} if to_verify else edits
         if not to_verify:
             log.info("unlearn: no open requests")
         return result

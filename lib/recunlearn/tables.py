@@ -272,7 +272,8 @@ LEDGER_SCHEMA = (
     "model_version long, job_id string, evidence string, attribute string, guarantee string, "
     "item_idx int, history array<struct<state:string,job_id:string,at:timestamp>>"
 )
-LEDGER_FIELDS = [f.split()[0] for f in _split_schema(LEDGER_SCHEMA)]
+LEDGER_COLUMNS = _split_schema(LEDGER_SCHEMA)
+LEDGER_FIELDS = [f.split()[0] for f in LEDGER_COLUMNS]
 
 
 class ForgetLedger:
@@ -290,7 +291,7 @@ class ForgetLedger:
                         stats_columns=["status", "received_at", "updated_at"])
             return
         have = set(self.spark.read.format("delta").load(self.path).columns)
-        missing = [f for f in _split_schema(LEDGER_SCHEMA) if f.split()[0] not in have]
+        missing = [f for f in LEDGER_COLUMNS if f.split()[0] not in have]
         if missing:  # a ledger from an older release: add the new columns (null for old rows)
             self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(missing)})")
             if "history" in {f.split()[0] for f in missing}:  # its statuses predate the states
@@ -302,8 +303,8 @@ class ForgetLedger:
         return self.spark.createDataFrame(full, LEDGER_SCHEMA)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
-        """Insert requests that are not there yet; a known request id is left as it is,
-        except a rejected or reverted one, which a valid resubmission re-opens."""
+        """Insert requests that are not there yet; a known request id is left as it is (a
+        rejected or reverted one is re-opened by ``transition(..., RECEIVED)``)."""
         from delta.tables import DeltaTable
 
         if not rows:
@@ -317,10 +318,6 @@ class ForgetLedger:
         def run() -> None:
             (DeltaTable.forPath(self.spark, self.path).alias("t")
              .merge(src.alias("s"), "t.request_id = s.request_id")
-             .whenMatchedUpdate(
-                 condition=f"t.status IN ('{REJECTED}', '{REVERTED}') AND s.status = '{RECEIVED}'",
-                 set={"status": "s.status", "reason": "s.reason", "updated_at": "s.updated_at",
-                      "user_key": "s.user_key", "history": "concat(coalesce(t.history, array()), s.history)"})
              .whenNotMatchedInsertAll()
              .execute())
 
