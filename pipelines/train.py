@@ -25,7 +25,7 @@ from recunlearn.errors import PipelineError
 from recunlearn.joblock import holds_tables
 from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
-from recunlearn.tables import Layout, new_job_id, now_utc
+from recunlearn.tables import Layout, new_job_id, now_utc, read_table
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,8 @@ AGGREGATOR = "aggregator"
 
 def read_split_data(table: str, version: int, n_items: int, shard_id: int | None) -> InteractionData:
     """A shard's (or, with ``shard_id=None``, every shard's) rows at ``version``."""
-    from deltalake import DeltaTable
-
-    dt = DeltaTable(table, version=version)
-    filters = [("shard_id", "=", int(shard_id))] if shard_id is not None else None
-    tbl = dt.to_pyarrow_table(columns=["user_key", "item_idx", "split"], filters=filters)
+    parts = [("shard_id", "=", str(int(shard_id)))] if shard_id is not None else None
+    tbl = read_table(table, version=version, columns=["user_key", "item_idx", "split"], partitions=parts)
     return InteractionData.from_columns(tbl.column("user_key").to_numpy(zero_copy_only=False),
                                        tbl.column("item_idx").to_numpy(zero_copy_only=False),
                                        tbl.column("split").to_numpy(zero_copy_only=False), n_items)
@@ -47,9 +44,7 @@ def read_split_data(table: str, version: int, n_items: int, shard_id: int | None
 
 def read_grouped_data(table: str, version: int, n_items: int) -> tuple[InteractionData, np.ndarray]:
     """Every row at ``version`` and each user's shard (group), aligned with the data's keys."""
-    from deltalake import DeltaTable
-
-    tbl = DeltaTable(table, version=version).to_pyarrow_table(columns=["user_key", "item_idx", "split", "shard_id"])
+    tbl = read_table(table, version=version, columns=["user_key", "item_idx", "split", "shard_id"])
     keys = tbl.column("user_key").to_numpy(zero_copy_only=False).astype(str)
     data = InteractionData.from_columns(keys, tbl.column("item_idx").to_numpy(zero_copy_only=False),
                                        tbl.column("split").to_numpy(zero_copy_only=False), n_items)
@@ -291,9 +286,7 @@ def shard_paths_of(manifest: dict[str, Any]) -> list[str]:
 
 
 def n_items_of(layout: Layout) -> int:
-    from deltalake import DeltaTable
-
-    tbl = DeltaTable(layout.items).to_pyarrow_table(columns=["item_idx"])
+    tbl = read_table(layout.items, columns=["item_idx"])
     return int(np.max(tbl.column("item_idx").to_numpy())) + 1 if tbl.num_rows else 0
 
 

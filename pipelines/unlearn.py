@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 
 from recunlearn import checkpoints, faults
@@ -34,7 +35,7 @@ from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, DATA_TARGETS, DELETED, EXACT, INTERACTION,
                                ITEM, OPEN_STATUSES, PLANNED, RECEIVED, RETRAINED, USER,
                                ForgetLedger, Layout, ModelRegistry, delete_keys, delta_version, now_utc,
-                               vacuum_now)
+                               read_rows, read_table, vacuum_now)
 from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
 from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
                              read_split_data, sequential_groups, shard_paths_of, train_models)
@@ -92,12 +93,10 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     clock = _Clock()
     ledger = ForgetLedger(spark, layout.ledger)
     registry = ModelRegistry(spark, layout)
-    with ThreadPoolExecutor(1, thread_name_prefix="read-model-version") as pool:
-        with clock.step("read_requests"):  # beside the published version's lookup
-            current_f = pool.submit(registry.current)
-            rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
-        with clock.step("read_model_version"):
-            current = current_f.result()
+    with clock.step("read_requests"):
+        rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
+    with clock.step("read_model_version"):
+        current = registry.current()
     data = [r for r in rows if (r["target_type"] or USER) in DATA_TARGETS]
     requests = [r for r in data if r["status"] in OPEN_STATUSES] + [r for r in data if r["status"] == APPROXIMATE]
     # published by a run that stopped before its audit: only the audit is left to do
@@ -187,11 +186,8 @@ def determine_targets(spark: SparkSession, layout: Layout, ledger: ForgetLedger,
     by_user: dict[str, set[int]] = {}
     by_item: dict[int, set[int]] = {}
     by_pair: dict[tuple[str, int], set[int]] = {}
-    if users:
-        probe = spark.createDataFrame([(k,) for k in users], "user_key string")
-        smap = spark.read.format("delta").load(layout.shard_map)
-        # one row per user with user shards, one per (user, shard) with item or interaction shards
-        for row in smap.join(probe, "user_key", "left_semi").select("user_key", "shard_id").collect():
+    if users:  # one row per user with user shards, one per (user, shard) with item or interaction shards
+        for row in read_rows(layout.shard_map, ds.field("user_key").isin(users), ["user_key", "shard_id"]):
             by_user.setdefault(row["user_key"], set()).add(int(row["shard_id"]))
     inter = spark.read.format("delta").load(layout.interactions)
     if items:
@@ -237,19 +233,13 @@ def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, le
         partition_filter = f"t.shard_id IN ({','.join(map(str, t.touched))})" if t.touched else None
         delete_version = delta_version(spark, layout.interactions)
         if t.users:
-            probe = spark.createDataFrame([(k,) for k in t.users], "user_key string")
-            # two tables, two Delta transactions: run side by side (Spark takes jobs from threads)
-            with ThreadPoolExecutor(1, thread_name_prefix="delete-shard-map") as pool:
-                from_map = pool.submit(delete_keys, spark, layout.shard_map, probe)
-                delete_version = delete_keys(spark, layout.interactions, probe, partition_filter=partition_filter)
-                from_map.result()
+            delete_version = delete_keys(spark, layout.interactions, t.users, partition_filter=partition_filter)
+            delete_keys(spark, layout.shard_map, t.users)
         if t.items:
-            probe = spark.createDataFrame([(i,) for i in t.items], "item_idx int")
-            delete_version = delete_keys(spark, layout.interactions, probe, on="item_idx",
+            delete_version = delete_keys(spark, layout.interactions, t.items, on="item_idx",
                                          partition_filter=partition_filter)
         if t.pairs:
-            probe = spark.createDataFrame(t.pairs, "user_key string, item_idx int")
-            delete_version = delete_keys(spark, layout.interactions, probe, on=("user_key", "item_idx"),
+            delete_version = delete_keys(spark, layout.interactions, t.pairs, on=("user_key", "item_idx"),
                                          partition_filter=partition_filter)
     deleted_at = now_utc()
 
@@ -459,15 +449,11 @@ def _membership_evidence(evidence: dict[str, dict[str, Any]], forgotten: Interac
 
 
 def _rows_of(layout: Layout, n_items: int, keys: list[str], shards: list[int]) -> InteractionData:
-    from deltalake import DeltaTable
-
     if not keys:
         return InteractionData.from_columns(np.array([], str), np.array([], np.int64), np.array([], str), n_items)
-    dt = DeltaTable(layout.interactions)
-    filters = [("user_key", "in", keys)]
-    if shards:
-        filters.append(("shard_id", "in", [int(s) for s in shards]))
-    tbl = dt.to_pyarrow_table(columns=["user_key", "item_idx", "split"], filters=filters)
+    parts = [("shard_id", "in", [str(int(s)) for s in shards])] if shards else None
+    tbl = read_table(layout.interactions, columns=["user_key", "item_idx", "split"], partitions=parts,
+                     where=ds.field("user_key").isin(keys))
     return InteractionData.from_columns(
         tbl.column("user_key").to_numpy(zero_copy_only=False),
         tbl.column("item_idx").to_numpy(zero_copy_only=False),

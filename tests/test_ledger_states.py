@@ -74,3 +74,21 @@ def test_an_older_ledger_is_upgraded_in_place(spark, tmp_path):
     # the upgraded rows move on like new ones
     ledger.transition([{"request_id": "e"}], VERIFIED, job_id="audit-1")
     assert _states(ledger)["e"] == (VERIFIED, [(VERIFIED, "audit-1")])
+
+
+def test_a_transition_from_a_stale_read_does_not_overwrite_a_newer_state(spark, tmp_path, monkeypatch):
+    """Compare-and-set: a writer whose read predates another writer's transition moves
+    nothing (its MERGE requires the state and history it read) and says so by name."""
+    ledger = _ledger(spark, tmp_path, n=1)
+    stale = ledger.rows_for(["r0"])  # read while r0 is received
+    ledger.transition([{"request_id": "r0", "shards": [4]}], PLANNED, job_id="j1")
+    ledger.transition([{"request_id": "r0"}], DELETED, job_id="j1")
+    fresh = ForgetLedger.rows_for
+    calls = iter([lambda ids: stale, lambda ids: fresh(ledger, ids)])  # the MERGE's read, then the check's
+    monkeypatch.setattr(ledger, "rows_for", lambda ids: next(calls)(ids))
+    with pytest.raises(LedgerConflictError, match="another job changed them"):
+        ledger.transition([{"request_id": "r0", "shards": [9]}], PLANNED, job_id="j2")
+    monkeypatch.undo()
+    row = ledger.rows_for(["r0"])[0]
+    assert row["status"] == DELETED and row["shards"] == [4]
+    assert [h["state"] for h in row["history"]] == [RECEIVED, PLANNED, DELETED]

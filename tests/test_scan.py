@@ -16,17 +16,19 @@ def test_predicate_delete_leaks_raw_id_into_log_and_merge_delete_does_not(spark,
     write_delta(df, leaky, stats_columns=["item_idx"])
     write_delta(df.drop("raw"), clean, stats_columns=["item_idx"])
     DeltaTable.forPath(spark, leaky).delete("raw = 'u4711'")  # what FIELD.md 6 warns about
-    delete_keys(spark, clean, spark.createDataFrame([("k1",)], "user_key string"))
+    delete_keys(spark, clean, ["k1"])
     hits = delta_log_hits(tmp_path / "t", keys=[], raw_ids=["u4711"])
     assert any("leaky" in f for f in hits)
     assert not any("clean" in f for f in hits)
+    assert not delta_log_hits(tmp_path / "t" / "clean", keys=["k1"], raw_ids=[])  # nor the key
+    assert spark.read.format("delta").load(clean).count() == 1  # Spark reads delta-rs's commit
 
 
 def test_rows_survive_delete_until_vacuum(spark, tmp_path):
     path = str(tmp_path / "tables" / "interactions")
     df = spark.createDataFrame([("k1", 1), ("k2", 2)], "user_key string, item_idx int")
     write_delta(df, path, stats_columns=["item_idx"])
-    delete_keys(spark, path, spark.createDataFrame([("k1",)], "user_key string"))
+    delete_keys(spark, path, ["k1"])
     assert rows_with_keys(tmp_path / "tables", ["k1"]) == {"k1": 1}  # old file still on disk
     vacuum_now(spark, path)
     assert rows_with_keys(tmp_path / "tables", ["k1", "k2"]) == {"k1": 0, "k2": 1}
@@ -47,13 +49,13 @@ def test_vacuum_removes_untracked_files_and_checksums_and_spark_keeps_working(sp
                 if "k1" in pq.read_table(f, columns=["user_key"]).column(0).to_pylist())
     orphan = path / ("part-99999-killed-writer" + live.name[len("part-00000"):])
     shutil.copy(live, orphan)  # untracked: no commit names it
-    delete_keys(spark, str(path), spark.createDataFrame([("k1",)], "user_key string"))
+    delete_keys(spark, str(path), ["k1"])
     assert rows_with_keys(tmp_path / "tables", ["k1"])["k1"] >= 2
     removed = vacuum_now(spark, str(path))
     assert any("killed-writer" in f for f in removed) and not orphan.exists()
     assert rows_with_keys(tmp_path / "tables", ["k1", "k2"]) == {"k1": 0, "k2": 1}
     assert not [c for c in path.glob(".*.crc") if not (path / c.name[1:-4]).exists()]
-    delete_keys(spark, str(path), spark.createDataFrame([("k2",)], "user_key string"))
+    delete_keys(spark, str(path), ["k2"])
     assert spark.read.format("delta").load(str(path)).count() == 0
 
 

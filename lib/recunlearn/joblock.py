@@ -28,8 +28,10 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Callable, Iterator, TypeVar
 
+import pyarrow.dataset as ds
+
 from recunlearn.errors import JobConflictError
-from recunlearn.tables import Layout, now_utc, table_exists, with_retries
+from recunlearn.tables import Layout, merge_source, now_utc, open_delta, read_rows, table_exists, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,8 @@ class JobLock:
     def holder(self) -> dict[str, Any] | None:
         if not table_exists(self.spark, self.path):
             return None
-        rows = self.spark.read.format("delta").load(self.path).where(f"name = '{self.name}'").collect()
-        return rows[0].asDict() if rows else None
+        rows = read_rows(self.path, ds.field("name") == self.name)
+        return rows[0] if rows else None
 
     def acquire(self, job_id: str) -> None:
         """Take the lease for ``job_id`` or raise ``JobConflictError`` naming its holder."""
@@ -80,7 +82,6 @@ class JobLock:
                         stale, cur["pid"])
         row = {"name": self.name, "job_id": job_id, "host": self.host, "pid": self.pid,
                "acquired_at": now, "expires_at": now + self.ttl, "released_at": None}
-        src = self.spark.createDataFrame([row], LOCK_SCHEMA)
         if cur is None and not table_exists(self.spark, self.path):
             with_retries(lambda: self.spark.createDataFrame([], LOCK_SCHEMA).write.format("delta")
                          .mode("append").save(self.path), what="create job lock table")
@@ -88,12 +89,10 @@ class JobLock:
         if stale:
             free += f" OR t.job_id = '{stale}'"
 
-        def merge() -> None:
-            from delta.tables import DeltaTable
-
-            (DeltaTable.forPath(self.spark, self.path).alias("t")
-             .merge(src.alias("s"), "t.name = s.name")
-             .whenMatchedUpdateAll(condition=free).whenNotMatchedInsertAll().execute())
+        def merge() -> None:  # one delta-rs MERGE: a racing taker's commit conflicts and retries
+            (open_delta(self.path).merge(merge_source(self.path, [row]), "t.name = s.name", source_alias="s",
+                                     target_alias="t")
+             .when_matched_update_all(predicate=free).when_not_matched_insert_all().execute())
 
         with_retries(merge, what="take the job lock")
         got = self.holder()
@@ -107,12 +106,11 @@ class JobLock:
         log.info("job lock: %s holds the tables", job_id)
 
     def release(self, job_id: str) -> None:
-        from delta.tables import DeltaTable
-        from pyspark.sql import functions as F
-
-        with_retries(lambda: DeltaTable.forPath(self.spark, self.path).update(
-            condition=f"name = '{self.name}' AND job_id = '{job_id}' AND released_at IS NULL",
-            set={"released_at": F.current_timestamp()}), what="release the job lock")
+        src = merge_source(self.path, [{"name": self.name, "job_id": job_id, "released_at": now_utc()}])
+        with_retries(lambda: open_delta(self.path).merge(
+            src, "t.name = s.name AND t.job_id = s.job_id AND t.released_at IS NULL",
+            source_alias="s", target_alias="t").when_matched_update(
+                updates={"released_at": "s.released_at"}).execute(), what="release the job lock")
 
 
 @contextmanager

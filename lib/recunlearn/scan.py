@@ -50,7 +50,7 @@ def rows_with_keys(root: Path, keys: Iterable[str]) -> dict[str, int]:
             continue
         if "user_key" not in pq.read_schema(path).names:
             continue
-        col = pq.read_table(path, columns=["user_key"]).column("user_key")
+        col = pq.read_table(path, columns=["user_key"]).column("user_key").cast(pa.string())  # or a view
         hits = pc.filter(col, pc.is_in(col, value_set=pa.array(keys)))
         found.update(hits.to_pylist())
     return {k: found.get(k, 0) for k in keys}
@@ -73,7 +73,7 @@ def rows_with_pairs(root: Path, pairs: Iterable[tuple[str, int]]) -> dict[tuple[
     found: Counter[str] = Counter()
     for path in _data_files(root, ("item_idx", "user_key")) if pairs else []:
         t = pq.read_table(path, columns=["user_key", "item_idx"])
-        joined = pc.binary_join_element_wise(t.column("user_key"),
+        joined = pc.binary_join_element_wise(t.column("user_key").cast(pa.string()),
                                              pc.cast(t.column("item_idx"), pa.string()), "\x00")
         found.update(pc.filter(joined, pc.is_in(joined, value_set=wanted)).to_pylist())
     return {p: found.get(f"{p[0]}\x00{p[1]}", 0) for p in pairs}

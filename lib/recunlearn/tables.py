@@ -2,6 +2,14 @@
 
 All Delta access goes through here: table properties that keep deleted rows off the disk,
 idempotent merges keyed by request id, and bounded retries on Delta's concurrency conflicts.
+
+Two engines write the same tables through the Delta protocol. Spark (delta-spark) creates
+them and does the bulk work: ingest, partitioning, scans over the interaction log. The
+per-request bookkeeping (the ledger's and the registry's reads and transitions, the delete
+of a batch of keys from the touched shards, VACUUM) goes through delta-rs in the driver: a
+small Spark MERGE spends 1-3 s planning its jobs, the same commit in delta-rs tens of
+milliseconds, and a forget request makes about ten of them. Both commit with put-if-absent
+on the log, so their optimistic concurrency control sees each other's commits.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ _CONFLICTS = (
     "ConcurrentAppendException", "ConcurrentDeleteReadException",
     "ConcurrentDeleteDeleteException", "ConcurrentTransactionException",
     "MetadataChangedException", "ProtocolChangedException", "ConcurrentWriteException",
+    "CommitFailedError",  # delta-rs: a concurrent commit conflicted with this transaction
 )
 
 
@@ -196,39 +205,124 @@ def write_delta(df: DataFrame, path: str, *, mode: str = "overwrite",
     return delta_version(df.sparkSession, path)
 
 
-def delta_version(spark: SparkSession, path: str) -> int:
-    from delta.tables import DeltaTable
-
-    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
-
-
-def table_exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
+def delta_version(spark: SparkSession | None, path: str) -> int:
+    """The table's current version (read from its log by delta-rs; ``spark`` is unused)."""
+    return int(open_delta(path).version())
 
 
-def delete_keys(spark: SparkSession, path: str, keys: DataFrame, *,
+def table_exists(spark: SparkSession | None, path: str) -> bool:
+    from deltalake import DeltaTable
+
+    return bool(DeltaTable.is_deltatable(str(path)))
+
+
+def open_delta(path: str):  # noqa: ANN202 - deltalake.DeltaTable, imported lazily
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(path))
+
+
+def _plain(tp: Any) -> Any:
+    """An Arrow type with its UTC timestamps made naive (what Spark's ``collect`` returns)
+    and string views plain strings (what the compute kernels take)."""
+    import pyarrow as pa
+
+    if pa.types.is_string_view(tp) or pa.types.is_large_string(tp):
+        return pa.string()
+    if pa.types.is_timestamp(tp) and tp.tz is not None:
+        return pa.timestamp(tp.unit)
+    if pa.types.is_list(tp):
+        return pa.list_(_plain(tp.value_type))
+    if pa.types.is_struct(tp):
+        return pa.struct([pa.field(f.name, _plain(f.type)) for f in tp])
+    return tp
+
+
+def read_table(path: str, *, version: int | None = None, columns: list[str] | None = None,
+               partitions: list[tuple[str, str, Any]] | None = None, where: Any = None,
+               naive_timestamps: bool = False) -> Any:
+    """A Delta table (at ``version``, default the current one) as an Arrow table, read by
+    delta-rs: only the files of ``partitions`` (delta-rs partition filters, e.g.
+    ``[("shard_id", "in", ["3"])]``), then the rows matching ``where`` (a
+    ``pyarrow.dataset`` expression, applied in memory).
+
+    String views (which delta-rs writes) come back as plain strings, so the files either
+    engine wrote read alike; with ``naive_timestamps``, UTC timestamps come back naive, as
+    Spark's ``collect`` gives them. (``DeltaTable.to_pyarrow_table`` is not used: on this
+    platform it leaves a thread that aborts the interpreter at exit.)"""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    dt = DeltaTable(str(path), version=version)
+    tbl = dt.to_pyarrow_dataset(partitions=partitions).to_table(columns=columns)
+
+    def plain(tp: Any) -> Any:
+        return _plain(tp) if naive_timestamps else _strings(tp)
+
+    tbl = tbl.cast(pa.schema([pa.field(f.name, plain(f.type)) for f in tbl.schema]))
+    return tbl if where is None else tbl.filter(where)
+
+
+def _strings(tp: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.string() if pa.types.is_string_view(tp) or pa.types.is_large_string(tp) else tp
+
+
+def read_rows(path: str, where: Any = None, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a small Delta table at its current version, as Python dicts like Spark's
+    ``Row.asDict(recursive=True)`` (timestamps naive UTC), read by delta-rs; ``where`` as
+    in ``read_table``."""
+    return read_table(path, columns=columns, where=where, naive_timestamps=True).to_pylist()
+
+
+def _arrow_schema(path: str) -> Any:
+    import pyarrow as pa
+
+    return pa.schema(open_delta(path).schema().to_arrow())
+
+
+def merge_source(path: str, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
+    """``rows`` as an Arrow table with the Delta table's own schema (missing fields null),
+    plus ``extra`` (name, Arrow type) columns: the source of a delta-rs MERGE."""
+    import pyarrow as pa
+
+    schema = _arrow_schema(path)
+    for name, tp in extra:
+        schema = schema.append(pa.field(name, tp))
+    return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
+
+
+def delete_keys(spark: SparkSession | None, path: str, keys: list[Any], *,
                 on: str | tuple[str, ...] = "user_key", partition_filter: str | None = None) -> int:
-    """Delete rows whose ``on`` column(s) match a row of ``keys`` through a MERGE with a batch
-    table.
+    """Delete rows whose ``on`` column(s) equal one of ``keys`` (values, or tuples for
+    several columns) through a MERGE with a batch table (delta-rs); return the new version.
 
-    The predicate written to ``_delta_log`` names columns only (``t.user_key = b.user_key``);
-    the values stay in the batch DataFrame, so no key or raw id enters the log.
+    The predicate written to ``_delta_log`` names columns only (``t.user_key = b.user_key``,
+    with ``partition_filter`` on non-personal columns such as ``t.shard_id IN (3)``, which
+    prunes the scan to the touched shards); the values stay in the batch table, so no key or
+    raw id enters the log. Files are rewritten without the rows (no deletion vectors); VACUUM
+    then removes the old ones. ``spark`` is unused.
     """
-    from delta.tables import DeltaTable
+    import pyarrow as pa
 
-    cols = (on,) if isinstance(on, str) else on
+    cols = (on,) if isinstance(on, str) else tuple(on)
+    if not keys:
+        return delta_version(spark, path)
+    schema = _arrow_schema(path)
+    values = [k if isinstance(k, tuple) else (k,) for k in keys]
+    batch = pa.table({c: pa.array([v[i] for v in values], type=schema.field(c).type)
+                      for i, c in enumerate(cols)})
     cond = " AND ".join(f"t.{c} = b.{c}" for c in cols)
     if partition_filter:
         cond = f"{partition_filter} AND {cond}"
 
-    def run() -> None:
-        (DeltaTable.forPath(spark, path).alias("t")
-         .merge(keys.alias("b"), cond).whenMatchedDelete().execute())
+    def run() -> int:
+        dt = open_delta(path)
+        dt.merge(batch, cond, source_alias="b", target_alias="t").when_matched_delete().execute()
+        return int(dt.version())
 
-    with_retries(run, what=f"delete from {Path(path).name}")
-    return delta_version(spark, path)
+    return with_retries(run, what=f"delete from {Path(path).name}")
 
 
 def vacuum_now(spark: SparkSession, path: str) -> list[str]:
@@ -278,50 +372,48 @@ LEDGER_FIELDS = [f.split()[0] for f in LEDGER_COLUMNS]
 
 class ForgetLedger:
     """The ``forget_requests`` Delta table: one row per request id, its state and its history
-    (one ``(state, job_id, at)`` entry per transition)."""
+    (one ``(state, job_id, at)`` entry per transition). Spark creates (and upgrades) it;
+    reads and writes go through delta-rs (see the module's note)."""
 
     def __init__(self, spark: SparkSession, path: str) -> None:
         self.spark = spark
         self.path = path
+        self._ready = False
 
     def ensure(self) -> None:
+        if self._ready:
+            return
         if not table_exists(self.spark, self.path):
             empty = self.spark.createDataFrame([], LEDGER_SCHEMA)
             write_delta(empty, self.path, mode="append",
                         stats_columns=["status", "received_at", "updated_at"])
-            return
-        have = set(self.spark.read.format("delta").load(self.path).columns)
-        missing = [f for f in LEDGER_COLUMNS if f.split()[0] not in have]
-        if missing:  # a ledger from an older release: add the new columns (null for old rows)
-            self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(missing)})")
-            if "history" in {f.split()[0] for f in missing}:  # its statuses predate the states
-                with_retries(lambda: self.spark.sql(
-                    f"UPDATE delta.`{self.path}` SET status = {_LEGACY_STATUS}"), what="ledger upgrade")
+        else:
+            have = set(_arrow_schema(self.path).names)
+            missing = [f for f in LEDGER_COLUMNS if f.split()[0] not in have]
+            if missing:  # a ledger from an older release: add the new columns (null for old rows)
+                self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(missing)})")
+                if "history" in {f.split()[0] for f in missing}:  # its statuses predate the states
+                    with_retries(lambda: self.spark.sql(
+                        f"UPDATE delta.`{self.path}` SET status = {_LEGACY_STATUS}"), what="ledger upgrade")
+        self._ready = True
 
-    def _frame(self, rows: list[dict[str, Any]]) -> DataFrame:
-        full = [{f: r.get(f) for f in LEDGER_FIELDS} for r in rows]
-        return self.spark.createDataFrame(full, LEDGER_SCHEMA)
+    def _merge(self, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
+        """A delta-rs MERGE builder of ``rows`` (source ``s``) into the ledger (``t``) on the
+        request id."""
+        return open_delta(self.path).merge(merge_source(self.path, rows, extra), "t.request_id = s.request_id",
+                                       source_alias="s", target_alias="t")
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Insert requests that are not there yet; a known request id is left as it is (a
         rejected or reverted one is re-opened by ``transition(..., RECEIVED)``)."""
-        from delta.tables import DeltaTable
-
         if not rows:
             return
         self.ensure()
         stamp = now_utc()
-        src = self._frame([{**r, "history": r.get("history") or [
+        src = [{**r, "history": r.get("history") or [
             {"state": r["status"], "job_id": r.get("job_id") or "intake", "at": r.get("updated_at") or stamp}]}
-            for r in rows])
-
-        def run() -> None:
-            (DeltaTable.forPath(self.spark, self.path).alias("t")
-             .merge(src.alias("s"), "t.request_id = s.request_id")
-             .whenNotMatchedInsertAll()
-             .execute())
-
-        with_retries(run, what="ledger append")
+            for r in rows]
+        with_retries(lambda: self._merge(src).when_not_matched_insert_all().execute(), what="ledger append")
 
     def transition(self, rows: list[dict[str, Any]], state: str, *, job_id: str,
                    strict: bool = True) -> int:
@@ -331,34 +423,46 @@ class ForgetLedger:
         again (a retried write changes nothing). A failed run's error in ``reason`` is cleared,
         unless the rows set ``reason``.
 
+        The rows are read, their new history computed, and the MERGE updates a row only if its
+        state and history length are still the ones read (compare-and-set: a transition another
+        writer made in between is never overwritten).
+
         Returns how many requests moved. With ``strict``, a request that neither moved nor had
         moved already raises ``LedgerConflictError`` (another writer got there first)."""
-        from delta.tables import DeltaTable
+        import pyarrow as pa
 
         if not rows:
             return 0
         if state not in TRANSITIONS:
             raise ValueError(f"unknown request state {state!r}")
+        self.ensure()
         stamp = now_utc()
         rows = [{**r, "updated_at": r.get("updated_at", stamp), "status": state, "job_id": job_id}
                 for r in rows]
         fields = sorted(set(rows[0]) - {"request_id"})
-        src = self._frame(rows)
-        sets = {k: f"s.{k}" for k in fields}
+        sets = {k: f"s.{k}" for k in fields} | {"history": "s.history"}
         if "reason" not in sets:  # an error of an earlier run goes; a reason of record stays
             sets["reason"] = (f"CASE WHEN t.reason LIKE '{_ERROR_PREFIX}%' OR t.reason LIKE '{_AUDIT_PREFIX}%' "
                               "THEN NULL ELSE t.reason END")
-        sets["history"] = ("concat(coalesce(t.history, array()), array(named_struct("
-                           "'state', s.status, 'job_id', s.job_id, 'at', s.updated_at)))")
-        done_by_job = "exists(coalesce(t.history, array()), h -> h.state = s.status AND h.job_id = s.job_id)"
-        allowed = ", ".join(f"'{x}'" for x in TRANSITIONS[state])
-        cond = f"t.status IN ({allowed}) AND NOT {done_by_job}"
+        cond = "t.status = s.from_status AND coalesce(array_length(t.history), 0) = s.from_length"
 
         def run() -> int:
-            metrics = (DeltaTable.forPath(self.spark, self.path).alias("t")
-                       .merge(src.alias("s"), "t.request_id = s.request_id")
-                       .whenMatchedUpdate(condition=cond, set=sets).execute().collect())
-            return int(metrics[0]["num_updated_rows"]) if metrics else 0
+            now = {r["request_id"]: r for r in self.rows_for([r["request_id"] for r in rows])}
+            moves = []
+            for r in rows:
+                cur = now.get(r["request_id"])
+                if cur is None or cur["status"] not in TRANSITIONS[state]:
+                    continue
+                history = cur["history"] or []
+                if any(h["state"] == state and h["job_id"] == job_id for h in history):
+                    continue  # this job run made it already
+                moves.append({**r, "from_status": cur["status"], "from_length": len(history),
+                              "history": [*history, {"state": state, "job_id": job_id, "at": r["updated_at"]}]})
+            if not moves:
+                return 0
+            metrics = self._merge(moves, [("from_status", pa.string()), ("from_length", pa.int64())]) \
+                .when_matched_update(updates=sets, predicate=cond).execute()
+            return int(metrics["num_target_rows_updated"])
 
         moved = with_retries(run, what=f"ledger -> {state}")
         if strict and moved < len(rows):
@@ -391,38 +495,37 @@ class ForgetLedger:
     def update_rows(self, rows: list[dict[str, Any]]) -> None:
         """Per-request updates of fields other than the state; every row names ``request_id``
         and the same set of fields."""
-        from delta.tables import DeltaTable
-
         if not rows:
             return
         if any("status" in r for r in rows):
             raise ValueError("ForgetLedger.update_rows does not change states: use transition()")
+        self.ensure()
         stamp = now_utc()
         rows = [{**r, "updated_at": r.get("updated_at", stamp)} for r in rows]
-        fields = sorted(set(rows[0]) - {"request_id"})
-        src = self._frame(rows)
-        sets = {k: f"s.{k}" for k in fields}
-
-        def run() -> None:
-            (DeltaTable.forPath(self.spark, self.path).alias("t")
-             .merge(src.alias("s"), "t.request_id = s.request_id")
-             .whenMatchedUpdate(set=sets).execute())
-
-        with_retries(run, what="ledger update")
+        sets = {k: f"s.{k}" for k in sorted(set(rows[0]) - {"request_id"})}
+        with_retries(lambda: self._merge(rows).when_matched_update(updates=sets).execute(),
+                     what="ledger update")
 
     def read(self) -> DataFrame:
+        """The ledger as a Spark DataFrame (for joins with the other tables)."""
         self.ensure()
         return self.spark.read.format("delta").load(self.path)
 
     def rows(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        df = self.read()
-        if statuses:
-            df = df.where(df.status.isin(list(statuses)))
-        return [r.asDict(recursive=True) for r in df.orderBy("received_at", "request_id").collect()]
+        """The requests (in ``statuses``), oldest first."""
+        import pyarrow.dataset as ds
+
+        self.ensure()
+        out = read_rows(self.path, ds.field("status").isin(list(statuses)) if statuses else None)
+        # Spark's order: received_at ascending, nulls first, then the request id
+        return sorted(out, key=lambda r: (r["received_at"] is not None, r["received_at"] or datetime.min,
+                                          r["request_id"] or ""))
 
     def rows_for(self, request_ids: list[str]) -> list[dict[str, Any]]:
-        df = self.read()
-        return [r.asDict(recursive=True) for r in df.where(df.request_id.isin(list(request_ids))).collect()]
+        import pyarrow.dataset as ds
+
+        self.ensure()
+        return read_rows(self.path, ds.field("request_id").isin(list(request_ids)))
 
     def open_requests(self, target_types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Requests not yet through: data requests before ``retrained``, attribute requests
@@ -445,16 +548,17 @@ class ModelRegistry:
         self.spark = spark
         self.layout = layout
         self.path = layout.model_versions
+        self._ready = False
 
     def ensure(self) -> None:
-        if not table_exists(self.spark, self.path):
+        if not self._ready and not table_exists(self.spark, self.path):
             write_delta(self.spark.createDataFrame([], REGISTRY_SCHEMA), self.path, mode="append",
                         stats_columns=["version", "status"])
+        self._ready = True
 
     def versions(self) -> list[dict[str, Any]]:
         self.ensure()
-        df = self.spark.read.format("delta").load(self.path)
-        return [r.asDict() for r in df.orderBy("version").collect()]
+        return sorted(read_rows(self.path), key=lambda v: v["version"])
 
     def current(self) -> dict[str, Any] | None:
         live = [v for v in self.versions() if v["status"] == "published"]
@@ -470,7 +574,9 @@ class ModelRegistry:
 
     def publish(self, manifest: dict[str, Any], *, parent: int | None,
                 request_ids: list[str], note: str) -> int:
-        """Write the manifest atomically, then record the version as published."""
+        """Write the manifest atomically, then record the version as published (one append)."""
+        from deltalake import write_deltalake
+
         version = int(manifest["version"])
         folder = self.layout.models / f"v{version:05d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -478,23 +584,22 @@ class ModelRegistry:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         final = folder / "manifest.json"
         tmp.replace(final)
+        self.ensure()
         row = {"version": version, "created_at": now_utc(), "status": "published",
                "manifest": str(final), "parent": parent, "request_ids": request_ids, "note": note}
-        df = self.spark.createDataFrame([row], REGISTRY_SCHEMA)
-        with_retries(lambda: df.write.format("delta").mode("append").save(self.path),
+        with_retries(lambda: write_deltalake(self.path, merge_source(self.path, [row]), mode="append"),
                      what="publish model version")
         return version
 
     def retire(self, versions: list[int], note: str) -> None:
-        from delta.tables import DeltaTable
-
         if not versions:
             return
-        src = self.spark.createDataFrame([(int(v), note) for v in versions], "version long, note string")
-        with_retries(lambda: (DeltaTable.forPath(self.spark, self.path).alias("t")
-                              .merge(src.alias("s"), "t.version = s.version")
-                              .whenMatchedUpdate(set={"status": "'retired'", "note": "s.note"})
-                              .execute()), what="retire model versions")
+        self.ensure()
+        src = merge_source(self.path, [{"version": int(v), "note": note} for v in versions])
+        with_retries(lambda: open_delta(self.path).merge(src, "t.version = s.version", source_alias="s",
+                                                     target_alias="t")
+                     .when_matched_update(updates={"status": "'retired'", "note": "s.note"}).execute(),
+                     what="retire model versions")
 
 
 # --------------------------------------------------------------------------- audit
