@@ -254,7 +254,7 @@ def read_table(path: str, *, version: int | None = None, columns: list[str] | No
     from deltalake import DeltaTable
 
     dt = DeltaTable(str(path), version=version)
-    tbl = dt.to_pyarrow_dataset(partitions=partitions).to_table(columns=columns)
+    tbl = dt.to_pyarrow_dataset(file_pruning_predicate=partitions).to_table(columns=columns)
 
     def plain(tp: Any) -> Any:
         return _plain(tp) if naive_timestamps else _strings(tp)
