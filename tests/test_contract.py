@@ -86,6 +86,24 @@ def test_submodel_interface(kind, data):
     assert not model.knows(np.array(["nobody"]))[0]
 
 
+def test_ncf_fold_ins(data):
+    """NCF's linear fold-in scores through a shortcut that must equal the network with the MLP
+    user vector at the trained users' mean; the Adam fold-in, kept as an option, still ranks
+    the history's parity first."""
+    model, _ = fit_model(data, _cfg("ncf").model, seed=3)
+    assert model.fold_in_mode == "linear"
+    hist = data.train[:6]
+    gu, mu = model.fold_in(hist)
+    assert torch.allclose(mu, model.module.mlp_user.mean(0).expand_as(mu))
+    with torch.no_grad():
+        assert torch.allclose(model.score_history(hist), model.module.logits(gu, mu), atol=1e-5)
+    parity = np.array([int(k[1:]) % 2 for k in data.user_keys[:6]])
+    model.fold_in_mode = "adam"
+    folded = model.score_history(hist)
+    assert ((folded[:, 0::2].mean(1) > folded[:, 1::2].mean(1)).numpy() == (parity == 0)).all()
+    assert load_model(model.state()).fold_in_mode == "adam"
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", MODELS)
 def test_exact_unlearning_equals_replay(kind, method, data):

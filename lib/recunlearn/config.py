@@ -126,7 +126,10 @@ class ModelConfig(_Frozen):
         8192, ge=1, description="LightGCN: pairs per step (each step propagates the whole shard graph).")
     ncf_layers: list[int] = Field([32, 16, 8], min_length=1, description="NCF: MLP widths after the input.")
     ncf_negatives: int = Field(4, ge=1, description="NCF: sampled negatives per positive.")
-    ncf_fold_in_steps: int = Field(30, ge=1, description="NCF: Adam steps of a fold-in.")
+    ncf_fold_in: Literal["linear", "adam"] = Field(
+        "linear", description="NCF: fold in unseen users linearly (GMF vector, MLP at the users' mean) "
+                              "or by Adam steps on both vectors.")
+    ncf_fold_in_steps: int = Field(30, ge=1, description="NCF: Adam steps of an adam fold-in.")
 
 
 class AggregatorConfig(_Frozen):

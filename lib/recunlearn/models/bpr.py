@@ -74,15 +74,8 @@ class BPRMF(Recommender):
         folded vector on the trained users' logit scale (without it, item biases swamp it).
         """
         if self._fold is None:
-            q = self.item.double()
-            gram = q.T @ q + self.fold_in_reg * torch.eye(q.shape[1], dtype=torch.float64)
-            self._fold = torch.linalg.solve(gram, q.T).T.float()  # (n_items, d)
-        direction = torch.from_numpy(np.asarray(history.astype(np.float32) @ self._fold.numpy()))
-        out = torch.empty_like(direction)
-        for s in range(0, history.shape[0], chunk):
-            p = direction[s:s + chunk]
-            out[s:s + chunk] = p * _logit_scale(p @ self.item.T, history[s:s + chunk], self.bias)[:, None]
-        return out
+            self._fold = fold_matrix(self.item, self.fold_in_reg)
+        return linear_fold_in(history, self.item, self.bias, self._fold, chunk=chunk)
 
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
         return self.fold_in(history) @ self.item.T + self.bias
@@ -97,14 +90,40 @@ class BPRMF(Recommender):
                    state["bias"], state.get("meta"))
 
 
-def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *, steps: int = 8,
+def fold_matrix(item: torch.Tensor, reg: float) -> torch.Tensor:
+    """(n_items, d): a history row times it is the ridge least-squares user vector,
+    argmin ||x - Q p||^2 + reg ||p||^2 (one shared (d, d) solve)."""
+    q = item.double()
+    gram = q.T @ q + reg * torch.eye(q.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(gram, q.T).T.float()
+
+
+def linear_fold_in(history: sp.csr_matrix, item: torch.Tensor, bias: torch.Tensor, fold: torch.Tensor,
+                   *, chunk: int = 4096) -> torch.Tensor:
+    """User vectors for a model scoring ``p . item[i] + bias[i]``, from history rows alone:
+    the least-squares direction (``fold``, see :func:`fold_matrix`), scaled per user onto the
+    trained users' logit scale (:func:`_logit_scale`)."""
+    direction = torch.from_numpy(np.asarray(history.astype(np.float32) @ fold.numpy()))
+    out = torch.empty_like(direction)
+    for s in range(0, history.shape[0], chunk):
+        p = direction[s:s + chunk]
+        out[s:s + chunk] = p * _logit_scale(p @ item.T, history[s:s + chunk], bias)[:, None]
+    return out
+
+
+def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *, steps: int = 30,
                  tol: float = 1e-3) -> torch.Tensor:
     """Per-row a >= 0 maximising the class-balanced log-likelihood of the rows of ``history``
     (positives weighted 1/n_pos, the other items 1/n_neg) under sigmoid(a * s0 + bias).
 
-    Newton steps on the rows still moving by more than ``tol`` (relative): the terms over
-    positives come from the sparse history, and over all items from two dense row sums, so
-    a step costs a few passes over the rows' scores and converged rows drop out."""
+    Safeguarded Newton steps on the rows still moving by more than ``tol`` (relative): the
+    likelihood is concave in a, so its gradient falls with a, and each row keeps a bracket
+    [lo, hi] around the optimum (lo: gradient seen positive, hi: negative). A Newton step
+    that leaves the bracket is replaced by its midpoint (or, with no upper end yet, a
+    doubling): past the optimum the logits saturate, the curvature vanishes and plain Newton
+    steps overshoot back and forth. The terms over positives come from the sparse history,
+    and over all items from two dense row sums, so a step costs a few passes over the rows'
+    scores, and converged rows drop out."""
     n, n_items = s0.shape
     coo = history.tocoo()
     r = torch.from_numpy(coo.row.astype(np.int64))
@@ -113,6 +132,7 @@ def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *
     n_pos, n_neg = counts.clamp(min=1), (n_items - counts).clamp(min=1)
     ps, pb = s0[r, c], bias[c]  # positives' scores and biases
     a = torch.ones(n)
+    lo, hi = torch.zeros(n), torch.full((n,), float("inf"))
     active, s_act = torch.arange(n), s0
     for _ in range(steps):
         m, aa = len(active), a[active]
@@ -125,7 +145,12 @@ def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *
         pos_h = torch.zeros(m).index_add_(0, r, sig * (1 - sig) * ps * ps)
         grad = pos_g / n_pos[active] - (all_g - pos_s) / n_neg[active]
         hess = pos_h / n_pos[active] + (all_h - pos_h) / n_neg[active] + 1e-6
-        new = (aa + grad / hess).clamp(min=0.0)
+        la = torch.where(grad > 0, aa, lo[active])
+        ha = torch.where(grad < 0, aa, hi[active])
+        lo[active], hi[active] = la, ha
+        new = aa + grad / hess
+        outside = (new <= la) | (new >= ha)
+        new = torch.where(outside, torch.where(torch.isinf(ha), 2 * aa.clamp(min=0.5), (la + ha) / 2), new)
         a[active] = new
         moving = (new - aa).abs() > tol * new.clamp(min=1.0)
         if not moving.any():
