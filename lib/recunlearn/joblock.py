@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import pyarrow.dataset as ds
 
 from recunlearn.errors import JobConflictError
-from recunlearn.tables import Layout, merge_source, now_utc, open_delta, read_rows, table_exists, with_retries
+from recunlearn.tables import Layout, merge_into, now_utc, read_rows, table_exists, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,10 @@ class JobLock:
         if stale:
             free += f" OR t.job_id = '{stale}'"
 
-        def merge() -> None:  # one delta-rs MERGE: a racing taker's commit conflicts and retries
-            (open_delta(self.path).merge(merge_source(self.path, [row]), "t.name = s.name", source_alias="s",
-                                     target_alias="t")
-             .when_matched_update_all(predicate=free).when_not_matched_insert_all().execute())
-
-        with_retries(merge, what="take the job lock")
+        # one delta-rs MERGE: a racing taker's commit conflicts and retries
+        with_retries(lambda: merge_into(self.path, [row], "t.name = s.name")
+                     .when_matched_update_all(predicate=free).when_not_matched_insert_all().execute(),
+                     what="take the job lock")
         got = self.holder()
         if not got or got["job_id"] != job_id:
             h = got or {}
@@ -106,11 +104,11 @@ class JobLock:
         log.info("job lock: %s holds the tables", job_id)
 
     def release(self, job_id: str) -> None:
-        src = merge_source(self.path, [{"name": self.name, "job_id": job_id, "released_at": now_utc()}])
-        with_retries(lambda: open_delta(self.path).merge(
-            src, "t.name = s.name AND t.job_id = s.job_id AND t.released_at IS NULL",
-            source_alias="s", target_alias="t").when_matched_update(
-                updates={"released_at": "s.released_at"}).execute(), what="release the job lock")
+        row = {"name": self.name, "job_id": job_id, "released_at": now_utc()}
+        with_retries(lambda: merge_into(self.path, [row], "t.name = s.name AND t.job_id = s.job_id "
+                                        "AND t.released_at IS NULL")
+                     .when_matched_update(updates={"released_at": "s.released_at"}).execute(),
+                     what="release the job lock")
 
 
 @contextmanager

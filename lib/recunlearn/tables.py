@@ -222,19 +222,19 @@ def open_delta(path: str):  # noqa: ANN202 - deltalake.DeltaTable, imported lazi
     return DeltaTable(str(path))
 
 
-def _plain(tp: Any) -> Any:
-    """An Arrow type with its UTC timestamps made naive (what Spark's ``collect`` returns)
-    and string views plain strings (what the compute kernels take)."""
+def _plain(tp: Any, naive_timestamps: bool) -> Any:
+    """An Arrow type with its string views plain strings (what the compute kernels take) and,
+    with ``naive_timestamps``, its UTC timestamps naive (what Spark's ``collect`` returns)."""
     import pyarrow as pa
 
     if pa.types.is_string_view(tp) or pa.types.is_large_string(tp):
         return pa.string()
-    if pa.types.is_timestamp(tp) and tp.tz is not None:
+    if naive_timestamps and pa.types.is_timestamp(tp) and tp.tz is not None:
         return pa.timestamp(tp.unit)
     if pa.types.is_list(tp):
-        return pa.list_(_plain(tp.value_type))
+        return pa.list_(_plain(tp.value_type, naive_timestamps))
     if pa.types.is_struct(tp):
-        return pa.struct([pa.field(f.name, _plain(f.type)) for f in tp])
+        return pa.struct([pa.field(f.name, _plain(f.type, naive_timestamps)) for f in tp])
     return tp
 
 
@@ -255,18 +255,8 @@ def read_table(path: str, *, version: int | None = None, columns: list[str] | No
 
     dt = DeltaTable(str(path), version=version)
     tbl = dt.to_pyarrow_dataset(file_pruning_predicate=partitions).to_table(columns=columns)
-
-    def plain(tp: Any) -> Any:
-        return _plain(tp) if naive_timestamps else _strings(tp)
-
-    tbl = tbl.cast(pa.schema([pa.field(f.name, plain(f.type)) for f in tbl.schema]))
+    tbl = tbl.cast(pa.schema([pa.field(f.name, _plain(f.type, naive_timestamps)) for f in tbl.schema]))
     return tbl if where is None else tbl.filter(where)
-
-
-def _strings(tp: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.string() if pa.types.is_string_view(tp) or pa.types.is_large_string(tp) else tp
 
 
 def read_rows(path: str, where: Any = None, columns: list[str] | None = None) -> list[dict[str, Any]]:
@@ -276,21 +266,29 @@ def read_rows(path: str, where: Any = None, columns: list[str] | None = None) ->
     return read_table(path, columns=columns, where=where, naive_timestamps=True).to_pylist()
 
 
-def _arrow_schema(path: str) -> Any:
+def _arrow_schema(dt: Any) -> Any:
     import pyarrow as pa
 
-    return pa.schema(open_delta(path).schema().to_arrow())
+    return pa.schema(dt.schema().to_arrow())
 
 
-def merge_source(path: str, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
+def _source(dt: Any, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
     """``rows`` as an Arrow table with the Delta table's own schema (missing fields null),
-    plus ``extra`` (name, Arrow type) columns: the source of a delta-rs MERGE."""
+    plus ``extra`` (name, Arrow type) columns."""
     import pyarrow as pa
 
-    schema = _arrow_schema(path)
+    schema = _arrow_schema(dt)
     for name, tp in extra:
         schema = schema.append(pa.field(name, tp))
     return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
+
+
+def merge_into(path: str, rows: list[dict[str, Any]], on: str, extra: list[tuple[str, Any]] = ()) -> Any:
+    """A delta-rs MERGE builder of ``rows`` (source ``s``, in the table's schema plus ``extra``
+    columns) into the table at ``path`` (``t``) on the predicate ``on``; the table is opened
+    once, at its current version (call it inside ``with_retries``)."""
+    dt = open_delta(path)
+    return dt.merge(_source(dt, rows, extra), on, source_alias="s", target_alias="t")
 
 
 def delete_keys(spark: SparkSession | None, path: str, keys: list[Any], *,
@@ -309,16 +307,16 @@ def delete_keys(spark: SparkSession | None, path: str, keys: list[Any], *,
     cols = (on,) if isinstance(on, str) else tuple(on)
     if not keys:
         return delta_version(spark, path)
-    schema = _arrow_schema(path)
     values = [k if isinstance(k, tuple) else (k,) for k in keys]
-    batch = pa.table({c: pa.array([v[i] for v in values], type=schema.field(c).type)
-                      for i, c in enumerate(cols)})
     cond = " AND ".join(f"t.{c} = b.{c}" for c in cols)
     if partition_filter:
         cond = f"{partition_filter} AND {cond}"
 
     def run() -> int:
         dt = open_delta(path)
+        schema = _arrow_schema(dt)
+        batch = pa.table({c: pa.array([v[i] for v in values], type=schema.field(c).type)
+                          for i, c in enumerate(cols)})
         dt.merge(batch, cond, source_alias="b", target_alias="t").when_matched_delete().execute()
         return int(dt.version())
 
@@ -388,7 +386,7 @@ class ForgetLedger:
             write_delta(empty, self.path, mode="append",
                         stats_columns=["status", "received_at", "updated_at"])
         else:
-            have = set(_arrow_schema(self.path).names)
+            have = set(_arrow_schema(open_delta(self.path)).names)
             missing = [f for f in LEDGER_COLUMNS if f.split()[0] not in have]
             if missing:  # a ledger from an older release: add the new columns (null for old rows)
                 self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(missing)})")
@@ -398,10 +396,7 @@ class ForgetLedger:
         self._ready = True
 
     def _merge(self, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
-        """A delta-rs MERGE builder of ``rows`` (source ``s``) into the ledger (``t``) on the
-        request id."""
-        return open_delta(self.path).merge(merge_source(self.path, rows, extra), "t.request_id = s.request_id",
-                                       source_alias="s", target_alias="t")
+        return merge_into(self.path, rows, "t.request_id = s.request_id", extra)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Insert requests that are not there yet; a known request id is left as it is (a
@@ -587,7 +582,7 @@ class ModelRegistry:
         self.ensure()
         row = {"version": version, "created_at": now_utc(), "status": "published",
                "manifest": str(final), "parent": parent, "request_ids": request_ids, "note": note}
-        with_retries(lambda: write_deltalake(self.path, merge_source(self.path, [row]), mode="append"),
+        with_retries(lambda: write_deltalake(self.path, _source(open_delta(self.path), [row]), mode="append"),
                      what="publish model version")
         return version
 
@@ -595,9 +590,8 @@ class ModelRegistry:
         if not versions:
             return
         self.ensure()
-        src = merge_source(self.path, [{"version": int(v), "note": note} for v in versions])
-        with_retries(lambda: open_delta(self.path).merge(src, "t.version = s.version", source_alias="s",
-                                                     target_alias="t")
+        rows = [{"version": int(v), "note": note} for v in versions]
+        with_retries(lambda: merge_into(self.path, rows, "t.version = s.version")
                      .when_matched_update(updates={"status": "'retired'", "note": "s.note"}).execute(),
                      what="retire model versions")
 

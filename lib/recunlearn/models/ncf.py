@@ -140,16 +140,19 @@ class NCF(Recommender):
             self._linear = (item, term, fold_matrix(item, self.fold_in_reg))
         return self._linear
 
+    def _linear_fold_in(self, history: sp.csr_matrix) -> torch.Tensor:
+        item, term, fold = self.linear_view()
+        return linear_fold_in(history, item, term, fold)
+
     def fold_in(self, history: sp.csr_matrix, *, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """GMF and MLP user vectors for ``history`` rows, everything else frozen (see the
         module doc for the two modes)."""
         m = self.module
         n = history.shape[0]
-        gu0, mu0 = m.gmf_user.mean(0), m.mlp_user.mean(0)
+        mu0 = m.mlp_user.mean(0)
         if self.fold_in_mode == "linear":
-            item, term, fold = self.linear_view()
-            return linear_fold_in(history, item, term, fold), mu0.repeat(n, 1)
-        out_g, out_m = gu0.repeat(n, 1), mu0.repeat(n, 1)
+            return self._linear_fold_in(history), mu0.repeat(n, 1)
+        out_g, out_m = m.gmf_user.mean(0).repeat(n, 1), mu0.repeat(n, 1)
         for s in range(0, n, chunk):
             x = torch.from_numpy(history[s:s + chunk].toarray() > 0).float()
             n_pos = x.sum(1, keepdim=True)
@@ -169,10 +172,10 @@ class NCF(Recommender):
         return out_g, out_m
 
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
-        gu, mu = self.fold_in(history)
         if self.fold_in_mode == "linear":  # the MLP term is the same for every folded user
             item, term, _ = self.linear_view()
-            return gu @ item.T + term
+            return self._linear_fold_in(history) @ item.T + term
+        gu, mu = self.fold_in(history)
         with torch.no_grad():
             return torch.cat([self.module.logits(gu[s:s + 128], mu[s:s + 128])
                               for s in range(0, len(gu), 128)]) if len(gu) else torch.empty(0, self.n_items)
