@@ -19,7 +19,7 @@ from recunlearn.config import RunConfig
 from recunlearn.errors import DataError
 from recunlearn.joblock import holds_tables
 from recunlearn.pseudonym import spark_user_key
-from recunlearn.readers import read_interactions
+from recunlearn.readers import engine_errors, read_interactions
 from recunlearn.tables import FORGOTTEN_STATUSES, USER, Layout, table_exists, write_delta
 
 log = logging.getLogger(__name__)
@@ -27,18 +27,37 @@ log = logging.getLogger(__name__)
 INTERACTION_STATS = ["item_idx", "split", "rating", "ts"]  # never user_key: see tables.py
 
 
+MIN_EVAL_ROWS = 3  # a user with at least this many rows gets a validation and a test row
+
+
 def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
-    """Add ``split``: per user, rows ordered by their ``order`` hash; the last shares go to
-    valid and test (floor of n*share each), so every user keeps at least one training row."""
-    w = Window.partitionBy("user_key").orderBy(F.col("order"), F.col("item_idx"))
-    n = F.count(F.lit(1)).over(Window.partitionBy("user_key"))
+    """Add ``split``: per user, rows ordered by their ``order`` hash; the last ones go to test,
+    the ones before them to validation, the rest to training.
+
+    A user's test count is ``n * test`` rounded up or down at random (up with probability of
+    its fractional part; the coin is the user's own seeded order hash, so the split stays
+    reproducible and independent of the pseudonymisation secret), and the same for
+    validation. So the shares hold in expectation on logs of short histories too, where a
+    plain floor gave most users no held-out row at all. A user with at least
+    ``MIN_EVAL_ROWS`` rows gets at least one validation and one test row and keeps at least
+    one training row; a user with fewer rows trains on all of them."""
+    by_user = Window.partitionBy("user_key")
+    w = by_user.orderBy(F.col("order"), F.col("item_idx"))
+    n = F.count(F.lit(1)).over(by_user)
     pos = F.row_number().over(w) - 1
-    n_test = F.floor(n * test)
-    n_valid = F.floor(n * valid)
-    return df.withColumn(
-        "split",
-        F.when(pos >= n - n_test, "test").when(pos >= n - n_test - n_valid, "valid").otherwise("train"),
-    ).drop("order")
+    # two coins per user in [0, 1): 20 low bits of its smallest and largest order hash
+    coin_test = F.pmod(F.min("order").over(by_user), F.lit(1 << 20)) / float(1 << 20)
+    coin_valid = F.pmod(F.max("order").over(by_user), F.lit(1 << 20)) / float(1 << 20)
+    held_out = n >= MIN_EVAL_ROWS
+    n_test = F.when(held_out, F.least(F.greatest(F.floor(n * test + coin_test), F.lit(1)), n - 2)).otherwise(0)
+    n_valid = F.when(held_out, F.least(F.greatest(F.floor(n * valid + coin_valid), F.lit(1)),
+                                       n - 1 - F.col("_n_test"))).otherwise(0)
+    return (df.withColumn("_n", n).withColumn("_pos", pos).withColumn("_n_test", n_test)
+            .withColumn("_n_valid", n_valid)
+            .withColumn("split", F.when(F.col("_pos") >= F.col("_n") - F.col("_n_test"), "test")
+                        .when(F.col("_pos") >= F.col("_n") - F.col("_n_test") - F.col("_n_valid"), "valid")
+                        .otherwise("train"))
+            .drop("order", "_n", "_pos", "_n_test", "_n_valid"))
 
 
 QUARANTINE_SCHEMA = "source string, reason string, fingerprint string, quarantined_at timestamp"
@@ -66,12 +85,16 @@ def quarantine_rows(spark: SparkSession, rejected: DataFrame, *, layout: Layout,
 @holds_tables("ingest")
 def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Path,
            secret: bytes) -> dict[str, Any]:
+    # Spark reads lazily: an input it cannot read at all fails at the first action, which
+    # engine_errors turns into a DataError naming the input (bad rows are quarantined instead).
+    what = (str(raw_path), f"a {cfg.dataset.format} log")
     quarantined: dict[str, int] = {}
-    if cfg.dataset.on_malformed == "quarantine":
-        raw, rejected = read_interactions(spark, cfg.dataset, raw_path, quarantine=True)
-        quarantined = quarantine_rows(spark, rejected, layout=layout, secret=secret, source=raw_path)
-    else:
-        raw = read_interactions(spark, cfg.dataset, raw_path)
+    with engine_errors(*what):
+        if cfg.dataset.on_malformed == "quarantine":
+            raw, rejected = read_interactions(spark, cfg.dataset, raw_path, quarantine=True)
+            quarantined = quarantine_rows(spark, rejected, layout=layout, secret=secret, source=raw_path)
+        else:
+            raw = read_interactions(spark, cfg.dataset, raw_path)
     if cfg.dataset.min_rating is not None:
         raw = raw.where(F.col("rating") >= cfg.dataset.min_rating)
     # The split order hashes the raw ids with the seed (inside Spark, never stored), so the
@@ -96,16 +119,20 @@ def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Pat
     inter = split_per_user(inter, valid=cfg.split.valid, test=cfg.split.test)
     inter = inter.withColumn("shard_id", F.lit(-1))  # assigned by the partition step
     inter = inter.persist()
-    n_rows = inter.count()
+    with engine_errors(*what):
+        n_rows = inter.count()
     if n_rows == 0:
         raise DataError(f"{raw_path}: no interactions left to ingest")
     write_delta(items, layout.items, stats_columns=["item_idx"])
     version = write_delta(inter, layout.interactions, partition_by=["shard_id"],
                           stats_columns=INTERACTION_STATS)
-    counts = {r["split"]: r["count"] for r in inter.groupBy("split").count().collect()}
+    by_split = inter.groupBy("split").agg(F.count(F.lit(1)).alias("rows"),
+                                          F.countDistinct("user_key").alias("users")).collect()
     n_users = inter.select("user_key").distinct().count()
     inter.unpersist()
-    stats = {"rows": n_rows, "users": n_users, "items": items.count(), "splits": counts,
+    stats = {"rows": n_rows, "users": n_users, "items": items.count(),
+             "splits": {r["split"]: int(r["rows"]) for r in by_split},
+             "split_users": {r["split"]: int(r["users"]) for r in by_split},
              "table_version": version, "quarantined": quarantined}
     log.info("ingested %s", stats)
     return stats

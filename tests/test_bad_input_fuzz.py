@@ -1,15 +1,22 @@
 """Seeded fuzz of the two doors bad input comes through (issue 7): the log readers with the
-ingest quarantine, and forget-request intake. Properties, not examples: nothing is lost (every
+ingest quarantine (every reader path: the line formats, generic CSV and Parquet logs,
+compressed inputs), and forget-request intake. Properties, not examples: nothing is lost (every
 non-blank line is ingested or quarantined, every submitted id gets exactly one outcome),
 every rejection has a reason, what is clearly good gets in and what is clearly bad does not,
 and no raw id is stored."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from recunlearn.config import DatasetConfig
+from recunlearn.errors import DataError
 from recunlearn.pseudonym import user_key
 from recunlearn.readers import REASONS, read_interactions
 from recunlearn.tables import ForgetLedger, write_delta
@@ -75,6 +82,131 @@ def test_reader_keeps_or_quarantines_every_line(spark, tmp_path, seed):
 
         with pytest.raises(DataError, match=f"{len(bad)} malformed"):
             read_interactions(spark, DatasetConfig(format="ml-100k"), tmp_path)
+
+
+# Rows whose fate is certain, with the reason each bad one must be quarantined for.
+KIND_REASON = {"good": None, "rating": "non-numeric rating", "ts": "non-numeric timestamp",
+               "empty_user": "empty user id", "empty_item": "empty item id", "fields": "wrong field count"}
+# what bad values look like in a generic log: never the separator (it would shift the fields)
+LOG_BAD_RATING, LOG_BAD_TS = ["five", "--1", "NaN", "x2", "1e"], [
+    "12:00", "ts", "9x9", "880000011;DROP TABLE interactions", "1.5.5"]
+
+
+def _rows(rng: np.random.Generator, n: int, kinds: list[str]) -> list[tuple[str, list[str]]]:
+    """(kind, [user, item, rating, ts]) with the kind's defect; a user id per row."""
+    out = []
+    for k in range(n):
+        kind = str(rng.choice(kinds))
+        f = [f"u{k:04d}", str(int(rng.integers(1, 500))), str(rng.choice(GOOD_RATING)).strip(),
+             str(rng.choice(GOOD_TS))]
+        if kind == "rating":
+            f[2] = str(rng.choice(LOG_BAD_RATING))
+        elif kind == "ts":
+            f[3] = str(rng.choice(LOG_BAD_TS))
+        elif kind == "empty_user":
+            f[0] = " "
+        elif kind == "empty_item":
+            f[1] = " "
+        out.append((kind, f))
+    return out
+
+
+def _write(path: Path, text: str, compression: str | None) -> Path:
+    data = text.encode("utf-8")
+    if compression == "gz":
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    elif compression == "bz2":
+        path = path.with_name(path.name + ".bz2")
+        path.write_bytes(bz2.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+# (format, file name, separator, header line, fields used, kinds that format can carry)
+LINE_CASES = {
+    "ml-100k": ("u.data", "\t", None, 4, list(KIND_REASON)),
+    "ml-1m": ("ratings.dat", "::", None, 4, list(KIND_REASON)),
+    "ml-1m-implicit": ("interactions.csv", ",", "user_id,movie_id", 2,
+                       ["good", "empty_user", "empty_item", "fields"]),
+    "log": ("plays.csv", ",", "uid,iid,stars,when", 4, ["good", "rating", "ts", "empty_user", "empty_item"]),
+}
+
+
+@pytest.mark.parametrize("fmt,compression", [
+    ("ml-100k", None), ("ml-100k", "gz"), ("ml-1m", None), ("ml-1m", "bz2"),
+    ("ml-1m-implicit", None), ("ml-1m-implicit", "gz"), ("log", None), ("log", "bz2")])
+def test_every_line_reader_quarantines_each_malformed_row_with_its_reason(spark, tmp_path, fmt, compression):
+    name, sep, header, n_fields, kinds = LINE_CASES[fmt]
+    rows = _rows(np.random.default_rng(len(fmt) + 7 * bool(compression)), 240, kinds)
+    lines = [header] if header else []
+    for kind, f in rows:
+        f = f[:n_fields]
+        if kind == "fields":  # one field short or one too many
+            f = f[:-1] if int(f[1]) % 2 else f + ["extra"]
+        lines.append(sep.join(f))
+    target = _write(tmp_path / name, "\n".join(lines) + "\n", compression)
+    cfg = (DatasetConfig(format="log", columns={"user": "uid", "item": "iid", "rating": "stars",
+                                                "timestamp": "when"}) if fmt == "log"
+           else DatasetConfig(format=fmt))
+    # a folder finds the format's file, compressed or not; the generic log is named directly
+    good, bad = read_interactions(spark, cfg, target if fmt == "log" else tmp_path, quarantine=True)
+    good, bad = good.collect(), bad.collect()
+    expected = Counter(KIND_REASON[k] for k, _ in rows if KIND_REASON[k])
+    assert Counter(r["reason"] for r in bad) == expected  # every malformed row, by its reason
+    assert sorted(r.raw_user for r in good) == sorted(f[0] for k, f in rows if k == "good")
+    assert all(r.rating == r.rating and r.ts is not None for r in good)
+    with pytest.raises(DataError, match=f"{sum(expected.values())} malformed"):
+        read_interactions(spark, cfg, target if fmt == "log" else tmp_path)
+
+
+def test_parquet_log_with_wrong_column_types_quarantines_or_names_the_column(spark, tmp_path):
+    """Ratings and timestamps stored as text, user ids as integers: each value that does not
+    convert is a quarantined row; a column that cannot hold its kind at all is a DataError
+    naming it; a file that is not Parquet is a DataError, never Spark's own exception."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows(np.random.default_rng(11), 200, ["good", "rating", "ts", "empty_item"])
+    table = pa.table({"uid": pa.array([k for k in range(len(rows))], pa.int64()),
+                      "iid": [f[1] for _, f in rows], "stars": [f[2] for _, f in rows],
+                      "when": [f[3] for _, f in rows]})
+    folder = tmp_path / "log"
+    folder.mkdir()
+    pq.write_table(table, folder / "part-0.parquet")
+    cfg = DatasetConfig(format="log", columns={"user": "uid", "item": "iid", "rating": "stars",
+                                               "timestamp": "when"})
+    good, bad = read_interactions(spark, cfg, folder, quarantine=True)
+    assert Counter(r["reason"] for r in bad.collect()) == Counter(
+        KIND_REASON[k] for k, _ in rows if k != "good")
+    assert sorted(int(r.raw_user) for r in good.collect()) == [i for i, (k, _) in enumerate(rows) if k == "good"]
+
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    pq.write_table(pa.table({"uid": ["a"], "iid": ["b"], "stars": pa.array([{"x": 1}])}), nested / "p.parquet")
+    with pytest.raises(DataError, match=r"column 'stars' \(rating\) has type struct"):
+        read_interactions(spark, DatasetConfig(format="log", columns={"user": "uid", "item": "iid",
+                                                                     "rating": "stars"}), nested)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "part-0.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DataError, match="could not be read as Parquet"):
+        read_interactions(spark, cfg, broken)
+
+
+def test_ingest_of_a_generic_log_quarantines_a_sql_injection_timestamp(spark, cfg, layout, tmp_path):
+    """The row a new user hit: ingest stopped with Spark's CAST_INVALID_INPUT."""
+    from pipelines.ingest import ingest
+
+    log_file = tmp_path / "log.csv"
+    log_file.write_text("user,item,ts\n1,10,880000001\n1,11,880000011;DROP TABLE interactions\n"
+                        "2,10,880000002\n2,12,880000003\n")
+    cfg = cfg.model_copy(update={"dataset": DatasetConfig(
+        format="log", columns={"user": "user", "item": "item", "timestamp": "ts"})})
+    stats = ingest(spark, cfg=cfg, layout=layout, raw_path=log_file, secret=SECRET)
+    assert stats["quarantined"] == {"non-numeric timestamp": 1}
+    assert stats["rows"] == 3
 
 
 def test_ingest_quarantines_by_fingerprint_without_raw_ids(spark, cfg, layout, tmp_path):

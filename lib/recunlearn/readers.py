@@ -9,11 +9,13 @@ by fingerprint. Neither way is a row (which holds a raw user id) logged or silen
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from recunlearn.config import DatasetConfig
-from recunlearn.errors import DataError
+from recunlearn.errors import DataError, RecUnlearnError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -41,10 +43,14 @@ def _read_delimited(spark: SparkSession, fmt: str, path: Path, *,
     from pyspark.sql import functions as F
 
     name, sep, header, fields = _LINE_FORMATS[fmt]
-    target = path / name if path.is_dir() else path
+    target = path
+    if path.is_dir():  # the format's file in the folder, as it is or compressed
+        target = next((c for c in (path / name, path / f"{name}.gz", path / f"{name}.bz2") if c.exists()),
+                      path / name)
     if not target.exists():
         raise DataError(f"{fmt} file {target} does not exist")
-    lines = spark.read.text(str(target))
+    with engine_errors(str(target), "text"):
+        lines = spark.read.text(str(target))
     if header:
         # Spark's text reader has no header option: drop the first line by its value.
         first = lines.first()
@@ -71,8 +77,14 @@ def _read_delimited(spark: SparkSession, fmt: str, path: Path, *,
 
 def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str],
              separator: str = ",", quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
-    """A generic CSV (with a header) or Parquet log; ``columns`` maps user, item and optional
-    rating/weight and timestamp to the file's column names."""
+    """A generic CSV (with a header; ``.gz``/``.bz2`` read directly) or Parquet log;
+    ``columns`` maps user, item and optional rating/weight and timestamp to the file's column
+    names.
+
+    Values are converted with ``try_cast`` semantics: a value that does not convert is a
+    malformed row (quarantined or counted by reason), never an engine error. A column whose
+    type cannot hold its kind of value at all (a struct as a rating, say) is a ``DataError``
+    naming the column and its type."""
     from pyspark.sql import functions as F
 
     missing = [k for k in ("user", "item") if k not in columns]
@@ -81,24 +93,36 @@ def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str],
     if not path.exists():
         raise DataError(f"log {path} does not exist")
     is_parquet = path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet")))
-    if is_parquet:
-        df = spark.read.parquet(str(path))
-    else:
-        df = spark.read.option("header", "true").option("sep", separator).csv(str(path))
+    with engine_errors(f"log {path}", "Parquet" if is_parquet else "CSV"):
+        if is_parquet:
+            df = spark.read.parquet(str(path))
+        else:
+            df = spark.read.option("header", "true").option("sep", separator).csv(str(path))
     absent = sorted(v for v in columns.values() if v not in df.columns)
     if absent:
         raise DataError(f"log {path} lacks column(s) {absent}; it has {df.columns}")
+    types = {f.name: f.dataType.typeName() for f in df.schema.fields}
     rating_src = columns.get("rating") or columns.get("weight")
+    roles = {"user": columns["user"], "item": columns["item"]}
+    if rating_src:
+        roles["rating"] = rating_src
+    if "timestamp" in columns:
+        roles["timestamp"] = columns["timestamp"]
+    for role, col in roles.items():
+        if types[col] not in _SOURCE_TYPES[role]:
+            raise DataError(f"log {path}: column {col!r} ({role}) has type {types[col]}; a {role} "
+                            f"column must be one of {sorted(_SOURCE_TYPES[role])}")
     out = df.select(
-        F.trim(F.col(columns["user"]).cast("string")).alias("raw_user"),
-        F.trim(F.col(columns["item"]).cast("string")).alias("item_id"),
-        (F.col(rating_src).cast("double") if rating_src else F.lit(1.0)).alias("rating"),
-        (F.col(columns["timestamp"]).cast("bigint") if "timestamp" in columns
+        F.trim(F.col(columns["user"]).try_cast("string")).alias("raw_user"),
+        F.trim(F.col(columns["item"]).try_cast("string")).alias("item_id"),
+        (F.col(rating_src).try_cast("double") if rating_src else F.lit(1.0)).alias("rating"),
+        (_to_seconds(F.col(columns["timestamp"]), types[columns["timestamp"]]) if "timestamp" in columns
          else F.lit(0).cast("bigint")).alias("ts"),
         *([F.col(rating_src).alias("_r_src")] if rating_src else []),
         *([F.col(columns["timestamp"]).alias("_t_src")] if "timestamp" in columns else []),
         # the row as text, for the quarantine's fingerprint (never stored as such)
-        F.concat_ws(separator, *[F.coalesce(F.col(c).cast("string"), F.lit("")) for c in df.columns]).alias("_row"),
+        F.concat_ws(separator, *[F.coalesce(F.col(c).try_cast("string"), F.lit("")) for c in df.columns]
+                    ).alias("_row"),
     )
     bad = (F.col("raw_user").isNull() | (F.col("raw_user") == "") | F.col("item_id").isNull()
            | (F.col("item_id") == ""))
@@ -111,6 +135,56 @@ def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str],
         return out.where(~bad).select(*CANONICAL).fillna({"rating": 1.0, "ts": 0}), rejected
     _fail_on_bad(out.where(bad), path, "log")
     return out.select(*CANONICAL).fillna({"rating": 1.0, "ts": 0})
+
+
+_NUMBERS = {"byte", "short", "integer", "long", "float", "double", "decimal"}
+# what a source column of each role may be (Spark type names); anything else is a DataError
+_SOURCE_TYPES = {
+    "user": _NUMBERS | {"string", "binary"},
+    "item": _NUMBERS | {"string", "binary"},
+    "rating": _NUMBERS | {"string", "boolean"},
+    "timestamp": _NUMBERS | {"string", "timestamp", "timestamp_ntz", "date"},
+}
+
+
+def _to_seconds(col: Any, type_name: str) -> Any:
+    """Epoch seconds from a number, a numeric string, a timestamp or a date (null if none)."""
+    from pyspark.sql import functions as F
+
+    if type_name in ("timestamp", "timestamp_ntz"):
+        return F.unix_seconds(col.try_cast("timestamp"))
+    if type_name == "date":
+        return F.unix_date(col) * F.lit(86400).cast("bigint")
+    if type_name in ("float", "double", "decimal"):
+        return col.try_cast("double").try_cast("bigint")
+    return col.try_cast("bigint")
+
+
+@contextmanager
+def engine_errors(what: str, kind: str) -> Iterator[None]:
+    """Turn Spark's error for an unreadable input (a file that is not ``kind``, a corrupt
+    footer, a missing codec) into a ``DataError`` naming the input and Spark's error class,
+    never the message's values (which can hold rows and so raw ids)."""
+    try:
+        yield
+    except Exception as exc:  # pyspark's errors and py4j's; ours pass through
+        if isinstance(exc, RecUnlearnError):
+            raise
+        raise DataError(f"{what} could not be read as {kind} ({spark_error_class(exc)}); "
+                        "nothing was ingested") from None
+
+
+def spark_error_class(exc: BaseException) -> str:
+    """Spark's error class of ``exc`` (e.g. ``FAILED_READ_FILE.NO_HINT``), else its type name."""
+    getter = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    try:
+        name = getter() if getter else None
+    except Exception:  # a py4j error whose JVM side is gone
+        name = None
+    if not name:
+        m = re.search(r"\[([A-Z][A-Z0-9_.]+)\]", str(exc))
+        name = m.group(1) if m else None
+    return name or type(exc).__name__
 
 
 REASONS = ("wrong field count", "empty user id", "empty item id", "non-numeric rating",
