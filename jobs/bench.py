@@ -10,6 +10,9 @@
 - ``recunlearn bench exact [--datasets ...] [--models bpr,...] [--methods sisa,receraser,ultrare,laser]
   [--ks 5,10,20]``: the exact family against the full model; JSON, a Markdown table and a PNG
   per data set.
+- ``recunlearn bench intake [--config ...] [--set ...] [--runs 20]``: ``recunlearn forget --user
+  ID`` from a fresh process per run (and ``status``), after the data set is ingested and
+  partitioned once; the operator's wait, p50/p90.
 - ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
   matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
   (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
@@ -28,7 +31,7 @@ from pathlib import Path
 from jobs._common import add_config_args, setup
 from recunlearn.engines import PROJECT_ROOT
 
-BENCHES = ("attribute", "suite", "fast", "exact", "e2e")
+BENCHES = ("attribute", "suite", "fast", "exact", "e2e", "intake")
 DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
 
 
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", default="random,core,edge", help="bench exact: 1%% forget sets to time")
     p.add_argument("--models", default="bpr", help="bench exact: sub-models (bpr, wmf, itemknn, lightgcn, ncf)")
     p.add_argument("--stream", help="bench fast: requests per method, e.g. scif=200,als=100")
+    p.add_argument("--runs", type=int, default=20, help="bench intake: forget requests to time")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
     if args.bench == "fast":
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return _suite(args, cfg, args.out or (layout.root / "bench" / "suite"))
     if args.bench == "exact":
         return _exact(args, cfg, args.out or (layout.root / "bench" / "exact"))
+    if args.bench == "intake":
+        return _intake(args, cfg, args.out or (layout.root / "bench"), layout.root / "bench" / "intake-state")
     if args.bench == "e2e":
         return _e2e(args, cfg, args.out or (layout.root / "bench" / "e2e"), layout.root / "bench" / "e2e-state")
     out = args.out or (layout.root / "bench")
@@ -121,6 +127,26 @@ def _e2e(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # noqa:
     result = with_engines(cfg, lambda spark: e2e.run(spark, cfg, ks=ks, state_root=state))
     paths = write_outputs(out, f"e2e-{cfg.dataset.name}", result, e2e.markdown(result))
     print(e2e.markdown(result))
+    print(json.dumps(paths, indent=2))
+    return 0
+
+
+def _intake(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # noqa: ANN001
+    import time
+
+    from jobs._common import with_engines
+    from pipelines.bench import intake
+    from pipelines.bench.common import write_outputs
+    from recunlearn.tables import Layout
+
+    cfg = cfg.model_copy(update={"data_dir": str(state)})
+    t0 = time.perf_counter()
+    users = with_engines(cfg, lambda spark: intake.prepare(spark, cfg, Layout(state), n_users=args.runs),
+                         ray_needed=False)  # the engines are down again before the timing starts
+    result = intake.run(cfg, users=users, prepare_s=time.perf_counter() - t0, config=args.config,
+                        overrides=args.overrides, state=state)
+    paths = write_outputs(out, f"intake-{cfg.dataset.name}", result, intake.markdown(result))
+    print(intake.markdown(result))
     print(json.dumps(paths, indent=2))
     return 0
 

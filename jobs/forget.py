@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs._common import add_config_args, read_ids, secret_for, setup, with_engines
+from jobs._common import add_config_args, read_ids, secret_for, setup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,24 +38,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--item and --interaction do not combine with --attribute")
     cfg, layout = setup(args)
     secret = secret_for(cfg, layout)
+    # No engine: the intake checks and writes the Delta tables through delta-rs (no JVM, no Ray).
     if args.attribute:
         from pipelines.attribute import submit_attribute_requests
 
-        outcomes = with_engines(cfg, lambda spark: submit_attribute_requests(
-            spark, cfg=cfg, layout=layout, secret=secret, name=args.attribute,
-            raw_ids=ids or None, undo=args.undo), ray_needed=False)
+        outcomes = submit_attribute_requests(None, cfg=cfg, layout=layout, secret=secret, name=args.attribute,
+                                             raw_ids=ids or None, undo=args.undo)
     else:
         from pipelines.forget import submit_data_requests, submit_user_requests
 
-        def submit(spark):  # noqa: ANN001, ANN202
-            out = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=ids) if ids else []
-            if args.item or args.interaction:
-                more = submit_data_requests(spark, layout=layout, secret=secret, items=args.item,
-                                            interactions=[tuple(x) for x in args.interaction])
-                out += [{**o, "position": o["position"] + len(ids)} for o in more]
-            return out
-
-        outcomes = with_engines(cfg, submit, ray_needed=False)
+        outcomes = submit_user_requests(layout=layout, secret=secret, raw_ids=ids) if ids else []
+        if args.item or args.interaction:
+            more = submit_data_requests(layout=layout, secret=secret, items=args.item,
+                                        interactions=[tuple(x) for x in args.interaction])
+            outcomes += [{**o, "position": o["position"] + len(ids)} for o in more]
     for o in outcomes:
         print(json.dumps({k: o.get(k) for k in ("position", "request_id", "outcome", "status", "reason")}))
     return 0 if all(o["outcome"] != "rejected" for o in outcomes) else 2

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections import Counter
 
-from jobs._common import add_config_args, print_json, setup, with_engines
+from jobs._common import add_config_args, print_json, setup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from recunlearn.tables import STATES, ForgetLedger, ModelRegistry
 
-    rows, current = with_engines(cfg, lambda spark: (ForgetLedger(spark, layout.ledger).rows(),
-                                                     ModelRegistry(spark, layout).current()),
-                                 ray_needed=False)
+    # delta-rs reads, no engine
+    rows, current = ForgetLedger(None, layout.ledger).rows(), ModelRegistry(None, layout).current()
     if args.request:
         match = [r for r in rows if r["request_id"].startswith(args.request)]
         if len(match) != 1:

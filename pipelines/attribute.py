@@ -39,7 +39,7 @@ from recunlearn.pseudonym import secret_from_config, user_key
 from recunlearn.seeding import make_seed
 from recunlearn.tables import (APPLIED, ATTRIBUTE, ATTRIBUTE_UNDO, FORGOTTEN_STATUSES, PLANNED, RECEIVED,
                                REJECTED, REVERTED, ForgetLedger, Layout, ModelRegistry, new_job_id, now_utc)
-from pipelines.forget import _VALID_ID, _known_keys, request_id_for
+from pipelines.forget import VALID_ID, known_users, request_id_for
 from pipelines.train import read_split_data
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,10 @@ def users_file(cfg: RunConfig, layout: Layout) -> Path:
 
 
 # --------------------------------------------------------------------------- intake
-def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: Layout, secret: bytes,
+def submit_attribute_requests(spark: SparkSession | None, *, cfg: RunConfig, layout: Layout, secret: bytes,
                               name: str, raw_ids: list[str] | None, undo: bool = False) -> list[dict[str, Any]]:
-    """Record attribute edit (or undo) requests; ``raw_ids=None`` means every user."""
+    """Record attribute edit (or undo) requests; ``raw_ids=None`` means every user. Through
+    delta-rs only, as the other intakes (``spark`` is unused)."""
     attribute(name)  # unknown attribute: DataError before anything is written
     ledger = ForgetLedger(spark, layout.ledger)
     ledger.ensure()
@@ -74,11 +75,11 @@ def submit_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: La
         text = str(raw).strip()
         if raw_ids is None:
             targets.append((pos, ALL_USERS, None))
-        elif not _VALID_ID.match(text):
+        elif not VALID_ID.match(text):
             targets.append((pos, None, "malformed user id"))
         else:
             targets.append((pos, user_key(secret, text), None))
-    known = _known_keys(spark, layout, sorted({k for _, k, _ in targets if k and k != ALL_USERS}))
+    known = known_users(layout, sorted({k for _, k, _ in targets if k and k != ALL_USERS}))
     seen: set[str] = set()
     for pos, key, reason in targets:
         if key is None or (key != ALL_USERS and key not in known):

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
-
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING, Any
 
 from recunlearn import checkpoints, faults
 from recunlearn.ensemble import load_ensemble
@@ -25,10 +23,13 @@ from recunlearn.scan import delta_log_hits, rows_with_items, rows_with_keys, row
 from recunlearn.tables import (DATA_TARGETS, INTERACTION, ITEM, RETRAINED, USER, VERIFIED, ForgetLedger, Layout,
                                ModelRegistry, append_audit, new_job_id, now_utc)
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 log = logging.getLogger(__name__)
 
 
-def audit(spark: SparkSession, *, layout: Layout, secret: bytes, raw_ids: list[str] | None = None,
+def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids: list[str] | None = None,
           request_ids: list[str] | None = None, job_id: str | None = None) -> dict[str, Any]:
     """Audit the data requests that are ``retrained`` or ``verified`` (only ``request_ids``,
     when given) against the published version; each ``retrained`` one that passes moves to

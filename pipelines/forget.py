@@ -2,6 +2,10 @@
 
 Idempotent: the request id is derived from the target, so the same request twice is one
 row. An unknown user or a malformed id is rejected with a recorded reason; nothing is lost.
+
+No engine: the checks read the Delta tables through delta-rs (the shard map says which shard
+partitions of the interaction table to read), and the ledger is written through delta-rs, so
+filing a request from the CLI starts no JVM and no Ray. ``spark`` is accepted and unused.
 """
 
 from __future__ import annotations
@@ -11,23 +15,25 @@ import logging
 import re
 from typing import Any
 
-from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
+from typing import TYPE_CHECKING
 
 from recunlearn.pseudonym import user_key
 from recunlearn.tables import (INTERACTION, ITEM, RECEIVED, REJECTED, ForgetLedger, Layout, new_job_id,
-                               now_utc, table_exists)
+                               now_utc, read_rows, read_table, table_exists)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
-_VALID_ID = re.compile(r"^[\w.@:+-]{1,256}$")
+VALID_ID = re.compile(r"^[\w.@:+-]{1,256}$")
 
 
 def request_id_for(target_type: str, key: str) -> str:
     return hashlib.sha256(f"{target_type}:{key}".encode()).hexdigest()[:24]
 
 
-def submit_user_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
+def submit_user_requests(spark: SparkSession | None = None, *, layout: Layout, secret: bytes,
                          raw_ids: list[str]) -> list[dict[str, Any]]:
     """Record one request per raw user id; return outcomes (never the raw ids)."""
     ledger = ForgetLedger(spark, layout.ledger)
@@ -36,14 +42,14 @@ def submit_user_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
     candidates: list[tuple[int, dict[str, Any]]] = []
     for position, raw in enumerate(raw_ids):
         text = str(raw).strip()
-        if not _VALID_ID.match(text):
+        if not VALID_ID.match(text):
             key = user_key(secret, f"malformed:{text}")
             reason = "malformed user id (empty, too long, or characters outside [A-Za-z0-9_.@:+-])"
             candidates.append((position, _row(request_id_for("malformed", key), key, REJECTED, reason, stamp)))
             continue
         key = user_key(secret, text)
         candidates.append((position, _row(request_id_for("user", key), key, RECEIVED, None, stamp)))
-    known = _known_keys(spark, layout, sorted({r["user_key"] for _, r in candidates if r["status"] == RECEIVED}))
+    known = known_users(layout, sorted({r["user_key"] for _, r in candidates if r["status"] == RECEIVED}))
     for _, row in candidates:
         if row["status"] == RECEIVED and row["user_key"] not in known:
             row["status"], row["reason"] = REJECTED, "unknown user: no interactions under this key"
@@ -60,7 +66,7 @@ def _row(rid: str, key: str | None, status: str, reason: str | None, stamp: Any,
             "reason": reason, "received_at": stamp, "updated_at": stamp, "item_idx": item_idx}
 
 
-def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
+def submit_data_requests(spark: SparkSession | None = None, *, layout: Layout, secret: bytes,
                          items: list[str] | None = None,
                          interactions: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """Record requests to forget items (every interaction with each) and single interactions
@@ -71,12 +77,12 @@ def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
     stamp = now_utc()
     items, interactions = list(items or []), list(interactions or [])
     raw_items = sorted({str(i).strip() for i in items} | {str(i).strip() for _, i in interactions})
-    index = _item_index(spark, layout, [i for i in raw_items if _VALID_ID.match(i)])
+    index = item_index(layout, [i for i in raw_items if VALID_ID.match(i)])
     candidates: list[tuple[int, dict[str, Any]]] = []
     for position, raw in enumerate(items):
         text = str(raw).strip()
-        if not _VALID_ID.match(text) or text not in index:
-            reason = ("malformed item id" if not _VALID_ID.match(text)
+        if not VALID_ID.match(text) or text not in index:
+            reason = ("malformed item id" if not VALID_ID.match(text)
                       else "unknown item: not in the items table")
             rid = request_id_for("rejected-item", hashlib.sha256(text.encode()).hexdigest())
             candidates.append((position, _row(rid, None, REJECTED, reason, stamp, ITEM)))
@@ -87,9 +93,9 @@ def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
     pairs = []
     for position, (raw_user, raw_item) in enumerate(interactions, start=len(items)):
         u, i = str(raw_user).strip(), str(raw_item).strip()
-        key = user_key(secret, u if _VALID_ID.match(u) else f"malformed:{u}")
-        if not (_VALID_ID.match(u) and _VALID_ID.match(i)) or i not in index:
-            reason = ("malformed user or item id" if not (_VALID_ID.match(u) and _VALID_ID.match(i))
+        key = user_key(secret, u if VALID_ID.match(u) else f"malformed:{u}")
+        if not (VALID_ID.match(u) and VALID_ID.match(i)) or i not in index:
+            reason = ("malformed user or item id" if not (VALID_ID.match(u) and VALID_ID.match(i))
                       else "unknown item: not in the items table")
             rid = request_id_for("rejected-interaction", f"{key}:{hashlib.sha256(i.encode()).hexdigest()}")
             candidates.append((position, _row(rid, key, REJECTED, reason, stamp, INTERACTION)))
@@ -98,7 +104,7 @@ def submit_data_requests(spark: SparkSession, *, layout: Layout, secret: bytes,
         pairs.append((key, idx))
         candidates.append((position, _row(request_id_for(INTERACTION, f"{key}:{idx}"), key, RECEIVED,
                                           None, stamp, INTERACTION, idx)))
-    known = _known_pairs(spark, layout, pairs)
+    known = known_pairs(layout, pairs)
     for _, row in candidates:
         if row["target_type"] == INTERACTION and row["status"] == RECEIVED \
                 and (row["user_key"], row["item_idx"]) not in known:
@@ -110,8 +116,7 @@ def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) 
     """Record the new requests (a rejected one re-opens in place when valid again) and say,
     per position, accepted / duplicate / rejected."""
     ids = sorted({row["request_id"] for _, row in candidates})
-    existing = {r["request_id"]: r.asDict() for r in ledger.read()
-                .where(F.col("request_id").isin(ids)).collect()} if ids else {}
+    existing = {r["request_id"]: r for r in ledger.rows_for(ids)} if ids else {}
     new: dict[str, dict[str, Any]] = {}
     outcomes = []
     for position, row in candidates:
@@ -135,26 +140,52 @@ def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) 
     return outcomes
 
 
-def _item_index(spark: SparkSession, layout: Layout, raw_items: list[str]) -> dict[str, int]:
-    if not raw_items or not table_exists(spark, layout.items):
+def item_index(layout: Layout, raw_items: list[str]) -> dict[str, int]:
+    """The item index of each raw item id that the items table holds."""
+    import pyarrow.dataset as ds
+
+    if not raw_items or not table_exists(None, layout.items):
         return {}
-    probe = spark.createDataFrame([(i,) for i in raw_items], "item_id string")
-    items = spark.read.format("delta").load(layout.items)
-    return {r["item_id"]: int(r["item_idx"]) for r in items.join(probe, "item_id", "left_semi").collect()}
+    rows = read_rows(layout.items, ds.field("item_id").isin(raw_items), ["item_id", "item_idx"])
+    return {r["item_id"]: int(r["item_idx"]) for r in rows}
 
 
-def _known_pairs(spark: SparkSession, layout: Layout, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
-    if not pairs or not table_exists(spark, layout.interactions):
-        return set()
-    probe = spark.createDataFrame(sorted(set(pairs)), "user_key string, item_idx int")
-    inter = spark.read.format("delta").load(layout.interactions).select("user_key", "item_idx")
-    return {(r["user_key"], int(r["item_idx"]))
-            for r in inter.join(probe, ["user_key", "item_idx"], "left_semi").distinct().collect()}
+def known_pairs(layout: Layout, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """The (user key, item index) pairs that have a row in the interaction table."""
+    wanted = set(pairs)
+    hits = _rows_of_users(layout, sorted({k for k, _ in wanted}), ["user_key", "item_idx"])
+    return {(k, int(i)) for k, i in zip(hits["user_key"], hits["item_idx"]) if (k, int(i)) in wanted}
 
 
-def _known_keys(spark: SparkSession, layout: Layout, keys: list[str]) -> set[str]:
-    if not keys or not table_exists(spark, layout.interactions):
-        return set()
-    probe = spark.createDataFrame([(k,) for k in keys], "user_key string")
-    inter = spark.read.format("delta").load(layout.interactions).select("user_key")
-    return {r["user_key"] for r in inter.join(probe, "user_key", "left_semi").distinct().collect()}
+def known_users(layout: Layout, keys: list[str]) -> set[str]:
+    """The user keys that have a row in the interaction table."""
+    return set(_rows_of_users(layout, keys, ["user_key"])["user_key"])
+
+
+def _rows_of_users(layout: Layout, keys: list[str], columns: list[str]) -> dict[str, list]:
+    """``columns`` of the interaction rows of ``keys``, read by delta-rs: first only the shard
+    partitions that the shard map names for them, then, for keys not found there (not
+    partitioned yet, or the map is older than the table), the whole table."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    out: dict[str, list] = {c: [] for c in columns}
+    if not keys or not table_exists(None, layout.interactions):
+        return out
+    rest = set(keys)
+    attempts: list[list[tuple[str, str, list[str]]] | None] = []
+    if table_exists(None, layout.shard_map):
+        shards = {str(r["shard_id"]) for r in read_rows(layout.shard_map, ds.field("user_key").isin(keys),
+                                                        ["user_key", "shard_id"])}
+        if shards:
+            attempts.append([("shard_id", "in", sorted(shards))])
+    attempts.append(None)
+    for partitions in attempts:
+        if not rest:
+            break
+        tbl = read_table(layout.interactions, columns=columns, partitions=partitions,
+                         where=ds.field("user_key").isin(pa.array(sorted(rest))))
+        for c in columns:
+            out[c] += tbl.column(c).to_pylist()
+        rest -= set(tbl.column("user_key").to_pylist())
+    return out

@@ -59,3 +59,80 @@ def test_rejected_request_reopens_in_place_once_the_user_has_data(spark, seeded)
     assert by_key[user_key(SECRET, "late")]["status"] == "received"
     assert by_key[user_key(SECRET, "late")]["reason"] is None
     assert by_key[user_key(SECRET, "never")]["status"] == "rejected"
+
+
+# Run the CLI in a fresh interpreter in which pyspark, py4j and ray cannot be imported: a
+# command that tried to start a JVM (or Ray) would fail there.
+_NO_ENGINE = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('pyspark', 'py4j', 'ray'):
+            raise ImportError('engine import blocked in this test: ' + name)
+sys.meta_path.insert(0, _Blocked())
+from jobs.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli(layout, *args):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "RECUNLEARN_PSEUDONYM_KEY": SECRET.decode(), "RECUNLEARN_LOG_FORMAT": "json"}
+    return subprocess.run([sys.executable, "-c", _NO_ENGINE, *args, "--config", str(ROOT / "conf" / "test.yaml"),
+                           "--set", f"data_dir={layout.root}"],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+
+
+def test_forget_status_and_audit_from_the_cli_start_no_engine(spark, seeded):
+    """The commands an operator runs by hand read and write the tables through delta-rs: with
+    pyspark, py4j and ray unimportable they still work, and the intake's existence check reads
+    the shard partition the shard map names (user 2 is in shard 0 only)."""
+    import json
+
+    smap = [(user_key(SECRET, "2"), 0)]
+    write_delta(spark.createDataFrame(smap, "user_key string, shard_id int"), seeded.shard_map,
+                stats_columns=["shard_id"])
+    out = _cli(seeded, "forget", "--user", "1", "--user", "2", "--user", "nobody")
+    assert out.returncode == 2, out.stderr[-2000:]  # one rejection
+    outcomes = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [o["outcome"] for o in outcomes] == ["accepted", "accepted", "rejected"]
+    assert "unknown user" in outcomes[2]["reason"]
+    rows = ForgetLedger(None, seeded.ledger).rows()
+    assert sorted(r["status"] for r in rows) == ["received", "received", "rejected"]
+    assert {r["user_key"] for r in rows if r["status"] == "received"} == {user_key(SECRET, "1"),
+                                                                          user_key(SECRET, "2")}
+    status = _cli(seeded, "status", "--json")
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert json.loads(status.stdout)["requests"] == {"received": 2, "rejected": 1}
+    one = _cli(seeded, "status", "--request", outcomes[0]["request_id"][:10])
+    assert one.returncode == 0 and "now received" in one.stdout
+    audit = _cli(seeded, "audit", "--request", outcomes[0]["request_id"][:10])
+    assert audit.returncode == 0 and "no retrained requests" in audit.stdout, audit.stderr[-2000:]
+    assert _cli(seeded, "audit", "--request", "zzzz").returncode == 2
+
+
+def test_bench_intake_files_each_sampled_user_through_the_cli(spark, cfg, tmp_path, monkeypatch):
+    """The benchmark's path: ingest and partition once, then real `recunlearn forget`
+    processes, one per sampled user, every one accepted and on the ledger."""
+    from conftest import ROOT, write_ml100k
+    from pipelines.bench import intake
+    from recunlearn.tables import Layout
+
+    write_ml100k(tmp_path / "raw", n_users=30)
+    state = tmp_path / "state"
+    cfg = cfg.model_copy(update={"data_dir": str(state), "dataset": cfg.dataset.model_copy(
+        update={"path": str(tmp_path / "raw")})})
+    users = intake.prepare(spark, cfg, Layout(state), n_users=3)
+    assert len(set(users)) == 3
+    result = intake.run(cfg, users=users, prepare_s=1.0, config=str(ROOT / "conf" / "test.yaml"),
+                        overrides=[f"dataset.path={tmp_path / 'raw'}"], state=state, n_status=1)
+    assert result["forget_exit_codes"] == {"0": 3}
+    assert result["forget_seconds"]["n"] == 3 and result["forget_seconds"]["p50"] > 0
+    rows = ForgetLedger(None, Layout(state).ledger).rows()
+    assert sorted(r["status"] for r in rows) == ["received"] * 3
+    assert "| recunlearn forget --user ID | 3 |" in intake.markdown(result)

@@ -205,6 +205,44 @@ def write_delta(df: DataFrame, path: str, *, mode: str = "overwrite",
     return delta_version(df.sparkSession, path)
 
 
+def arrow_schema(ddl: str) -> Any:
+    """The Arrow schema of a Spark DDL string of this module's tables (string, int, long,
+    boolean, timestamp (UTC), arrays and structs of those)."""
+    import pyarrow as pa
+
+    scalars = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "boolean": pa.bool_(),
+               "double": pa.float64(), "timestamp": pa.timestamp("us", tz="UTC")}
+
+    def tp(text: str) -> Any:
+        text = text.strip()
+        if text.startswith("array<"):
+            return pa.list_(tp(text[6:-1]))
+        if text.startswith("struct<"):
+            return pa.struct([pa.field(n.strip(), tp(t)) for n, t in
+                              (f.split(":", 1) for f in _split_schema(text[7:-1]))])
+        return scalars[text]
+
+    return pa.schema([pa.field(name, tp(rest)) for name, rest in
+                      (col.split(None, 1) for col in _split_schema(ddl))])
+
+
+def create_table(path: str, ddl: str, *, stats_columns: list[str]) -> None:
+    """Create an empty Delta table (``ddl`` as for Spark) with the properties of
+    ``table_properties``, through delta-rs: no JVM, so the operator's commands that create
+    the ledger on first use start none. A table that exists already is left as it is."""
+    from deltalake import write_deltalake
+
+    if table_exists(None, path):
+        return
+    try:
+        write_deltalake(path, arrow_schema(ddl).empty_table(), mode="append",
+                        configuration=table_properties(stats_columns))
+    except Exception as exc:  # two writers created it at once: the other one's table stands
+        if not table_exists(None, path):
+            raise
+        log.debug("create %s: created concurrently (%s)", Path(path).name, type(exc).__name__)
+
+
 def delta_version(spark: SparkSession | None, path: str) -> int:
     """The table's current version (read from its log by delta-rs; ``spark`` is unused)."""
     return int(open_delta(path).version())
@@ -370,10 +408,11 @@ LEDGER_FIELDS = [f.split()[0] for f in LEDGER_COLUMNS]
 
 class ForgetLedger:
     """The ``forget_requests`` Delta table: one row per request id, its state and its history
-    (one ``(state, job_id, at)`` entry per transition). Spark creates (and upgrades) it;
-    reads and writes go through delta-rs (see the module's note)."""
+    (one ``(state, job_id, at)`` entry per transition). Every access goes through delta-rs
+    (see the module's note), creation and the upgrade of an older ledger too, so no JVM is
+    needed to file or read requests; ``spark`` is unused."""
 
-    def __init__(self, spark: SparkSession, path: str) -> None:
+    def __init__(self, spark: SparkSession | None, path: str) -> None:
         self.spark = spark
         self.path = path
         self._ready = False
@@ -381,18 +420,19 @@ class ForgetLedger:
     def ensure(self) -> None:
         if self._ready:
             return
-        if not table_exists(self.spark, self.path):
-            empty = self.spark.createDataFrame([], LEDGER_SCHEMA)
-            write_delta(empty, self.path, mode="append",
-                        stats_columns=["status", "received_at", "updated_at"])
+        if not table_exists(None, self.path):
+            create_table(self.path, LEDGER_SCHEMA, stats_columns=["status", "received_at", "updated_at"])
         else:
-            have = set(_arrow_schema(open_delta(self.path)).names)
+            dt = open_delta(self.path)
+            have = set(_arrow_schema(dt).names)
             missing = [f for f in LEDGER_COLUMNS if f.split()[0] not in have]
             if missing:  # a ledger from an older release: add the new columns (null for old rows)
-                self.spark.sql(f"ALTER TABLE delta.`{self.path}` ADD COLUMNS ({', '.join(missing)})")
+                from deltalake import Schema
+
+                dt.alter.add_columns(list(Schema.from_arrow(arrow_schema(", ".join(missing))).fields))
                 if "history" in {f.split()[0] for f in missing}:  # its statuses predate the states
-                    with_retries(lambda: self.spark.sql(
-                        f"UPDATE delta.`{self.path}` SET status = {_LEGACY_STATUS}"), what="ledger upgrade")
+                    with_retries(lambda: open_delta(self.path).update(updates={"status": _LEGACY_STATUS}),
+                                 what="ledger upgrade")
         self._ready = True
 
     def _merge(self, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
@@ -501,11 +541,6 @@ class ForgetLedger:
         with_retries(lambda: self._merge(rows).when_matched_update(updates=sets).execute(),
                      what="ledger update")
 
-    def read(self) -> DataFrame:
-        """The ledger as a Spark DataFrame (for joins with the other tables)."""
-        self.ensure()
-        return self.spark.read.format("delta").load(self.path)
-
     def rows(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """The requests (in ``statuses``), oldest first."""
         import pyarrow.dataset as ds
@@ -537,18 +572,18 @@ REGISTRY_SCHEMA = (
 
 
 class ModelRegistry:
-    """Published model versions. A version row is written only after every step succeeded."""
+    """Published model versions. A version row is written only after every step succeeded.
+    Read and written through delta-rs; ``spark`` is unused."""
 
-    def __init__(self, spark: SparkSession, layout: Layout) -> None:
+    def __init__(self, spark: SparkSession | None, layout: Layout) -> None:
         self.spark = spark
         self.layout = layout
         self.path = layout.model_versions
         self._ready = False
 
     def ensure(self) -> None:
-        if not self._ready and not table_exists(self.spark, self.path):
-            write_delta(self.spark.createDataFrame([], REGISTRY_SCHEMA), self.path, mode="append",
-                        stats_columns=["version", "status"])
+        if not self._ready:
+            create_table(self.path, REGISTRY_SCHEMA, stats_columns=["version", "status"])
         self._ready = True
 
     def versions(self) -> list[dict[str, Any]]:
@@ -604,11 +639,12 @@ AUDIT_SCHEMA = (
 )
 
 
-def append_audit(spark: SparkSession, path: str, rows: list[dict[str, Any]]) -> None:
+def append_audit(spark: SparkSession | None, path: str, rows: list[dict[str, Any]]) -> None:
+    """Append audit results (through delta-rs; ``spark`` is unused)."""
+    from deltalake import write_deltalake
+
     if not rows:
         return
-    fields = [f.split()[0] for f in AUDIT_SCHEMA.split(", ")]
-    df = spark.createDataFrame([{f: r.get(f) for f in fields} for r in rows], AUDIT_SCHEMA)
-    with_retries(lambda: df.write.format("delta").mode("append")
-                 .options(**table_properties(["audited_at", "model_version"])).save(path),
+    create_table(path, AUDIT_SCHEMA, stats_columns=["audited_at", "model_version"])
+    with_retries(lambda: write_deltalake(path, _source(open_delta(path), rows), mode="append"),
                  what="audit append")
