@@ -252,7 +252,15 @@ class AttributeConfig(_Frozen):
     edit: AttributeEditConfig = AttributeEditConfig()
 
 
-class SparkConfig(_Frozen):
+class _EngineStart(_Frozen):
+    start_attempts: int = Field(
+        3, ge=1, description="Tries to start (or connect to) the engine before the job gives up "
+        "with one EngineStartError naming the engine and what to check.")
+    start_backoff_s: float = Field(
+        5.0, ge=0, description="Wait before the second try, doubled before each later one.")
+
+
+class SparkConfig(_EngineStart):
     master: str = Field("local[2]", description="Ignored when spark-submit already set one.")
     app_name: str = "recunlearn"
     shuffle_partitions: int = Field(4, ge=1)
@@ -260,7 +268,7 @@ class SparkConfig(_Frozen):
     extra: dict[str, str] = Field(default_factory=dict, description="More spark.* settings.")
 
 
-class RayConfig(_Frozen):
+class RayConfig(_EngineStart):
     address: str | None = Field(
         None, description="Ray cluster address; None starts a local instance (RAY_ADDRESS wins)."
     )
@@ -269,6 +277,10 @@ class RayConfig(_Frozen):
     max_retries: int = Field(2, ge=0, description="Retries of a shard task whose worker died.")
     object_store_mb: int | None = Field(
         None, ge=80, description="Object store of a local instance in MiB (None: Ray's default).")
+    worker_niceness: int = Field(
+        0, ge=0, le=19, description="Nice level of a local instance's workers. Ray's default, 15, "
+        "starves shard training beside a Spark JVM at nice 0 on a busy host; 0 shares the CPUs "
+        "evenly. A cluster's head sets its own (RAY_worker_niceness when it is started).")
 
 
 class RunConfig(_Frozen):

@@ -10,16 +10,18 @@ import glob
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from recunlearn.config import RayConfig, SparkConfig
-from recunlearn.errors import ConfigError
+from recunlearn.errors import ConfigError, EngineStartError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JARS_ENV = "RECUNLEARN_JARS_DIR"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +38,46 @@ def delta_jars() -> list[str]:
     return jars
 
 
+SPARK_CHECKS = ("that `java -version` runs Java 17 (JAVA_HOME), that the machine has memory for "
+                "spark.driver.memory, and the jars in jars/ (`make jars`)")
+RAY_CHECKS = ("free memory and /dev/shm, stale Ray processes holding ports (`ray stop`), the "
+              "address in ray.address / RAY_ADDRESS, and the host's load (a busy host can time out "
+              "Ray's start: raise ray.start_attempts or ray.start_backoff_s)")
+
+
+def start_with_retries(engine: str, start: Callable[[], T], *, attempts: int, backoff_s: float,
+                       checks: str, cleanup: Callable[[], None] | None = None) -> T:
+    """``start()`` with up to ``attempts`` tries, waiting ``backoff_s`` (doubled each time)
+    between them and calling ``cleanup`` after each failure; then one ``EngineStartError``
+    that names the engine, the tries and the last error, and says what to check."""
+    for i in range(attempts):
+        try:
+            return start()
+        except Exception as exc:  # the engines raise many kinds (py4j, pyspark, ray, OSError)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            last = f"{type(exc).__name__}: {first_line}"
+            if cleanup is not None:
+                try:
+                    cleanup()
+                except Exception as again:  # keep the start error, not the cleanup's
+                    log.debug("%s cleanup after a failed start: %s", engine, again)
+            if i + 1 < attempts:
+                delay = backoff_s * 2**i
+                log.warning("%s did not start (try %d of %d: %s); trying again in %.1fs",
+                            engine, i + 1, attempts, last, delay)
+                time.sleep(delay)
+    raise EngineStartError(f"{engine} did not start after {attempts} tries, {backoff_s:g}s apart and "
+                           f"doubling (last error: {last}). Nothing was changed; check {checks}.")
+
+
 def spark_session(cfg: SparkConfig) -> SparkSession:
-    """A Delta-enabled session. Settings given by spark-submit (master, jars) win."""
+    """A Delta-enabled session, started with ``cfg.start_attempts`` tries. Settings given by
+    spark-submit (master, jars) win."""
+    return start_with_retries("Spark", lambda: _spark_session(cfg), attempts=cfg.start_attempts,
+                              backoff_s=cfg.start_backoff_s, checks=SPARK_CHECKS)
+
+
+def _spark_session(cfg: SparkConfig) -> SparkSession:
     from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
@@ -92,6 +132,14 @@ def connect_ray(cfg: RayConfig, *, spill_dir: str | Path | None = None) -> None:
 
     if ray.is_initialized():
         return
+    start_with_retries("Ray", lambda: _connect_ray(cfg, spill_dir), attempts=cfg.start_attempts,
+                       backoff_s=cfg.start_backoff_s, checks=RAY_CHECKS, cleanup=ray.shutdown)
+    log.info("ray connected: %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def _connect_ray(cfg: RayConfig, spill_dir: str | Path | None) -> None:
+    import ray
+
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     # Shard data travels by path, not through the object store; keep Ray quiet and local.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -110,9 +158,10 @@ def connect_ray(cfg: RayConfig, *, spill_dir: str | Path | None = None) -> None:
             include_dashboard=cfg.include_dashboard,
             log_to_driver=True,
             configure_logging=False,
+            # workers at the driver's and the JVM's priority, not Ray's nice 15 (see RayConfig)
+            _system_config={"worker_niceness": cfg.worker_niceness},
             **extra,
         )
-    log.info("ray connected: %s CPUs", ray.cluster_resources().get("CPU"))
 
 
 def disconnect_ray() -> None:

@@ -36,3 +36,8 @@ class AuditError(RecUnlearnError):
 class JobConflictError(RecUnlearnError):
     """Another job holds the tables (ingest, partition, train and unlearn run one at a time);
     this one changed nothing."""
+
+
+class EngineStartError(RecUnlearnError):
+    """Spark or Ray did not start (or could not be reached) after the configured tries; the
+    message names the engine, what was tried and what to check. Nothing was changed."""
