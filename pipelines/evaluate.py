@@ -37,6 +37,7 @@ def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                            "protocol": "full ranking over all items; the user's train and "
                                        "validation items excluded; test items as truth"}
     ens = load_ensemble(manifest, fold_in_reg=reg)
+    out["aggregator"] = ens.aggregator.kind  # what the published ensemble combines its shards with
     # utility, and from the same scores fairness: A-IGF (the 5% most active users against the
     # rest) and the spread over home shards
     out["ensemble"], fair_ens = evaluate_with_fairness(ens, data, users,

@@ -4,7 +4,8 @@ report.json schema (``schema_version`` 1; fields are only ever added, never rena
 - ``dataset``, ``config_fingerprint``, ``created_at``, ``n_shards``, ``guarantee``, ``partition``
 - ``metrics``: ``{before, before_retained, after}``, each with ``ensemble`` (the published
   aggregator), ``ensemble_mean`` and ``reference`` (the full K=1 model), each
-  ``{"ndcg@20", "recall@20", "hr@20", "users"}``. ``before_retained`` scores the original
+  ``{"ndcg@20", "recall@20", "hr@20", "users"}``, and ``aggregator`` (the published
+  aggregator's kind; where it is ``mean``, ``ensemble_mean`` is the same model). ``before_retained`` scores the original
   models on the users that remain (the users of ``after``); ``reference`` after unlearning
   is the full model retrained without the forgotten users.
 - ``ratios``: ``ensemble_vs_reference_ndcg_before`` / ``_after``;
@@ -102,7 +103,7 @@ def build_report(run: dict[str, Any]) -> dict[str, Any]:
         "n_shards": run["n_shards"], "guarantee": run["partition"]["guarantee"],
         "partition": {k: run["partition"][k] for k in ("sizes", "max_imbalance", "method",
                                                         "train_rows", "row_imbalance")},
-        "metrics": {k: {m: ev[k][m] for m in ("ensemble", "ensemble_mean", "reference")}
+        "metrics": {k: {m: ev[k].get(m) for m in ("ensemble", "ensemble_mean", "reference", "aggregator")}
                     for k in ("before", "before_retained", "after")},
         "ratios": ratios,
         "timings": {**run["timings"], "full_training_fit_seconds": full_fit,
@@ -128,8 +129,12 @@ def summary_table(report: dict[str, Any]) -> str:
     m = report["metrics"]
     rows = [("model", "NDCG@20", "Recall@20", "users")]
     for phase in ("before", "before_retained", "after"):
-        for name in ("ensemble", "ensemble_mean", "reference"):
-            b = m[phase][name]
+        kind = m[phase].get("aggregator") or "published"
+        # each model once, named by its aggregator: the mean row only where it is another model
+        models = [(f"ensemble ({kind})", m[phase]["ensemble"]),
+                  *([("ensemble (mean)", m[phase]["ensemble_mean"])] if kind != "mean" else []),
+                  ("reference (full model)", m[phase]["reference"])]
+        for name, b in models:
             if b:
                 rows.append((f"{name} [{phase}]", f"{b['ndcg@20']:.4f}", f"{b['recall@20']:.4f}",
                              str(b["users"])))
