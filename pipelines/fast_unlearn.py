@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from pyspark.sql import SparkSession
 
 from recunlearn import checkpoints
-from recunlearn.config import RunConfig, fingerprint
+from recunlearn.config import EXACT_UPDATES, RunConfig, fingerprint
 from recunlearn.errors import PipelineError
 from recunlearn.fast.bpr import METHODS, BPRUnlearner
 from recunlearn.models.base import lookup_rows
@@ -54,13 +54,14 @@ APPROXIMATE_GUARANTEE = (
 )
 
 
-EXACT_UPDATES = {"als": "wmf", "knn": "itemknn"}  # model-specific exact updates, by model kind
 EXACT_UPDATE_GUARANTEE = (
     "exact ({method}, model-specific): the forgotten rows are deleted and vacuumed, and every shard "
     "that held them, and the reference, was updated to the model of the retained data: {detail}"
 )
 EXACT_DETAIL = {
     "knn": "the item-kNN index equals, bit for bit, the index rebuilt without the rows",
+    "ease": "EASE's Gram matrix counts only the retained rows and its inverse was updated by "
+            "Woodbury to the refit's to float64 round-off",
     "als": "the WMF factors re-converged from the current ones until every row's normal equations "
            "on the retained data hold to the training tolerance (a retrain from scratch meets the "
            "same test; it differs from this model as much as a retrain with another seed does)",
@@ -223,7 +224,7 @@ def _run_fast(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: Fo
 
 
 def _apply_exact(model: Any, targets: Any) -> list[dict[str, Any]]:
-    """The model-specific exact update (WMF or item-kNN) of one model for the targets."""
+    """The model-specific exact update (WMF, item-kNN or EASE) of one model for the targets."""
     out = []
     steps = (("users", targets.users, lambda: model.forget_users(np.array(targets.users))),
              ("items", targets.items, lambda: model.forget_items(np.array(targets.items))),
@@ -238,7 +239,7 @@ def _apply_exact(model: Any, targets: Any) -> list[dict[str, Any]]:
 
 
 def _nnz(model: Any) -> int:
-    """Training interactions a WMF or item-kNN model holds."""
+    """Training interactions a WMF, item-kNN or EASE model holds."""
     return int(model.users.m.nnz if hasattr(model, "users") else model.x.nnz)
 
 

@@ -18,13 +18,14 @@ from pipelines.bench.methods import make_method
 
 from test_bpr import CFG, checkerboard
 
-MODELS = ("bpr", "wmf", "itemknn", "lightgcn", "ncf")
+MODELS = ("bpr", "wmf", "itemknn", "lightgcn", "ncf", "ease")
 METHODS = ("sisa", "receraser", "ultrare", "laser")
 
 
 def _cfg(kind: str) -> RunConfig:
     model = {**CFG.model_dump(), "kind": kind, "dim": 8, "wmf_reg": 0.5, "knn_k": 10,
-             "lightgcn_batch_size": 256, "ncf_layers": [8], "ncf_fold_in_steps": 10}
+             "lightgcn_batch_size": 256, "ncf_layers": [8], "ncf_fold_in_steps": 10,
+             "ease_lambda": 10.0}
     return RunConfig(model=model, aggregator={"max_epochs": 2},
                      sharding={"embedding_rank": 4, "group_epochs": 10})
 

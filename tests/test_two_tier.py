@@ -163,19 +163,20 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
     assert all(r["parquet_rows_found"] == 0 for r in report["requests"])
 
 
-# the WMF variant is slow (its update is unit-tested in test_wmf.py); the kNN one runs by default
-@pytest.mark.parametrize("kind,method", [("itemknn", "knn"),
+# the WMF variant is slow (its update is unit-tested in test_wmf.py); kNN and EASE run by default
+@pytest.mark.parametrize("kind,method", [("itemknn", "knn"), ("ease", "ease"),
                                          pytest.param("wmf", "als", marks=pytest.mark.slow)])
 def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, kind, method):
-    """Shards of item-kNN or WMF: `unlearn --method knn|als` updates the touched shards and the
-    reference in place and publishes an exact version (no retrain pending); the kNN shards
-    equal a rebuild from the shard's retained rows, the WMF shards satisfy the retained data's
-    normal equations; the audit passes for users, items and interactions."""
+    """Shards of item-kNN, EASE or WMF: `unlearn --method knn|ease|als` updates the touched
+    shards and the reference in place and publishes an exact version (no retrain pending); the
+    kNN shards equal a rebuild from the shard's retained rows, the EASE shards a refit to
+    float64 round-off, the WMF shards satisfy the retained data's normal equations; the audit
+    passes for users, items and interactions."""
     from recunlearn.models import fit_model, load_model
     from pipelines.train import n_items_of, read_split_data
 
     cfg = cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"kind": kind, "dim": 8, "wmf_reg": 2.0}),
+        "model": cfg.model.model_copy(update={"kind": kind, "dim": 8, "wmf_reg": 2.0, "ease_lambda": 20.0}),
         "unlearn": cfg.unlearn.model_copy(update={"method": method, "membership": False})})
     raw = tmp_path / "raw"
     write_ml100k(raw)
@@ -201,6 +202,11 @@ def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, k
         if kind == "itemknn":
             rebuilt, _ = fit_model(data, cfg.model, seed=0)
             assert (model.neighbours == rebuilt.neighbours).all() and (model.sims == rebuilt.sims).all()
+        elif kind == "ease":
+            refit, _ = fit_model(data, cfg.model, seed=0)
+            assert (model.x != refit.x).nnz == 0
+            diff = (model.weights().double() - refit.weights().double()).abs().max()
+            assert float(diff / refit.weights().double().abs().max()) < 1e-9
         else:
             assert (model.users.m != (data.train > 0)).nnz == 0
             assert model.max_residual() <= cfg.model.wmf_tol

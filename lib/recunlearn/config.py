@@ -98,15 +98,18 @@ class ShardingConfig(_Frozen):
 
 # sub-models served as user . item factors (+ item bias): the fitted aggregators work on them
 FACTOR_MODELS = ("bpr", "lightgcn")
+# unlearn methods that update a sub-model exactly in place (no retrain), and the model kind each needs
+EXACT_UPDATES = {"als": "wmf", "knn": "itemknn", "ease": "ease"}
 
 
 class ModelConfig(_Frozen):
-    kind: Literal["bpr", "wmf", "itemknn", "lightgcn", "ncf"] = Field(
+    kind: Literal["bpr", "wmf", "itemknn", "lightgcn", "ncf", "ease"] = Field(
         "bpr", description="Shard sub-model: BPR-MF (torch, every method incl. the fast tier's "
         "influence, fine-tune and ascent), WMF (implicit ALS; unlearn --method als re-converges "
         "it), item-kNN (unlearn --method knn updates its top-k index), LightGCN (BPR loss, "
-        "sparse propagation on the shard's graph) or NCF (NeuMF: GMF + MLP, log loss with "
-        "sampled negatives).")
+        "sparse propagation on the shard's graph), NCF (NeuMF: GMF + MLP, log loss with "
+        "sampled negatives) or EASE (closed form; unlearn --method ease updates its inverse "
+        "Gram matrix exactly).")
     dim: int = Field(64, ge=1, description="Embedding dimension (BPR and WMF).")
     lr: float = Field(0.005, gt=0)
     reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
@@ -121,6 +124,10 @@ class ModelConfig(_Frozen):
     wmf_tol: float = Field(1e-3, gt=0, description="WMF: relative residual of converged normal equations.")
     knn_k: int = Field(50, ge=1, description="item-kNN: neighbours kept per item.")
     knn_shrink: float = Field(0.0, ge=0, description="item-kNN: cosine shrinkage.")
+    ease_lambda: float = Field(500.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1.")
+    ease_max_items: int = Field(
+        20000, ge=1, description="EASE: largest catalogue (two dense float64 I x I matrices, "
+        "16 I^2 bytes: 6.4 GB at 20K items).")
     lightgcn_layers: int = Field(3, ge=1, description="LightGCN: propagation layers.")
     lightgcn_batch_size: int = Field(
         8192, ge=1, description="LightGCN: pairs per step (each step propagates the whole shard graph).")
@@ -200,11 +207,11 @@ class UnlearnConfig(_Frozen):
         12.0, gt=0, description="Lease of the tables' job lock (ingest, partition, train, unlearn run "
         "one at a time): a holder killed on another host frees it after this long; on the same "
         "host at once.")
-    method: Literal["exact", "scif", "influence", "finetune", "ascent", "als", "knn"] = Field(
+    method: Literal["exact", "scif", "influence", "finetune", "ascent", "als", "knn", "ease"] = Field(
         "exact", description="exact: delete, retrain the touched shards, refit, publish. A fast "
         "method: delete, update the touched shard models in place, publish with an approximate "
-        "guarantee, and retrain exactly when the policy says so. als / knn (model.kind wmf / "
-        "itemknn): the model-specific exact update of the touched shards, no retrain needed.")
+        "guarantee, and retrain exactly when the policy says so. als / knn / ease (model.kind wmf "
+        "/ itemknn / ease): the model-specific exact update of the touched shards, no retrain needed.")
     fast: FastSettings = FastSettings()
     policy: PolicyConfig = PolicyConfig()
     retrain_reference: bool = Field(
@@ -317,8 +324,7 @@ class RunConfig(_Frozen):
                 raise ValueError("train.mode=sequential serves one model, restarted from a user "
                                  "group's checkpoint: it needs aggregator.kind=mean, sharding.unit=user, "
                                  f"unlearn.partition=frozen and unlearn.method=exact, not {', '.join(clash)}")
-        fits = {"als": "wmf", "knn": "itemknn"}
-        want = fits.get(self.unlearn.method, "bpr" if self.unlearn.method != "exact" else None)
+        want = EXACT_UPDATES.get(self.unlearn.method, "bpr" if self.unlearn.method != "exact" else None)
         if want is not None and want != self.model.kind:
             raise ValueError(f"unlearn.method={self.unlearn.method} updates {want} models, but "
                              f"model.kind={self.model.kind}")

@@ -8,7 +8,9 @@ seed):
   ``ascent`` (``recunlearn.fast.bpr``);
 - WMF: ``als``, the exact re-convergence update (``recunlearn.models.wmf``);
 - item-kNN: ``knn``, the incremental top-k index (``recunlearn.models.itemknn``), checked
-  equal to the index rebuilt without the users at every checkpoint.
+  equal to the index rebuilt without the users at every checkpoint;
+- EASE: ``ease``, the Woodbury update of its inverse Gram matrix (``recunlearn.models.ease``,
+  lambda from ``model.ease_lambda``), its weights compared with the refit's at every checkpoint.
 Measured per method: latency per request (p50, p90, max), speed-up of the p50 over the
 family's full retrain, RelEff (NDCG@20 of the retained users under the unlearned model /
 under the retrain) and the forgotten users' NDCG@20 (their held-out items, served by fold-in
@@ -34,6 +36,7 @@ from recunlearn.evaluation import evaluate_users
 from recunlearn.fast.bpr import BPRUnlearner
 from recunlearn.models.bpr import fit_bpr
 from recunlearn.models.data import InteractionData
+from recunlearn.models.ease import EASE
 from recunlearn.models.itemknn import ItemKNN
 from recunlearn.models.wmf import fit_wmf
 from recunlearn.seeding import make_seed, numpy_rng
@@ -43,8 +46,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = (1, 10, 100, 1000)
 # requests per method: the Newton step over every parameter and the active methods cost more
-STREAM = {"scif": 1000, "als": 1000, "knn": 1000, "finetune": 200, "ascent": 200, "influence": 20}
-FAMILY = {"scif": "bpr", "influence": "bpr", "finetune": "bpr", "ascent": "bpr", "als": "wmf", "knn": "knn"}
+STREAM = {"scif": 1000, "als": 1000, "knn": 1000, "ease": 1000, "finetune": 200, "ascent": 200, "influence": 20}
+FAMILY = {"scif": "bpr", "influence": "bpr", "finetune": "bpr", "ascent": "bpr", "als": "wmf", "knn": "knn",
+          "ease": "ease"}
 WMF_PARAMS = {"dim": 64, "alpha": 10.0, "reg": 5.0, "tol": 1e-3}
 KNN_PARAMS = {"k": 50}
 
@@ -55,6 +59,8 @@ def _fit(family: str, data: InteractionData, cfg: RunConfig, seed: int) -> tuple
         model, _ = fit_bpr(data, cfg.model, seed=seed)
     elif family == "wmf":
         model, _ = fit_wmf(data.user_keys, data.train, seed=seed, **WMF_PARAMS)
+    elif family == "ease":
+        model = EASE(data.user_keys, data.train, lam=cfg.model.ease_lambda, max_items=cfg.model.ease_max_items)
     else:
         model = ItemKNN(data.user_keys, data.train, **KNN_PARAMS)
     return model, time.perf_counter() - t0
@@ -126,6 +132,9 @@ def run_dataset(name: str, cfg: RunConfig, *, data_dir: str | None, methods: lis
                             np.array_equal(model.neighbours, rb.neighbours) and np.array_equal(model.sims, rb.sims))
                     if family == "wmf":
                         rows[str(n)]["max_relative_residual"] = model.max_residual()
+                    if family == "ease":
+                        w, wr = model.weights().double(), retrains[n].weights().double()
+                        rows[str(n)]["weights_max_rel_diff_vs_refit"] = float((w - wr).abs().max() / wr.abs().max())
                     log.info("bench fast %s/%s after %d: %s", name, method, n, rows[str(n)])
             for k in ("cg_iterations", "rounds", "steps", "block_users", "block_items", "terms"):
                 if k in info:

@@ -9,7 +9,8 @@ from recunlearn.models.base import Recommender
 
 
 def load_model(state: dict[str, Any]) -> Recommender:
-    """The model a checkpoint's state describes (its ``kind``: bpr, wmf or itemknn)."""
+    """The model a checkpoint's state describes (its ``kind``: bpr, wmf, itemknn, lightgcn,
+    ncf or ease)."""
     kind = state.get("kind", "bpr")
     if kind == "bpr":
         from recunlearn.models.bpr import BPRMF
@@ -31,6 +32,10 @@ def load_model(state: dict[str, Any]) -> Recommender:
         from recunlearn.models.ncf import NCF
 
         return NCF.from_state(state)
+    if kind == "ease":
+        from recunlearn.models.ease import EASE
+
+        return EASE.from_state(state)
     raise ValueError(f"unknown model kind {kind!r} in checkpoint")
 
 
@@ -40,8 +45,8 @@ def fit_model(data: Any, cfg: Any, *, seed: int, init: Any = None,
     early-stop on ``data.valid``). Stats always carry fit_seconds, epochs, best_epoch,
     valid_ndcg, n_users, n_train and curve. ``init`` (a model of the same kind) warm-starts
     the trained kinds and ``max_epochs`` caps the gradient-trained ones' epochs (sequential
-    training); WMF converges from ``init`` to its tolerance, and an item-kNN index is a
-    function of its data alone, so it ignores ``init``."""
+    training); WMF converges from ``init`` to its tolerance, and an item-kNN index and EASE's
+    closed form are functions of their data alone, so they ignore ``init``."""
     import time
 
     base = {"epochs": 0, "best_epoch": 0, "valid_ndcg": None, "curve": [],
@@ -70,4 +75,9 @@ def fit_model(data: Any, cfg: Any, *, seed: int, init: Any = None,
 
         model = ItemKNN(data.user_keys, data.train, k=cfg.knn_k, shrink=cfg.knn_shrink)
         return model, {**base, "fit_seconds": time.perf_counter() - t0}
+    if cfg.kind == "ease":
+        from recunlearn.models.ease import fit_ease
+
+        model, stats = fit_ease(data.user_keys, data.train, lam=cfg.ease_lambda, max_items=cfg.ease_max_items)
+        return model, {**base, **stats}
     raise ValueError(f"unknown model kind {cfg.kind!r}")
