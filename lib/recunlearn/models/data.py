@@ -19,6 +19,37 @@ def binary_csr(m: sp.spmatrix, dtype: type = np.float32) -> sp.csr_matrix:
     return out
 
 
+def without_pairs(x: sp.csr_matrix, user_rows: np.ndarray, items: np.ndarray
+                  ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    """The rows of ``x`` that hold any of the pairs (user row, item), as they are and without
+    those pairs: ``(rows, old, new)``; pairs ``x`` does not hold are ignored."""
+    user_rows, items = np.asarray(user_rows, np.int64), np.asarray(items, np.int64)
+    rows = np.unique(user_rows)
+    drop = sp.csr_matrix((np.ones(len(items), np.float32), (np.searchsorted(rows, user_rows), items)),
+                         shape=(len(rows), x.shape[1]))
+    old = x[rows]
+    gone = old.multiply(drop > 0).tocsr()
+    gone.eliminate_zeros()
+    held = np.flatnonzero(np.diff(gone.indptr) > 0)
+    old = old[held]
+    new = (old - gone[held]).tocsr()
+    new.eliminate_zeros()
+    return rows[held], old, new
+
+
+def replace_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
+    """``x`` with its rows ``rows`` replaced by the rows of ``new`` (binary; sorted indices)."""
+    keep = np.ones(x.shape[0], bool)
+    keep[rows] = False
+    base = sp.diags(keep.astype(np.float32)) @ x
+    placed = sp.csr_matrix((np.ones(new.nnz, np.float32), (rows[new.tocoo().row], new.tocoo().col)),
+                           shape=x.shape)
+    out = (base + placed).tocsr()
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
 def has_pairs(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Whether each (row, col) is stored (non-zero) in ``m``; vectorised, any number of pairs."""
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)

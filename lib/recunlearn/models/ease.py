@@ -36,7 +36,7 @@ import torch
 
 from recunlearn.errors import ConfigError
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr
+from recunlearn.models.data import binary_csr, replace_rows, without_pairs
 
 
 def _inverse(gram: np.ndarray, lam: float) -> np.ndarray:
@@ -121,17 +121,8 @@ class EASE(Recommender):
 
     def forget_pairs(self, user_rows: np.ndarray, items: np.ndarray) -> dict[str, Any]:
         """Remove single interactions (user row, item); pairs the model does not hold are ignored."""
-        user_rows, items = np.asarray(user_rows, np.int64), np.asarray(items, np.int64)
-        rows = np.unique(user_rows)
-        drop = sp.csr_matrix((np.ones(len(items), np.float32), (np.searchsorted(rows, user_rows), items)),
-                             shape=(len(rows), self.n_items))
-        old = self.x[rows]
-        d = old.multiply(drop > 0).tocsr()
-        d.eliminate_zeros()
-        held = np.flatnonzero(np.diff(d.indptr) > 0)
-        old, d, rows = old[held], d[held], rows[held]
-        new = (old - d).tocsr()
-        new.eliminate_zeros()
+        rows, old, new = without_pairs(self.x, user_rows, items)
+        d = (old - new).tocsr()
         idx = self._gram_block_update(old, new)
         # two columns per user, [x_u, d_u], with S = [[0, -1], [-1, 1]] and S^-1 = [[-1, -1], [-1, 0]]
         m = len(rows)
@@ -139,10 +130,7 @@ class EASE(Recommender):
         u[:, 0::2], u[:, 1::2] = old[:, idx].T.toarray(), d[:, idx].T.toarray()
         s_inv = np.kron(np.eye(m), np.array([[-1.0, -1.0], [-1.0, 0.0]]))
         stats = self._update(idx, u, s_inv)
-        x = self.x.tolil()
-        for i, r in enumerate(rows):  # one row per touched user (not per interaction)
-            x[r] = new[i]
-        self.x = x.tocsr()
+        self.x = replace_rows(self.x, rows, new)
         return {**stats, "pairs_removed": int(d.nnz)}
 
     def forget_items(self, items: np.ndarray) -> dict[str, Any]:

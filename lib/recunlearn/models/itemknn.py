@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr
+from recunlearn.models.data import binary_csr, replace_rows, without_pairs
 
 
 _SMALLEST = np.nextafter(0.0, 1.0)  # the smallest positive float64: x >= it iff x > 0
@@ -100,7 +100,7 @@ class ItemKNN(Recommender):
         if ((new - old.multiply(new)).nnz) != 0:
             raise ValueError("update_rows only removes interactions; it cannot add any")
         stats = self._repair(old, new)
-        self.x = _replace_rows(self.x, rows, new)
+        self.x = replace_rows(self.x, rows, new)
         return stats
 
     def _repair(self, old: sp.csr_matrix, new: sp.csr_matrix) -> dict[str, int]:
@@ -250,12 +250,7 @@ class ItemKNN(Recommender):
 
     def forget_pairs(self, user_rows: np.ndarray, items: np.ndarray) -> dict[str, int]:
         """Remove single interactions (user row, item)."""
-        user_rows, items = np.asarray(user_rows, np.int64), np.asarray(items, np.int64)
-        rows = np.unique(user_rows)
-        drop = sp.csr_matrix((np.ones(len(items), np.float32), (np.searchsorted(rows, user_rows), items)),
-                             shape=(len(rows), self.n_items))
-        new = self.x[rows] - self.x[rows].multiply(drop > 0)
-        new.eliminate_zeros()
+        rows, _, new = without_pairs(self.x, user_rows, items)
         return self.update_rows(rows, new)
 
     def forget_items(self, items: np.ndarray) -> dict[str, int]:
@@ -321,15 +316,3 @@ def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
         t = tied[crowded]
         chosen[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1) <= need[crowded]))
     return np.nonzero(chosen)[1].reshape(sim.shape[0], k)
-
-
-def _replace_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
-    keep = np.ones(x.shape[0], bool)
-    keep[rows] = False
-    base = sp.diags(keep.astype(np.float32)) @ x
-    placed = sp.csr_matrix((np.ones(new.nnz, np.float32), (rows[new.tocoo().row], new.tocoo().col)),
-                           shape=x.shape)
-    out = (base + placed).tocsr()
-    out.eliminate_zeros()
-    out.sort_indices()
-    return out
