@@ -13,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from recunlearn.pseudonym import user_key
 from recunlearn.tables import (INTERACTION, ITEM, RECEIVED, REJECTED, ForgetLedger, Layout, new_job_id,
-                               now_utc, read_rows, read_table, table_exists)
+                               now_utc, read_rows, scan_table, table_exists)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -163,9 +161,9 @@ def known_users(layout: Layout, keys: list[str]) -> set[str]:
 
 
 def _rows_of_users(layout: Layout, keys: list[str], columns: list[str]) -> dict[str, list]:
-    """``columns`` of the interaction rows of ``keys``, read by delta-rs: first only the shard
-    partitions that the shard map names for them, then, for keys not found there (not
-    partitioned yet, or the map is older than the table), the whole table."""
+    """``columns`` of the interaction rows of ``keys``, read by delta-rs in bounded batches:
+    first only the shard partitions that the shard map names for them, then, for keys not
+    found there (not partitioned yet, or the map is older than the table), the whole table."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
@@ -183,9 +181,11 @@ def _rows_of_users(layout: Layout, keys: list[str], columns: list[str]) -> dict[
     for partitions in attempts:
         if not rest:
             break
-        tbl = read_table(layout.interactions, columns=columns, partitions=partitions,
-                         where=ds.field("user_key").isin(pa.array(sorted(rest))))
-        for c in columns:
-            out[c] += tbl.column(c).to_pylist()
-        rest -= set(tbl.column("user_key").to_pylist())
+        found: set[str] = set()
+        for tbl in scan_table(layout.interactions, columns=columns, partitions=partitions,
+                              where=ds.field("user_key").isin(pa.array(sorted(rest)))):
+            for c in columns:
+                out[c] += tbl.column(c).to_pylist()
+            found |= set(tbl.column("user_key").to_pylist())
+        rest -= found
     return out

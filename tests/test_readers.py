@@ -58,3 +58,21 @@ def test_missing_mapped_column_names_the_column(spark, tmp_path):
     p.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match=r"lacks column\(s\) \['user_id'\]"):
         read_log(spark, p, columns={"user": "user_id", "item": "b"})
+
+
+def test_parquet_log_with_timestamp_date_and_integer_columns(spark, tmp_path):
+    """Typed sources convert as they mean: a timestamp or a date to epoch seconds, integer ids
+    to their text, a fractional timestamp down to the second."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = [dt.datetime(2020, 1, 1, 0, 0, 10, tzinfo=dt.timezone.utc), dt.datetime(1970, 1, 2, tzinfo=dt.timezone.utc)]
+    for name, column, expected in (("ts.parquet", pa.array(when, pa.timestamp("us", tz="UTC")), [1577836810, 86400]),
+                                   ("date.parquet", pa.array([d.date() for d in when]), [1577836800, 86400]),
+                                   ("float.parquet", pa.array([12.9, 3.0]), [12, 3])):
+        pq.write_table(pa.table({"uid": pa.array([7, 8], pa.int64()), "iid": ["a", "b"], "when": column}),
+                       tmp_path / name)
+        df = read_log(spark, tmp_path / name, columns={"user": "uid", "item": "iid", "timestamp": "when"})
+        assert sorted((r.raw_user, r.ts) for r in df.collect()) == list(zip(["7", "8"], expected)), name

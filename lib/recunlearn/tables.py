@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from recunlearn.errors import LedgerConflictError
 
@@ -295,6 +295,20 @@ def read_table(path: str, *, version: int | None = None, columns: list[str] | No
     tbl = dt.to_pyarrow_dataset(file_pruning_predicate=partitions).to_table(columns=columns)
     tbl = tbl.cast(pa.schema([pa.field(f.name, _plain(f.type, naive_timestamps)) for f in tbl.schema]))
     return tbl if where is None else tbl.filter(where)
+
+
+def scan_table(path: str, *, columns: list[str], partitions: list[tuple[str, str, Any]] | None = None,
+               where: Any = None, batch_rows: int = 1 << 20) -> Iterator[Any]:
+    """``read_table`` (current version) in Arrow tables of at most ``batch_rows`` rows, each
+    filtered by ``where``: memory bounded by the batch, not by the table."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    dataset = DeltaTable(str(path)).to_pyarrow_dataset(file_pruning_predicate=partitions)
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_rows):
+        tbl = pa.Table.from_batches([batch])
+        tbl = tbl.cast(pa.schema([pa.field(f.name, _plain(f.type, False)) for f in tbl.schema]))
+        yield tbl if where is None else tbl.filter(where)
 
 
 def read_rows(path: str, where: Any = None, columns: list[str] | None = None) -> list[dict[str, Any]]:
