@@ -5,8 +5,8 @@ completes requests a fast method answered earlier. ``--method scif|influence|fin
 answers at once: delete, vacuum, update the touched shard models in place, publish with an
 approximate guarantee; the exact retrain follows when the policy (``unlearn.policy``) says it
 is due, in the same run, or with the next ``--method exact`` run (e.g. nightly).
-``--method als|knn`` (with ``model.kind`` wmf|itemknn) updates the touched shard models exactly
-without a retrain.
+``--method als|knn|ease`` (with ``model.kind`` wmf|itemknn|ease) updates the touched shard
+models exactly without a retrain.
 """
 
 from __future__ import annotations
