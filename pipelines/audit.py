@@ -92,6 +92,7 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
                                    "stale_checkpoints": stale_ckpts, "functional": evidence,
                                    "membership": membership}),
         })
+    faults.at("audit_record")  # a kill point after the scans, before anything is written
     append_audit(spark, layout.audit, results)
     job_id = job_id or new_job_id("audit")
     status = {r["request_id"]: r["status"] for r in done}

@@ -2,7 +2,8 @@
 process with SIGKILL when the named step of a job starts (after ``seconds`` inside it, from a
 timer, for a kill mid-step). Unset (always, outside tests), it does nothing. The steps are
 the unlearn job's timed steps (``steps_seconds`` in its result: read_requests, delete,
-vacuum, retrain_shards, publish, ...) and ``audit``."""
+vacuum, retrain_shards, publish, ...), ``audit`` and ``audit_record`` (the audit after its
+scans, before it writes)."""
 
 from __future__ import annotations
 
