@@ -5,9 +5,10 @@ report.json schema (``schema_version`` 1; fields are only ever added, never rena
 - ``metrics``: ``{before, before_retained, after}``, each with ``ensemble`` (the published
   aggregator), ``ensemble_mean`` and ``reference`` (the full K=1 model), each
   ``{"ndcg@20", "recall@20", "hr@20", "users"}``, and ``aggregator`` (the published
-  aggregator's kind; where it is ``mean``, ``ensemble_mean`` is the same model). ``before_retained`` scores the original
-  models on the users that remain (the users of ``after``); ``reference`` after unlearning
-  is the full model retrained without the forgotten users.
+  aggregator's kind; where it is ``mean``, ``ensemble_mean`` is the same model).
+  ``before_retained`` scores the original models on the users that remain (the users of
+  ``after``); ``reference`` after unlearning is the full model retrained without the
+  forgotten users.
 - ``ratios``: ``ensemble_vs_reference_ndcg_before`` / ``_after``;
   ``unlearn_compute_vs_full_training`` (one request touching one shard: shard fit +
   aggregator fit over the full model's fit), ``unlearn_batch_compute_vs_full_training``, and

@@ -44,7 +44,8 @@ def _inverse(gram: np.ndarray, lam: float) -> np.ndarray:
     a = gram + lam * np.eye(len(gram))
     c, lower = sla.cho_factor(a, overwrite_a=True, check_finite=False)
     # C order: the updates write into P through its F-ordered transpose without a copy
-    return np.ascontiguousarray(sla.cho_solve((c, lower), np.eye(len(gram)), overwrite_b=True, check_finite=False))
+    p = sla.cho_solve((c, lower), np.eye(len(gram)), overwrite_b=True, check_finite=False)
+    return np.ascontiguousarray(p)
 
 
 class EASE(Recommender):
@@ -170,19 +171,22 @@ class EASE(Recommender):
     def state(self) -> dict[str, Any]:
         x = self.x.tocoo()
         return {"kind": "ease", "user_keys": self.user_keys.tolist(), "lam": self.lam,
-                "max_items": self.max_items, "refresh_share": self.refresh_share, "shape": list(x.shape),
-                "rows": torch.from_numpy(x.row.astype(np.int64)), "cols": torch.from_numpy(x.col.astype(np.int64)),
-                "p": torch.from_numpy(self.p), "meta": self.meta}
+                "max_items": self.max_items, "refresh_share": self.refresh_share,
+                "shape": list(x.shape), "rows": torch.from_numpy(x.row.astype(np.int64)),
+                "cols": torch.from_numpy(x.col.astype(np.int64)), "p": torch.from_numpy(self.p),
+                "meta": self.meta}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EASE:
         r, c = state["rows"].numpy(), state["cols"].numpy()
         x = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=tuple(state["shape"]))
-        return cls(np.asarray(state["user_keys"], dtype=str), x, lam=state["lam"], max_items=state["max_items"],
-                   refresh_share=state["refresh_share"], p=state["p"].numpy(), meta=state.get("meta"))
+        return cls(np.asarray(state["user_keys"], dtype=str), x, lam=state["lam"],
+                   max_items=state["max_items"], refresh_share=state["refresh_share"],
+                   p=state["p"].numpy(), meta=state.get("meta"))
 
 
-def fit_ease(user_keys: np.ndarray, x: sp.csr_matrix, *, lam: float, max_items: int = 20000) -> tuple[EASE, dict[str, Any]]:
+def fit_ease(user_keys: np.ndarray, x: sp.csr_matrix, *, lam: float,
+             max_items: int = 20000) -> tuple[EASE, dict[str, Any]]:
     t0 = time.perf_counter()
     model = EASE(user_keys, x, lam=lam, max_items=max_items)
     return model, {"fit_seconds": time.perf_counter() - t0}
