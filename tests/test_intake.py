@@ -136,3 +136,29 @@ def test_bench_intake_files_each_sampled_user_through_the_cli(spark, cfg, tmp_pa
     rows = ForgetLedger(None, Layout(state).ledger).rows()
     assert sorted(r["status"] for r in rows) == ["received"] * 3
     assert "| recunlearn forget --user ID | 3 |" in intake.markdown(result)
+
+
+def test_status_reports_ages_against_the_deadline_and_overdue_exits_non_zero(spark, seeded):
+    """A request received 40 days ago is past the 30-day deadline: `status --overdue` names it
+    and exits 4 (a fresh one and a rejected one are not listed); with a 60-day deadline, 0."""
+    import json
+    from datetime import timedelta
+
+    from recunlearn.tables import now_utc
+
+    old = now_utc() - timedelta(days=40)
+    ForgetLedger(None, seeded.ledger).append([
+        {"request_id": "old-request-000", "target_type": "user", "user_key": user_key(SECRET, "1"),
+         "status": "received", "received_at": old, "updated_at": old, "job_id": "intake-old"},
+        {"request_id": "old-rejected-00", "target_type": "user", "user_key": "x", "status": "rejected",
+         "reason": "unknown user", "received_at": old, "updated_at": old, "job_id": "intake-old"}])
+    assert _cli(seeded, "forget", "--user", "2").returncode == 0
+    late = _cli(seeded, "status", "--overdue")
+    assert late.returncode == 4, late.stderr[-2000:]
+    assert "1 request(s) past the 30-day deadline" in late.stdout and "old-request-" in late.stdout
+    assert "old-rejected" not in late.stdout
+    report = json.loads(_cli(seeded, "status", "--json").stdout)
+    assert report["overdue"] == ["old-request-000"] and report["open"] == 2
+    assert 39.9 < report["oldest_open_age_days"] < 40.1
+    relaxed = _cli(seeded, "status", "--overdue", "--set", "unlearn.request_deadline_days=60")
+    assert relaxed.returncode == 0 and "no request past the 60-day deadline (2 open)" in relaxed.stdout

@@ -203,6 +203,10 @@ class PolicyConfig(_Frozen):
 
 
 class UnlearnConfig(_Frozen):
+    request_deadline_days: float = Field(
+        30.0, gt=0, description="A request must be answered within this many days of its receipt "
+        "(GDPR art. 12(3): without undue delay, within one month). recunlearn status reports each "
+        "open request's age against it; status --overdue exits 4 when any is past it.")
     lock_ttl_hours: float = Field(
         12.0, gt=0, description="Lease of the tables' job lock (ingest, partition, train, unlearn run "
         "one at a time): a holder killed on another host frees it after this long; on the same "

@@ -58,6 +58,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 # the reasons a job run records without moving the state, cleared by the next transition
 _ERROR_PREFIX, _AUDIT_PREFIX = "failed in ", "audit by "
 OPEN_STATUSES = (RECEIVED, PLANNED, DELETED)  # a data request the exact path has still to retrain
+# not yet answered exactly (an approximate answer leaves the exact retrain due): the deadline runs
+AWAITING_STATUSES = (RECEIVED, PLANNED, DELETED, APPROXIMATE)
 FORGOTTEN_STATUSES = (DELETED, APPROXIMATE, RETRAINED, VERIFIED)  # its rows are gone
 # what an older ledger's statuses become (failed: the state its recorded fields show)
 _LEGACY_STATUS = """CASE status
@@ -576,6 +578,21 @@ class ForgetLedger:
         before ``applied``."""
         rows = self.rows((RECEIVED, PLANNED, DELETED))
         return [r for r in rows if target_types is None or (r["target_type"] or USER) in target_types]
+
+
+def request_ages(rows: list[dict[str, Any]], *, deadline_days: float,
+                 now: datetime | None = None) -> list[dict[str, Any]]:
+    """Each request still awaiting its answer (``AWAITING_STATUSES``), oldest first: its id,
+    state, age in days since receipt and whether that is past ``deadline_days``. ``rows`` as
+    ``ForgetLedger.rows`` gives them (naive UTC timestamps)."""
+    now = (now or now_utc()).replace(tzinfo=None)
+    out = [{"request_id": r["request_id"], "target_type": r["target_type"] or USER, "status": r["status"],
+            "received_at": r["received_at"],
+            "age_days": round((now - r["received_at"]).total_seconds() / 86400, 3)}
+           for r in rows if r["status"] in AWAITING_STATUSES and r["received_at"] is not None]
+    for r in out:
+        r["overdue"] = r["age_days"] > deadline_days
+    return sorted(out, key=lambda r: -r["age_days"])
 
 
 # --------------------------------------------------------------------------- registry
