@@ -124,27 +124,34 @@ def _write(path: Path, text: str, compression: str | None) -> Path:
     return path
 
 
-# (format, file name, separator, header line, fields used, kinds that format can carry)
+# format: (file name, separator, header line, the fields of a line (indices into [user, item,
+# rating, ts]; None: a constant album id), the kinds of defect that format can carry)
+ALL, NO_FIELDS = list(KIND_REASON), ["good", "rating", "ts", "empty_user", "empty_item"]
 LINE_CASES = {
-    "ml-100k": ("u.data", "\t", None, 4, list(KIND_REASON)),
-    "ml-1m": ("ratings.dat", "::", None, 4, list(KIND_REASON)),
-    "ml-1m-implicit": ("interactions.csv", ",", "user_id,movie_id", 2,
-                       ["good", "empty_user", "empty_item", "fields"]),
-    "log": ("plays.csv", ",", "uid,iid,stars,when", 4, ["good", "rating", "ts", "empty_user", "empty_item"]),
+    "ml-100k": ("u.data", "\t", None, (0, 1, 2, 3), ALL),
+    "ml-1m": ("ratings.dat", "::", None, (0, 1, 2, 3), ALL),
+    "ml-1m-implicit": ("interactions.csv", ",", "user_id,movie_id", (0, 1), ["good", "empty_user", "empty_item", "fields"]),
+    "amazon-ratings": ("ratings_Digital_Music.csv", ",", None, (1, 0, 2, 3), ALL),
+    "lfm2b-events": ("listening-events.tsv", "\t", "user_id\ttrack_id\talbum_id\ttimestamp", (0, 1, None, 3),
+                     ["good", "ts", "empty_user", "empty_item"]),
+    "lfm2b-counts": ("listening-counts.tsv", "\t", "user_id\ttrack_id\tcount", (0, 1, 2),
+                     ["good", "rating", "empty_user", "empty_item"]),
+    "log": ("plays.csv", ",", "uid,iid,stars,when", (0, 1, 2, 3), NO_FIELDS),
 }
 
 
 @pytest.mark.parametrize("fmt,compression", [
     ("ml-100k", None), ("ml-100k", "gz"), ("ml-1m", None), ("ml-1m", "bz2"),
-    ("ml-1m-implicit", None), ("ml-1m-implicit", "gz"), ("log", None), ("log", "bz2")])
+    ("ml-1m-implicit", None), ("ml-1m-implicit", "gz"), ("amazon-ratings", "gz"),
+    ("lfm2b-events", "bz2"), ("lfm2b-counts", None), ("log", None), ("log", "bz2")])
 def test_every_line_reader_quarantines_each_malformed_row_with_its_reason(spark, tmp_path, fmt, compression):
-    name, sep, header, n_fields, kinds = LINE_CASES[fmt]
+    name, sep, header, order, kinds = LINE_CASES[fmt]
     rows = _rows(np.random.default_rng(len(fmt) + 7 * bool(compression)), 240, kinds)
     lines = [header] if header else []
-    for kind, f in rows:
-        f = f[:n_fields]
+    for kind, raw in rows:
+        f = ["7" if i is None else raw[i] for i in order]
         if kind == "fields":  # one field short or one too many
-            f = f[:-1] if int(f[1]) % 2 else f + ["extra"]
+            f = f[:-1] if int(raw[1]) % 2 else f + ["extra"]
         lines.append(sep.join(f))
     target = _write(tmp_path / name, "\n".join(lines) + "\n", compression)
     cfg = (DatasetConfig(format="log", columns={"user": "uid", "item": "iid", "rating": "stars",
@@ -159,6 +166,33 @@ def test_every_line_reader_quarantines_each_malformed_row_with_its_reason(spark,
     assert all(r.rating == r.rating and r.ts is not None for r in good)
     with pytest.raises(DataError, match=f"{sum(expected.values())} malformed"):
         read_interactions(spark, cfg, target if fmt == "log" else tmp_path)
+
+
+def test_amazon_json_quarantines_each_malformed_record_with_its_reason(spark, tmp_path):
+    """Amazon reviews as JSON lines, 2014/2018 and 2023 field names mixed, gzipped: lines that
+    are not JSON, values of the wrong kind and empty ids are quarantined by reason."""
+    import json
+
+    rng = np.random.default_rng(21)
+    rows = _rows(rng, 240, ["good", "rating", "ts", "empty_user", "empty_item", "malformed"])
+    lines = []
+    for n, (kind, (user, item, rating, ts)) in enumerate(rows):
+        if kind == "malformed":
+            lines.append(str(rng.choice(['{"reviewerID": "x", "asin"', "not json at all", '["a", "b"]'])))
+            continue
+        if n % 2:  # 2014/2018
+            rec = {"reviewerID": user, "asin": item, "overall": float(rating) if kind != "rating" else rating,
+                   "unixReviewTime": int(ts) if kind != "ts" else ts, "reviewText": "fine", "verified": True}
+        else:  # 2023: timestamp in milliseconds, parent_asin beside asin
+            rec = {"user_id": user, "parent_asin": item, "asin": "B0CHILD", "rating": rating if kind == "rating"
+                   else float(rating), "timestamp": int(ts) * 1000 if kind != "ts" else ts, "helpful_vote": 0}
+        lines.append(json.dumps(rec))
+    target = _write(tmp_path / "Digital_Music.jsonl", "\n".join(lines) + "\n", "gz")
+    good, bad = read_interactions(spark, DatasetConfig(format="amazon-json"), target, quarantine=True)
+    expected = Counter({**KIND_REASON, "malformed": "malformed record"}[k] for k, _ in rows if k != "good")
+    assert Counter(r["reason"] for r in bad.collect()) == expected
+    got = sorted((r.raw_user, r.item_id, r.ts) for r in good.collect())
+    assert got == sorted((f[0], f[1], int(f[3])) for k, f in rows if k == "good")  # 2023 ms -> s
 
 
 def test_parquet_log_with_wrong_column_types_quarantines_or_names_the_column(spark, tmp_path):

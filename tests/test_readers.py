@@ -76,3 +76,48 @@ def test_parquet_log_with_timestamp_date_and_integer_columns(spark, tmp_path):
                        tmp_path / name)
         df = read_log(spark, tmp_path / name, columns={"user": "uid", "item": "iid", "timestamp": "when"})
         assert sorted((r.raw_user, r.ts) for r in df.collect()) == list(zip(["7", "8"], expected)), name
+
+
+def test_amazon_and_lfm2b_files_in_their_own_formats(spark, tmp_path):
+    """Fixtures written as the real dumps are: Amazon reviews JSON lines (2014, 2018 and 2023
+    field names; 2023's item is parent_asin, its timestamp milliseconds), the headerless
+    ratings-only CSV, and LFM-2B's listening events and counts (tab-separated, header, bz2)."""
+    import bz2
+    import gzip
+
+    reviews = [
+        '{"reviewerID": "A2SUAM1J3GNN3B", "asin": "0000013714", "reviewerName": "J. McDonald", '
+        '"helpful": [2, 3], "reviewText": "I bought this for my husband.", "overall": 5.0, '
+        '"summary": "Heavenly Highway Hymns", "unixReviewTime": 1252800000, "reviewTime": "09 13, 2009"}',
+        '{"overall": 4.0, "verified": true, "reviewTime": "04 23, 2016", "reviewerID": "A3478QRKQDOPQ2", '
+        '"asin": "B00005NN5Q", "style": {"Format:": " Audio CD"}, "reviewerName": "Ken", "unixReviewTime": 1461369600}',
+        '{"rating": 3.0, "title": "ok", "text": "fine", "images": [], "asin": "B00YQ6X8EO", '
+        '"parent_asin": "B00YQ6X8E0", "user_id": "AGKHLEW2SOWHNMFQIJGBECAF7INQ", "timestamp": 1588687728923, '
+        '"helpful_vote": 0, "verified_purchase": true}',
+    ]
+    (tmp_path / "amazon").mkdir()
+    (tmp_path / "amazon" / "Digital_Music.jsonl.gz").write_bytes(gzip.compress(("\n".join(reviews) + "\n").encode()))
+    got = read_interactions(spark, DatasetConfig(format="amazon-json"), tmp_path / "amazon").collect()
+    assert sorted((r.raw_user, r.item_id, r.rating, r.ts) for r in got) == [
+        ("A2SUAM1J3GNN3B", "0000013714", 5.0, 1252800000), ("A3478QRKQDOPQ2", "B00005NN5Q", 4.0, 1461369600),
+        ("AGKHLEW2SOWHNMFQIJGBECAF7INQ", "B00YQ6X8E0", 3.0, 1588687728)]
+
+    (tmp_path / "ratings").mkdir()
+    (tmp_path / "ratings" / "Digital_Music.csv").write_text("0000013714,A2SUAM1J3GNN3B,5.0,1252800000\n"
+                                                           "B00005NN5Q,A3478QRKQDOPQ2,4.0,1461369600\n")
+    got = read_interactions(spark, DatasetConfig(format="amazon-ratings"), tmp_path / "ratings").collect()
+    assert sorted((r.raw_user, r.item_id, r.rating, r.ts) for r in got) == [
+        ("A2SUAM1J3GNN3B", "0000013714", 5.0, 1252800000), ("A3478QRKQDOPQ2", "B00005NN5Q", 4.0, 1461369600)]
+
+    lfm = tmp_path / "lfm2b"
+    lfm.mkdir()
+    (lfm / "listening-events.tsv.bz2").write_bytes(bz2.compress(
+        b"user_id\ttrack_id\talbum_id\ttimestamp\n2\t4868\t1130\t2013-01-01 00:00:06\n"
+        b"2\t4869\t1130\t2020-03-20 14:40:34\n"))
+    (lfm / "listening-counts.tsv.bz2").write_bytes(bz2.compress(
+        b"user_id\ttrack_id\tcount\n2\t4868\t14\n31\t1\t1\n"))
+    events = read_interactions(spark, DatasetConfig(format="lfm2b-events"), lfm).collect()
+    assert sorted((r.raw_user, r.item_id, r.rating, r.ts) for r in events) == [
+        ("2", "4868", 1.0, 1356998406), ("2", "4869", 1.0, 1584715234)]
+    counts = read_interactions(spark, DatasetConfig(format="lfm2b-counts"), lfm).collect()
+    assert sorted((r.raw_user, r.item_id, r.rating, r.ts) for r in counts) == [("2", "4868", 14.0, 0), ("31", "1", 1.0, 0)]

@@ -27,8 +27,13 @@ class _Frozen(BaseModel):
 
 class DatasetConfig(_Frozen):
     name: str = Field("movielens-100k", description="Data set name, for reports and fetch.")
-    format: Literal["ml-100k", "ml-1m", "ml-1m-implicit", "log"] = Field(
-        "ml-100k", description="Reader to use for the raw files."
+    format: Literal["ml-100k", "ml-1m", "ml-1m-implicit", "amazon-json", "amazon-ratings", "lfm2b-events",
+                    "lfm2b-counts", "log"] = Field(
+        "ml-100k", description="Reader to use for the raw files: MovieLens (ml-100k u.data, ml-1m "
+        "ratings.dat, ml-1m-implicit interactions.csv), Amazon reviews (amazon-json: JSON lines with "
+        "2014/2018 or 2023 field names; amazon-ratings: headerless item,user,rating,timestamp CSV), "
+        "LFM-2B (lfm2b-events: listening-events.tsv; lfm2b-counts: listening-counts.tsv), or a "
+        "generic CSV/Parquet log (columns)."
     )
     path: str | None = Field(
         None, description="Raw file or folder; None means data_dir/raw/<name> (fetched)."
@@ -38,6 +43,9 @@ class DatasetConfig(_Frozen):
         description="For format=log: maps user, item, rating, timestamp to source columns.",
     )
     separator: str = Field(",", description="For format=log CSV files: field separator.")
+    timestamp_format: str | None = Field(
+        None, description="For format=log: a text timestamp's Spark datetime pattern (e.g. "
+        "'yyyy-MM-dd HH:mm:ss', read as UTC); None: epoch seconds.")
     min_rating: float | None = Field(
         None, description="Keep only ratings >= this as positives (None keeps all)."
     )
