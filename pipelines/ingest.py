@@ -60,6 +60,36 @@ def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
             .drop("order", "_n", "_pos", "_n_test", "_n_valid"))
 
 
+def stable_item_index(spark: SparkSession, item_ids: DataFrame, *, layout: Layout,
+                      partitions: int) -> tuple[DataFrame, DataFrame]:
+    """``(item_id, item_idx)`` for the distinct ``item_ids`` of a log, and the rows to append to
+    the ``items`` table: an item it holds keeps its index (a re-ingest of a changed catalogue
+    never renumbers one, so item requests keep pointing at the same item), and new items are
+    numbered from the table's largest index + 1 in item id order.
+
+    No step runs on one partition: the new ids are range-partitioned by id, numbered within
+    each partition, and offset by the sizes of the partitions before it (one row per partition
+    reaches the driver)."""
+    old = (spark.read.format("delta").load(layout.items).select("item_id", "item_idx")
+           if table_exists(spark, layout.items) else spark.createDataFrame([], "item_id string, item_idx int"))
+    start = old.agg(F.max("item_idx")).first()[0]
+    start = 0 if start is None else int(start) + 1
+    new = (item_ids.join(old, "item_id", "left_anti").repartitionByRange(partitions, "item_id")
+           .withColumn("_pid", F.spark_partition_id()))
+    new = new.withColumn("_r", F.row_number().over(Window.partitionBy("_pid").orderBy("item_id")) - 1).persist()
+    sizes = sorted((r["_pid"], r["count"]) for r in new.groupBy("_pid").count().collect())
+    offsets, total = [], start
+    for pid, n in sizes:
+        offsets.append((pid, total))
+        total += n
+    offset = spark.createDataFrame(offsets, "_pid int, _off long")
+    added = (new.join(F.broadcast(offset), "_pid")
+             .select("item_id", (F.col("_off") + F.col("_r")).cast("int").alias("item_idx"))).persist()
+    added.count()  # materialised (the caller unpersists it) before the numbering's input goes
+    new.unpersist()
+    return old.join(item_ids, "item_id", "left_semi").unionByName(added), added
+
+
 QUARANTINE_SCHEMA = "source string, reason string, fingerprint string, quarantined_at timestamp"
 
 
@@ -111,26 +141,26 @@ def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Pat
                 .where(F.coalesce(F.col("target_type"), F.lit(USER)) == USER)
                 .where(F.col("status").isin(list(FORGOTTEN_STATUSES))).select("user_key").distinct())
         keyed = keyed.join(gone, "user_key", "left_anti")
-    items = (keyed.select("item_id").distinct()
-             .withColumn("item_idx", F.dense_rank().over(Window.orderBy("item_id")) - 1)
-             .withColumn("item_idx", F.col("item_idx").cast("int")))
-    inter = (keyed.join(F.broadcast(items), "item_id")
-             .select("user_key", "item_idx", "rating", F.col("ts").cast("long").alias("ts"), "order"))
-    inter = split_per_user(inter, valid=cfg.split.valid, test=cfg.split.test)
-    inter = inter.withColumn("shard_id", F.lit(-1))  # assigned by the partition step
-    inter = inter.persist()
-    with engine_errors(*what):
+    with engine_errors(*what):  # the first actions over the whole log
+        items, new_items = stable_item_index(spark, keyed.select("item_id").distinct(), layout=layout,
+                                             partitions=cfg.spark.shuffle_partitions)
+        inter = (keyed.join(items, "item_id")
+                 .select("user_key", "item_idx", "rating", F.col("ts").cast("long").alias("ts"), "order"))
+        inter = split_per_user(inter, valid=cfg.split.valid, test=cfg.split.test)
+        inter = inter.withColumn("shard_id", F.lit(-1)).persist()  # shard: assigned by the partition step
         n_rows = inter.count()
     if n_rows == 0:
         raise DataError(f"{raw_path}: no interactions left to ingest")
-    write_delta(items, layout.items, stats_columns=["item_idx"])
+    n_new_items = new_items.count()
+    write_delta(new_items, layout.items, mode="append", stats_columns=["item_idx"])  # never renumbers
     version = write_delta(inter, layout.interactions, partition_by=["shard_id"],
                           stats_columns=INTERACTION_STATS)
     by_split = inter.groupBy("split").agg(F.count(F.lit(1)).alias("rows"),
                                           F.countDistinct("user_key").alias("users")).collect()
     n_users = inter.select("user_key").distinct().count()
     inter.unpersist()
-    stats = {"rows": n_rows, "users": n_users, "items": items.count(),
+    new_items.unpersist()
+    stats = {"rows": n_rows, "users": n_users, "items": items.count(), "new_items": n_new_items,
              "splits": {r["split"]: int(r["rows"]) for r in by_split},
              "split_users": {r["split"]: int(r["users"]) for r in by_split},
              "table_version": version, "quarantined": quarantined}

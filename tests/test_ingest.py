@@ -68,3 +68,26 @@ def test_split_holds_out_a_row_of_every_user_with_three_and_keeps_the_shares(spa
     long = counts[n.index.str.startswith("long")]
     assert set(long["test"]) == {1, 2} and set(long["valid"]) == {1, 2}
     assert abs(long["test"].mean() - 1.5) < 0.12 and abs(long["valid"].mean() - 1.5) < 0.12
+
+
+def test_a_reingest_of_a_changed_catalogue_keeps_every_item_index(spark, cfg, layout, tmp_path):
+    """Items get their index once: a second log with some of the old items and new ones keeps
+    the old indexes, numbers the new ones after the largest, and the table holds each item once."""
+    secret = b"items-secret-0123456789"
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "u.data").write_text("".join(f"{u}\t{i}\t4\t88000000{u}\n" for u in range(1, 5) for i in (10, 20, 30)))
+    (second / "u.data").write_text("".join(f"{u}\t{i}\t4\t88000000{u}\n" for u in range(1, 5) for i in (20, 30, 40, 5)))
+    s1 = ingest(spark, cfg=cfg, layout=layout, raw_path=first, secret=secret)
+    before = dict(DeltaTable(layout.items).to_pandas()[["item_id", "item_idx"]].values)
+    assert s1["new_items"] == 3 and sorted(before.values()) == [0, 1, 2]
+    s2 = ingest(spark, cfg=cfg, layout=layout, raw_path=second, secret=secret)
+    after = DeltaTable(layout.items).to_pandas()
+    assert after["item_id"].is_unique and after["item_idx"].is_unique
+    got = dict(after[["item_id", "item_idx"]].values)
+    assert {k: got[k] for k in before} == before  # nothing renumbered, the dropped item 10 kept
+    assert s2["new_items"] == 2 and sorted(got[k] for k in ("40", "5")) == [3, 4]
+    assert got["40"] < got["5"]  # new items numbered in item id order (as text: "40" < "5")
+    inter = DeltaTable(layout.interactions).to_pandas(columns=["item_idx"])
+    assert set(inter["item_idx"]) == {got[k] for k in ("20", "30", "40", "5")}
