@@ -1,10 +1,15 @@
 """Readers for raw interaction logs, as Spark DataFrames with one canonical schema:
 ``raw_user string, item_id string, rating double, ts long``.
 
-Malformed rows (wrong field count, empty ids, non-numeric rating or timestamp) either stop the
-read with a ``DataError`` that counts them by reason, or, with ``quarantine=True``, come back
-beside the good rows as ``reason, row`` (the raw row as text) for the ingest job to record
-by fingerprint. Neither way is a row (which holds a raw user id) logged or silently dropped.
+Formats: MovieLens' line files, Amazon reviews (JSON lines, 2014/2018 or 2023 field names;
+the ratings-only CSV), LFM-2B's listening events and counts, and generic CSV/Parquet logs by a
+column mapping; plain, ``.gz`` or ``.bz2``.
+
+Malformed rows (a line that is not a record, wrong field count, empty ids, non-numeric rating
+or timestamp; values are converted with ``try_cast`` semantics) either stop the read with a
+``DataError`` that counts them by reason, or, with ``quarantine=True``, come back beside the
+good rows as ``reason, row`` (the raw row as text) for the ingest job to record by
+fingerprint. Neither way is a row (which holds a raw user id) logged or silently dropped.
 """
 
 from __future__ import annotations
