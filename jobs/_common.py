@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -76,6 +77,16 @@ def secret_for(cfg: RunConfig, layout: Layout) -> bytes:
     from recunlearn.pseudonym import secret_from_config
 
     return secret_from_config(cfg.pseudonym, layout.root)
+
+
+def request_by_prefix(rows: list[dict[str, Any]], prefix: str, command: str) -> dict[str, Any] | None:
+    """The one ledger row whose request id starts with ``prefix``; None (after saying how many
+    matched, on stderr) when not exactly one does."""
+    match = [r for r in rows if r["request_id"].startswith(prefix)]
+    if len(match) != 1:
+        print(f"recunlearn {command}: {len(match)} requests match {prefix!r}", file=sys.stderr)
+        return None
+    return match[0]
 
 
 def read_ids(path: Path) -> list[str]:

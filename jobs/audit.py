@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs._common import add_config_args, read_ids, secret_for, setup
+from jobs._common import add_config_args, read_ids, request_by_prefix, secret_for, setup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,14 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
     request_ids = None
     if args.request:
-        known = [r["request_id"] for r in ForgetLedger(None, layout.ledger).rows()]
-        request_ids = []
-        for prefix in args.request:
-            match = [rid for rid in known if rid.startswith(prefix)]
-            if len(match) != 1:
-                print(f"recunlearn audit: {len(match)} requests match {prefix!r}", file=sys.stderr)
-                return 2
-            request_ids += match
+        rows = ForgetLedger(None, layout.ledger).rows()
+        found = [request_by_prefix(rows, prefix, "audit") for prefix in args.request]
+        if any(r is None for r in found):
+            return 2
+        request_ids = [r["request_id"] for r in found]
     raw = list(args.user) + (read_ids(args.file) if args.file else [])
     report = audit(None, layout=layout, secret=secret_for(cfg, layout), raw_ids=raw, request_ids=request_ids)
     print(render_audit_md(report) if report.get("requests") else report.get("note"))

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections import Counter
 
-from jobs._common import add_config_args, print_json, setup
+from jobs._common import add_config_args, print_json, request_by_prefix, setup
 
 EXIT_OVERDUE = 4
 
@@ -46,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no request past the {deadline:g}-day deadline ({len(ages)} open)")
         return EXIT_OVERDUE if overdue else 0
     if args.request:
-        match = [r for r in rows if r["request_id"].startswith(args.request)]
-        if len(match) != 1:
-            print(f"recunlearn status: {len(match)} requests match {args.request!r}", file=sys.stderr)
+        r = request_by_prefix(rows, args.request, "status")
+        if r is None:
             return 2
-        r = match[0]
         if args.json:
             print_json(r)
             return 0

@@ -278,6 +278,13 @@ def _plain(tp: Any, naive_timestamps: bool) -> Any:
     return tp
 
 
+def _plain_table(tbl: Any, naive_timestamps: bool) -> Any:
+    """``tbl`` cast to the types of ``_plain``."""
+    import pyarrow as pa
+
+    return tbl.cast(pa.schema([pa.field(f.name, _plain(f.type, naive_timestamps)) for f in tbl.schema]))
+
+
 def read_table(path: str, *, version: int | None = None, columns: list[str] | None = None,
                partitions: list[tuple[str, str, Any]] | None = None, where: Any = None,
                naive_timestamps: bool = False) -> Any:
@@ -290,12 +297,11 @@ def read_table(path: str, *, version: int | None = None, columns: list[str] | No
     engine wrote read alike; with ``naive_timestamps``, UTC timestamps come back naive, as
     Spark's ``collect`` gives them. (``DeltaTable.to_pyarrow_table`` is not used: on this
     platform it leaves a thread that aborts the interpreter at exit.)"""
-    import pyarrow as pa
     from deltalake import DeltaTable
 
     dt = DeltaTable(str(path), version=version)
     tbl = dt.to_pyarrow_dataset(file_pruning_predicate=partitions).to_table(columns=columns)
-    tbl = tbl.cast(pa.schema([pa.field(f.name, _plain(f.type, naive_timestamps)) for f in tbl.schema]))
+    tbl = _plain_table(tbl, naive_timestamps)
     return tbl if where is None else tbl.filter(where)
 
 
@@ -308,8 +314,7 @@ def scan_table(path: str, *, columns: list[str], partitions: list[tuple[str, str
 
     dataset = DeltaTable(str(path)).to_pyarrow_dataset(file_pruning_predicate=partitions)
     for batch in dataset.to_batches(columns=columns, batch_size=batch_rows):
-        tbl = pa.Table.from_batches([batch])
-        tbl = tbl.cast(pa.schema([pa.field(f.name, _plain(f.type, False)) for f in tbl.schema]))
+        tbl = _plain_table(pa.Table.from_batches([batch]), False)
         yield tbl if where is None else tbl.filter(where)
 
 

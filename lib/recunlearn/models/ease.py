@@ -77,9 +77,9 @@ class EASE(Recommender):
         return torch.from_numpy(self._b)
 
     # ---- exact unlearning
-    def _update(self, idx: np.ndarray, u: np.ndarray, s_inv: np.ndarray) -> dict[str, Any]:
+    def _update(self, idx: np.ndarray | None, u: np.ndarray, s_inv: np.ndarray) -> dict[str, Any]:
         """``P`` for ``G + U S U^T`` (``G`` already updated), from ``S^-1``, where ``U`` is zero
-        outside the rows ``idx`` and ``u = U[idx]``: Woodbury, or a new inverse when the rank
+        outside the rows ``idx`` (None: every row) and ``u = U[idx]``: Woodbury, or a new inverse when the rank
         makes that cheaper. ``P U`` reads only the rows ``idx`` of ``P`` (it is symmetric); the
         rank-r correction is one in-place BLAS ``dgemm`` over ``P`` (no I x I temporary)."""
         from scipy.linalg.blas import dgemm
@@ -92,8 +92,8 @@ class EASE(Recommender):
         if rank > self.refresh_share * self.n_items:
             self.p = _inverse(self.gram, self.lam)
             return {"rank": rank, "path": "inverse", "seconds": round(time.perf_counter() - t0, 4)}
-        pu = self.p[idx].T @ u  # (I, r) = P U
-        w = np.linalg.solve(s_inv + u.T @ pu[idx], pu.T)  # (r, I)
+        pu = self.p @ u if idx is None else self.p[idx].T @ u  # (I, r) = P U
+        w = np.linalg.solve(s_inv + u.T @ (pu if idx is None else pu[idx]), pu.T)  # (r, I)
         # P -= P U w, written into P through its transpose (the same symmetric matrix, F-ordered)
         out = dgemm(-1.0, pu, w, beta=1.0, c=self.p.T, overwrite_c=True)
         if not np.shares_memory(out, self.p):  # a BLAS that copied: keep its result
@@ -147,7 +147,7 @@ class EASE(Recommender):
         self.gram[:, items] = 0.0
         # U = [e_T, G_T], S = [[G_TT, -I], [-I, 0]], S^-1 = [[0, -I], [-I, -G_TT]]
         s_inv = np.block([[np.zeros((t, t)), -np.eye(t)], [-np.eye(t), -g_tt]])
-        stats = self._update(np.arange(self.n_items), np.hstack([e_t, g_t]), s_inv)
+        stats = self._update(None, np.hstack([e_t, g_t]), s_inv)
         # what the update gives to round-off, exactly: with their rows and columns of G at 0,
         # the items' block of G + lambda I is lambda I, decoupled from the rest
         self.p[items, :] = 0.0
