@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
-    from recunlearn.tables import STATES, ForgetLedger, ModelRegistry, request_ages
+    from recunlearn.registry import ModelRegistry
+    from recunlearn.tables import STATES, ForgetLedger, request_ages
 
     # delta-rs reads, no engine
-    rows, current = ForgetLedger(None, layout.ledger).rows(), ModelRegistry(None, layout).current()
+    rows, current = ForgetLedger(None, layout.ledger).rows(), ModelRegistry(layout).current()
     deadline = cfg.unlearn.request_deadline_days
     ages = request_ages(rows, deadline_days=deadline)
     overdue = [a for a in ages if a["overdue"]]

@@ -5,27 +5,24 @@ completes requests a fast method answered earlier. ``--method scif|influence|fin
 answers at once: delete, vacuum, update the touched shard models in place, publish with an
 approximate guarantee; the exact retrain follows when the policy (``unlearn.policy``) says it
 is due, in the same run, or with the next ``--method exact`` run (e.g. nightly).
-``--method als|knn|ease`` (with ``model.kind`` wmf|itemknn|ease) updates the touched shard
-models exactly without a retrain.
+``--method als|knn|ease|inplace`` (with ``model.kind`` wmf|itemknn|ease, or any kind that
+forgets exactly in place) updates the touched shard models exactly without a retrain.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import get_args
-
 from jobs._common import add_config_args, print_json, setup, with_engines
-from recunlearn.config import UnlearnConfig
-
-METHODS = get_args(UnlearnConfig.model_fields["method"].annotation)  # the config's own list
+from recunlearn.unlearning.methods import METHODS
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="recunlearn unlearn", description=__doc__)
     add_config_args(p)
-    p.add_argument("--method", choices=METHODS,
-                   help="unlearning method (default: unlearn.method in the config)")
+    p.add_argument("--method", choices=list(METHODS), metavar="METHOD",
+                   help="unlearning method (default: unlearn.method in the config): "
+                   + "; ".join(f"{k}: {m.summary}" for k, m in METHODS.items()))
     args = p.parse_args(argv)
     cfg, layout = setup(args)
     from pipelines.unlearn import unlearn

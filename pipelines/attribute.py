@@ -37,8 +37,10 @@ from recunlearn.errors import PipelineError
 from recunlearn.joblock import holds_tables
 from recunlearn.pseudonym import secret_from_config, user_key
 from recunlearn.seeding import make_seed
+from recunlearn.registry import ModelRegistry, publish_version
+from recunlearn.versions import CheckpointMeta, Component, ModelVersion
 from recunlearn.tables import (APPLIED, ATTRIBUTE, ATTRIBUTE_UNDO, FORGOTTEN_STATUSES, PLANNED, RECEIVED,
-                               REJECTED, REVERTED, ForgetLedger, Layout, ModelRegistry, new_job_id, now_utc)
+                               REJECTED, REVERTED, ForgetLedger, Layout, new_job_id, now_utc)
 from pipelines.forget import VALID_ID, known_users, request_id_for
 from pipelines.train import read_split_data
 
@@ -156,17 +158,18 @@ def active_edits(rows: list[dict[str, Any]], *, forgotten: set[str] = frozenset(
             and r["user_key"] not in forgotten and r["user_key"] not in forgotten_done]
 
 
-def build_overlay(cfg: RunConfig, layout: Layout, manifest: dict[str, Any], edits: list[dict[str, Any]],
-                  *, job_id: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """Edit the users of ``edits`` on the manifest's unedited shards; save the overlay.
+def build_overlay(cfg: RunConfig, layout: Layout, version: ModelVersion, edits: list[dict[str, Any]],
+                  *, job_id: str) -> tuple[Component | None, dict[str, str]]:
+    """Edit the users of ``edits`` on the version's unedited shards; save the overlay.
 
-    Returns the manifest entry (None when nothing is edited) and, per request id whose user
-    has no value for the attribute in the user file, the reason it cannot be applied."""
+    Returns the overlay as the version's component (None when nothing is edited) and, per
+    request id whose user has no value for the attribute in the user file, the reason it cannot
+    be applied."""
     if not edits:
         return None, {}
     t0 = time.perf_counter()
-    ens = load_ensemble(manifest, fold_in_reg=cfg.aggregator.fold_in_reg, with_overlay=False)
-    data = read_split_data(layout.interactions, int(manifest["table_version"]), int(manifest["n_items"]), None)
+    ens = load_ensemble(version, fold_in_reg=cfg.aggregator.fold_in_reg, with_overlay=False)
+    data = read_split_data(layout.interactions, version.table_version, version.n_items, None)
     people = read_user_attributes(users_file(cfg, layout))
     secret = secret_from_config(cfg.pseudonym, layout.root)
     unusable: dict[str, str] = {}
@@ -194,12 +197,12 @@ def build_overlay(cfg: RunConfig, layout: Layout, manifest: dict[str, Any], edit
         stats[name] = {"users": int(len(targets)), "seconds": st["seconds"], "mean_shift": st["mean_shift"]}
     if ens.overlay is None:
         return None, unusable
-    meta = {"shard_id": None, "delta_version": int(manifest["table_version"]), "edits": stats,
-            "requests": sorted(e["request_id"] for e in edits if e["request_id"] not in unusable)}
+    applied = sorted(e["request_id"] for e in edits if e["request_id"] not in unusable)
+    meta = CheckpointMeta(shard_id=None, delta_version=version.table_version, job_id=job_id,
+                          n_users=int(len(ens.overlay.keys)), extra={"edits": stats, "requests": applied})
     saved = checkpoints.save(layout.checkpoints, OVERLAY_COMPONENT, job_id, ens.overlay.state(), meta)
-    entry = {"path": saved["path"], "sha256": saved["sha256"], "run_id": job_id, "users": int(len(ens.overlay.keys)),
-             "edits": stats, "requests": meta["requests"], "seconds": round(time.perf_counter() - t0, 3)}
-    return entry, unusable
+    return Component.of(saved, users=int(len(ens.overlay.keys)), edits=stats, requests=applied,
+                        seconds=round(time.perf_counter() - t0, 3)), unusable
 
 
 def merge_overlays(a: AttributeOverlay | None, b: AttributeOverlay) -> AttributeOverlay:
@@ -217,11 +220,10 @@ def merge_overlays(a: AttributeOverlay | None, b: AttributeOverlay) -> Attribute
 def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
     """Apply open attribute and undo requests to the published ensemble: one new version."""
     ledger = ForgetLedger(spark, layout.ledger)
-    registry = ModelRegistry(spark, layout)
-    current = registry.current()
+    registry = ModelRegistry(layout)
+    current = registry.current_version()
     if current is None:
         raise PipelineError("attribute unlearning: no published model version; run `recunlearn train` first")
-    manifest = json.loads(Path(current["manifest"]).read_text())
     open_rows = ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO))
     ids = [r["request_id"] for r in open_rows]
     job_id = new_job_id("attribute")
@@ -230,17 +232,15 @@ def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: L
     try:
         rows = ledger.rows()
         edits = active_edits(rows)
-        entry, unusable = build_overlay(cfg, layout, manifest, edits, job_id=job_id)
+        entry, unusable = build_overlay(cfg, layout, current, edits, job_id=job_id)
         version = registry.next_version()
-        new_manifest = {**manifest, "version": version, "created_at": now_utc().isoformat(),
-                        "parent": current["version"], "attribute_overlay": entry,
-                        "attribute_job": job_id}
-        registry.publish(new_manifest, parent=current["version"], request_ids=ids,
-                         note=f"attribute edits: {len(edits)} active request(s)")
-        registry.retire([v["version"] for v in registry.versions()
-                         if v["status"] == "published" and v["version"] < version],
-                        note=f"superseded by v{version}")
-        removed = remove_stale_overlays(layout, entry)
+        published = publish_version(
+            registry, current.replace(version=version, created_at=now_utc().isoformat(),
+                                      parent=current.version, attribute_overlay=entry, job_id=job_id),
+            request_ids=ids, note=f"attribute edits: {len(edits)} active request(s)",
+            prune=lambda m: m["run_id"] if m["component"] == OVERLAY_COMPONENT else None,
+            retire=f"superseded by v{version}")
+        removed = published.removed
     except Exception as exc:
         ledger.note_error(ids, job_id=job_id, error=exc)
         raise
@@ -253,7 +253,8 @@ def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: L
             updates.append({"request_id": rid, "state": REJECTED, "reason": unusable[rid],
                             "completed_at": None, "model_version": None, "evidence": None})
             continue
-        evidence = {"edit": (entry or {}).get("edits", {}).get(r["attribute"]), "overlay_users": (entry or {}).get("users", 0)}
+        overlay = entry.extra if entry is not None else {}
+        evidence = {"edit": overlay.get("edits", {}).get(r["attribute"]), "overlay_users": overlay.get("users", 0)}
         updates.append({"request_id": rid, "state": APPLIED, "reason": r["reason"], "completed_at": done,
                         "model_version": version, "evidence": json.dumps(evidence)})
         if r["target_type"] == ATTRIBUTE_UNDO:
@@ -265,16 +266,7 @@ def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: L
         ledger.transition([{k: v for k, v in u.items() if k != "state"} for u in updates if u["state"] == state],
                           state, job_id=job_id)
     result = {"job_id": job_id, "requests": ids, "model_version": version, "active_edits": len(edits),
-              "overlay_users": (entry or {}).get("users", 0), "rejected": sorted(unusable),
+              "overlay_users": entry.extra["users"] if entry is not None else 0, "rejected": sorted(unusable),
               "overlays_removed": removed, "end_to_end_seconds": round(time.perf_counter() - t0, 3)}
     log.info("attribute %s: published v%d with %d edited user(s)", job_id, version, result["overlay_users"])
     return result
-
-
-def remove_stale_overlays(layout: Layout, keep: dict[str, Any] | None) -> list[str]:
-    removed = []
-    for meta in checkpoints.all_metas(layout.checkpoints):
-        if meta["component"] == OVERLAY_COMPONENT and (keep is None or meta["path"] != keep["path"]):
-            checkpoints.delete(meta)
-            removed.append(meta["run_id"])
-    return removed

@@ -20,8 +20,9 @@ from recunlearn.mia import has_power
 from recunlearn.pseudonym import user_key
 from recunlearn.logs import context
 from recunlearn.scan import delta_log_hits, rows_with_items, rows_with_keys, rows_with_pairs
+from recunlearn.registry import ModelRegistry
 from recunlearn.tables import (DATA_TARGETS, INTERACTION, ITEM, RETRAINED, USER, VERIFIED, ForgetLedger, Layout,
-                               ModelRegistry, append_audit, new_job_id, now_utc)
+                               append_audit, new_job_id, now_utc)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -39,9 +40,8 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
     wanted = None if request_ids is None else set(request_ids)
     done = [r for r in ledger.rows((RETRAINED, VERIFIED)) if (r["target_type"] or USER) in DATA_TARGETS
             and (wanted is None or r["request_id"] in wanted)]
-    registry = ModelRegistry(spark, layout)
-    manifest = registry.current_manifest()
-    if not done or manifest is None:
+    version = ModelRegistry(layout).current_version()
+    if not done or version is None:
         return {"requests": [], "passed": True, "verified": 0, "note": "no retrained requests to audit"}
     keys = [r["user_key"] for r in done if (r["target_type"] or USER) == USER]
     raw_by_key = {user_key(secret, r): r for r in (raw_ids or [])}
@@ -55,17 +55,17 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
     # a mean aggregator has no parameters and was fit on nothing: it cannot hold a forgotten row
     metas = [m for m in checkpoints.all_metas(layout.checkpoints)
              if m["exists"] and not (m.get("component") == "aggregator" and m.get("kind") == "mean")]
-    ens = load_ensemble(manifest)
+    ens = load_ensemble(version)
     still_known = dict(zip(keys, ens.knows(keys)))
     reference_keys = set()
-    if manifest.get("reference"):
-        reference_keys = set(checkpoints.load_state(manifest["reference"]["path"])["user_keys"])
+    if version.reference is not None:
+        reference_keys = set(checkpoints.load_state(version.reference.path)["user_keys"])
     stamp = now_utc()
     results = []
     for r in done:
         kind = r["target_type"] or USER
         key, dv, shards = r["user_key"] or "", r["delete_version"], r["shards"] or []
-        stale_published = [k for k in shards if manifest["shards"][str(k)]["delta_version"] < dv]
+        stale_published = [k for k in shards if (version.shards[k].delta_version or 0) < dv]
         stale_ckpts = [m["component"] + "/" + m["run_id"] for m in metas
                        if m["delta_version"] < dv and (m["shard_id"] is None or m["shard_id"] in shards)]
         raw = raw_by_key.get(key)
@@ -82,10 +82,10 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
         membership = evidence.pop("membership", None)
         results.append({
             "request_id": r["request_id"], "user_key": r["user_key"], "audited_at": stamp,
-            "model_version": manifest["version"], "passed": passed,
+            "model_version": version.version, "passed": passed,
             "parquet_rows_found": int(found), "delta_log_hits": len(my_log_hits),
             "stale_published_shards": len(stale_published), "stale_checkpoints": len(stale_ckpts),
-            "key_in_published_model": known, "guarantee": manifest.get("guarantee"),
+            "key_in_published_model": known, "guarantee": version.guarantee,
             "details": json.dumps({"target_type": kind, "item_idx": r["item_idx"],
                                    "shards": shards, "delete_version": dv,
                                    "raw_id_checked": bool(raw), "log_files": sorted(my_log_hits),
@@ -101,9 +101,9 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
     ledger.transition(verified, VERIFIED, job_id=job_id)
     failed = [x["request_id"] for x in results if not x["passed"]]
     if failed:  # the state stays; the reason says why
-        ledger.note_audit_failure(failed, job_id=job_id, version=manifest["version"])
-    report = {"audited_at": stamp.isoformat(), "model_version": manifest["version"],
-              "guarantee": manifest.get("guarantee"), "passed": all(x["passed"] for x in results),
+        ledger.note_audit_failure(failed, job_id=job_id, version=version.version)
+    report = {"audited_at": stamp.isoformat(), "model_version": version.version,
+              "guarantee": version.guarantee, "passed": all(x["passed"] for x in results),
               "n_requests": len(results), "raw_ids_checked": len(raw_by_key), "verified": len(verified),
               "requests": [{**x, "audited_at": stamp.isoformat(), "details": json.loads(x["details"])}
                            for x in results]}
@@ -113,7 +113,7 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
         (layout.reports / "audit.md").write_text(render_audit_md(report))
     log.info("audit: %d request(s), passed=%s, verified %d", len(results), report["passed"], len(verified),
              extra=context(job_id=job_id, request_ids=[x["request_id"] for x in results],
-                           model_version=manifest["version"]))
+                           model_version=version.version))
     return report
 
 

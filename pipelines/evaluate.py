@@ -15,7 +15,8 @@ from recunlearn.config import RunConfig
 from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, load_ensemble, load_reference
 from recunlearn.errors import PipelineError
 from recunlearn.evaluation import evaluate_users, evaluate_with_fairness, home_shards
-from recunlearn.tables import Layout, ModelRegistry
+from recunlearn.registry import ModelRegistry
+from recunlearn.tables import Layout
 from pipelines.train import n_items_of, read_split_data
 
 log = logging.getLogger(__name__)
@@ -23,17 +24,17 @@ log = logging.getLogger(__name__)
 
 def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                        exclude_keys: list[str] | None = None, label: str | None = None) -> dict[str, Any]:
-    manifest = ModelRegistry(spark, layout).current_manifest()
+    manifest = ModelRegistry(layout).current_version()
     if manifest is None:
         raise PipelineError("evaluate: no published model version")
     t0 = time.perf_counter()
-    data = read_split_data(layout.interactions, manifest["table_version"], n_items_of(layout), None)
+    data = read_split_data(layout.interactions, manifest.table_version, n_items_of(layout), None)
     users = np.arange(data.n_users)
     if exclude_keys:
         users = users[~np.isin(data.user_keys, np.asarray(exclude_keys))]
     reg = cfg.aggregator.fold_in_reg
-    out: dict[str, Any] = {"model_version": manifest["version"], "users": int(len(users)),
-                           "table_version": manifest["table_version"],
+    out: dict[str, Any] = {"model_version": manifest.version, "users": int(len(users)),
+                           "table_version": manifest.table_version,
                            "protocol": "full ranking over all items; the user's train and "
                                        "validation items excluded; test items as truth"}
     ens = load_ensemble(manifest, fold_in_reg=reg)
@@ -52,6 +53,6 @@ def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     if label:
         layout.reports.mkdir(parents=True, exist_ok=True)
         (layout.reports / f"evaluation-{label}.json").write_text(json.dumps(out, indent=2))
-    log.info("evaluated v%s: ensemble %s reference %s", manifest["version"], out["ensemble"],
+    log.info("evaluated v%s: ensemble %s reference %s", manifest.version, out["ensemble"],
              out["reference"])
     return out

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,9 @@ from recunlearn.errors import PipelineError
 from recunlearn.joblock import holds_tables
 from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
-from recunlearn.tables import Layout, new_job_id, now_utc, read_table
+from recunlearn.registry import ModelRegistry, publish_version
+from recunlearn.tables import Layout, new_job_id, read_table
+from recunlearn.versions import CheckpointMeta, Component, ModelVersion, relative_to
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,6 @@ def train_component(cfg_json: str, table: str, version: int, n_items: int, shard
                     ckpt_root: str, job_id: str) -> dict[str, Any]:
     """Train one sub-model (``model.kind``; a shard, or the reference when ``shard_id`` is
     None); save it."""
-    from pathlib import Path
-
     from recunlearn.models import fit_model
 
     cfg = RunConfig.model_validate_json(cfg_json)
@@ -82,13 +83,13 @@ def train_component(cfg_json: str, table: str, version: int, n_items: int, shard
     component = REFERENCE if shard_id is None else checkpoints.shard_component(shard_id)
     seed = make_seed(cfg.seed, "model", component)
     model, stats = fit_model(data, cfg.model, seed=seed)
-    meta = {"shard_id": shard_id, "delta_version": version, "table": Path(table).name,
-            "config_fingerprint": fingerprint(cfg.model), "seed": seed, "job_id": job_id,
-            "created_at": now_utc().isoformat(), "read_seconds": round(t_read, 3),
-            "fit_seconds": round(stats["fit_seconds"], 3), "epochs": stats["epochs"],
-            "best_epoch": stats["best_epoch"], "valid_ndcg": stats["valid_ndcg"],
-            "n_users": stats["n_users"], "n_train": stats["n_train"], "curve": stats["curve"]}
-    model.meta = meta
+    meta = CheckpointMeta(
+        shard_id=shard_id, delta_version=version, job_id=job_id, table=Path(table).name,
+        config_fingerprint=fingerprint(cfg.model), seed=seed, fit_seconds=round(stats["fit_seconds"], 3),
+        epochs=stats["epochs"], valid_ndcg=stats["valid_ndcg"], n_users=stats["n_users"],
+        n_train=stats["n_train"], kind=cfg.model.kind,
+        extra={"read_seconds": round(t_read, 3), "best_epoch": stats["best_epoch"], "curve": stats["curve"]})
+    model.meta = meta.to_json()
     saved = checkpoints.save(Path(ckpt_root), component, f"{job_id}-{uuid.uuid4().hex[:6]}",
                              model.state(), meta)
     saved["task_seconds"] = round(time.perf_counter() - t0, 3)
@@ -101,8 +102,6 @@ def train_sequential_component(cfg_json: str, table: str, version: int, n_items:
     """LASER: the stages from curriculum position ``start`` on, one after the other, warm-
     started from ``init_path`` (stage ``start - 1``); each stage saved as its group's shard
     checkpoint. ``order=None`` (first training) puts the groups in curriculum order here."""
-    from pathlib import Path
-
     from recunlearn.models import load_model
     from recunlearn.sequential import curriculum, fit_sequential
 
@@ -119,13 +118,15 @@ def train_sequential_component(cfg_json: str, table: str, version: int, n_items:
                                    group_epochs=cfg.sharding.group_epochs, start=start, init=init)
     metas = []
     for model, st in zip(stages, stats):
-        meta = {"shard_id": st["group"], "stage": st["stage"], "order": order, "delta_version": version,
-                "table": Path(table).name, "config_fingerprint": fingerprint(cfg.model), "seed": seed,
-                "job_id": job_id, "created_at": now_utc().isoformat(), "read_seconds": round(t_read, 3),
-                "fit_seconds": round(st["fit_seconds"], 3), "epochs": st["epochs"],
-                "best_epoch": st["best_epoch"], "valid_ndcg": st["valid_ndcg"], "n_users": st["n_users"],
-                "n_train": st["n_train"], "curve": st["curve"], "init": init_path if st["stage"] == start else None}
-        model.meta = meta
+        meta = CheckpointMeta(
+            shard_id=st["group"], delta_version=version, job_id=job_id, table=Path(table).name,
+            config_fingerprint=fingerprint(cfg.model), seed=seed, fit_seconds=round(st["fit_seconds"], 3),
+            epochs=st["epochs"], valid_ndcg=st["valid_ndcg"], n_users=st["n_users"], n_train=st["n_train"],
+            kind=cfg.model.kind,
+            extra={"stage": st["stage"], "order": order, "read_seconds": round(t_read, 3),
+                   "best_epoch": st["best_epoch"], "curve": st["curve"],
+                   "init": init_path if st["stage"] == start else None})
+        model.meta = meta.to_json()
         metas.append(checkpoints.save(Path(ckpt_root), checkpoints.shard_component(st["group"]),
                                       f"{job_id}-{uuid.uuid4().hex[:6]}", model.state(), meta))
     return {"order": order, "stages": metas, "task_seconds": round(time.perf_counter() - t0, 3)}
@@ -134,9 +135,7 @@ def train_sequential_component(cfg_json: str, table: str, version: int, n_items:
 def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: int,
                              shard_paths: list[str], ckpt_root: str, job_id: str) -> dict[str, Any]:
     """Fit the aggregator on retained training data at ``version``, shard models frozen."""
-    from pathlib import Path
-
-    from recunlearn.ensemble import MeanAggregator, fit_attention, fit_learned
+    from recunlearn.ensemble import aggregator_kind
     from recunlearn.models import load_model
     from recunlearn.seeding import numpy_rng
 
@@ -145,20 +144,20 @@ def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: i
     t0 = time.perf_counter()
     seed = make_seed(cfg.seed, "aggregator")
     n_train = None
-    if cfg.aggregator.kind in ("attention", "learned"):
+    kind = aggregator_kind(cfg.aggregator.kind)
+    if kind.fit is not None:
         data = read_split_data(table, version, n_items, None)
         shards = [load_model(checkpoints.load_state(p)) for p in shard_paths]
-        fit = fit_attention if cfg.aggregator.kind == "attention" else fit_learned
-        agg, stats = fit(shards, data, cfg.aggregator, seed=seed, rng=numpy_rng(cfg.seed, "aggregator-sample"))
+        agg, stats = kind.fit(shards, data, cfg.aggregator, seed=seed, rng=numpy_rng(cfg.seed, "aggregator-sample"))
         state, n_train = agg.state(), int(data.train.nnz)
     else:  # the mean has no parameters: nothing to fit, nothing trained on anyone's data
-        stats, state = {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None}, MeanAggregator().state()
-    meta = {"shard_id": None, "delta_version": version, "table": Path(table).name,
-            "config_fingerprint": fingerprint(cfg.aggregator), "seed": seed, "job_id": job_id,
-            "created_at": now_utc().isoformat(), "kind": cfg.aggregator.kind,
-            "fit_seconds": round(stats["fit_seconds"], 3), "epochs": stats["epochs"],
-            "valid_ndcg": stats["valid_ndcg"], "shard_checkpoints": shard_paths,
-            "n_train": n_train}
+        stats, state = {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None}, kind.load({"kind": kind.name}).state()
+    meta = CheckpointMeta(
+        shard_id=None, delta_version=version, job_id=job_id, table=Path(table).name,
+        config_fingerprint=fingerprint(cfg.aggregator), seed=seed, kind=cfg.aggregator.kind,
+        fit_seconds=round(stats["fit_seconds"], 3), epochs=stats["epochs"], valid_ndcg=stats["valid_ndcg"],
+        n_train=n_train,
+        extra={"shard_checkpoints": [relative_to(p, Path(ckpt_root)) for p in shard_paths]})
     saved = checkpoints.save(Path(ckpt_root), AGGREGATOR, f"{job_id}-{uuid.uuid4().hex[:6]}",
                              state, meta)
     saved["task_seconds"] = round(time.perf_counter() - t0, 3)
@@ -203,10 +202,10 @@ def run_tasks(cfg: RunConfig, calls: list[tuple[Any, tuple]], *, label: str) -> 
 
 def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
                  shard_ids: list[int], reference: bool, job_id: str,
-                 manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+                 current: ModelVersion | None = None) -> dict[str, Any]:
     """Train the given shards (and the reference) in parallel on Ray. In sequential mode the
     shards are groups: one task trains the stages from the earliest of ``shard_ids`` in the
-    curriculum order of ``manifest`` (a fresh order without one) to the last, beside the
+    curriculum order of ``current`` (a fresh order without one) to the last, beside the
     reference's task."""
     cfg_json = cfg.model_dump_json()
     table, root = layout.interactions, str(layout.checkpoints)
@@ -215,7 +214,7 @@ def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
                                    for k in shard_ids]
     order = None
     if sequential and shard_ids:
-        order, start, init = sequential_restart(manifest, shard_ids)
+        order, start, init = sequential_restart(current, shard_ids)
         calls.append((train_sequential_component, (cfg_json, table, version, n_items, order, start, init,
                                                    root, job_id)))
     if reference:
@@ -232,21 +231,15 @@ def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
     return out
 
 
-def sequential_restart(manifest: dict[str, Any] | None, groups: list[int]) -> tuple[list[int] | None, int, str | None]:
+def sequential_restart(current: ModelVersion | None,
+                       groups: list[int]) -> tuple[list[int] | None, int, str | None]:
     """(curriculum order, first stage to train, checkpoint of the stage before it) for
-    retraining ``groups`` of a sequential ``manifest`` (None: a first training, from stage 0)."""
-    if manifest is None:
+    retraining ``groups`` of a sequential version (None: a first training, from stage 0)."""
+    if current is None or current.order is None:
         return None, 0, None
-    order = list(manifest["sequential"]["order"])
+    order = list(current.order)
     start = min(order.index(k) for k in groups)
-    return order, start, manifest["shards"][str(order[start - 1])]["path"] if start else None
-
-
-def sequential_groups(manifest: dict[str, Any], touched: list[int]) -> list[int]:
-    """The groups a sequential manifest retrains for ``touched``: every group from the
-    earliest touched one on, in curriculum order."""
-    order = list(manifest["sequential"]["order"])
-    return order[min(order.index(k) for k in touched):] if touched else []
+    return order, start, current.shards[order[start - 1]].path if start else None
 
 
 def fit_aggregator(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
@@ -259,30 +252,24 @@ def fit_aggregator(cfg: RunConfig, layout: Layout, *, version: int, n_items: int
     return meta
 
 
-def build_manifest(*, version: int, cfg: RunConfig, shards: dict[int, dict[str, Any]],
-                   aggregator: dict[str, Any], reference: dict[str, Any] | None,
-                   table_version: int, n_items: int, partition: dict[str, Any] | None,
-                   guarantee: str, order: list[int] | None = None) -> dict[str, Any]:
+def build_version(*, version: int, cfg: RunConfig, shards: dict[int, Component | dict[str, Any]],
+                  aggregator: Component | dict[str, Any], reference: Component | dict[str, Any] | None,
+                  table_version: int, n_items: int, partition: dict[str, Any] | None,
+                  guarantee: str, order: list[int] | None = None, parent: int | None = None,
+                  job_id: str | None = None) -> ModelVersion:
+    """The model version of these components (each a ``Component`` or a checkpoint's metadata
+    as a training task returns it)."""
+    def comp(c: Component | dict[str, Any]) -> Component:
+        return c if isinstance(c, Component) else Component.of(c)
+
     if sorted(shards) != list(range(cfg.sharding.n_shards)):
-        raise PipelineError(f"manifest: shards {sorted(shards)} do not cover 0..{cfg.sharding.n_shards - 1}")
-    keep = ("path", "sha256", "delta_version", "run_id", "fit_seconds", "n_users", "n_train",
-            "config_fingerprint", "seed", "valid_ndcg", "epochs")
-    return {
-        "version": version, "created_at": now_utc().isoformat(),
-        "config_fingerprint": fingerprint(cfg), "table_version": table_version,
-        "n_items": n_items, "n_shards": cfg.sharding.n_shards,
-        "shards": {str(k): {f: shards[k].get(f) for f in keep} for k in sorted(shards)},
-        "aggregator": {f: aggregator.get(f) for f in (*keep, "kind")},
-        "reference": {f: reference.get(f) for f in keep} if reference else None,
-        "partition": partition, "guarantee": guarantee,
-        # sequential training (LASER): the shards are the stages' checkpoints, each filed under
-        # its group; the last group's serves
-        "sequential": {"order": list(order)} if order is not None else None,
-    }
-
-
-def shard_paths_of(manifest: dict[str, Any]) -> list[str]:
-    return [manifest["shards"][str(k)]["path"] for k in range(manifest["n_shards"])]
+        raise PipelineError(f"model version: shards {sorted(shards)} do not cover 0..{cfg.sharding.n_shards - 1}")
+    return ModelVersion(
+        version=version, n_shards=cfg.sharding.n_shards, n_items=n_items, table_version=table_version,
+        shards={k: comp(shards[k]) for k in sorted(shards)}, aggregator=comp(aggregator),
+        reference=comp(reference) if reference else None, guarantee=guarantee,
+        config_fingerprint=fingerprint(cfg), partition=partition,
+        order=list(order) if order is not None else None, parent=parent, job_id=job_id)
 
 
 def n_items_of(layout: Layout) -> int:
@@ -295,11 +282,11 @@ def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
               partition: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every shard, the reference and the aggregator on the current table version,
     then publish a model version."""
-    from recunlearn.tables import ModelRegistry, delta_version
+    from recunlearn.tables import delta_version
 
     from pipelines.partition import PARTITION_GUARANTEE
 
-    registry = ModelRegistry(spark, layout)
+    registry = ModelRegistry(layout)
     registry.ensure()
     version = delta_version(spark, layout.interactions)
     n_items = n_items_of(layout)
@@ -312,10 +299,11 @@ def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
     t_agg = time.perf_counter()
     agg = fit_aggregator(cfg, layout, version=version, n_items=n_items, shard_paths=paths, job_id=job_id)
     model_version = registry.next_version()
-    manifest = build_manifest(version=model_version, cfg=cfg, shards=trained["shards"], aggregator=agg,
+    published = build_version(version=model_version, cfg=cfg, shards=trained["shards"], aggregator=agg,
                               reference=trained["reference"], table_version=version, n_items=n_items,
                               partition=partition, guarantee=PARTITION_GUARANTEE, order=trained["order"])
-    registry.publish(manifest, parent=None, request_ids=[], note=f"full training {job_id}")
+    # a first training supersedes nothing forgotten: no checkpoint is pruned, no version retired
+    publish_version(registry, published, request_ids=[], note=f"full training {job_id}")
     ref = trained["reference"]
     return {
         "job_id": job_id, "model_version": model_version, "table_version": version,

@@ -1,7 +1,14 @@
-"""The unlearn job: open forget requests -> touched shards (``planned``) -> delete (MERGE with
-a batch table) -> VACUUM (``deleted``) -> retrain touched shards on Ray -> refit the aggregator
--> publish a new model version (``retrained``) -> delete checkpoints trained on the forgotten
-rows -> audit each request (``verified``).
+"""The unlearn job, one orchestrator for every unlearning method
+(``recunlearn.unlearning.methods``):
+
+open forget requests -> touched shards (``planned``) -> the touched shards' rows, when the
+method needs them -> delete (MERGE with a batch table) -> VACUUM (``deleted``) -> the method's
+update (retrain the touched shards and refit the aggregator; or update them in place, exactly
+or approximately) -> attribute edits rebuilt (retraining methods) -> publish a new model version
+and delete the checkpoints trained on the forgotten rows -> the ledger (``retrained``, or
+``approximate``) -> audit each exactly answered request (``verified``). After an approximate
+answer the policy (``recunlearn.unlearning.policy``) says whether the exact retrain is due; if
+so it runs in the same job.
 
 A new model version is published only after every step succeeded. When a step fails, each
 request keeps the state it reached, with the error as its reason, and a later run goes on from
@@ -14,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,26 +38,35 @@ from recunlearn.errors import PipelineError
 from recunlearn.evaluation import functional_evidence
 from recunlearn.joblock import holds_tables
 from recunlearn.logs import context
+from recunlearn.models import load_model
+from recunlearn.models.base import Recommender
 from recunlearn.models.data import InteractionData
+from recunlearn.registry import ModelRegistry, publish_version, trained_on
 from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
-from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, DATA_TARGETS, DELETED, EXACT, INTERACTION,
-                               ITEM, OPEN_STATUSES, PLANNED, RECEIVED, RETRAINED, USER,
-                               ForgetLedger, Layout, ModelRegistry, delete_keys, delta_version, now_utc,
-                               read_rows, read_table, vacuum_now)
+from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, DATA_TARGETS, DELETED, INTERACTION, ITEM,
+                               PLANNED, RECEIVED, RETRAINED, USER, ForgetLedger, Layout, delete_keys,
+                               delta_version, now_utc, read_rows, read_table, vacuum_now)
+from recunlearn.unlearning.methods import Guarantee, UnlearningMethod, check_model, get_method
+from recunlearn.unlearning.policy import exact_due
+from recunlearn.unlearning.targets import Targets
+from recunlearn.versions import CheckpointMeta, Component, ModelVersion
 from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
-from pipelines.train import (build_manifest, fit_aggregator, n_items_of, new_job_id,
-                             read_split_data, sequential_groups, shard_paths_of, train_models)
+from pipelines.train import (REFERENCE, build_version, fit_aggregator, n_items_of, new_job_id,
+                             read_split_data, train_models)
 
 log = logging.getLogger(__name__)
 
 
-class _Clock:
-    def __init__(self) -> None:
+class Clock:
+    """A job's step timer: ``with clock.step(name)`` times a step, logs it, and is the crash
+    harness's kill point of that name."""
+
+    def __init__(self, job_id: str | None = None) -> None:
         self.steps: dict[str, float] = {}
         self.marks: dict[str, float] = {}
         self.background: Any = None  # a Future the job started beside its main steps
-        self.job_id: str | None = None  # for the step log lines, once the job has one
+        self.job_id = job_id  # for the step log lines
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.perf_counter()
@@ -72,61 +90,78 @@ class _Clock:
 @holds_tables("unlearn")
 def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
             method: str | None = None) -> dict[str, Any]:
-    """Process open forget requests with ``method`` (default ``cfg.unlearn.method``).
+    """Process the open data requests with ``method`` (default ``cfg.unlearn.method``), then
+    the open attribute requests.
 
-    ``exact`` also completes the requests a fast method answered (status ``approximate``): their
-    data is gone already, and their shards are retrained. A fast method answers the open
-    requests at once, then runs the exact path when the policy says it is due
-    (``pipelines.fast_unlearn.exact_due``)."""
-    method = method or cfg.unlearn.method
-    if method != "exact":
-        from pipelines.fast_unlearn import exact_due, unlearn_fast
-
-        result = unlearn_fast(spark, cfg=cfg, layout=layout, method=method)
-        due, why = exact_due(spark, cfg=cfg, layout=layout)
+    The exact retrain (``exact``) also completes the requests a fast method answered (status
+    ``approximate``): their data is gone already, and their shards are retrained. After an
+    approximate answer, the exact retrain runs in the same job when the policy says it is due."""
+    m = get_method(method or cfg.unlearn.method)
+    try:
+        check_model(m, cfg.model.kind)
+    except ValueError as exc:
+        raise PipelineError(f"unlearn --method {m.name}: {exc}; train again after changing model.kind "
+                            "or pick another method") from None
+    ledger = ForgetLedger(spark, layout.ledger)
+    registry = ModelRegistry(layout)
+    result = _process(spark, cfg=cfg, layout=layout, method=m, ledger=ledger, registry=registry)
+    # after any method but the retrain itself, approximate answers may have made it due (also
+    # with nothing new to process: the deadline runs)
+    if not m.retrains:
+        due, why = exact_due(ledger.rows((APPROXIMATE,)), registry.current_version(), cfg.unlearn.policy)
         result["policy"] = {"exact_due": due, "reason": why}
         if due:
             log.info("unlearn: exact retrain due (%s)", why)
-            result["exact"] = unlearn(spark, cfg=cfg, layout=layout, method="exact")
-        return result
-    t_start = time.perf_counter()
-    clock = _Clock()
-    ledger = ForgetLedger(spark, layout.ledger)
-    registry = ModelRegistry(spark, layout)
+            result["exact"] = _process(spark, cfg=cfg, layout=layout, method=get_method("exact"),
+                                       ledger=ledger, registry=registry)
+    if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
+        from pipelines.attribute import process_attribute_requests
+
+        edits = process_attribute_requests(spark, cfg=cfg, layout=layout)
+        if not result.get("requests") and "verification" not in result:
+            return edits
+        result["attribute"] = edits
+    return result
+
+
+def _process(spark: SparkSession, *, cfg: RunConfig, layout: Layout, method: UnlearningMethod,
+             ledger: ForgetLedger, registry: ModelRegistry) -> dict[str, Any]:
+    """One pass of ``method`` over the data requests it takes."""
+    clock = Clock()
     with clock.step("read_requests"):
-        rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
-    with clock.step("read_model_version"):
-        current = registry.current()
-    data = [r for r in rows if (r["target_type"] or USER) in DATA_TARGETS]
-    requests = [r for r in data if r["status"] in OPEN_STATUSES] + [r for r in data if r["status"] == APPROXIMATE]
+        ledger_rows = ledger.rows()  # read once: the requests to process and the attribute edits in effect
+    takes = (RECEIVED, PLANNED, *method.completes)
+    data = [r for r in ledger_rows if (r["target_type"] or USER) in DATA_TARGETS]
+    # oldest first, a resumed exact run's deleted ones with them, then the fast-answered ones
+    requests = [r for r in data if r["status"] in takes and r["status"] != APPROXIMATE] + \
+        [r for r in data if r["status"] == APPROXIMATE and APPROXIMATE in takes]
     # published by a run that stopped before its audit: only the audit is left to do
     to_verify = [r["request_id"] for r in data if r["status"] == RETRAINED]
     if not requests:
-        result: dict[str, Any] = {"requests": [], "status": "nothing to do"}
+        result: dict[str, Any] = {"requests": [], "status": "nothing to do", "method": method.name}
         if to_verify:
             result.update(status="verified earlier runs' requests", verification=verify_requests(
                 spark, layout=layout, request_ids=to_verify, job_id=new_job_id("unlearn")))
-        if any(r["status"] in (RECEIVED, PLANNED) and r["target_type"] in (ATTRIBUTE, ATTRIBUTE_UNDO)
-               for r in rows):
-            from pipelines.attribute import process_attribute_requests
-
-            edits = process_attribute_requests(spark, cfg=cfg, layout=layout)
-            return {**result, "attribute": edits} if to_verify else edits
-        if not to_verify:
+        elif not any(r["status"] in (RECEIVED, PLANNED) and r["target_type"] in (ATTRIBUTE, ATTRIBUTE_UNDO)
+                     for r in ledger_rows):
             log.info("unlearn: no open requests")
         return result
+    with clock.step("read_model_version"):
+        current = registry.current_version()
     if current is None:
         raise PipelineError("unlearn: no published model version; run `recunlearn train` first")
-    manifest = json.loads(open(current["manifest"]).read())
-    job_id = clock.job_id = new_job_id("unlearn")
+    if current.attribute_overlay is not None and not method.retrains:
+        raise PipelineError(f"unlearn --method {method.name}: attribute edits are in effect; only a "
+                            "retrain rebuilds them, run `recunlearn unlearn --method exact`")
+    job_id = clock.job_id = new_job_id("unlearn" if method.retrains else f"fast-{method.name}")
     ids = [r["request_id"] for r in requests]
     try:
-        result = _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry,
-                      current=current, manifest=manifest, requests=requests, job_id=job_id,
-                      clock=clock, t_start=t_start, ledger_rows=rows)
-        with clock.step("verify"):
-            result["verification"] = verify_requests(spark, layout=layout, request_ids=ids + to_verify,
-                                                     job_id=job_id)
+        result = _run(spark, cfg=cfg, layout=layout, ledger=ledger, registry=registry, method=method,
+                      current=current, requests=requests, job_id=job_id, clock=clock, ledger_rows=ledger_rows)
+        if method.guarantee is Guarantee.EXACT:  # an exact answer is audited before it counts
+            with clock.step("verify"):
+                result["verification"] = verify_requests(spark, layout=layout, request_ids=ids + to_verify,
+                                                         job_id=job_id)
     except Exception as exc:
         # Leave the requests open for the next run; the published model is unchanged.
         if clock.background is not None:  # one ledger writer at a time
@@ -139,24 +174,8 @@ def unlearn(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
                   extra=context(job_id=job_id, request_ids=ids))
         ledger.note_error(ids, job_id=job_id, error=exc)
         raise
-    if ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO)):
-        from pipelines.attribute import process_attribute_requests
-
-        result["attribute"] = process_attribute_requests(spark, cfg=cfg, layout=layout)
+    result["steps_seconds"] = clock.steps
     return result
-
-
-@dataclass
-class Targets:
-    """What a batch of requests deletes: whole users (keys), items (every interaction with
-    each) and single interactions (key, item), and the shards holding any of it."""
-
-    users: list[str]
-    items: list[int]
-    pairs: list[tuple[str, int]]
-    touched: list[int]
-    shards_of: dict[str, list[int]]  # request id -> the shards holding its data
-    planned: list[str] = field(default_factory=list)  # the requests this run planned (to delete)
 
 
 def verify_requests(spark: SparkSession, *, layout: Layout, request_ids: list[str],
@@ -217,7 +236,7 @@ def determine_targets(spark: SparkSession, layout: Layout, ledger: ForgetLedger,
 
 
 def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
-                      job_id: str, targets: Targets, clock: _Clock, background: bool = False) -> tuple[int, Any]:
+                      job_id: str, targets: Targets, clock: Clock, background: bool = False) -> tuple[int, Any]:
     """Delete the targets' rows (users also from the shard map) through MERGEs with batch
     tables, so no value enters ``_delta_log``; VACUUM with zero retention, then move the
     requests this run planned to ``deleted`` with the delete version. Returns the delete version
@@ -262,133 +281,165 @@ def delete_and_vacuum(spark: SparkSession, *, cfg: RunConfig, layout: Layout, le
     return delete_version, running
 
 
-def publish_and_clean(registry: ModelRegistry, layout: Layout, manifest: dict[str, Any], *,
-                      parent: int, ids: list[str], touched: list[int], delete_version: int,
-                      clock: _Clock, note: str) -> tuple[Any, list[str]]:
-    """Publish ``manifest``, then delete every checkpoint of a touched component it does not use
-    (trained on the forgotten rows) and retire the older versions. Returns the publication time
-    and the checkpoints removed."""
-    with clock.step("publish"):
-        registry.publish(manifest, parent=parent, request_ids=ids, note=note)
-    clock.mark("published")
-    published_at = now_utc()
-    with clock.step("delete_superseded"):
-        removed = _delete_superseded(layout, manifest, touched, delete_version)
-        registry.retire([v["version"] for v in registry.versions()
-                         if v["status"] == "published" and v["version"] < manifest["version"]],
-                        note=f"superseded by v{manifest['version']}: held data since forgotten")
-    return published_at, removed
+@dataclass
+class _Context:
+    """The job's side of a method's update (``recunlearn.unlearning.methods.UpdateContext``)."""
+
+    cfg: RunConfig
+    layout: Layout
+    job_id: str
+    clock: Clock
+    current: ModelVersion
+    n_items: int
+    delete_version: int
+    train_version: int
+    exact_guarantee: str
+    shard_rows: dict[int, InteractionData] = field(default_factory=dict)
+
+    def load(self, component: Component) -> Recommender:
+        state = checkpoints.load_state(component.path)
+        if state.get("kind") != self.cfg.model.kind:
+            raise PipelineError(f"the published model is {state.get('kind')}, the config says "
+                                f"model.kind={self.cfg.model.kind}: train again after changing it")
+        return load_model(state)
+
+    def rows_before(self, shard: int) -> InteractionData:
+        return self.shard_rows[shard]
+
+    def save(self, shard: int | None, model: Recommender, meta: CheckpointMeta) -> Component:
+        component = REFERENCE if shard is None else checkpoints.shard_component(shard)
+        saved = checkpoints.save(self.layout.checkpoints, component, f"{self.job_id}-{uuid.uuid4().hex[:6]}",
+                                 model.state(), meta)
+        return Component.of(saved)
+
+    def retrain(self, shards: list[int], *, reference: bool) -> dict[str, Any]:
+        with self.clock.step("retrain_shards"):
+            trained = train_models(self.cfg, self.layout, version=self.train_version, n_items=self.n_items,
+                                   shard_ids=shards, reference=reference, job_id=self.job_id,
+                                   current=self.current)
+        ref = trained["reference"]
+        return {"shards": {k: Component.of(m) for k, m in trained["shards"].items()},
+                "reference": Component.of(ref) if ref else None, "wall_seconds": trained["wall_seconds"],
+                "order": trained["order"]}
+
+    def refit_aggregator(self, shards: dict[int, Component]) -> Component:
+        with self.clock.step("refit_aggregator"):
+            agg = fit_aggregator(self.cfg, self.layout, version=self.train_version, n_items=self.n_items,
+                                 shard_paths=[shards[k].path for k in range(self.current.n_shards)],
+                                 job_id=self.job_id)
+        return Component.of(agg)
 
 
-def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger,
-         registry: ModelRegistry, current: dict[str, Any], manifest: dict[str, Any],
-         requests: list[dict[str, Any]], job_id: str, clock: _Clock, t_start: float,
-         ledger_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetLedger, registry: ModelRegistry,
+         method: UnlearningMethod, current: ModelVersion, requests: list[dict[str, Any]], job_id: str,
+         clock: Clock, ledger_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    t_start = time.perf_counter()
     ids = [r["request_id"] for r in requests]
     keys = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
     n_items = n_items_of(layout)
 
-    # 1. target determination: which shards hold each user (recorded before any delete).
+    # 1. target determination: which shards hold each request's data (recorded before any delete).
     with clock.step("target_determination"):
         targets = determine_targets(spark, layout, ledger, requests, job_id)
     touched = targets.touched
-    log.info("unlearn %s: %d request(s), shards touched %s", job_id, len(requests), touched,
+    log.info("unlearn %s (%s): %d request(s), shards touched %s", job_id, method.name, len(requests), touched,
              extra=context(job_id=job_id, request_ids=ids, shards=touched))
 
-    # 2. the forgotten users' rows, held in memory only, for the functional check.
-    with clock.step("capture_evidence_inputs"):
-        version_before = int(manifest["table_version"])
-        forgotten = _rows_of(layout, n_items, keys, touched)
-        original = load_ensemble(manifest, fold_in_reg=cfg.aggregator.fold_in_reg)
+    # 2. what must be read before the delete, held in memory only: the touched shards' rows
+    # (a method that updates from them), the forgotten users' rows and the model as it was
+    # (the functional check of a retrain)
+    version_before = current.table_version
+    shard_rows: dict[int, InteractionData] = {}
+    if method.needs_rows:
+        with clock.step("read_shards"):
+            now = delta_version(spark, layout.interactions)
+            shard_rows = {k: read_split_data(layout.interactions, now, n_items, k) for k in touched}
+    forgotten, original = None, None
+    if method.retrains:
+        with clock.step("capture_evidence_inputs"):
+            forgotten = _rows_of(layout, n_items, keys, touched)
+            original = load_ensemble(current, fold_in_reg=cfg.aggregator.fold_in_reg)
 
-    # 3. delete through a MERGE with a batch table, 4. vacuum: beside the retraining (5-7),
-    # which only reads, unless strict mode rewrites the tables first
+    # 3. delete through a MERGE with a batch table, 4. vacuum: beside a retraining, which only
+    # reads, unless strict mode rewrites the tables first
     strict_mode = cfg.unlearn.partition == "strict"
-    delete_version, vacuuming = delete_and_vacuum(spark, cfg=cfg, layout=layout, ledger=ledger, job_id=job_id,
-                                                  targets=targets, clock=clock, background=not strict_mode)
+    delete_version, vacuuming = delete_and_vacuum(
+        spark, cfg=cfg, layout=layout, ledger=ledger, job_id=job_id, targets=targets, clock=clock,
+        background=method.retrains and not strict_mode)
 
     # 4b. strict partition mode: recompute the partition without the forgotten data; the
     # shards whose members change are retrained too.
-    partition, guarantee, train_version, retrain = manifest.get("partition"), PARTITION_GUARANTEE, \
-        delete_version, touched
+    partition, train_version, exact_guarantee = current.partition, delete_version, PARTITION_GUARANTEE
     if strict_mode:
         with clock.step("repartition"):
             strict = repartition_strict(spark, cfg=cfg, layout=layout)
-        retrain = sorted(set(touched) | set(strict["shards_changed"]))
-        train_version, guarantee = strict["interactions_version"], STRICT_GUARANTEE
+        targets.also = sorted(strict["shards_changed"])
+        train_version, exact_guarantee = strict["interactions_version"], STRICT_GUARANTEE
         partition = {**(partition or {}), **strict, "mode": "strict"}
         log.info("unlearn %s: strict partition moved %d user(s); shards changed %s",
                  job_id, strict["users_moved"], strict["shards_changed"])
 
-    # sequential training (LASER): every group from the earliest touched one on
-    if manifest.get("sequential"):
-        retrain = sequential_groups(manifest, retrain)
+    # 5. the method's update: new components for the touched shards (and the reference)
+    ctx = _Context(cfg=cfg, layout=layout, job_id=job_id, clock=clock, current=current, n_items=n_items,
+                   delete_version=delete_version, train_version=train_version,
+                   exact_guarantee=exact_guarantee, shard_rows=shard_rows)
+    # a retrain times its own steps (retrain_shards, refit_aggregator); an update in place is one
+    with nullcontext() if method.retrains else clock.step("update"):
+        update = method.update(current, targets, ctx)
+    shard_rows.clear()
+    shards = {**current.shards, **update.shards}
+    aggregator = update.aggregator or current.aggregator
 
-    # 5. retrain those shards (and the reference) from scratch at the new version.
-    with clock.step("retrain_shards"):
-        # a fast-tier version dropped the reference (trained on what it forgot): retrain it too
-        trained = train_models(cfg, layout, version=train_version, n_items=n_items,
-                               shard_ids=retrain, reference=cfg.unlearn.retrain_reference
-                               and (manifest.get("reference") is not None
-                                    or bool(manifest.get("pending_exact"))), job_id=job_id,
-                               manifest=manifest)
-    shards = {int(k): v for k, v in manifest["shards"].items()}
-    shards.update(trained["shards"])
+    # 6. attribute edits in effect are recomputed on retrained shards (a forgotten user's go).
+    overlay = None
+    if method.retrains:
+        with clock.step("attribute_edits"):
+            from pipelines.attribute import active_edits, build_overlay
 
-    # 6. refit the aggregator on retained data.
-    with clock.step("refit_aggregator"):
-        new_paths = [shards[k]["path"] for k in range(manifest["n_shards"])]
-        agg = fit_aggregator(cfg, layout, version=train_version, n_items=n_items,
-                             shard_paths=new_paths, job_id=job_id)
-
-    # 7. attribute edits in effect are recomputed on the new shards (a forgotten user's go).
-    with clock.step("attribute_edits"):
-        from pipelines.attribute import active_edits, build_overlay
-
-        # attribute requests are not this job's: the ledger as the job found it
-        edits = active_edits(ledger_rows, forgotten=set(keys))
-        overlay = None
-        if edits:
-            draft = {"n_shards": manifest["n_shards"], "shards": {str(k): v for k, v in shards.items()},
-                     "aggregator": agg,
-                     "table_version": train_version, "n_items": n_items}
-            overlay, _ = build_overlay(cfg, layout, draft, edits, job_id=job_id)
+            # attribute requests are not this job's: the ledger as the job found it
+            edits = active_edits(ledger_rows, forgotten=set(keys))
+            if edits:
+                draft = current.replace(shards=shards, aggregator=aggregator, table_version=train_version,
+                                        n_items=n_items, attribute_overlay=None)
+                overlay, _ = build_overlay(cfg, layout, draft, edits, job_id=job_id)
 
     if vacuuming is not None:  # no version is published while the forgotten rows are on disk
         with clock.step("vacuum_wait"):
             vacuuming.result()
 
-    # 8. publish.
+    # 7. publish; checkpoints trained on the forgotten rows go, older versions retire.
     with clock.step("manifest"):
         version = registry.next_version()
-        # A reference trained before the delete held the forgotten rows: only a retrained one stays.
-        reference = trained["reference"]
-        new_manifest = build_manifest(
-            version=version, cfg=cfg, shards=shards, aggregator=agg, reference=reference,
-            table_version=train_version, n_items=n_items, partition=partition, guarantee=guarantee,
-            order=(manifest.get("sequential") or {}).get("order"))
-        new_manifest["parent"] = current["version"]
-        new_manifest["unlearn_job"] = job_id
-        new_manifest["attribute_overlay"] = overlay
-    # 9. checkpoints trained on the forgotten rows go; model versions that used them retire.
-    published_at, removed = publish_and_clean(
-        registry, layout, new_manifest, parent=current["version"], ids=ids, touched=retrain,
-        delete_version=delete_version, clock=clock,
-        note=f"unlearned {len(ids)} request(s), retrained shards {retrain}")
+        new = build_version(
+            version=version, cfg=cfg, shards=shards, aggregator=aggregator, reference=update.reference,
+            table_version=train_version if method.retrains else delete_version, n_items=n_items,
+            partition=partition, guarantee=update.guarantee, order=current.order,
+            parent=current.version, job_id=job_id).replace(attribute_overlay=overlay,
+                                                           pending_exact=update.pending_exact)
+    with clock.step("publish"):
+        published = publish_version(
+            registry, new, request_ids=ids, prune=trained_on(update.changed, delete_version),
+            retire=f"superseded by v{version}: held data since forgotten",
+            note=(f"unlearned {len(ids)} request(s), retrained shards {update.changed}" if method.retrains
+                  else f"{method.name}: {len(ids)} request(s), updated shards {update.changed}"))
+    clock.mark("published")
 
-    # 10. functional evidence (in memory -> ledger; rows themselves are never written).
-    with clock.step("functional_check"):
-        unlearned = load_ensemble(new_manifest, fold_in_reg=cfg.aggregator.fold_in_reg)
-        retrained = load_reference(new_manifest, fold_in_reg=cfg.aggregator.fold_in_reg) \
-            if trained["reference"] else None
-        evidence = functional_evidence(forgotten, original=original, unlearned=unlearned,
-                                       retrained=retrained)
-    if cfg.unlearn.membership and forgotten.n_users and cfg.model.kind == "bpr":  # BPR shadows
-        with clock.step("membership_check"):
-            _membership_evidence(evidence, forgotten, original, unlearned, cfg=cfg, layout=layout,
-                                 version=train_version, n_items=n_items,
-                                 n_shards=manifest["n_shards"])
+    # 8. functional evidence (in memory -> ledger; rows themselves are never written).
+    evidence: dict[str, dict[str, Any]] = {}
+    if forgotten is not None:
+        with clock.step("functional_check"):
+            unlearned = load_ensemble(new, fold_in_reg=cfg.aggregator.fold_in_reg)
+            retrained = load_reference(new, fold_in_reg=cfg.aggregator.fold_in_reg) if update.reference else None
+            evidence = functional_evidence(forgotten, original=original, unlearned=unlearned, retrained=retrained)
+        if cfg.unlearn.membership and forgotten.n_users and cfg.model.kind == "bpr":  # BPR shadows
+            with clock.step("membership_check"):
+                _membership_evidence(evidence, forgotten, original, unlearned, cfg=cfg, layout=layout,
+                                     version=train_version, n_items=n_items, n_shards=current.n_shards)
+
     def request_evidence(r: dict[str, Any]) -> dict[str, Any]:
+        if not method.retrains:
+            return {"method": method.name, "shards": {
+                str(k): update.details[k] for k in targets.shards_of[r["request_id"]] if k in update.details}}
         if r["status"] == APPROXIMATE:  # answered by the fast tier, which deleted the rows
             return {"note": "rows deleted by the fast tier; its shards are now retrained",
                     "fast": json.loads(r["evidence"]) if r["evidence"] else None}
@@ -397,23 +448,21 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
                     "the functional and membership checks are per forgotten user"}
         return evidence.get(r["user_key"], {"note": "rows already deleted by an earlier attempt"})
 
+    exact = method.guarantee is Guarantee.EXACT
     ledger.transition([{
-        "request_id": r["request_id"], "published_at": published_at, "model_version": version,
-        "guarantee": EXACT, "evidence": json.dumps(request_evidence(r)),
-    } for r in requests], RETRAINED, job_id=job_id)
-    compute = {
-        "shard_fit_seconds": {str(k): m["fit_seconds"] for k, m in trained["shards"].items()},
-        "aggregator_fit_seconds": agg["fit_seconds"],
-        "reference_fit_seconds": trained["reference"]["fit_seconds"] if trained["reference"] else None,
-    }
+        "request_id": r["request_id"], "published_at": published.published_at, "model_version": version,
+        "guarantee": method.ledger_guarantee, "evidence": json.dumps(request_evidence(r)),
+    } for r in requests], RETRAINED if exact else APPROXIMATE, job_id=job_id)
     result = {
-        "job_id": job_id, "requests": ids, "shards_touched": touched, "shards_retrained": retrain,
+        "job_id": job_id, "method": method.name, "guarantee": method.guarantee.value, "requests": ids,
+        "shards_touched": touched, "shards_retrained" if method.retrains else "shards_updated": update.changed,
         "partition_mode": cfg.unlearn.partition,
-        "partition": partition if cfg.unlearn.partition == "strict" else None,
+        "partition": partition if strict_mode else None,
         "delete_version": delete_version, "table_version_before": version_before,
-        "model_version": version, "parent_version": current["version"],
-        "checkpoints_removed": removed, "steps_seconds": clock.steps, "compute": compute,
-        "train_wall_seconds": trained["wall_seconds"],
+        "model_version": version, "parent_version": current.version,
+        "checkpoints_removed": published.removed, "compute": update.compute,
+        "updates": {str(k): v for k, v in update.details.items()},
+        "train_wall_seconds": update.compute.get("train_wall_seconds"),
         "end_to_end_seconds": round(time.perf_counter() - t_start, 3),
         # the job's start to the new version's publication (the checks after it excluded)
         "to_publish_seconds": round(clock.marks["published"] - t_start, 3),
@@ -423,8 +472,9 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
                           "checkpoints": folder_bytes(layout.checkpoints),
                           "models": folder_bytes(layout.models)},
     }
-    log.info("unlearn %s: published v%d in %.1fs", job_id, version, result["end_to_end_seconds"],
-             extra=context(job_id=job_id, request_ids=ids, shards=retrain, model_version=version,
+    log.info("unlearn %s: published v%d (%s, %s) in %.1fs", job_id, version, method.guarantee.value,
+             method.name, result["end_to_end_seconds"],
+             extra=context(job_id=job_id, request_ids=ids, shards=update.changed, model_version=version,
                            seconds=result["end_to_end_seconds"]))
     return result
 
@@ -458,24 +508,3 @@ def _rows_of(layout: Layout, n_items: int, keys: list[str], shards: list[int]) -
         tbl.column("user_key").to_numpy(zero_copy_only=False),
         tbl.column("item_idx").to_numpy(zero_copy_only=False),
         tbl.column("split").to_numpy(zero_copy_only=False), n_items)
-
-
-def _delete_superseded(layout: Layout, manifest: dict[str, Any], touched: list[int],
-                       delete_version: int) -> list[str]:
-    """Remove every checkpoint of a touched component (touched shards, aggregator, reference)
-    that the new version does not use: those trained while the forgotten rows were present,
-    and orphans of an earlier failed attempt."""
-    keep = set(shard_paths_of(manifest)) | {manifest["aggregator"]["path"]}
-    if manifest.get("attribute_overlay"):
-        keep.add(manifest["attribute_overlay"]["path"])
-    if manifest.get("reference"):
-        keep.add(manifest["reference"]["path"])
-    removed = []
-    for meta in checkpoints.all_metas(layout.checkpoints):
-        whole = meta.get("shard_id") is None  # reference or aggregator: trained on every shard
-        if meta["path"] in keep or not (whole or meta["shard_id"] in touched):
-            continue
-        checkpoints.delete(meta)
-        removed.append(meta["component"] + "/" + meta["run_id"]
-                       + ("" if meta["delta_version"] < delete_version else " (orphan)"))
-    return removed

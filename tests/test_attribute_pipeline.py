@@ -13,7 +13,8 @@ import torch
 from recunlearn import checkpoints
 from recunlearn.ensemble import load_ensemble
 from recunlearn.pseudonym import user_key
-from recunlearn.tables import ForgetLedger, ModelRegistry
+from recunlearn.registry import ModelRegistry
+from recunlearn.tables import ForgetLedger
 from pipelines.attribute import OVERLAY_COMPONENT, submit_attribute_requests
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
@@ -59,7 +60,7 @@ def test_attribute_requests_apply_undo_and_survive_a_forget(spark, ray_local, at
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
     part = partition_users(spark, cfg=cfg, layout=layout)
     train_all(spark, cfg=cfg, layout=layout, partition=part)
-    registry = ModelRegistry(spark, layout)
+    registry = ModelRegistry(layout)
     ledger = ForgetLedger(spark, layout.ledger)
     asked = ["3", "7", "11", "20"]
     keys = sorted(user_key(SECRET, u) for u in asked)
@@ -68,8 +69,8 @@ def test_attribute_requests_apply_undo_and_survive_a_forget(spark, ray_local, at
                                     raw_ids=asked + ["7", "no-such-user", "bad id;"])
     assert [o["outcome"] for o in out] == ["accepted"] * 4 + ["duplicate", "rejected", "rejected"]
     res = unlearn_mod.unlearn(spark, cfg=cfg, layout=layout)
-    v2 = registry.current_manifest()
-    assert res["model_version"] == v2["version"] == 2 and res["overlay_users"] == 4
+    v2 = registry.current_version()
+    assert res["model_version"] == v2.version == 2 and res["overlay_users"] == 4
     rows = {r["user_key"]: r for r in ledger.rows() if r["target_type"] == "attribute"}
     assert {k: (r["status"], r["attribute"], r["model_version"]) for k, r in rows.items() if k in keys} == \
         {k: ("applied", "gender", 2) for k in keys}
@@ -89,7 +90,7 @@ def test_attribute_requests_apply_undo_and_survive_a_forget(spark, ray_local, at
                                       raw_ids=["7"], undo=True)
     assert again[0]["outcome"] == "duplicate"
     unlearn_mod.unlearn(spark, cfg=cfg, layout=layout)
-    v3 = registry.current_manifest()
+    v3 = registry.current_version()
     served, base = _served_and_base(v3)
     k7 = user_key(SECRET, "7")
     _home_rows_equal(served, base, [k7], equal=True)
@@ -104,12 +105,12 @@ def test_attribute_requests_apply_undo_and_survive_a_forget(spark, ray_local, at
     # the retrained shards, and only the newest overlay stays on disk.
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["3"])
     unlearn_mod.unlearn(spark, cfg=cfg, layout=layout)
-    v4 = registry.current_manifest()
+    v4 = registry.current_version()
     k3 = user_key(SECRET, "3")
-    overlay = v4["attribute_overlay"]
-    assert overlay["users"] == 2 and k3 not in json.dumps(overlay)
+    overlay = v4.attribute_overlay
+    assert overlay.extra["users"] == 2 and k3 not in json.dumps(overlay.extra)
     served, base = _served_and_base(v4)
     assert sorted(served.overlay.keys.tolist()) == sorted(k for k in keys if k not in (k3, k7))
     _home_rows_equal(served, base, [k for k in keys if k not in (k3, k7)], equal=False)
     on_disk = [m for m in checkpoints.all_metas(layout.checkpoints) if m["component"] == OVERLAY_COMPONENT]
-    assert [m["path"] for m in on_disk] == [overlay["path"]]
+    assert [m["path"] for m in on_disk] == [overlay.path]

@@ -8,11 +8,13 @@ import json
 from recunlearn.config import RunConfig
 from pipelines.bench import exact
 
-from test_bpr import CFG, checkerboard
+from recunlearn.testing import checkerboard
+
+from test_bpr import CFG
 
 
 def test_bench_exact_cells_outputs_and_merge(tmp_path, monkeypatch):
-    data = checkerboard(n_users=60)
+    data = checkerboard(n_users=60, n_items=30)
     monkeypatch.setattr(exact, "dataset_dir", lambda name, data_dir=None: tmp_path)
     monkeypatch.setattr(exact, "load_split", lambda name, folder, seed: (data, {}))
     cfg = RunConfig(model=CFG.model_dump(), aggregator={"max_epochs": 2})

@@ -6,26 +6,13 @@ import torch
 from recunlearn.config import ModelConfig
 from recunlearn.models.bpr import BPRMF, fit_bpr
 from recunlearn.models.data import InteractionData
-
-
-def checkerboard(n_users=40, n_items=30, seed=0):
-    rng = np.random.default_rng(seed)
-    users, items, split = [], [], []
-    for u in range(n_users):
-        liked = [i for i in range(n_items) if i % 2 == u % 2]
-        rng.shuffle(liked)
-        for pos, i in enumerate(liked):
-            users.append(f"u{u:03d}")
-            items.append(i)
-            split.append("valid" if pos == 0 else "test" if pos == 1 else "train")
-    return InteractionData.from_columns(np.array(users), np.array(items), np.array(split), n_items)
-
+from recunlearn.testing import checkerboard
 
 CFG = ModelConfig(dim=8, lr=0.05, max_epochs=30, eval_every=5, patience=3, batch_size=128)
 
 
 def test_learns_the_checkerboard():
-    data = checkerboard()
+    data = checkerboard(n_users=40, n_items=30)
     model, stats = fit_bpr(data, CFG, seed=1)
     scores = model.score(np.arange(data.n_users))
     parity_u = torch.tensor([int(k[1:]) % 2 for k in data.user_keys])
@@ -36,7 +23,7 @@ def test_learns_the_checkerboard():
 
 def test_same_seed_same_model_and_seed_matters():
     torch.use_deterministic_algorithms(True)
-    data = checkerboard()
+    data = checkerboard(n_users=40, n_items=30)
     a, _ = fit_bpr(data, CFG, seed=7)
     b, _ = fit_bpr(data, CFG, seed=7)
     c, _ = fit_bpr(data, CFG, seed=8)
@@ -45,7 +32,7 @@ def test_same_seed_same_model_and_seed_matters():
 
 
 def test_fold_in_recovers_taste_without_training_the_user(tmp_path):
-    data = checkerboard()
+    data = checkerboard(n_users=40, n_items=30)
     model, _ = fit_bpr(data, CFG, seed=1)
     # a new user who liked 8 even items: folded in (no training), the unseen even items must
     # outrank the odd ones, biases included (the fold-in's scale calibration is what does it)

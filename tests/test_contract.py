@@ -1,8 +1,7 @@
-"""The contract every exact method and every sub-model keeps (issue 3).
+"""The contract every exact method keeps (issue 3); the sub-models' own contract is
+``recunlearn.testing`` (tests/test_components.py).
 
-Sub-models (BPR-MF, WMF, item-kNN, LightGCN, NCF) behind one interface: deterministic for a
-seed, scores of the right shape, a state that round-trips, and a fold-in that reads a
-history without changing a parameter. Exact methods (SISA, RecEraser, UltraRE, LASER) over
+Exact methods (SISA, RecEraser, UltraRE, LASER) over
 every sub-model: unlearning gives the model that retraining from scratch on the retained
 data gives (same seeds, same frozen groups), bit for bit; the forgotten users are unknown to
 it; and only the shards (or sequential stages) that held them were retrained.
@@ -12,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from recunlearn.config import FACTOR_MODELS, RunConfig
+from recunlearn.config import RunConfig
+from recunlearn.models import FACTOR_MODELS
 from recunlearn.models import fit_model, load_model
 from pipelines.bench.methods import make_method
 
-from test_bpr import CFG, checkerboard
+from recunlearn.testing import checkerboard, same_state
+
+from test_bpr import CFG
 
 MODELS = ("bpr", "wmf", "itemknn", "lightgcn", "ncf", "ease")
 METHODS = ("sisa", "receraser", "ultrare", "laser")
@@ -30,61 +32,9 @@ def _cfg(kind: str) -> RunConfig:
                      sharding={"embedding_rank": 4, "group_epochs": 10})
 
 
-def _params(model) -> list[torch.Tensor]:
-    state = model.state()
-    out = []
-
-    def walk(x):
-        if isinstance(x, torch.Tensor):
-            out.append(x)
-        elif isinstance(x, dict):
-            for k in sorted(x):
-                if k != "meta":
-                    walk(x[k])
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-    walk(state)
-    return out
-
-
-def _same(a, b) -> bool:
-    pa, pb = _params(a), _params(b)
-    return len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(pa, pb))
-
-
 @pytest.fixture(scope="module")
 def data():
     return checkerboard(n_users=48, n_items=24)
-
-
-@pytest.mark.parametrize("kind", MODELS)
-def test_submodel_interface(kind, data):
-    torch.use_deterministic_algorithms(True)
-    cfg = _cfg(kind).model
-    model, stats = fit_model(data, cfg, seed=3)
-    again, _ = fit_model(data, cfg, seed=3)
-    assert _same(model, again), "same data and seed must give the same model"
-    assert {"fit_seconds", "epochs", "n_users", "n_train"} <= set(stats)
-    rows = np.arange(data.n_users)
-    scores = model.score(rows)
-    assert scores.shape == (data.n_users, data.n_items) and torch.isfinite(scores).all()
-    # it learned something: a user's own-parity held-out items outrank the other parity's
-    parity = np.array([int(k[1:]) % 2 for k in data.user_keys])
-    own = scores[:, torch.arange(data.n_items) % 2 == 0].mean(1) > scores[:, torch.arange(data.n_items) % 2 == 1].mean(1)
-    assert (own.numpy() == (parity == 0)).mean() > 0.9
-    # the state round-trips to the same scores
-    back = load_model(model.state())
-    assert type(back) is type(model) and torch.allclose(back.score(rows), scores)
-    # fold-in reads a history and changes nothing; it ranks the history's parity first
-    before = [p.clone() for p in _params(model)]
-    folded = model.score_history(data.train[:6])
-    assert folded.shape == (6, data.n_items)
-    assert all(torch.equal(x, y) for x, y in zip(before, _params(model)))
-    even = folded[:, 0::2].mean(1) > folded[:, 1::2].mean(1)
-    assert (even.numpy() == (parity[:6] == 0)).all()
-    # a user the model never saw is scored from the history alone
-    assert not model.knows(np.array(["nobody"]))[0]
 
 
 def test_ncf_fold_ins(data):
@@ -120,7 +70,7 @@ def test_exact_unlearning_equals_replay(kind, method, data):
     if method == "laser":
         stages_u, stages_r = unlearned.run.stages, replay.run.stages
         assert len(stages_u) == len(stages_r) == 3
-        assert all(_same(a, b) for a, b in zip(stages_u, stages_r))
+        assert all(same_state(a, b) for a, b in zip(stages_u, stages_r))
         # restarted at the earliest group holding a forgotten user; earlier stages kept as they were
         start = fitted.run.restart_position(forget)
         assert all(a is b for a, b in zip(unlearned.run.stages[:start], fitted.run.stages[:start]))
@@ -130,7 +80,7 @@ def test_exact_unlearning_equals_replay(kind, method, data):
         touched = sorted(set(fitted.shard_of[np.searchsorted(fitted.keys, forget)].tolist()))
         assert unlearned.shards_touched == touched
         for k, (a, b) in enumerate(zip(unlearned.model.shards, replay.model.shards)):
-            assert _same(a, b), f"shard {k} differs from its replay"
+            assert same_state(a, b), f"shard {k} differs from its replay"
             if k not in touched:
                 assert a is fitted.model.shards[k]
         expect_agg = {"sisa": "mean", "receraser": "attention", "ultrare": "learned"}[method]

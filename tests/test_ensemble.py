@@ -9,7 +9,9 @@ from recunlearn.ensemble import (MeanAggregator, ShardedEnsemble, fit_attention,
 from recunlearn.models.bpr import fit_bpr
 from recunlearn.models.data import InteractionData
 
-from test_bpr import CFG, checkerboard
+from recunlearn.testing import checkerboard
+
+from test_bpr import CFG
 
 
 def shards_of(data: InteractionData, k: int = 3):
@@ -23,7 +25,7 @@ def shards_of(data: InteractionData, k: int = 3):
 
 
 def test_mean_ensemble_scores_home_and_unknown_users_sensibly():
-    data = checkerboard(n_users=60)
+    data = checkerboard(n_users=60, n_items=30)
     shards = shards_of(data)
     ens = ShardedEnsemble(shards, MeanAggregator())
     assert ens.knows(data.user_keys).all()
@@ -41,7 +43,7 @@ def test_mean_ensemble_scores_home_and_unknown_users_sensibly():
 
 
 def test_attention_starts_at_the_mean_keeps_its_best_and_round_trips():
-    data = checkerboard(n_users=60)
+    data = checkerboard(n_users=60, n_items=30)
     shards = shards_of(data)
     agg, stats = fit_attention(shards, data, AggregatorConfig(max_epochs=3), seed=1,
                                rng=np.random.default_rng(0))
@@ -54,7 +56,7 @@ def test_attention_starts_at_the_mean_keeps_its_best_and_round_trips():
 
 
 def test_learned_weights_turn_down_a_noisy_shard_and_round_trip():
-    data = checkerboard(n_users=60)
+    data = checkerboard(n_users=60, n_items=30)
     shards = shards_of(data)
     g = torch.Generator().manual_seed(3)
     noisy = shards[2]  # its items scrambled: its scores carry no signal, only noise

@@ -14,7 +14,8 @@ import pytest
 from recunlearn import checkpoints
 from recunlearn.ensemble import LearnedWeights, load_ensemble
 from recunlearn.pseudonym import user_key
-from recunlearn.tables import ForgetLedger, ModelRegistry
+from recunlearn.registry import ModelRegistry
+from recunlearn.tables import ForgetLedger
 from pipelines.audit import audit
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
@@ -49,9 +50,9 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
     assert part["method"] == "kmeans" and sum(part["sizes"]) == part["users"] == 60
     assert max(part["sizes"]) <= math.ceil(1.2 * part["users"] / cfg.sharding.n_shards)
     train_all(spark, cfg=cfg, layout=layout, partition=part)
-    registry = ModelRegistry(spark, layout)
-    v1 = registry.current_manifest()
-    agg1 = checkpoints.load_state(v1["aggregator"]["path"])
+    registry = ModelRegistry(layout)
+    v1 = registry.current_version()
+    agg1 = checkpoints.load_state(v1.aggregator.path)
     assert agg1["kind"] == "learned" and agg1["meta"]["stats"]["n_train"] > 0
 
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["5", "40"])
@@ -64,17 +65,17 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
     smap = spark.read.format("delta").load(layout.shard_map).toPandas().set_index("user_key")
     now = smap["shard_id"].reindex(keys).to_numpy()
     assert (match_labels(now, fresh.labels, cfg.sharding.n_shards) == now).all()
-    v2 = registry.current_manifest()
-    assert v2["guarantee"] == STRICT_GUARANTEE and v2["partition"]["mode"] == "strict"
+    v2 = registry.current_version()
+    assert v2.guarantee == STRICT_GUARANTEE and v2.partition["mode"] == "strict"
     for k in range(cfg.sharding.n_shards):
-        same = v2["shards"][str(k)]["path"] == v1["shards"][str(k)]["path"]
+        same = v2.shards[k].path == v1.shards[k].path
         assert same == (k not in res["shards_retrained"])
     # every shard's data at the published version is exactly its members' retained rows
     inter = spark.read.format("delta").load(layout.interactions).select("user_key", "shard_id").distinct().toPandas()
     assert (inter.set_index("user_key")["shard_id"].reindex(keys).to_numpy() == now).all()
     # the weights were refit on the retained data of the new table version
-    assert v2["aggregator"]["path"] != v1["aggregator"]["path"]
-    assert v2["aggregator"]["delta_version"] == v2["table_version"]
+    assert v2.aggregator.path != v1.aggregator.path
+    assert v2.aggregator.delta_version == v2.table_version
     ens = load_ensemble(v2)
     assert isinstance(ens.aggregator, LearnedWeights) and np.isfinite(ens.aggregator.w.numpy()).all()
     assert [r["status"] for r in ForgetLedger(spark, layout.ledger).rows()] == ["verified"] * 2
@@ -97,8 +98,8 @@ def test_item_and_interaction_shards_retrain_every_shard_holding_the_user(spark,
     part = partition_users(spark, cfg=cfg, layout=layout)
     assert part["unit"] == unit and part["shards_per_user"]["mean"] > 1
     train_all(spark, cfg=cfg, layout=layout, partition=part)
-    registry = ModelRegistry(spark, layout)
-    v1 = registry.current_manifest()
+    registry = ModelRegistry(layout)
+    v1 = registry.current_version()
     inter = spark.read.format("delta").load(layout.interactions).toPandas()
     spread = inter.groupby("user_key")["shard_id"].nunique()
     rid = next(r for r in map(str, range(1, 61)) if spread.get(user_key(SECRET, r), 0) > 1)
@@ -112,9 +113,9 @@ def test_item_and_interaction_shards_retrain_every_shard_holding_the_user(spark,
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=[rid])
     res = unlearn(spark, cfg=cfg, layout=layout)
     assert res["shards_touched"] == holding and res["shards_retrained"] == holding
-    v2 = registry.current_manifest()
+    v2 = registry.current_version()
     for k in range(cfg.sharding.n_shards):
-        assert (v2["shards"][str(k)]["path"] != v1["shards"][str(k)]["path"]) == (k in holding)
+        assert (v2.shards[k].path != v1.shards[k].path) == (k in holding)
     ens = load_ensemble(v2)
     assert not ens.knows(np.array([key])).any()
     # (raw ids here are short numbers that occur in any Delta log: the raw-id scan is tested
@@ -143,28 +144,28 @@ def test_sequential_training_restarts_from_the_earliest_group(spark, ray_local, 
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
     part = partition_users(spark, cfg=cfg, layout=layout)
     train_all(spark, cfg=cfg, layout=layout, partition=part)
-    registry = ModelRegistry(spark, layout)
-    v1 = registry.current_manifest()
-    order = v1["sequential"]["order"]
+    registry = ModelRegistry(layout)
+    v1 = registry.current_version()
+    order = v1.order
     assert sorted(order) == list(range(cfg.sharding.n_shards))
-    assert [v1["shards"][str(k)].get("n_users") for k in order] == sorted(
-        v1["shards"][str(k)].get("n_users") for k in order)  # each stage adds a group's users
+    assert [v1.shards[k].n_users for k in order] == sorted(
+        v1.shards[k].n_users for k in order)  # each stage adds a group's users
     # a user of the group in the middle of the curriculum: the first stage stays
     smap = spark.read.format("delta").load(layout.shard_map).toPandas().set_index("user_key")["shard_id"]
     rid = next(r for r in map(str, range(1, 61)) if smap.get(user_key(SECRET, r)) == order[1])
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=[rid])
     res = unlearn(spark, cfg=cfg, layout=layout)
     assert res["shards_touched"] == [order[1]] and res["shards_retrained"] == order[1:]
-    v2 = registry.current_manifest()
-    assert v2["sequential"]["order"] == order
+    v2 = registry.current_version()
+    assert v2.order == order
     for pos, k in enumerate(order):
-        assert (v2["shards"][str(k)]["path"] == v1["shards"][str(k)]["path"]) == (pos == 0)
+        assert (v2.shards[k].path == v1.shards[k].path) == (pos == 0)
     # the published model is the from-scratch sequential run on the retained data
-    data, labels = read_grouped_data(layout.interactions, v2["table_version"], v2["n_items"])
+    data, labels = read_grouped_data(layout.interactions, v2.table_version, v2.n_items)
     stages, _ = fit_sequential(data, labels, np.asarray(order), cfg.model,
                                seed=make_seed(cfg.seed, "model", "sequential"),
                                group_epochs=cfg.sharding.group_epochs)
-    served = load_model(checkpoints.load_state(v2["shards"][str(order[-1])]["path"]))
+    served = load_model(checkpoints.load_state(v2.shards[order[-1]].path))
     assert torch.equal(served.user, stages[-1].user) and torch.equal(served.item, stages[-1].item)
     ens = load_ensemble(v2)
     assert len(ens.shards) == 1 and not ens.knows(np.array([user_key(SECRET, rid)])).any()

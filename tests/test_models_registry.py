@@ -10,7 +10,7 @@ from recunlearn.config import load_config
 from recunlearn.engines import PROJECT_ROOT
 from recunlearn.ensemble import MeanAggregator, ShardedEnsemble
 from recunlearn.errors import ConfigError
-from recunlearn.models import fit_model, load_model
+from recunlearn.models import fit_model
 from recunlearn.models.data import InteractionData, split_pairs
 
 CONF = PROJECT_ROOT / "conf" / "test.yaml"
@@ -35,17 +35,6 @@ def test_config_rejects_mismatched_model_and_method():
     assert load_config(CONF, ["model.kind=lightgcn", "aggregator.kind=attention"]).model.kind == "lightgcn"
     with pytest.raises(ConfigError, match="aggregator.kind=mean"):
         load_config(CONF, ["model.kind=ncf", "aggregator.kind=learned"])
-
-
-@pytest.mark.parametrize("kind", ["bpr", "wmf", "itemknn", "lightgcn", "ncf"])
-def test_fit_and_reload_every_kind(kind):
-    data = small_data()
-    cfg = load_config(CONF, [f"model.kind={kind}", "model.dim=4", "model.max_epochs=5"]).model
-    model, stats = fit_model(data, cfg, seed=3)
-    assert stats["n_train"] == data.train.nnz and stats["fit_seconds"] >= 0
-    back = load_model(model.state())
-    assert type(back) is type(model) and list(back.user_keys) == list(data.user_keys)
-    assert torch.allclose(back.score(np.arange(5)), model.score(np.arange(5)))
 
 
 def test_ensemble_mean_over_other_kinds():

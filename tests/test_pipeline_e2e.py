@@ -17,7 +17,8 @@ from recunlearn.models.bpr import BPRMF, fit_bpr
 from recunlearn.pseudonym import user_key
 from recunlearn.scan import delta_log_hits, rows_with_keys
 from recunlearn.seeding import make_seed
-from recunlearn.tables import ForgetLedger, ModelRegistry
+from recunlearn.registry import ModelRegistry
+from recunlearn.tables import ForgetLedger
 from pipelines.audit import audit
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
@@ -44,13 +45,13 @@ def trained(spark, ray_local, cfg, layout, tmp_path):
 def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     raw, part = trained
     assert max(part["sizes"]) - min(part["sizes"]) <= 1
-    registry = ModelRegistry(spark, layout)
-    v1 = registry.current_manifest()
+    registry = ModelRegistry(layout)
+    v1 = registry.current_version()
     forget = ["5", "17"]
     keys = sorted(user_key(SECRET, u) for u in forget)
     # What the shards held before: the replay check retrains from this minus the users.
     n_items = n_items_of(layout)
-    before = {k: read_split_data(layout.interactions, v1["table_version"], n_items, k)
+    before = {k: read_split_data(layout.interactions, v1.table_version, n_items, k)
               for k in range(cfg.sharding.n_shards)}
     homes = sorted({k for k, d in before.items() for key in keys if key in set(d.user_keys)})
 
@@ -58,8 +59,8 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     assert [o["outcome"] for o in out] == ["accepted", "accepted"]
     result = unlearn_mod.unlearn(spark, cfg=cfg, layout=layout)
     assert result["shards_touched"] == homes
-    v2 = registry.current_manifest()
-    assert v2["version"] == 2 and v2["parent"] == 1
+    v2 = registry.current_version()
+    assert v2.version == 2 and v2.parent == 1
 
     # ledger: verified, with shards, delete version and the new model version
     rows = {r["user_key"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
@@ -67,7 +68,7 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
         r = rows[key]
         assert r["status"] == "verified" and r["model_version"] == 2
         assert [h["state"] for h in r["history"]] == ["received", "planned", "deleted", "retrained", "verified"]
-        assert r["delete_version"] == v2["table_version"] and r["shards"]
+        assert r["delete_version"] == v2.table_version and r["shards"]
         assert r["deleted_at"] <= r["published_at"] <= r["completed_at"]
         ev = json.loads(r["evidence"])
         assert ev["known_to_original"] is True and ev["known_to_unlearned"] is False
@@ -78,12 +79,12 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
 
     # models: touched shards retrained after the delete, untouched ones reused as they were
     for k in range(cfg.sharding.n_shards):
-        new, old = v2["shards"][str(k)], v1["shards"][str(k)]
+        new, old = v2.shards[k], v1.shards[k]
         if k in homes:
-            assert new["delta_version"] == v2["table_version"] and new["path"] != old["path"]
+            assert new.delta_version == v2.table_version and new.path != old.path
         else:
-            assert new["path"] == old["path"]
-    assert not any(m["exists"] and m["delta_version"] < v2["table_version"]
+            assert new.path == old.path
+    assert not any(m["exists"] and m["delta_version"] < v2.table_version
                    and (m["shard_id"] is None or m["shard_id"] in homes)
                    for m in checkpoints.all_metas(layout.checkpoints))
     assert [v["status"] for v in registry.versions()] == ["retired", "published"]
@@ -94,7 +95,7 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
         retained = before[k].without_users(np.array(keys))
         seed = make_seed(cfg.seed, "model", shard_component(k))
         expect, _ = fit_bpr(retained, cfg.model, seed=seed)
-        got = BPRMF.load(v2["shards"][str(k)]["path"])
+        got = BPRMF.load(v2.shards[k].path)
         assert list(got.user_keys) == list(expect.user_keys)
         assert torch.equal(got.user, expect.user) and torch.equal(got.item, expect.item)
         assert torch.equal(got.bias, expect.bias)
@@ -121,7 +122,7 @@ def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout
                                                               monkeypatch):
     # This run refits the attention aggregator (the other test uses the mean).
     cfg = cfg.model_copy(update={"aggregator": cfg.aggregator.model_copy(update={"kind": "attention"})})
-    registry = ModelRegistry(spark, layout)
+    registry = ModelRegistry(layout)
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["8"])
 
     def boom(*a, **kw):
@@ -142,4 +143,4 @@ def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout
     [row] = ForgetLedger(spark, layout.ledger).rows()
     assert row["status"] == "verified" and registry.current()["version"] == 2 and row["reason"] is None
     assert audit(spark, layout=layout, secret=SECRET, raw_ids=["8"])["passed"]
-    assert registry.current_manifest()["aggregator"]["kind"] == "attention"
+    assert registry.current_version().aggregator.kind == "attention"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from recunlearn.sequential import SequentialModel, curriculum
-from pipelines.train import sequential_groups, sequential_restart
+from recunlearn.versions import Component, ModelVersion
+from pipelines.train import sequential_restart
 
 
 def test_curriculum_puts_the_densest_groups_first_ties_by_id():
@@ -27,12 +28,13 @@ def test_restart_position_is_the_earliest_group_holding_a_forgotten_user():
 
 
 def test_sequential_manifest_restarts_from_the_stage_before_the_earliest_group():
-    manifest = {"sequential": {"order": [2, 0, 1]},
-                "shards": {"2": {"path": "p2"}, "0": {"path": "p0"}, "1": {"path": "p1"}}}
-    assert sequential_groups(manifest, [1]) == [1]
-    assert sequential_groups(manifest, [0, 1]) == [0, 1]
-    assert sequential_groups(manifest, [2]) == [2, 0, 1]
-    assert sequential_groups(manifest, []) == []
+    manifest = ModelVersion(version=1, n_shards=3, n_items=5, table_version=0, order=[2, 0, 1],
+                            shards={k: Component(f"p{k}") for k in range(3)}, aggregator=Component("a"),
+                            reference=None, guarantee="", config_fingerprint="")
+    assert manifest.groups_from([1]) == [1]
+    assert manifest.groups_from([0, 1]) == [0, 1]
+    assert manifest.groups_from([2]) == [2, 0, 1]
+    assert manifest.groups_from([]) == []
     assert sequential_restart(manifest, [0, 1]) == ([2, 0, 1], 1, "p2")
     assert sequential_restart(manifest, [2, 0, 1]) == ([2, 0, 1], 0, None)
     assert sequential_restart(None, [0, 1, 2]) == (None, 0, None)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from recunlearn.engines import delta_jars
-from recunlearn.tables import ForgetLedger, ModelRegistry
+from recunlearn.registry import ModelRegistry
+from recunlearn.tables import ForgetLedger
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import partition_users
@@ -62,7 +63,7 @@ def _check(spark, layout, proc: subprocess.CompletedProcess) -> list[dict]:
     assert result["verification"]["verified"] == 1
     [row] = ForgetLedger(spark, layout.ledger).rows()
     assert row["status"] == "verified" and row["model_version"] == 2
-    assert ModelRegistry(spark, layout).current()["version"] == 2
+    assert ModelRegistry(layout).current()["version"] == 2
     # the job's own log lines are JSON (not a terminal), with the job and request ids
     ours = [json.loads(x) for x in (proc.stdout + proc.stderr).splitlines() if x.startswith('{"ts"')]
     assert any(x.get("request_ids") == result["requests"] and x.get("job_id") == result["job_id"]

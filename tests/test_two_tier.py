@@ -16,16 +16,23 @@ from recunlearn.config import PolicyConfig
 from recunlearn.ensemble import load_ensemble
 from recunlearn.pseudonym import user_key
 from recunlearn.scan import delta_log_hits, rows_with_keys
-from recunlearn.tables import ForgetLedger, ModelRegistry
+from recunlearn.registry import ModelRegistry
+from recunlearn.tables import ForgetLedger
 from pipelines.audit import audit
-from pipelines.fast_unlearn import exact_due
 from pipelines.forget import submit_data_requests, submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import PARTITION_GUARANTEE, partition_users
 from pipelines.train import train_all
 from pipelines.unlearn import unlearn
 
+from recunlearn.tables import APPROXIMATE
+from recunlearn.unlearning.policy import exact_due
+
 from conftest import write_ml100k
+
+
+def _exact_due(ledger, registry, cfg):
+    return exact_due(ledger.rows((APPROXIMATE,)), registry.current_version(), cfg.unlearn.policy)
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"
@@ -39,9 +46,9 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     cfg = cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={
         "method": "scif", "membership": False,
         "policy": PolicyConfig(max_pending=3, deadline_hours=1000.0, max_share=1.0)})})
-    registry, ledger = ModelRegistry(spark, layout), ForgetLedger(spark, layout.ledger)
-    v1 = registry.current_manifest()
-    before = {k: checkpoints.load_state(v1["shards"][str(k)]["path"]) for k in range(cfg.sharding.n_shards)}
+    registry, ledger = ModelRegistry(layout), ForgetLedger(spark, layout.ledger)
+    v1 = registry.current_version()
+    before = {k: checkpoints.load_state(v1.shards[k].path) for k in range(cfg.sharding.n_shards)}
 
     # 1. two requests, answered fast: below max_pending, no exact retrain yet
     first = ["5", "17"]
@@ -50,32 +57,32 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     res = unlearn(spark, cfg=cfg, layout=layout)
     assert res["method"] == "scif" and res["guarantee"] == "approximate"
     assert res["policy"]["exact_due"] is False and "exact" not in res
-    v2 = registry.current_manifest()
-    assert v2["version"] == 2 and v2["guarantee"].startswith("approximate (scif)")
-    assert v2["reference"] is None  # it was trained on the forgotten rows
-    assert v2["pending_exact"]["shards"] == res["shards_touched"]
-    assert sorted(v2["pending_exact"]["requests"]) == sorted(res["requests"])
+    v2 = registry.current_version()
+    assert v2.version == 2 and v2.guarantee.startswith("approximate (scif)")
+    assert v2.reference is None  # it was trained on the forgotten rows
+    assert v2.pending_exact["shards"] == res["shards_touched"]
+    assert sorted(v2.pending_exact["requests"]) == sorted(res["requests"])
     rows = {r["user_key"]: r for r in ledger.rows()}
     for key in keys1:
         r = rows[key]
         assert (r["status"], r["guarantee"], r["model_version"]) == ("approximate", "approximate:scif", 2)
-        assert r["delete_version"] == v2["table_version"] and r["shards"]
+        assert r["delete_version"] == v2.table_version and r["shards"]
         assert json.loads(r["evidence"])["method"] == "scif"
     # the data obligation does not wait: rows, logs, old checkpoints are gone now
     assert rows_with_keys(layout.tables, keys1) == {k: 0 for k in keys1}
     assert delta_log_hits(layout.tables, keys=keys1, raw_ids=first) == {}
     assert not load_ensemble(v2).knows(keys1).any()
     for k in range(cfg.sharding.n_shards):
-        new, old = v2["shards"][str(k)], v1["shards"][str(k)]
+        new, old = v2.shards[k], v1.shards[k]
         if k in res["shards_touched"]:
-            assert new["path"] != old["path"] and not Path(old["path"]).exists()
-            state = checkpoints.load_state(new["path"])
+            assert new.path != old.path and not Path(old.path).exists()
+            state = checkpoints.load_state(new.path)
             assert not torch.equal(state["item"], before[k]["item"])  # updated in place
             assert set(state["user_keys"]) == set(before[k]["user_keys"]) - set(keys1)
         else:
-            assert new["path"] == old["path"]
-    assert not Path(v1["reference"]["path"]).exists()
-    assert exact_due(spark, cfg=cfg, layout=layout)[0] is False
+            assert new.path == old.path
+    assert not Path(v1.reference.path).exists()
+    assert _exact_due(ledger, registry, cfg)[0] is False
 
     # 2. two more: four approximate requests >= max_pending 3, so the same run goes exact
     second = ["23", "31"]
@@ -85,9 +92,9 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     assert res["model_version"] == 3 and res["policy"]["exact_due"] is True
     assert "max_pending" in res["policy"]["reason"]
     assert res["exact"]["model_version"] == 4
-    v4 = registry.current_manifest()
-    assert v4["guarantee"] == PARTITION_GUARANTEE and "pending_exact" not in v4
-    assert v4["reference"] is not None
+    v4 = registry.current_version()
+    assert v4.guarantee == PARTITION_GUARANTEE and v4.pending_exact is None
+    assert v4.reference is not None
     rows = {r["user_key"]: r for r in ledger.rows()}
     for key in keys1 + keys2:
         r = rows[key]
@@ -95,11 +102,11 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
         ev = json.loads(r["evidence"])
         assert ev["fast"]["method"] == "scif"  # the fast answer stays on record
     # every shard a fast update touched was retrained from scratch after the last delete
-    pending = set(v2["pending_exact"]["shards"]) | set(res["shards_touched"])
+    pending = set(v2.pending_exact["shards"]) | set(res["shards_touched"])
     for k in pending:
-        assert v4["shards"][str(k)]["delta_version"] >= max(rows[x]["delete_version"] for x in keys1 + keys2)
-        assert "approximate" not in json.loads(Path(v4["shards"][str(k)]["path"]).with_suffix(".json").read_text())
-    assert exact_due(spark, cfg=cfg, layout=layout) == (False, "no request has an approximate guarantee")
+        assert v4.shards[k].delta_version >= max(rows[x]["delete_version"] for x in keys1 + keys2)
+        assert "approximate" not in json.loads(Path(v4.shards[k].path).with_suffix(".json").read_text())
+    assert _exact_due(ledger, registry, cfg) == (False, "no request has an approximate guarantee")
     report = audit(spark, layout=layout, secret=SECRET, raw_ids=first + second)
     assert report["passed"] and report["n_requests"] == 4
 
@@ -139,9 +146,9 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
     assert left.where(f"user_key = '{key_a}'").count() > 0  # the user stays
     rows = [r for r in ForgetLedger(spark, layout.ledger).rows() if r["target_type"] in ("item", "interaction")]
     assert {r["status"] for r in rows if r["reason"] is None} == {"verified"}
-    v = ModelRegistry(spark, layout).current_manifest()
+    v = ModelRegistry(layout).current_version()
     for k in holders:
-        assert v["shards"][str(k)]["delta_version"] >= res["delete_version"]
+        assert v.shards[k].delta_version >= res["delete_version"]
 
     # the fast path takes the next ones: an item and an interaction answered approximately
     item_b, pair_b = lines[60][1], (lines[90][0], lines[90][1])
@@ -191,13 +198,13 @@ def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, k
     rows = [r for r in ForgetLedger(spark, layout.ledger).rows() if r["reason"] is None]
     assert len(rows) == 4
     assert {(r["status"], r["guarantee"]) for r in rows} == {("verified", f"exact:{method}")}
-    v = ModelRegistry(spark, layout).current_manifest()
-    assert "pending_exact" not in v and v["guarantee"].startswith(f"exact ({method}")
-    assert v["reference"]["delta_version"] == v["table_version"]
+    v = ModelRegistry(layout).current_version()
+    assert v.pending_exact is None and v.guarantee.startswith(f"exact ({method}")
+    assert v.reference.delta_version == v.table_version
     n_items = n_items_of(layout)
     for k in res["shards_touched"]:
-        model = load_model(checkpoints.load_state(v["shards"][str(k)]["path"]))
-        data = read_split_data(layout.interactions, v["table_version"], n_items, k)
+        model = load_model(checkpoints.load_state(v.shards[k].path))
+        data = read_split_data(layout.interactions, v.table_version, n_items, k)
         assert list(model.user_keys) == list(data.user_keys)
         if kind == "itemknn":
             rebuilt, _ = fit_model(data, cfg.model, seed=0)

@@ -11,12 +11,27 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recunlearn.errors import ConfigError
+from recunlearn.models import FACTOR_MODELS, MODELS
+from recunlearn.unlearning.methods import METHODS, check_model
+
+
+def _one_of(table: dict[str, Any], what: str) -> AfterValidator:
+    """A string field whose value must name an entry of a registry ``table``."""
+    def check(value: str) -> str:
+        if value not in table:
+            raise ValueError(f"unknown {what} {value!r}: one of {', '.join(table)}")
+        return value
+    return AfterValidator(check)
+
+
+ModelKindName = Annotated[str, _one_of(MODELS, "model kind")]
+MethodName = Annotated[str, _one_of(METHODS, "unlearning method")]
 
 DATA_DIR_ENV = "RECUNLEARN_HOME"
 
@@ -104,20 +119,13 @@ class ShardingConfig(_Frozen):
         "None: balance users only.")
 
 
-# sub-models served as user . item factors (+ item bias): the fitted aggregators work on them
-FACTOR_MODELS = ("bpr", "lightgcn")
-# unlearn methods that update a sub-model exactly in place (no retrain), and the model kind each needs
-EXACT_UPDATES = {"als": "wmf", "knn": "itemknn", "ease": "ease"}
 
 
 class ModelConfig(_Frozen):
-    kind: Literal["bpr", "wmf", "itemknn", "lightgcn", "ncf", "ease"] = Field(
-        "bpr", description="Shard sub-model: BPR-MF (torch, every method incl. the fast tier's "
-        "influence, fine-tune and ascent), WMF (implicit ALS; unlearn --method als re-converges "
-        "it), item-kNN (unlearn --method knn updates its top-k index), LightGCN (BPR loss, "
-        "sparse propagation on the shard's graph), NCF (NeuMF: GMF + MLP, log loss with "
-        "sampled negatives) or EASE (closed form; unlearn --method ease updates its inverse "
-        "Gram matrix exactly).")
+    kind: ModelKindName = Field(
+        "bpr", json_schema_extra={"enum": list(MODELS)},
+        description="Shard sub-model (recunlearn.models.MODELS): "
+        + "; ".join(f"{k}: {m.summary}" for k, m in MODELS.items()) + ".")
     dim: int = Field(64, ge=1, description="Embedding dimension (BPR and WMF).")
     lr: float = Field(0.005, gt=0)
     reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
@@ -219,11 +227,11 @@ class UnlearnConfig(_Frozen):
         12.0, gt=0, description="Lease of the tables' job lock (ingest, partition, train, unlearn run "
         "one at a time): a holder killed on another host frees it after this long; on the same "
         "host at once.")
-    method: Literal["exact", "scif", "influence", "finetune", "ascent", "als", "knn", "ease"] = Field(
-        "exact", description="exact: delete, retrain the touched shards, refit, publish. A fast "
-        "method: delete, update the touched shard models in place, publish with an approximate "
-        "guarantee, and retrain exactly when the policy says so. als / knn / ease (model.kind wmf "
-        "/ itemknn / ease): the model-specific exact update of the touched shards, no retrain needed.")
+    method: MethodName = Field(
+        "exact", json_schema_extra={"enum": list(METHODS)},
+        description="Unlearning method (recunlearn.unlearning.methods.METHODS): "
+        + "; ".join(f"{k}: {m.summary}" for k, m in METHODS.items()) + ". An approximate method "
+        "publishes at once and the exact retrain follows when unlearn.policy says so.")
     fast: FastSettings = FastSettings()
     policy: PolicyConfig = PolicyConfig()
     retrain_reference: bool = Field(
@@ -336,10 +344,7 @@ class RunConfig(_Frozen):
                 raise ValueError("train.mode=sequential serves one model, restarted from a user "
                                  "group's checkpoint: it needs aggregator.kind=mean, sharding.unit=user, "
                                  f"unlearn.partition=frozen and unlearn.method=exact, not {', '.join(clash)}")
-        want = EXACT_UPDATES.get(self.unlearn.method, "bpr" if self.unlearn.method != "exact" else None)
-        if want is not None and want != self.model.kind:
-            raise ValueError(f"unlearn.method={self.unlearn.method} updates {want} models, but "
-                             f"model.kind={self.model.kind}")
+        check_model(METHODS[self.unlearn.method], self.model.kind)
         return self
 
     def resolved_data_dir(self, base: Path | None = None) -> Path:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,6 +31,7 @@ from recunlearn.config import AggregatorConfig
 from recunlearn.metrics import evaluate
 from recunlearn.models.bpr import BPRMF
 from recunlearn.models.data import InteractionData, has_pairs
+from recunlearn.versions import ModelVersion
 
 
 def shard_views(shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix,
@@ -54,6 +55,21 @@ def shard_views(shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix,
 def shard_scores(shards: list[BPRMF], vecs: torch.Tensor) -> torch.Tensor:
     """Scores (K, n, n_items) from user vectors (K, n, d)."""
     return torch.stack([vecs[k] @ m.item.T + m.bias for k, m in enumerate(shards)])
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """Combines K shard models' scores of the same users into one: weights (n, K) from the
+    users' per-shard vectors (K, n, d) and home mask (K, n). The fitted kinds learn them on
+    retained data (``fit``); the mean has nothing to fit."""
+
+    kind: str
+
+    def weights(self, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor: ...
+
+    def combine(self, scores: torch.Tensor, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor: ...
+
+    def state(self) -> dict[str, Any]: ...
 
 
 class MeanAggregator:
@@ -109,22 +125,22 @@ class AttentionAggregator:
                 "shape": list(self.module.w.shape)}
 
 
-def load_aggregator(state: dict[str, Any]) -> MeanAggregator | AttentionAggregator | LearnedWeights:
-    if state["kind"] == "mean":
-        return MeanAggregator()
-    if state["kind"] == "learned":
-        return LearnedWeights(state["w"], state["home_weight"], state.get("meta"))
+def _attention_from_state(state: dict[str, Any]) -> AttentionAggregator:
     k, d, a = state["shape"]
     module = AttentionModule(k, d, a, torch.Generator().manual_seed(0))
     module.load_state_dict(state["params"])
     return AttentionAggregator(module, state.get("meta"))
 
 
+def load_aggregator(state: dict[str, Any]) -> Aggregator:
+    """The aggregator a checkpoint's state describes; an unknown kind is refused."""
+    return aggregator_kind(state.get("kind", "?")).load(state)
+
+
 class ShardedEnsemble:
     """K shard models plus an aggregator, scoring users from their keys and histories."""
 
-    def __init__(self, shards: list[BPRMF], aggregator: MeanAggregator | AttentionAggregator,
-                 overlay: Any = None):
+    def __init__(self, shards: list[BPRMF], aggregator: Aggregator, overlay: Any = None):
         self.shards = shards
         self.aggregator = aggregator
         self.n_items = shards[0].n_items
@@ -330,9 +346,36 @@ def fit_learned(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfi
     return chosen, stats
 
 
-def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
+@dataclass(frozen=True)
+class AggregatorKind:
+    """One aggregator kind: how to rebuild it from a state, and how to fit it (None: nothing
+    to fit; ``fit(shards, data, cfg, *, seed, rng) -> (aggregator, stats)``)."""
+
+    name: str
+    load: Callable[[dict[str, Any]], Aggregator]
+    fit: Callable[..., tuple[Aggregator, dict[str, Any]]] | None
+    summary: str
+
+
+AGGREGATORS: dict[str, AggregatorKind] = {a.name: a for a in (
+    AggregatorKind("mean", lambda state: MeanAggregator(), None, "the plain mean of the shards' scores"),
+    AggregatorKind("attention", _attention_from_state, fit_attention,
+                   "RecEraser's attention over the shards' user vectors, fit on retained data"),
+    AggregatorKind("learned", lambda state: LearnedWeights(state["w"], state["home_weight"], state.get("meta")),
+                   fit_learned, "UltraRE's learned weights (logistic regression over shard scores)"),
+)}
+
+
+def aggregator_kind(name: str) -> AggregatorKind:
+    try:
+        return AGGREGATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown aggregator kind {name!r}: one of {', '.join(AGGREGATORS)}") from None
+
+
+def load_ensemble(version: ModelVersion, *, fold_in_reg: float = 1.0,
                   with_overlay: bool = True) -> ShardedEnsemble:
-    """The published ensemble of a manifest, with its attribute edits applied: the edited
+    """The ensemble of a model version, with its attribute edits applied: the edited
     users' home vectors are stamped into the shard models and their other views come from the
     overlay. ``with_overlay=False`` gives the unedited ensemble."""
     from recunlearn import checkpoints
@@ -342,32 +385,32 @@ def load_ensemble(manifest: dict[str, Any], *, fold_in_reg: float = 1.0,
 
     shards = []
     # sequential training (LASER) serves one model: the last group's stage
-    groups = [manifest["sequential"]["order"][-1]] if manifest.get("sequential") else range(manifest["n_shards"])
-    for k in groups:
-        m = load_model(checkpoints.load_state(manifest["shards"][str(k)]["path"]))
+    for k in version.serving_shards():
+        m = load_model(checkpoints.load_state(version.shards[k].path))
         if hasattr(m, "fold_in_reg"):
             m.fold_in_reg = fold_in_reg
         shards.append(m)
     overlay = None
-    if with_overlay and manifest.get("attribute_overlay"):
-        overlay = AttributeOverlay.from_state(checkpoints.load_state(manifest["attribute_overlay"]["path"]))
+    if with_overlay and version.attribute_overlay is not None:
+        overlay = AttributeOverlay.from_state(checkpoints.load_state(version.attribute_overlay.path))
         for k, m in enumerate(shards):
             rows = m.rows_of(overlay.keys)
             hit = np.flatnonzero(rows >= 0)
             if len(hit):
                 m.user = m.user.clone()
                 m.user[torch.from_numpy(rows[hit])] = overlay.views[torch.from_numpy(hit), k]
-    agg = load_aggregator(checkpoints.load_state(manifest["aggregator"]["path"]))
+    agg = load_aggregator(checkpoints.load_state(version.aggregator.path))
     return ShardedEnsemble(shards, agg, overlay=overlay)
 
 
-def load_reference(manifest: dict[str, Any], *, fold_in_reg: float = 1.0) -> Any:
+def load_reference(version: ModelVersion, *, fold_in_reg: float = 1.0) -> Any:
+    """The version's full reference model (None when it has none)."""
     from recunlearn import checkpoints
 
-    if not manifest.get("reference"):
+    if version.reference is None:
         return None
     from recunlearn.models import load_model
 
-    m = load_model(checkpoints.load_state(manifest["reference"]["path"]))
+    m = load_model(checkpoints.load_state(version.reference.path))
     m.fold_in_reg = fold_in_reg
     return m

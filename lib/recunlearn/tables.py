@@ -14,7 +14,6 @@ on the log, so their optimistic concurrency control sees each other's commits.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -342,6 +341,14 @@ def _source(dt: Any, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = 
     return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
 
 
+def append_rows(path: str, rows: list[dict[str, Any]], *, what: str) -> None:
+    """Append ``rows`` (in the table's schema, missing fields null) through delta-rs, retried
+    on a concurrent commit."""
+    from deltalake import write_deltalake
+
+    with_retries(lambda: write_deltalake(path, _source(open_delta(path), rows), mode="append"), what=what)
+
+
 def merge_into(path: str, rows: list[dict[str, Any]], on: str, extra: list[tuple[str, Any]] = ()) -> Any:
     """A delta-rs MERGE builder of ``rows`` (source ``s``, in the table's schema plus ``extra``
     columns) into the table at ``path`` (``t``) on the predicate ``on``; the table is opened
@@ -600,73 +607,6 @@ def request_ages(rows: list[dict[str, Any]], *, deadline_days: float,
     return sorted(out, key=lambda r: -r["age_days"])
 
 
-# --------------------------------------------------------------------------- registry
-REGISTRY_SCHEMA = (
-    "version long, created_at timestamp, status string, manifest string, parent long, "
-    "request_ids array<string>, note string"
-)
-
-
-class ModelRegistry:
-    """Published model versions. A version row is written only after every step succeeded.
-    Read and written through delta-rs; ``spark`` is unused."""
-
-    def __init__(self, spark: SparkSession | None, layout: Layout) -> None:
-        self.spark = spark
-        self.layout = layout
-        self.path = layout.model_versions
-        self._ready = False
-
-    def ensure(self) -> None:
-        if not self._ready:
-            create_table(self.path, REGISTRY_SCHEMA, stats_columns=["version", "status"])
-        self._ready = True
-
-    def versions(self) -> list[dict[str, Any]]:
-        self.ensure()
-        return sorted(read_rows(self.path), key=lambda v: v["version"])
-
-    def current(self) -> dict[str, Any] | None:
-        live = [v for v in self.versions() if v["status"] == "published"]
-        return live[-1] if live else None
-
-    def current_manifest(self) -> dict[str, Any] | None:
-        cur = self.current()
-        return json.loads(Path(cur["manifest"]).read_text()) if cur else None
-
-    def next_version(self) -> int:
-        vs = self.versions()
-        return (max(v["version"] for v in vs) + 1) if vs else 1
-
-    def publish(self, manifest: dict[str, Any], *, parent: int | None,
-                request_ids: list[str], note: str) -> int:
-        """Write the manifest atomically, then record the version as published (one append)."""
-        from deltalake import write_deltalake
-
-        version = int(manifest["version"])
-        folder = self.layout.models / f"v{version:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        final = folder / "manifest.json"
-        tmp.replace(final)
-        self.ensure()
-        row = {"version": version, "created_at": now_utc(), "status": "published",
-               "manifest": str(final), "parent": parent, "request_ids": request_ids, "note": note}
-        with_retries(lambda: write_deltalake(self.path, _source(open_delta(self.path), [row]), mode="append"),
-                     what="publish model version")
-        return version
-
-    def retire(self, versions: list[int], note: str) -> None:
-        if not versions:
-            return
-        self.ensure()
-        rows = [{"version": int(v), "note": note} for v in versions]
-        with_retries(lambda: merge_into(self.path, rows, "t.version = s.version")
-                     .when_matched_update(updates={"status": "'retired'", "note": "s.note"}).execute(),
-                     what="retire model versions")
-
-
 # --------------------------------------------------------------------------- audit
 AUDIT_SCHEMA = (
     "request_id string, user_key string, audited_at timestamp, model_version long, "
@@ -677,10 +617,7 @@ AUDIT_SCHEMA = (
 
 def append_audit(spark: SparkSession | None, path: str, rows: list[dict[str, Any]]) -> None:
     """Append audit results (through delta-rs; ``spark`` is unused)."""
-    from deltalake import write_deltalake
-
     if not rows:
         return
     create_table(path, AUDIT_SCHEMA, stats_columns=["audited_at", "model_version"])
-    with_retries(lambda: write_deltalake(path, _source(open_delta(path), rows), mode="append"),
-                 what="audit append")
+    append_rows(path, rows, what="audit append")

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import svds
 
-from recunlearn.config import FACTOR_MODELS, RunConfig
-from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, fit_attention, fit_learned, load_aggregator
+from recunlearn.config import RunConfig
+from recunlearn.models import FACTOR_MODELS
+from recunlearn.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator
 from recunlearn.models import fit_model, load_model
 from recunlearn.models.base import Recommender, lookup_rows
 from recunlearn.models.data import InteractionData
@@ -171,11 +172,11 @@ class Sharded(Method):
         return self._fit(data.subset(rows), make_seed(seed, "shard", k))
 
     def _aggregate(self, shards: list[Recommender], data: InteractionData, seed: int) -> tuple[Any, float]:
-        if self.aggregator == "mean":
-            return MeanAggregator(), 0.0
-        fit = fit_attention if self.aggregator == "attention" else fit_learned
-        agg, st = fit(shards, data, self.cfg.aggregator, seed=make_seed(seed, "aggregator"),
-                      rng=np.random.default_rng(make_seed(seed, "aggregator")))
+        kind = aggregator_kind(self.aggregator)
+        if kind.fit is None:
+            return kind.load({"kind": kind.name}), 0.0
+        agg, st = kind.fit(shards, data, self.cfg.aggregator, seed=make_seed(seed, "aggregator"),
+                           rng=np.random.default_rng(make_seed(seed, "aggregator")))
         return agg, st["fit_seconds"]
 
     def _train(self, data: InteractionData, labels: np.ndarray, seed: int,

@@ -1,83 +1,92 @@
-"""Sub-models behind one small interface (see ``base.Recommender``), chosen by
-``model.kind`` in the config: fit one, or rebuild one from a checkpoint's state."""
+"""Sub-models behind one small interface (``base.Recommender``; ``base.Forgettable`` for the
+ones that forget exactly in place), chosen by ``model.kind`` in the config.
+
+:data:`MODELS` is the one table of kinds: the config's choices, ``fit_model`` and
+``load_model`` read it, and an unknown kind is refused. Adding a sub-model is its module (a
+``Recommender`` with ``state``/``from_state`` and a ``fit(data, cfg, *, seed, init,
+max_epochs)``), one line here, and a two-line contract test (``recunlearn.testing``). This
+module imports no model code until one is used (``recunlearn forget`` loads the config
+without torch).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from recunlearn.models.base import Recommender
+if TYPE_CHECKING:
+    from recunlearn.models.base import Recommender
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One sub-model kind: where its class and fit function live, and what it offers."""
+
+    name: str
+    cls: str  # "module:Class", a Recommender
+    fit: str  # "module:function", fit(data, cfg, *, seed, init=None, max_epochs=None) -> (model, stats)
+    summary: str
+    factor: bool = False  # serves user . item factors (+ item bias): the fitted aggregators work on it
+    forgets: bool = False  # forgets exactly in place (base.Forgettable)
+
+    def model_class(self) -> type[Recommender]:
+        return _attr(self.cls)
+
+    def fit_function(self) -> Callable[..., tuple[Recommender, dict[str, Any]]]:
+        return _attr(self.fit)
+
+
+def _attr(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+MODELS: dict[str, ModelKind] = {k.name: k for k in (
+    ModelKind("bpr", "recunlearn.models.bpr:BPRMF", "recunlearn.models.bpr:fit_bpr",
+              "BPR-MF (torch; every method incl. the fast tier's influence, fine-tune and ascent)",
+              factor=True),
+    ModelKind("wmf", "recunlearn.models.wmf:WMF", "recunlearn.models.wmf:fit",
+              "WMF (implicit ALS; unlearn --method als re-converges it)", forgets=True),
+    ModelKind("itemknn", "recunlearn.models.itemknn:ItemKNN", "recunlearn.models.itemknn:fit",
+              "item-kNN (unlearn --method knn updates its top-k index)", forgets=True),
+    ModelKind("lightgcn", "recunlearn.models.lightgcn:LightGCN", "recunlearn.models.lightgcn:fit_lightgcn",
+              "LightGCN (BPR loss, sparse propagation on the shard's graph)", factor=True),
+    ModelKind("ncf", "recunlearn.models.ncf:NCF", "recunlearn.models.ncf:fit_ncf",
+              "NCF (NeuMF: GMF + MLP, log loss with sampled negatives)"),
+    ModelKind("ease", "recunlearn.models.ease:EASE", "recunlearn.models.ease:fit",
+              "EASE (closed form; unlearn --method ease updates its inverse Gram matrix exactly)",
+              forgets=True),
+    ModelKind("popularity", "recunlearn.models.popularity:Popularity", "recunlearn.models.popularity:fit",
+              "popularity (item counts; a baseline that forgets exactly by counting down)", forgets=True),
+)}
+FACTOR_MODELS = tuple(k for k, m in MODELS.items() if m.factor)
+
+
+def model_kind(name: str) -> ModelKind:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model kind {name!r}: one of {', '.join(MODELS)}") from None
 
 
 def load_model(state: dict[str, Any]) -> Recommender:
-    """The model a checkpoint's state describes (its ``kind``: bpr, wmf, itemknn, lightgcn,
-    ncf or ease)."""
-    kind = state.get("kind", "bpr")
-    if kind == "bpr":
-        from recunlearn.models.bpr import BPRMF
-
-        return BPRMF.from_state(state)
-    if kind == "wmf":
-        from recunlearn.models.wmf import WMF
-
-        return WMF.from_state(state)
-    if kind == "itemknn":
-        from recunlearn.models.itemknn import ItemKNN
-
-        return ItemKNN.from_state(state)
-    if kind == "lightgcn":
-        from recunlearn.models.lightgcn import LightGCN
-
-        return LightGCN.from_state(state)
-    if kind == "ncf":
-        from recunlearn.models.ncf import NCF
-
-        return NCF.from_state(state)
-    if kind == "ease":
-        from recunlearn.models.ease import EASE
-
-        return EASE.from_state(state)
-    raise ValueError(f"unknown model kind {kind!r} in checkpoint")
+    """The model a checkpoint's state describes (its ``kind``)."""
+    if "kind" not in state:
+        raise ValueError("checkpoint state names no model kind; it predates typed checkpoints: "
+                         "train again")
+    return model_kind(state["kind"]).model_class().from_state(state)
 
 
 def fit_model(data: Any, cfg: Any, *, seed: int, init: Any = None,
               max_epochs: int | None = None) -> tuple[Recommender, dict[str, Any]]:
-    """Train ``cfg.kind`` on ``data.train`` (an InteractionData; BPR, LightGCN and NCF
+    """Train ``cfg.kind`` on ``data.train`` (an InteractionData; the gradient-trained kinds
     early-stop on ``data.valid``). Stats always carry fit_seconds, epochs, best_epoch,
     valid_ndcg, n_users, n_train and curve. ``init`` (a model of the same kind) warm-starts
     the trained kinds and ``max_epochs`` caps the gradient-trained ones' epochs (sequential
-    training); WMF converges from ``init`` to its tolerance, and an item-kNN index and EASE's
-    closed form are functions of their data alone, so they ignore ``init``."""
-    import time
-
+    training); WMF converges from ``init`` to its tolerance; the closed-form kinds are
+    functions of their data alone and ignore both."""
     base = {"epochs": 0, "best_epoch": 0, "valid_ndcg": None, "curve": [],
             "n_users": int(data.n_users), "n_train": int(data.train.nnz)}
-    if cfg.kind == "bpr":
-        from recunlearn.models.bpr import fit_bpr
-
-        return fit_bpr(data, cfg, seed=seed, init=init, max_epochs=max_epochs)
-    if cfg.kind == "lightgcn":
-        from recunlearn.models.lightgcn import fit_lightgcn
-
-        return fit_lightgcn(data, cfg, seed=seed, init=init, max_epochs=max_epochs)
-    if cfg.kind == "ncf":
-        from recunlearn.models.ncf import fit_ncf
-
-        return fit_ncf(data, cfg, seed=seed, init=init, max_epochs=max_epochs)
-    t0 = time.perf_counter()
-    if cfg.kind == "wmf":
-        from recunlearn.models.wmf import fit_wmf
-
-        model, stats = fit_wmf(data.user_keys, data.train, dim=cfg.dim, alpha=cfg.wmf_alpha,
-                               reg=cfg.wmf_reg, tol=cfg.wmf_tol, seed=seed, init=init)
-        return model, {**base, **stats, "epochs": stats["rounds"]}
-    if cfg.kind == "itemknn":
-        from recunlearn.models.itemknn import ItemKNN
-
-        model = ItemKNN(data.user_keys, data.train, k=cfg.knn_k, shrink=cfg.knn_shrink)
-        return model, {**base, "fit_seconds": time.perf_counter() - t0}
-    if cfg.kind == "ease":
-        from recunlearn.models.ease import fit_ease
-
-        model, stats = fit_ease(data.user_keys, data.train, lam=cfg.ease_lambda, max_items=cfg.ease_max_items)
-        return model, {**base, **stats}
-    raise ValueError(f"unknown model kind {cfg.kind!r}")
+    model, stats = model_kind(cfg.kind).fit_function()(data, cfg, seed=seed, init=init, max_epochs=max_epochs)
+    return model, {**base, **stats}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,6 +35,11 @@ class Recommender(ABC):
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where the model does not know the user."""
         return lookup_rows(self.user_keys, keys)
+
+    def held_rows(self, keys: np.ndarray) -> np.ndarray:
+        """The sorted rows of the keys the model knows (each once)."""
+        rows = self.rows_of(keys)
+        return np.unique(rows[rows >= 0])
 
     def knows(self, keys: np.ndarray) -> np.ndarray:
         """Whether the model holds a trained vector for each key."""
@@ -90,3 +95,26 @@ class Recommender(ABC):
     @classmethod
     def load(cls, path: Path) -> Recommender:
         return cls.from_state(torch.load(path, weights_only=True))
+
+
+@runtime_checkable
+class Forgettable(Protocol):
+    """A sub-model that forgets exactly in place: after ``forget_*`` it equals (to a tolerance
+    its tests state) the model refit without the forgotten rows. WMF, item-kNN and EASE."""
+
+    user_keys: np.ndarray
+
+    @property
+    def n_train(self) -> int:
+        """Training interactions the model holds."""
+
+    def rows_of(self, keys: np.ndarray) -> np.ndarray: ...
+
+    def forget_users(self, keys: np.ndarray) -> dict[str, Any]:
+        """Forget every interaction of these users (keys), and the users themselves."""
+
+    def forget_items(self, items: np.ndarray) -> dict[str, Any]:
+        """Forget every interaction with these items."""
+
+    def forget_pairs(self, user_rows: np.ndarray, items: np.ndarray) -> dict[str, Any]:
+        """Forget single (user row, item) interactions (absent pairs change nothing)."""

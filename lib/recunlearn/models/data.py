@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 
 def binary_csr(m: sp.spmatrix, dtype: type = np.float32) -> sp.csr_matrix:
@@ -35,6 +37,26 @@ def without_pairs(x: sp.csr_matrix, user_rows: np.ndarray, items: np.ndarray
     new = (old - gone[held]).tocsr()
     new.eliminate_zeros()
     return rows[held], old, new
+
+
+def csr_state(x: sp.csr_matrix) -> dict[str, Any]:
+    """A binary matrix as checkpoint state: its shape and its entries' (row, column)."""
+    coo = x.tocoo()
+    return {"shape": list(coo.shape), "rows": torch.from_numpy(coo.row.astype(np.int64)),
+            "cols": torch.from_numpy(coo.col.astype(np.int64))}
+
+
+def csr_from_state(state: dict[str, Any]) -> sp.csr_matrix:
+    """Inverse of :func:`csr_state`."""
+    r, c = state["rows"].numpy(), state["cols"].numpy()
+    return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=tuple(state["shape"]))
+
+
+def drop_rows(keys: np.ndarray, x: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+    """``keys`` and the rows of ``x`` without ``rows``."""
+    keep = np.ones(len(keys), bool)
+    keep[rows] = False
+    return keys[keep], x[keep]
 
 
 def replace_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
@@ -114,6 +136,23 @@ class InteractionData:
 
     def without_users(self, keys: np.ndarray) -> InteractionData:
         return self.subset(~np.isin(self.user_keys, np.asarray(keys).astype(str)))
+
+    def without_items(self, items: np.ndarray) -> InteractionData:
+        """Every training interaction with ``items`` removed (users kept, also when emptied)."""
+        mask = np.ones(self.n_items, np.float32)
+        mask[np.asarray(items, np.int64)] = 0.0
+        train = (self.train @ sp.diags(mask)).tocsr()
+        train.eliminate_zeros()
+        return InteractionData(self.user_keys, train, self.valid, self.test)
+
+    def without_pairs(self, keys: np.ndarray, items: np.ndarray) -> InteractionData:
+        """The training interactions (key, item) removed (absent pairs ignored; users kept)."""
+        rows = np.searchsorted(self.user_keys, np.asarray(keys).astype(str))
+        gone = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.asarray(items, np.int64))),
+                             shape=self.train.shape)
+        train = (self.train - self.train.multiply(gone > 0)).tocsr()
+        train.eliminate_zeros()
+        return InteractionData(self.user_keys, train, self.valid, self.test)
 
 
 def split_pairs(user_key: np.ndarray, item_idx: np.ndarray, *, valid: float, test: float,

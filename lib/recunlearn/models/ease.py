@@ -36,7 +36,7 @@ import torch
 
 from recunlearn.errors import ConfigError
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr, replace_rows, without_pairs
+from recunlearn.models.data import binary_csr, csr_from_state, csr_state, drop_rows, replace_rows, without_pairs
 
 
 def _inverse(gram: np.ndarray, lam: float) -> np.ndarray:
@@ -108,16 +108,18 @@ class EASE(Recommender):
         self.gram[np.ix_(idx, idx)] += (n.T @ n - o.T @ o).toarray()
         return idx
 
+    @property
+    def n_train(self) -> int:
+        """Training interactions the model holds."""
+        return int(self.x.nnz)
+
     def forget_users(self, keys: np.ndarray) -> dict[str, Any]:
         """Remove users entirely: their rows leave ``G``, ``P`` and the model's keys."""
-        rows = self.rows_of(keys)
-        rows = np.unique(rows[rows >= 0])
+        rows = self.held_rows(keys)
         xu = self.x[rows]
         idx = self._gram_block_update(xu, sp.csr_matrix(xu.shape, dtype=xu.dtype))
         stats = self._update(idx, xu[:, idx].T.toarray().astype(np.float64), -np.eye(len(rows)))
-        keep = np.ones(len(self.user_keys), bool)
-        keep[rows] = False
-        self.user_keys, self.x = self.user_keys[keep], self.x[keep]
+        self.user_keys, self.x = drop_rows(self.user_keys, self.x, rows)
         return {**stats, "users_removed": int(len(rows))}
 
     def forget_pairs(self, user_rows: np.ndarray, items: np.ndarray) -> dict[str, Any]:
@@ -169,18 +171,13 @@ class EASE(Recommender):
         return self.score_history(self.x[np.asarray(rows)])
 
     def state(self) -> dict[str, Any]:
-        x = self.x.tocoo()
         return {"kind": "ease", "user_keys": self.user_keys.tolist(), "lam": self.lam,
-                "max_items": self.max_items, "refresh_share": self.refresh_share,
-                "shape": list(x.shape), "rows": torch.from_numpy(x.row.astype(np.int64)),
-                "cols": torch.from_numpy(x.col.astype(np.int64)), "p": torch.from_numpy(self.p),
-                "meta": self.meta}
+                "max_items": self.max_items, "refresh_share": self.refresh_share, **csr_state(self.x),
+                "p": torch.from_numpy(self.p), "meta": self.meta}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EASE:
-        r, c = state["rows"].numpy(), state["cols"].numpy()
-        x = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=tuple(state["shape"]))
-        return cls(np.asarray(state["user_keys"], dtype=str), x, lam=state["lam"],
+        return cls(np.asarray(state["user_keys"], dtype=str), csr_from_state(state), lam=state["lam"],
                    max_items=state["max_items"], refresh_share=state["refresh_share"],
                    p=state["p"].numpy(), meta=state.get("meta"))
 
@@ -190,3 +187,10 @@ def fit_ease(user_keys: np.ndarray, x: sp.csr_matrix, *, lam: float,
     t0 = time.perf_counter()
     model = EASE(user_keys, x, lam=lam, max_items=max_items)
     return model, {"fit_seconds": time.perf_counter() - t0}
+
+
+def fit(data: Any, cfg: Any, *, seed: int, init: Any = None,
+        max_epochs: int | None = None) -> tuple[EASE, dict[str, Any]]:
+    """``recunlearn.models.MODELS``' entry: the closed form from ``model.ease_*`` (no seed, no
+    warm start: a function of the data alone)."""
+    return fit_ease(data.user_keys, data.train, lam=cfg.ease_lambda, max_items=cfg.ease_max_items)

@@ -17,6 +17,7 @@ bit for bit.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr, replace_rows, without_pairs
+from recunlearn.models.data import binary_csr, csr_from_state, csr_state, drop_rows, replace_rows, without_pairs
 
 
 _SMALLEST = np.nextafter(0.0, 1.0)  # the smallest positive float64: x >= it iff x > 0
@@ -238,14 +239,16 @@ class ItemKNN(Recommender):
         keep = sub.data != 0
         return sub.row[keep].astype(np.int64), sub.col[keep].astype(np.int64), sub.data[keep]
 
+    @property
+    def n_train(self) -> int:
+        """Training interactions the model holds."""
+        return int(self.x.nnz)
+
     def forget_users(self, keys: np.ndarray) -> dict[str, int]:
         """Remove users entirely: their rows and keys leave the model."""
-        rows = self.rows_of(keys)
-        rows = rows[rows >= 0]
+        rows = self.held_rows(keys)
         stats = self._repair(self.x[rows], sp.csr_matrix((len(rows), self.n_items), dtype=np.float32))
-        keep = np.ones(len(self.user_keys), bool)
-        keep[rows] = False
-        self.user_keys, self.x = self.user_keys[keep], self.x[keep]
+        self.user_keys, self.x = drop_rows(self.user_keys, self.x, rows)
         return {**stats, "users_removed": int(len(rows))}
 
     def forget_pairs(self, user_rows: np.ndarray, items: np.ndarray) -> dict[str, int]:
@@ -273,17 +276,12 @@ class ItemKNN(Recommender):
         return self.score_history(self.x[np.asarray(rows)])
 
     def state(self) -> dict[str, Any]:
-        x = self.x.tocoo()
         return {"kind": "itemknn", "user_keys": self.user_keys.tolist(), "k": self.k,
-                "shrink": self.shrink, "dense_items": self.dense_items, "shape": list(x.shape),
-                "rows": torch.from_numpy(x.row.astype(np.int64)),
-                "cols": torch.from_numpy(x.col.astype(np.int64)), "meta": self.meta}
+                "shrink": self.shrink, "dense_items": self.dense_items, **csr_state(self.x), "meta": self.meta}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ItemKNN:
-        r, c = state["rows"].numpy(), state["cols"].numpy()
-        x = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=tuple(state["shape"]))
-        return cls(np.asarray(state["user_keys"], dtype=str), x, k=state["k"], shrink=state["shrink"],
+        return cls(np.asarray(state["user_keys"], dtype=str), csr_from_state(state), k=state["k"], shrink=state["shrink"],
                    dense_items=state.get("dense_items", DENSE_ITEMS), meta=state.get("meta"))
 
 
@@ -316,3 +314,12 @@ def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
         t = tied[crowded]
         chosen[crowded] = above[crowded] | (t & (np.cumsum(t, axis=1) <= need[crowded]))
     return np.nonzero(chosen)[1].reshape(sim.shape[0], k)
+
+
+def fit(data: Any, cfg: Any, *, seed: int, init: Any = None,
+        max_epochs: int | None = None) -> tuple[ItemKNN, dict[str, Any]]:
+    """``recunlearn.models.MODELS``' entry: the index from ``model.knn_*`` (a function of the
+    data alone)."""
+    t0 = time.perf_counter()
+    model = ItemKNN(data.user_keys, data.train, k=cfg.knn_k, shrink=cfg.knn_shrink)
+    return model, {"fit_seconds": time.perf_counter() - t0}

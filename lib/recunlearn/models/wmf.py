@@ -206,10 +206,14 @@ class WMF(Recommender):
         self._fold = None
         return {"pairs": int(len(user_rows)), "rounds": rounds, "seconds": time.perf_counter() - t0}
 
+    @property
+    def n_train(self) -> int:
+        """Training interactions the model holds."""
+        return int(self.users.m.nnz)
+
     def forget_users(self, keys: np.ndarray) -> dict[str, Any]:
         """Delete every interaction of the users, re-converge, then drop their rows."""
-        rows = self.rows_of(keys)
-        rows = np.unique(rows[rows >= 0])
+        rows = self.held_rows(keys)
         sub = self.users.m[rows].tocoo()
         out = self.forget_pairs(rows[sub.row], sub.col)
         # Their rows now have no interactions, so their vectors are exactly 0 and add nothing
@@ -319,3 +323,12 @@ def _spmm(m: sp.csr_matrix, values: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 def _bin(m: sp.spmatrix) -> sp.csr_matrix:
     return binary_csr(m, np.float64)
+
+
+def fit(data: Any, cfg: Any, *, seed: int, init: WMF | None = None,
+        max_epochs: int | None = None) -> tuple[WMF, dict[str, Any]]:
+    """``recunlearn.models.MODELS``' entry: WMF from ``model.*`` (converges to its tolerance;
+    ``max_epochs`` does not apply)."""
+    model, stats = fit_wmf(data.user_keys, data.train, dim=cfg.dim, alpha=cfg.wmf_alpha, reg=cfg.wmf_reg,
+                           tol=cfg.wmf_tol, seed=seed, init=init)
+    return model, {**stats, "epochs": stats["rounds"]}

@@ -1,0 +1,198 @@
+"""Contract suites for components, shipped with the library.
+
+A new sub-model's test is a subclass naming its kind (``recunlearn.models.MODELS``)::
+
+    class TestPopularity(ForgettableContract):
+        kind = "popularity"
+
+The suites run on known-answer data (:func:`checkerboard`: every user likes the items of their
+own parity), with plain ``assert``\\ s, under pytest or any runner that collects ``Test*``
+classes. ``SubModelContract`` checks what every sub-model keeps: deterministic for a seed,
+finite scores of the right shape, a state that round-trips, a fold-in that reads a history and
+changes nothing, and (``personalised``) that it learned each user's parity.
+``ForgettableContract`` adds that forgetting users, items and single interactions equals a
+refit on the retained rows (``tolerance``, relative to the scores' scale) and that the
+forgotten users are unknown afterwards. ``AggregatorContract`` checks an aggregator kind over
+BPR shards: its weights' shape, that it combines to the mean when its weights are uniform, and
+that its state round-trips.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from recunlearn.config import AggregatorConfig, ModelConfig
+from recunlearn.models import fit_model, load_model
+from recunlearn.models.base import Forgettable, Recommender
+from recunlearn.models.data import InteractionData
+
+
+def checkerboard(n_users: int = 48, n_items: int = 24, seed: int = 0) -> InteractionData:
+    """Users ``u000``.. like exactly the items of their own parity; per user one liked item is
+    held out for validation and one for test."""
+    rng = np.random.default_rng(seed)
+    users, items, split = [], [], []
+    for u in range(n_users):
+        liked = [i for i in range(n_items) if i % 2 == u % 2]
+        rng.shuffle(liked)
+        for pos, i in enumerate(liked):
+            users.append(f"u{u:03d}")
+            items.append(i)
+            split.append("valid" if pos == 0 else "test" if pos == 1 else "train")
+    return InteractionData.from_columns(np.array(users), np.array(items), np.array(split), n_items)
+
+
+def _tensors(model: Recommender) -> list[torch.Tensor]:
+    """Every tensor of the model's state but its metadata, in a fixed order."""
+    out: list[torch.Tensor] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            out.append(x)
+        elif isinstance(x, dict):
+            for k in sorted(x):
+                if k != "meta":
+                    walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+    walk(model.state())
+    return out
+
+
+def same_state(a: Recommender, b: Recommender) -> bool:
+    ta, tb = _tensors(a), _tensors(b)
+    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+class SubModelContract:
+    kind: ClassVar[str]
+    # model.* settings for the checkerboard (small and fast)
+    settings: ClassVar[dict[str, Any]] = {"dim": 8, "lr": 0.05, "max_epochs": 30, "eval_every": 5, "patience": 3,
+                                          "batch_size": 128, "wmf_reg": 0.5, "knn_k": 10, "lightgcn_batch_size": 256,
+                                          "ncf_layers": [8], "ncf_fold_in_steps": 10, "ease_lambda": 10.0}
+    personalised: ClassVar[bool] = True  # scores differ by user (a popularity model's do not)
+    seed: ClassVar[int] = 3
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(**{**self.settings, "kind": self.kind})
+
+    def data(self) -> InteractionData:
+        return checkerboard()
+
+    def fit(self, data: InteractionData | None = None) -> Recommender:
+        torch.use_deterministic_algorithms(True)
+        model, stats = fit_model(self.data() if data is None else data, self.model_config(), seed=self.seed)
+        assert {"fit_seconds", "epochs", "n_users", "n_train"} <= set(stats)
+        return model
+
+    def test_deterministic_for_a_seed(self) -> None:
+        assert same_state(self.fit(), self.fit()), "same data and seed must give the same model"
+
+    def test_scores_and_state(self) -> None:
+        data = self.data()
+        model = self.fit(data)
+        rows = np.arange(data.n_users)
+        scores = model.score(rows)
+        assert scores.shape == (data.n_users, data.n_items) and torch.isfinite(scores).all()
+        back = load_model(model.state())
+        assert type(back) is type(model) and list(back.user_keys) == list(model.user_keys)
+        assert torch.allclose(back.score(rows), scores)
+
+    def test_learns_each_users_parity(self) -> None:
+        if not self.personalised:
+            return
+        data = self.data()
+        scores = self.fit(data).score(np.arange(data.n_users))
+        parity = np.array([int(k[1:]) % 2 for k in data.user_keys])
+        even = torch.arange(data.n_items) % 2 == 0
+        own = (scores[:, even].mean(1) > scores[:, ~even].mean(1)).numpy()
+        assert (own == (parity == 0)).mean() > 0.9
+
+    def test_fold_in_reads_a_history_and_changes_nothing(self) -> None:
+        data = self.data()
+        model = self.fit(data)
+        before = [t.clone() for t in _tensors(model)]
+        folded = model.score_history(data.train[:6])
+        assert folded.shape == (6, data.n_items) and torch.isfinite(folded).all()
+        assert all(torch.equal(x, y) for x, y in zip(before, _tensors(model)))
+        assert not model.knows(np.array(["nobody"]))[0]
+        if self.personalised:
+            parity = np.array([int(k[1:]) % 2 for k in data.user_keys[:6]])
+            assert ((folded[:, 0::2].mean(1) > folded[:, 1::2].mean(1)).numpy() == (parity == 0)).all()
+
+
+class ForgettableContract(SubModelContract):
+    tolerance: ClassVar[float] = 1e-6  # max |forgotten - refit| / max |refit| over the scores
+
+    def _equal_to_refit(self, model: Recommender, retained: InteractionData) -> None:
+        refit = self.fit(retained)
+        assert list(model.user_keys) == list(refit.user_keys)
+        a, b = model.score(np.arange(len(model.user_keys))), refit.score(np.arange(len(refit.user_keys)))
+        scale = float(b.abs().max()) or 1.0
+        assert float((a - b).abs().max()) / scale <= self.tolerance
+        assert model.n_train == refit.n_train  # type: ignore[attr-defined]
+
+    def test_is_forgettable(self) -> None:
+        assert isinstance(self.fit(), Forgettable)
+
+    def test_forget_users_equals_refit(self) -> None:
+        data = self.data()
+        model = self.fit(data)
+        gone = data.user_keys[[3, 10]]
+        model.forget_users(gone)  # type: ignore[attr-defined]
+        assert not model.knows(gone).any()
+        self._equal_to_refit(model, data.without_users(gone))
+
+    def test_forget_items_equals_refit(self) -> None:
+        data = self.data()
+        model = self.fit(data)
+        model.forget_items(np.array([2, 5]))  # type: ignore[attr-defined]
+        self._equal_to_refit(model, data.without_items(np.array([2, 5])))
+
+    def test_forget_pairs_equals_refit(self) -> None:
+        data = self.data()
+        model = self.fit(data)
+        coo = data.train.tocoo()
+        pick = np.array([0, 7, 30])
+        model.forget_pairs(coo.row[pick], coo.col[pick])  # type: ignore[attr-defined]
+        keys = data.user_keys[coo.row[pick]]
+        self._equal_to_refit(model, data.without_pairs(keys, coo.col[pick]))
+
+
+class AggregatorContract:
+    kind: ClassVar[str]
+    n_shards: ClassVar[int] = 3
+
+    def shards_and_data(self) -> tuple[list[Recommender], InteractionData]:
+        data = checkerboard()
+        cfg = ModelConfig(dim=8, lr=0.05, max_epochs=20, eval_every=5, patience=3, batch_size=128)
+        rows = np.arange(data.n_users)
+        shards = [fit_model(data.subset(rows[rows % self.n_shards == k]), cfg, seed=k)[0]
+                  for k in range(self.n_shards)]
+        return shards, data
+
+    def test_fits_combines_and_round_trips(self) -> None:
+        from recunlearn.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator, shard_views
+
+        kind = aggregator_kind(self.kind)
+        shards, data = self.shards_and_data()
+        if kind.fit is None:
+            agg = kind.load({"kind": kind.name})
+        else:
+            agg, stats = kind.fit(shards, data, AggregatorConfig(kind=self.kind, max_epochs=2), seed=1,
+                                  rng=np.random.default_rng(1))
+            assert stats["fit_seconds"] >= 0
+        assert agg.kind == self.kind
+        keys, hist = data.user_keys[:8], data.train[:8]
+        vecs, home = shard_views(shards, keys, hist)
+        w = agg.weights(vecs, home)
+        assert w.shape == (8, self.n_shards) and torch.isfinite(w).all()
+        ens = ShardedEnsemble(shards, agg)
+        scores = ens.score(keys, hist)
+        assert scores.shape == (8, data.n_items)
+        again = ShardedEnsemble(shards, load_aggregator(agg.state())).score(keys, hist)
+        assert torch.allclose(scores, again)
