@@ -14,7 +14,7 @@ from recunlearn.config import RunConfig, load_config
 from recunlearn.engines import PROJECT_ROOT
 from recunlearn.logs import FORMATS
 from recunlearn.logs import configure as configure_logs
-from recunlearn.tables import Layout
+from recunlearn.storage.layout import Layout
 
 DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "default.yaml"
 T = TypeVar("T")
@@ -74,7 +74,7 @@ def shutdown(spark) -> None:  # noqa: ANN001
 
 
 def secret_for(cfg: RunConfig, layout: Layout) -> bytes:
-    from recunlearn.pseudonym import secret_from_config
+    from recunlearn.data.pseudonym import secret_from_config
 
     return secret_from_config(cfg.pseudonym, layout.root)
 

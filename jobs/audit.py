@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg, layout = setup(args)
     from pipelines.audit import audit, render_audit_md
-    from recunlearn.tables import ForgetLedger
+    from recunlearn.storage.ledger import ForgetLedger
 
     request_ids = None
     if args.request:

@@ -137,7 +137,7 @@ def _intake(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # no
     from jobs._common import with_engines
     from pipelines.bench import intake
     from pipelines.bench.common import write_outputs
-    from recunlearn.tables import Layout
+    from recunlearn.storage.layout import Layout
 
     cfg = cfg.model_copy(update={"data_dir": str(state)})
     t0 = time.perf_counter()
@@ -152,9 +152,9 @@ def _intake(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # no
 
 
 def _suite(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
-    from recunlearn.config import load_suite_config
     from pipelines.bench import suite
     from pipelines.html_report import render_suite_report
+    from recunlearn.config import load_suite_config
 
     summary = suite.run(load_suite_config(args.suite), cfg, out_dir=out, data_dir=args.data_dir,
                         only=args.only)

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("name", choices=["movielens-100k"])
     args = p.parse_args(argv)
     cfg, layout = setup(args)
-    from recunlearn.datasets import fetch
+    from recunlearn.data.datasets import fetch
 
     print(fetch(args.name, layout.raw))
     return 0

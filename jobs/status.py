@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
-    from recunlearn.registry import ModelRegistry
-    from recunlearn.tables import STATES, ForgetLedger, request_ages
+    from recunlearn.storage.ledger import STATES, ForgetLedger, request_ages
+    from recunlearn.storage.registry import ModelRegistry
 
     # delta-rs reads, no engine
     rows, current = ForgetLedger(None, layout.ledger).rows(), ModelRegistry(layout).current()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+
 from jobs._common import add_config_args, print_json, setup, with_engines
 from recunlearn.unlearning.methods import METHODS
 

@@ -28,21 +28,31 @@ import numpy as np
 import torch
 from pyspark.sql import SparkSession
 
-from recunlearn import checkpoints
+from pipelines.forget import VALID_ID, known_users, request_id_for
+from pipelines.train import read_split_data
 from recunlearn.attribute.edit import AttributeOverlay, edit_ensemble
 from recunlearn.attribute.labels import attribute, labels_for_keys, read_user_attributes
 from recunlearn.config import RunConfig
-from recunlearn.ensemble import load_ensemble
+from recunlearn.data.pseudonym import secret_from_config, user_key
 from recunlearn.errors import PipelineError
-from recunlearn.joblock import holds_tables
-from recunlearn.pseudonym import secret_from_config, user_key
 from recunlearn.seeding import make_seed
-from recunlearn.registry import ModelRegistry, publish_version
-from recunlearn.versions import CheckpointMeta, Component, ModelVersion
-from recunlearn.tables import (APPLIED, ATTRIBUTE, ATTRIBUTE_UNDO, FORGOTTEN_STATUSES, PLANNED, RECEIVED,
-                               REJECTED, REVERTED, ForgetLedger, Layout, new_job_id, now_utc)
-from pipelines.forget import VALID_ID, known_users, request_id_for
-from pipelines.train import read_split_data
+from recunlearn.serving import load_ensemble
+from recunlearn.storage import checkpoints
+from recunlearn.storage.joblock import holds_tables
+from recunlearn.storage.layout import Layout, new_job_id, now_utc
+from recunlearn.storage.ledger import (
+    APPLIED,
+    ATTRIBUTE,
+    ATTRIBUTE_UNDO,
+    FORGOTTEN_STATUSES,
+    PLANNED,
+    RECEIVED,
+    REJECTED,
+    REVERTED,
+    ForgetLedger,
+)
+from recunlearn.storage.registry import ModelRegistry, publish_version
+from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
 
 log = logging.getLogger(__name__)
 

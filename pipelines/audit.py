@@ -14,15 +14,30 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from recunlearn import checkpoints, faults
-from recunlearn.ensemble import load_ensemble
-from recunlearn.mia import has_power
-from recunlearn.pseudonym import user_key
+from recunlearn import faults
+from recunlearn.data.pseudonym import user_key
+from recunlearn.evidence.mia import has_power
+from recunlearn.evidence.scan import (
+    delta_log_hits,
+    rows_with_items,
+    rows_with_keys,
+    rows_with_pairs,
+)
 from recunlearn.logs import context
-from recunlearn.scan import delta_log_hits, rows_with_items, rows_with_keys, rows_with_pairs
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import (DATA_TARGETS, INTERACTION, ITEM, RETRAINED, USER, VERIFIED, ForgetLedger, Layout,
-                               append_audit, new_job_id, now_utc)
+from recunlearn.serving import load_ensemble
+from recunlearn.storage import checkpoints
+from recunlearn.storage.audit_table import append_audit
+from recunlearn.storage.layout import Layout, new_job_id, now_utc
+from recunlearn.storage.ledger import (
+    DATA_TARGETS,
+    INTERACTION,
+    ITEM,
+    RETRAINED,
+    USER,
+    VERIFIED,
+    ForgetLedger,
+)
+from recunlearn.storage.registry import ModelRegistry
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -149,7 +164,7 @@ def render_audit_md(report: dict[str, Any]) -> str:
               "Exact unlearning should leave the unlearned model unaware of the user and close to "
               "the retrain.", "",
               "Membership: the probability that the user was trained on, from a black-box "
-              "membership-inference attack (recunlearn.mia) whose shadow model was trained on "
+              "membership-inference attack (recunlearn.evidence.mia) whose shadow model was trained on "
               "retained users; exact unlearning should bring it down to a non-member's level. "
               "It is evidence, not a pass criterion: the attack's own held-out AUC says how much "
               "it can tell at all (against a sharded ensemble, usually little).", ""]

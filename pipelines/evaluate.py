@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
-from recunlearn.config import RunConfig
-from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, load_ensemble, load_reference
-from recunlearn.errors import PipelineError
-from recunlearn.evaluation import evaluate_users, evaluate_with_fairness, home_shards
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import Layout
 from pipelines.train import n_items_of, read_split_data
+from recunlearn.config import RunConfig
+from recunlearn.errors import PipelineError
+from recunlearn.evidence.evaluation import evaluate_users, evaluate_with_fairness, home_shards
+from recunlearn.serving import load_ensemble, load_reference
+from recunlearn.sharding.ensemble import MeanAggregator, ShardedEnsemble
+from recunlearn.storage.layout import Layout
+from recunlearn.storage.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from recunlearn.pseudonym import user_key
-from recunlearn.tables import (INTERACTION, ITEM, RECEIVED, REJECTED, ForgetLedger, Layout, new_job_id,
-                               now_utc, read_rows, scan_table, table_exists)
+from recunlearn.data.pseudonym import user_key
+from recunlearn.storage.delta import read_rows, scan_table, table_exists
+from recunlearn.storage.layout import Layout, new_job_id, now_utc
+from recunlearn.storage.ledger import INTERACTION, ITEM, RECEIVED, REJECTED, ForgetLedger
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -16,15 +16,17 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recunlearn.config import RunConfig
+from recunlearn.data.pseudonym import spark_user_key
+from recunlearn.data.readers import engine_errors, read_interactions
 from recunlearn.errors import DataError
-from recunlearn.joblock import holds_tables
-from recunlearn.pseudonym import spark_user_key
-from recunlearn.readers import engine_errors, read_interactions
-from recunlearn.tables import FORGOTTEN_STATUSES, USER, Layout, table_exists, write_delta
+from recunlearn.storage.delta import table_exists, write_delta
+from recunlearn.storage.joblock import holds_tables
+from recunlearn.storage.layout import Layout
+from recunlearn.storage.ledger import FORGOTTEN_STATUSES, USER
 
 log = logging.getLogger(__name__)
 
-INTERACTION_STATS = ["item_idx", "split", "rating", "ts"]  # never user_key: see tables.py
+INTERACTION_STATS = ["item_idx", "split", "rating", "ts"]  # never user_key: see recunlearn.storage.delta
 
 
 MIN_EVAL_ROWS = 3  # a user with at least this many rows gets a validation and a test row

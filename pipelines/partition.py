@@ -22,14 +22,21 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from recunlearn.config import RunConfig, fingerprint
-from recunlearn.errors import PipelineError
-from recunlearn.joblock import holds_tables
-from recunlearn.partition import (Partition, balanced_kmeans, balanced_kmeans_ot, interaction_embeddings,
-                                  random_partition)
-from recunlearn.seeding import make_seed, numpy_rng
-from recunlearn.tables import Layout, now_utc, vacuum_now, write_delta
 from pipelines.ingest import INTERACTION_STATS
+from recunlearn.config import RunConfig
+from recunlearn.errors import PipelineError
+from recunlearn.hashing import fingerprint
+from recunlearn.seeding import make_seed, numpy_rng
+from recunlearn.sharding.partition import (
+    Partition,
+    balanced_kmeans,
+    balanced_kmeans_ot,
+    interaction_embeddings,
+    random_partition,
+)
+from recunlearn.storage.delta import vacuum_now, write_delta
+from recunlearn.storage.joblock import holds_tables
+from recunlearn.storage.layout import Layout, now_utc
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,6 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
-from recunlearn.config import RunConfig, fingerprint
-from recunlearn.datasets import fetch
-from recunlearn.joblock import holds_tables, lock_path
-from recunlearn.pseudonym import secret_from_config, user_key
-from recunlearn.readers import read_interactions
-from recunlearn.seeding import numpy_rng
-from recunlearn.tables import ForgetLedger, Layout
 from pipelines.audit import audit
 from pipelines.evaluate import evaluate_published
 from pipelines.forget import submit_user_requests
@@ -28,6 +21,15 @@ from pipelines.partition import partition_users
 from pipelines.report import build_report, summary_table, write_report
 from pipelines.train import train_all
 from pipelines.unlearn import unlearn
+from recunlearn.config import RunConfig
+from recunlearn.data.datasets import fetch
+from recunlearn.data.pseudonym import secret_from_config, user_key
+from recunlearn.data.readers import read_interactions
+from recunlearn.hashing import fingerprint
+from recunlearn.seeding import numpy_rng
+from recunlearn.storage.joblock import holds_tables, lock_path
+from recunlearn.storage.layout import Layout
+from recunlearn.storage.ledger import ForgetLedger
 
 log = logging.getLogger(__name__)
 

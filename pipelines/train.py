@@ -19,16 +19,18 @@ from typing import Any
 import numpy as np
 import ray
 
-from recunlearn import checkpoints
-from recunlearn.config import RunConfig, fingerprint
+from recunlearn.config import RunConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.engines import ray_cpus
 from recunlearn.errors import PipelineError
-from recunlearn.joblock import holds_tables
-from recunlearn.models.data import InteractionData
+from recunlearn.hashing import fingerprint
 from recunlearn.seeding import make_seed
-from recunlearn.registry import ModelRegistry, publish_version
-from recunlearn.tables import Layout, new_job_id, read_table
-from recunlearn.versions import CheckpointMeta, Component, ModelVersion, relative_to
+from recunlearn.storage import checkpoints
+from recunlearn.storage.delta import read_table
+from recunlearn.storage.joblock import holds_tables
+from recunlearn.storage.layout import Layout, new_job_id
+from recunlearn.storage.registry import ModelRegistry, publish_version
+from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion, relative_to
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def read_grouped_data(table: str, version: int, n_items: int) -> tuple[Interacti
     return data, labels
 
 
-def _torch_setup(threads: int, deterministic: bool) -> None:
+def torch_setup(threads: int, deterministic: bool) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -74,7 +76,7 @@ def train_component(cfg_json: str, table: str, version: int, n_items: int, shard
     from recunlearn.models import fit_model
 
     cfg = RunConfig.model_validate_json(cfg_json)
-    _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
+    torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
     t0 = time.perf_counter()
     data = read_split_data(table, version, n_items, shard_id)
     t_read = time.perf_counter() - t0
@@ -103,10 +105,10 @@ def train_sequential_component(cfg_json: str, table: str, version: int, n_items:
     started from ``init_path`` (stage ``start - 1``); each stage saved as its group's shard
     checkpoint. ``order=None`` (first training) puts the groups in curriculum order here."""
     from recunlearn.models import load_model
-    from recunlearn.sequential import curriculum, fit_sequential
+    from recunlearn.sharding.sequential import curriculum, fit_sequential
 
     cfg = RunConfig.model_validate_json(cfg_json)
-    _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
+    torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
     t0 = time.perf_counter()
     data, labels = read_grouped_data(table, version, n_items)
     t_read = time.perf_counter() - t0
@@ -135,12 +137,12 @@ def train_sequential_component(cfg_json: str, table: str, version: int, n_items:
 def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: int,
                              shard_paths: list[str], ckpt_root: str, job_id: str) -> dict[str, Any]:
     """Fit the aggregator on retained training data at ``version``, shard models frozen."""
-    from recunlearn.ensemble import aggregator_kind
     from recunlearn.models import load_model
     from recunlearn.seeding import numpy_rng
+    from recunlearn.sharding.ensemble import aggregator_kind
 
     cfg = RunConfig.model_validate_json(cfg_json)
-    _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
+    torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
     t0 = time.perf_counter()
     seed = make_seed(cfg.seed, "aggregator")
     n_train = None
@@ -282,9 +284,8 @@ def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
               partition: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every shard, the reference and the aggregator on the current table version,
     then publish a model version."""
-    from recunlearn.tables import delta_version
-
     from pipelines.partition import PARTITION_GUARANTEE
+    from recunlearn.storage.delta import delta_version
 
     registry = ModelRegistry(layout)
     registry.ensure()

@@ -31,29 +31,50 @@ import numpy as np
 import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
 
-from recunlearn import checkpoints, faults
+from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
+from pipelines.train import (
+    REFERENCE,
+    build_version,
+    fit_aggregator,
+    n_items_of,
+    new_job_id,
+    read_split_data,
+    train_models,
+)
+from recunlearn import faults
 from recunlearn.config import RunConfig
-from recunlearn.ensemble import load_ensemble, load_reference
+from recunlearn.data.interactions import InteractionData
 from recunlearn.errors import PipelineError
-from recunlearn.evaluation import functional_evidence
-from recunlearn.joblock import holds_tables
+from recunlearn.evidence.evaluation import functional_evidence
+from recunlearn.evidence.scan import folder_bytes, storage_bytes
 from recunlearn.logs import context
 from recunlearn.models import load_model
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import InteractionData
-from recunlearn.registry import ModelRegistry, publish_version, trained_on
-from recunlearn.scan import folder_bytes, storage_bytes
 from recunlearn.seeding import make_seed, numpy_rng
-from recunlearn.tables import (APPROXIMATE, ATTRIBUTE, ATTRIBUTE_UNDO, DATA_TARGETS, DELETED, INTERACTION, ITEM,
-                               PLANNED, RECEIVED, RETRAINED, USER, ForgetLedger, Layout, delete_keys,
-                               delta_version, now_utc, read_rows, read_table, vacuum_now)
+from recunlearn.serving import load_ensemble, load_reference
+from recunlearn.storage import checkpoints
+from recunlearn.storage.delta import delete_keys, delta_version, read_rows, read_table, vacuum_now
+from recunlearn.storage.joblock import holds_tables
+from recunlearn.storage.layout import Layout, now_utc
+from recunlearn.storage.ledger import (
+    APPROXIMATE,
+    ATTRIBUTE,
+    ATTRIBUTE_UNDO,
+    DATA_TARGETS,
+    DELETED,
+    INTERACTION,
+    ITEM,
+    PLANNED,
+    RECEIVED,
+    RETRAINED,
+    USER,
+    ForgetLedger,
+)
+from recunlearn.storage.registry import ModelRegistry, publish_version, trained_on
+from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
 from recunlearn.unlearning.methods import Guarantee, UnlearningMethod, check_model, get_method
 from recunlearn.unlearning.policy import exact_due
 from recunlearn.unlearning.targets import Targets
-from recunlearn.versions import CheckpointMeta, Component, ModelVersion
-from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
-from pipelines.train import (REFERENCE, build_version, fit_aggregator, n_items_of, new_job_id,
-                             read_split_data, train_models)
 
 log = logging.getLogger(__name__)
 
@@ -482,10 +503,10 @@ def _run(spark: SparkSession, *, cfg: RunConfig, layout: Layout, ledger: ForgetL
 def _membership_evidence(evidence: dict[str, dict[str, Any]], forgotten: InteractionData,
                          original: Any, unlearned: Any, *, cfg: RunConfig, layout: Layout,
                          version: int, n_items: int, n_shards: int) -> None:
-    """Add each forgotten user's membership evidence (``recunlearn.mia.membership_audit``) to
+    """Add each forgotten user's membership evidence (``recunlearn.evidence.mia.membership_audit``) to
     ``evidence``; the attack's pool is a sample of retained users, so it never saw the
     forgotten ones."""
-    from recunlearn.mia import membership_audit
+    from recunlearn.evidence.mia import membership_audit
 
     retained = read_split_data(layout.interactions, version, n_items, None)
     rng = numpy_rng(cfg.seed, "membership", version)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recunlearn.config import RunConfig, load_config
-from recunlearn.tables import Layout
+from recunlearn.storage.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 

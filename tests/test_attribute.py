@@ -14,10 +14,10 @@ from recunlearn.attribute.attack import attack, fit_attacker, score_attacker
 from recunlearn.attribute.edit import AttributeOverlay, edit_ensemble, edit_model, undo_model
 from recunlearn.attribute.labels import encode, labels_for_keys, read_user_attributes
 from recunlearn.config import AttributeEditConfig
-from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, shard_views
+from recunlearn.data.interactions import split_pairs
 from recunlearn.errors import DataError
 from recunlearn.models.bpr import BPRMF
-from recunlearn.models.data import split_pairs
+from recunlearn.sharding.ensemble import MeanAggregator, ShardedEnsemble, shard_views
 
 FAST = AttributeEditConfig(steps=200, w_reg=0.3)
 

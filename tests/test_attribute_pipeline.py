@@ -9,20 +9,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_ml100k
 
-from recunlearn import checkpoints
-from recunlearn.ensemble import load_ensemble
-from recunlearn.pseudonym import user_key
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import ForgetLedger
+from pipelines import unlearn as unlearn_mod
 from pipelines.attribute import OVERLAY_COMPONENT, submit_attribute_requests
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import partition_users
 from pipelines.train import train_all
-from pipelines import unlearn as unlearn_mod
-
-from conftest import write_ml100k
+from recunlearn.data.pseudonym import user_key
+from recunlearn.serving import load_ensemble
+from recunlearn.storage import checkpoints
+from recunlearn.storage.ledger import ForgetLedger
+from recunlearn.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recunlearn.config import DatasetConfig
-from recunlearn.errors import DataError
-from recunlearn.pseudonym import user_key
-from recunlearn.readers import REASONS, read_interactions
-from recunlearn.tables import ForgetLedger, write_delta
 from pipelines.forget import submit_user_requests
+from recunlearn.config import DatasetConfig
+from recunlearn.data.pseudonym import user_key
+from recunlearn.data.readers import REASONS, read_interactions
+from recunlearn.errors import DataError
+from recunlearn.storage.delta import write_delta
+from recunlearn.storage.ledger import ForgetLedger
 
 pytestmark = pytest.mark.spark
 SECRET = b"fuzz-secret-0123456789"

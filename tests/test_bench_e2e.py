@@ -4,8 +4,8 @@ request's publication time and steps recorded, and the speed-up computed against
 from __future__ import annotations
 
 import pytest
-
 from conftest import write_ml100k
+
 from pipelines.bench import e2e
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e, pytest.mark.slow]

@@ -4,13 +4,11 @@ merged, and the summary figures are computed from the cells."""
 
 import json
 
-
-from recunlearn.config import RunConfig
-from pipelines.bench import exact
-
-from recunlearn.testing import checkerboard
-
 from test_bpr import CFG
+
+from pipelines.bench import exact
+from recunlearn.config import RunConfig
+from recunlearn.testing import checkerboard
 
 
 def test_bench_exact_cells_outputs_and_merge(tmp_path, monkeypatch):

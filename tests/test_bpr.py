@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from recunlearn.config import ModelConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.models.bpr import BPRMF, fit_bpr
-from recunlearn.models.data import InteractionData
 from recunlearn.testing import checkerboard
 
 CFG = ModelConfig(dim=8, lr=0.05, max_epochs=30, eval_every=5, patience=3, batch_size=128)

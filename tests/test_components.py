@@ -8,9 +8,9 @@ import pytest
 
 from recunlearn.config import AggregatorConfig, load_config
 from recunlearn.engines import PROJECT_ROOT
-from recunlearn.ensemble import AGGREGATORS, aggregator_kind, load_aggregator
 from recunlearn.errors import ConfigError
 from recunlearn.models import MODELS, load_model, model_kind
+from recunlearn.sharding.ensemble import AGGREGATORS, aggregator_kind, load_aggregator
 from recunlearn.testing import AggregatorContract, ForgettableContract, SubModelContract
 from recunlearn.unlearning.methods import METHODS, get_method
 

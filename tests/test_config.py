@@ -1,10 +1,10 @@
 import pytest
-
-from recunlearn.config import RunConfig, fingerprint, load_config
-from recunlearn.errors import ConfigError
-from recunlearn.seeding import make_seed
-
 from conftest import ROOT
+
+from recunlearn.config import RunConfig, load_config
+from recunlearn.errors import ConfigError
+from recunlearn.hashing import fingerprint
+from recunlearn.seeding import make_seed
 
 
 def test_extends_and_overrides_apply():

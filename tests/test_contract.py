@@ -10,15 +10,12 @@ it; and only the shards (or sequential stages) that held them were retrained.
 import numpy as np
 import pytest
 import torch
-
-from recunlearn.config import RunConfig
-from recunlearn.models import FACTOR_MODELS
-from recunlearn.models import fit_model, load_model
-from pipelines.bench.methods import make_method
-
-from recunlearn.testing import checkerboard, same_state
-
 from test_bpr import CFG
+
+from pipelines.bench.methods import make_method
+from recunlearn.config import RunConfig
+from recunlearn.models import FACTOR_MODELS, fit_model, load_model
+from recunlearn.testing import checkerboard, same_state
 
 MODELS = ("bpr", "wmf", "itemknn", "lightgcn", "ncf", "ease")
 METHODS = ("sisa", "receraser", "ultrare", "laser")

@@ -18,17 +18,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, write_ml100k
 
-from recunlearn.pseudonym import user_key
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import VERIFIED, ForgetLedger
 from pipelines.audit import audit
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import partition_users
 from pipelines.train import train_all
-
-from conftest import ROOT, write_ml100k
+from recunlearn.data.pseudonym import user_key
+from recunlearn.storage.ledger import VERIFIED, ForgetLedger
+from recunlearn.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e, pytest.mark.slow]
 SECRET = "test-secret-key-0123456789"

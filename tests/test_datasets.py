@@ -4,11 +4,10 @@ import hashlib
 import zipfile
 
 import pytest
-
-from recunlearn import datasets
-from recunlearn.errors import DataError
-
 from conftest import shared_data_dir
+
+from recunlearn.data import datasets
+from recunlearn.errors import DataError
 
 
 def fake_recbole_wheel(folder, inter: str, user: str):

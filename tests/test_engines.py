@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from recunlearn.engines import start_with_retries
 from recunlearn.errors import EngineStartError
-
-from conftest import ROOT
 
 
 def test_a_start_that_fails_then_succeeds_is_retried_with_cleanup():

@@ -2,16 +2,19 @@
 
 import numpy as np
 import torch
+from test_bpr import CFG
 
 from recunlearn.config import AggregatorConfig
-from recunlearn.ensemble import (MeanAggregator, ShardedEnsemble, fit_attention, fit_learned,
-                                 load_aggregator)
+from recunlearn.data.interactions import InteractionData
 from recunlearn.models.bpr import fit_bpr
-from recunlearn.models.data import InteractionData
-
+from recunlearn.sharding.ensemble import (
+    MeanAggregator,
+    ShardedEnsemble,
+    fit_attention,
+    fit_learned,
+    load_aggregator,
+)
 from recunlearn.testing import checkerboard
-
-from test_bpr import CFG
 
 
 def shards_of(data: InteractionData, k: int = 3):

@@ -7,11 +7,17 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recunlearn.completeness import (bootstrap_mean_ci, functional, functional_gap, parameter_distance,
-                                     parametric_evidence, score_distance)
-from recunlearn.fairness import a_igf, active_mask, draw_forget_users, shard_spread
+from recunlearn.evidence.completeness import (
+    bootstrap_mean_ci,
+    functional,
+    functional_gap,
+    parameter_distance,
+    parametric_evidence,
+    score_distance,
+)
+from recunlearn.evidence.fairness import a_igf, active_mask, draw_forget_users, shard_spread
+from recunlearn.evidence.mia import auc, auc_ci, features
 from recunlearn.metrics import per_user_metrics
-from recunlearn.mia import auc, auc_ci, features
 from recunlearn.models.bpr import BPRMF
 
 

@@ -10,20 +10,20 @@ import math
 
 import numpy as np
 import pytest
+from conftest import write_ml100k
 
-from recunlearn import checkpoints
-from recunlearn.ensemble import LearnedWeights, load_ensemble
-from recunlearn.pseudonym import user_key
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import ForgetLedger
 from pipelines.audit import audit
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import STRICT_GUARANTEE, compute_partition, match_labels, partition_users
 from pipelines.train import train_all
 from pipelines.unlearn import unlearn
-
-from conftest import write_ml100k
+from recunlearn.data.pseudonym import user_key
+from recunlearn.serving import load_ensemble
+from recunlearn.sharding.ensemble import LearnedWeights
+from recunlearn.storage import checkpoints
+from recunlearn.storage.ledger import ForgetLedger
+from recunlearn.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"
@@ -130,10 +130,10 @@ def test_sequential_training_restarts_from_the_earliest_group(spark, ray_local, 
     and publishes what training from scratch on the retained data gives."""
     import torch
 
+    from pipelines.train import read_grouped_data
     from recunlearn.models import load_model
     from recunlearn.seeding import make_seed
-    from recunlearn.sequential import fit_sequential
-    from pipelines.train import read_grouped_data
+    from recunlearn.sharding.sequential import fit_sequential
 
     cfg = cfg.model_copy(update={
         "sharding": cfg.sharding.model_copy(update={"method": "kmeans", "group_epochs": 5}),

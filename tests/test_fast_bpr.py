@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from recunlearn.config import ModelConfig
 from recunlearn.config import FastSettings as FastConfig
-from recunlearn.fast.bpr import METHODS, BPRUnlearner, _Linear
+from recunlearn.config import ModelConfig
+from recunlearn.data.interactions import InteractionData, split_pairs
 from recunlearn.models.bpr import fit_bpr
-from recunlearn.models.data import InteractionData, split_pairs
+from recunlearn.unlearning.fast_bpr import METHODS, BPRUnlearner, Linearisation
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_linearisation_matches_autograd(trained):
     fi = np.concatenate([data.train[r].indices[:4] for r in range(3)]).astype(np.int64)
     users, items = un._block(fu, fi, np.array([], np.int64), full=False)
     terms = un._local_terms(users, items, g, full=False)
-    lin = _Linear(un.model, users, items, terms, 1e-3)
+    lin = Linearisation(un.model, users, items, terms, 1e-3)
     loss, theta0 = un._loss_fn(users, items)
     theta = theta0.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(theta, terms), theta)

@@ -3,13 +3,12 @@ on the secret, no user_key statistics in the log."""
 
 import numpy as np
 import pytest
+from conftest import write_ml100k
 from deltalake import DeltaTable
 
-from recunlearn.pseudonym import user_key
-from recunlearn.scan import delta_log_hits
 from pipelines.ingest import ingest
-
-from conftest import write_ml100k
+from recunlearn.data.pseudonym import user_key
+from recunlearn.evidence.scan import delta_log_hits
 
 pytestmark = pytest.mark.spark
 

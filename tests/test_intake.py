@@ -2,9 +2,10 @@
 
 import pytest
 
-from recunlearn.pseudonym import user_key
-from recunlearn.tables import ForgetLedger, write_delta
 from pipelines.forget import submit_user_requests
+from recunlearn.data.pseudonym import user_key
+from recunlearn.storage.delta import write_delta
+from recunlearn.storage.ledger import ForgetLedger
 
 pytestmark = pytest.mark.spark
 SECRET = b"intake-test-secret-0123"
@@ -120,8 +121,9 @@ def test_bench_intake_files_each_sampled_user_through_the_cli(spark, cfg, tmp_pa
     """The benchmark's path: ingest and partition once, then real `recunlearn forget`
     processes, one per sampled user, every one accepted and on the ledger."""
     from conftest import ROOT, write_ml100k
+
     from pipelines.bench import intake
-    from recunlearn.tables import Layout
+    from recunlearn.storage.layout import Layout
 
     write_ml100k(tmp_path / "raw", n_users=30)
     state = tmp_path / "state"
@@ -144,7 +146,7 @@ def test_status_reports_ages_against_the_deadline_and_overdue_exits_non_zero(spa
     import json
     from datetime import timedelta
 
-    from recunlearn.tables import now_utc
+    from recunlearn.storage.layout import now_utc
 
     old = now_utc() - timedelta(days=40)
     ForgetLedger(None, seeded.ledger).append([

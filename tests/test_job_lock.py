@@ -12,8 +12,9 @@ from datetime import timedelta
 import pytest
 
 from recunlearn.errors import JobConflictError
-from recunlearn.joblock import JobLock, holding, lock_path
-from recunlearn.tables import ForgetLedger, now_utc
+from recunlearn.storage.joblock import JobLock, holding, lock_path
+from recunlearn.storage.layout import now_utc
+from recunlearn.storage.ledger import ForgetLedger
 
 pytestmark = [pytest.mark.spark]
 
@@ -91,7 +92,7 @@ def test_unlearn_refused_while_another_job_holds_the_tables(spark, cfg, layout):
     with pytest.raises(JobConflictError, match="train-elsewhere"):
         unlearn(spark, cfg=cfg, layout=layout)
     ledger = ForgetLedger(spark, layout.ledger)
-    from recunlearn.tables import table_exists
+    from recunlearn.storage.delta import table_exists
     assert not table_exists(spark, layout.ledger) or ledger.rows() == []  # nothing touched
 
 
@@ -106,13 +107,14 @@ def test_unlearn_racing_intake_and_an_ingest_of_the_user_being_forgotten(spark, 
     import time
 
     from conftest import write_ml100k
-    from recunlearn.pseudonym import user_key
-    from recunlearn.scan import rows_with_keys
+
     from pipelines.forget import submit_user_requests
     from pipelines.ingest import ingest
     from pipelines.partition import partition_users
     from pipelines.train import train_all
     from pipelines.unlearn import unlearn
+    from recunlearn.data.pseudonym import user_key
+    from recunlearn.evidence.scan import rows_with_keys
 
     secret = b"test-secret-key-0123456789"
     raw = tmp_path / "raw"

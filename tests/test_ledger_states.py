@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from recunlearn.errors import LedgerConflictError
-from recunlearn.tables import (DELETED, PLANNED, RECEIVED, RETRAINED, VERIFIED, ForgetLedger, now_utc,
-                               write_delta)
+from recunlearn.storage.delta import write_delta
+from recunlearn.storage.layout import now_utc
+from recunlearn.storage.ledger import DELETED, PLANNED, RECEIVED, RETRAINED, VERIFIED, ForgetLedger
 
 pytestmark = [pytest.mark.spark]
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from recunlearn.config import load_config
-from recunlearn.mia import fit_attack, item_vectors
-from recunlearn.models.bpr import fit_bpr
 from pipelines.bench.common import load_split
+from recunlearn.config import load_config
+from recunlearn.evidence.mia import fit_attack, item_vectors
+from recunlearn.models.bpr import fit_bpr
 
 pytestmark = pytest.mark.datasets
 

@@ -7,11 +7,11 @@ import scipy.sparse as sp
 import torch
 
 from recunlearn.config import load_config
+from recunlearn.data.interactions import InteractionData, split_pairs
 from recunlearn.engines import PROJECT_ROOT
-from recunlearn.ensemble import MeanAggregator, ShardedEnsemble
 from recunlearn.errors import ConfigError
 from recunlearn.models import fit_model
-from recunlearn.models.data import InteractionData, split_pairs
+from recunlearn.sharding.ensemble import MeanAggregator, ShardedEnsemble
 
 CONF = PROJECT_ROOT / "conf" / "test.yaml"
 
@@ -50,7 +50,7 @@ def test_ensemble_mean_over_other_kinds():
 
 
 def test_has_pairs_matches_a_dense_lookup():
-    from recunlearn.models.data import has_pairs
+    from recunlearn.data.interactions import has_pairs
 
     rng = np.random.default_rng(5)
     dense = (rng.random((40, 30)) < 0.2).astype(np.float32)

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from recunlearn.errors import ConfigError
-from recunlearn.partition import (balanced_kmeans, balanced_kmeans_ot, capacities, capacity_round,
-                                  interaction_embeddings, random_partition, sinkhorn)
+from recunlearn.sharding.partition import (
+    balanced_kmeans,
+    balanced_kmeans_ot,
+    capacities,
+    capacity_round,
+    interaction_embeddings,
+    random_partition,
+    sinkhorn,
+)
 
 
 def planted(n_per: int = 50, k: int = 4, d: int = 8, seed: int = 0):
@@ -75,7 +82,7 @@ def test_row_rebalancing_keeps_user_counts_and_bounds_rows():
 
 
 def test_row_rebalancing_moves_the_cheapest_pair():
-    from recunlearn.partition import rebalance_rows
+    from recunlearn.sharding.partition import rebalance_rows
 
     labels = np.array([0, 0, 1, 1])
     rows = np.array([10.0, 10.0, 1.0, 1.0])

@@ -10,23 +10,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_ml100k
 
-from recunlearn import checkpoints
-from recunlearn.checkpoints import shard_component
-from recunlearn.models.bpr import BPRMF, fit_bpr
-from recunlearn.pseudonym import user_key
-from recunlearn.scan import delta_log_hits, rows_with_keys
-from recunlearn.seeding import make_seed
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import ForgetLedger
+from pipelines import unlearn as unlearn_mod
 from pipelines.audit import audit
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import partition_users
-from pipelines.train import _torch_setup, n_items_of, read_split_data, train_all
-from pipelines import unlearn as unlearn_mod
-
-from conftest import write_ml100k
+from pipelines.train import torch_setup, n_items_of, read_split_data, train_all
+from recunlearn.data.pseudonym import user_key
+from recunlearn.evidence.scan import delta_log_hits, rows_with_keys
+from recunlearn.models.bpr import BPRMF, fit_bpr
+from recunlearn.seeding import make_seed
+from recunlearn.storage import checkpoints
+from recunlearn.storage.checkpoints import shard_component
+from recunlearn.storage.ledger import ForgetLedger
+from recunlearn.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"
@@ -90,7 +89,7 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     assert [v["status"] for v in registry.versions()] == ["retired", "published"]
 
     # replay: each unlearned shard equals a from-scratch retrain without the users, same seed
-    _torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
+    torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
     for k in homes:
         retained = before[k].without_users(np.array(keys))
         seed = make_seed(cfg.seed, "model", shard_component(k))

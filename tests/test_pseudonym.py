@@ -3,8 +3,8 @@ import hmac
 
 import pytest
 
+from recunlearn.data.pseudonym import KEY_ENV, load_secret, spark_user_key, user_key
 from recunlearn.errors import ConfigError
-from recunlearn.pseudonym import KEY_ENV, load_secret, spark_user_key, user_key
 
 
 def test_user_key_is_hmac_sha256():

@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, write_ml100k
 
-from recunlearn.tables import delta_version
 from pipelines.ingest import ingest
 from pipelines.partition import partition_users
 from pipelines.train import n_items_of, train_models
-
-from conftest import ROOT, write_ml100k
+from recunlearn.storage.delta import delta_version
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.slow]
 SECRET = b"test-secret-key-0123456789"
@@ -57,7 +56,7 @@ def ingested(spark, cfg, layout, tmp_path):
 
 
 def _states(metas):
-    from recunlearn import checkpoints
+    from recunlearn.storage import checkpoints
 
     return {k: checkpoints.load_state(m["path"]) for k, m in metas.items()}
 
@@ -107,7 +106,7 @@ from pipelines.train import train_models
 cfg_path, data_dir, version, n_items = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 cfg = load_config(cfg_path, [f"data_dir={data_dir}", "model.max_epochs=1500", "model.patience=1500",
                              "model.eval_every=500", "model.batch_size=64"])
-from recunlearn.tables import Layout
+from recunlearn.storage.layout import Layout
 layout = Layout(__import__("pathlib").Path(data_dir))
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100 * 2**20})
 nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20) for _ in range(2)]

@@ -3,8 +3,8 @@
 import pytest
 
 from recunlearn.config import DatasetConfig
+from recunlearn.data.readers import read_interactions, read_log
 from recunlearn.errors import DataError
-from recunlearn.readers import read_interactions, read_log
 
 pytestmark = pytest.mark.spark
 

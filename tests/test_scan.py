@@ -2,8 +2,8 @@
 
 import pytest
 
-from recunlearn.scan import delta_log_hits, rows_with_keys
-from recunlearn.tables import delete_keys, vacuum_now, write_delta
+from recunlearn.evidence.scan import delta_log_hits, rows_with_keys
+from recunlearn.storage.delta import delete_keys, vacuum_now, write_delta
 
 pytestmark = pytest.mark.spark
 

@@ -4,9 +4,9 @@ groups a sequential manifest retrains."""
 import numpy as np
 import pytest
 
-from recunlearn.sequential import SequentialModel, curriculum
-from recunlearn.versions import Component, ModelVersion
 from pipelines.train import sequential_restart
+from recunlearn.sharding.sequential import SequentialModel, curriculum
+from recunlearn.storage.versions import Component, ModelVersion
 
 
 def test_curriculum_puts_the_densest_groups_first_ties_by_id():
@@ -41,8 +41,9 @@ def test_sequential_manifest_restarts_from_the_stage_before_the_earliest_group()
 
 
 def test_sequential_config_refuses_what_it_cannot_serve():
-    from recunlearn.config import ConfigError, load_config
     from conftest import ROOT
+
+    from recunlearn.config import ConfigError, load_config
 
     conf = ROOT / "conf" / "default.yaml"
     assert load_config(conf, ["train.mode=sequential"]).train.mode == "sequential"

@@ -13,16 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, write_ml100k
 
-from recunlearn.engines import delta_jars
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import ForgetLedger
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import partition_users
 from pipelines.train import train_all
-
-from conftest import ROOT, write_ml100k
+from recunlearn.engines import delta_jars
+from recunlearn.storage.ledger import ForgetLedger
+from recunlearn.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = "test-secret-key-0123456789"

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, write_ml100k
 
-from recunlearn.config import SuiteConfig, load_config
 from pipelines.bench import suite
 from pipelines.html_report import render_suite_report
+from recunlearn.config import SuiteConfig, load_config
 
 MATRIX = {"seed": 7, "matrix": [{"datasets": ["movielens-100k"], "methods": ["none", "full", "sisa"],
                                  "n_shards": [3], "kinds": ["random"], "sizes": [0.1]}],

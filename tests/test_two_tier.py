@@ -10,25 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_ml100k
 
-from recunlearn import checkpoints
-from recunlearn.config import PolicyConfig
-from recunlearn.ensemble import load_ensemble
-from recunlearn.pseudonym import user_key
-from recunlearn.scan import delta_log_hits, rows_with_keys
-from recunlearn.registry import ModelRegistry
-from recunlearn.tables import ForgetLedger
 from pipelines.audit import audit
 from pipelines.forget import submit_data_requests, submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import PARTITION_GUARANTEE, partition_users
 from pipelines.train import train_all
 from pipelines.unlearn import unlearn
-
-from recunlearn.tables import APPROXIMATE
+from recunlearn.config import PolicyConfig
+from recunlearn.data.pseudonym import user_key
+from recunlearn.evidence.scan import delta_log_hits, rows_with_keys
+from recunlearn.serving import load_ensemble
+from recunlearn.storage import checkpoints
+from recunlearn.storage.ledger import APPROXIMATE, ForgetLedger
+from recunlearn.storage.registry import ModelRegistry
 from recunlearn.unlearning.policy import exact_due
-
-from conftest import write_ml100k
 
 
 def _exact_due(ledger, registry, cfg):
@@ -179,8 +176,8 @@ def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, k
     kNN shards equal a rebuild from the shard's retained rows, the EASE shards a refit to
     float64 round-off, the WMF shards satisfy the retained data's normal equations; the audit
     passes for users, items and interactions."""
-    from recunlearn.models import fit_model, load_model
     from pipelines.train import n_items_of, read_split_data
+    from recunlearn.models import fit_model, load_model
 
     cfg = cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"kind": kind, "dim": 8, "wmf_reg": 2.0, "ease_lambda": 20.0}),

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recunlearn import checkpoints
 from recunlearn.models.popularity import Popularity
-from recunlearn.registry import ModelRegistry, publish_version, trained_on
-from recunlearn.tables import Layout
-from recunlearn.versions import CheckpointMeta, Component, ModelVersion
+from recunlearn.storage import checkpoints
+from recunlearn.storage.layout import Layout
+from recunlearn.storage.registry import ModelRegistry, publish_version, trained_on
+from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
 
 
 def _save(layout: Layout, component: str, shard: int | None, delta_version: int, run: str) -> Component:

@@ -7,8 +7,6 @@ beside every checkpoint and report so a result can be traced to the exact settin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -189,7 +187,7 @@ class TrainConfig(_Frozen):
 
 
 class FastSettings(_Frozen):
-    """The fast tier's update of a shard model (``recunlearn.fast.bpr``)."""
+    """The fast tier's update of a shard model (``recunlearn.unlearning.fast_bpr``)."""
 
     negatives: int = Field(2, ge=1, description="Sampled negatives per positive term.")
     damping: float = Field(3.0, gt=0, description="Added to the Gauss-Newton diagonal. Smaller "
@@ -245,7 +243,7 @@ class UnlearnConfig(_Frozen):
         "(exact sharding methods only).")
     membership: bool = Field(
         True, description="Record membership-inference evidence per request: a black-box attack "
-        "(recunlearn.mia) on a shadow model of retained users scores each forgotten user under the "
+        "(recunlearn.evidence.mia) on a shadow model of retained users scores each forgotten user under the "
         "original and the unlearned model, while their rows are still in memory.")
     shadow_users: int = Field(
         1000, ge=20, description="Retained users sampled for the attack's shadow model (half train "
@@ -439,10 +437,3 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if parent:
         data = _deep_merge(_read_yaml(path.parent / parent), data)
     return data
-
-
-def fingerprint(cfg: BaseModel | dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a config (or a plain dict), 16 hex chars."""
-    payload = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

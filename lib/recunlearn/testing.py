@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from recunlearn.config import AggregatorConfig, ModelConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.models import fit_model, load_model
 from recunlearn.models.base import Forgettable, Recommender
-from recunlearn.models.data import InteractionData
 
 
 def checkerboard(n_users: int = 48, n_items: int = 24, seed: int = 0) -> InteractionData:
@@ -176,7 +176,12 @@ class AggregatorContract:
         return shards, data
 
     def test_fits_combines_and_round_trips(self) -> None:
-        from recunlearn.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator, shard_views
+        from recunlearn.sharding.ensemble import (
+            ShardedEnsemble,
+            aggregator_kind,
+            load_aggregator,
+            shard_views,
+        )
 
         kind = aggregator_kind(self.kind)
         shards, data = self.shards_and_data()

@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.bench.common import BENCH_SECRET, dataset_dir, load_split, write_outputs
 from recunlearn.attribute.adversarial import fit_bpr_adversarial
 from recunlearn.attribute.attack import KINDS, attack, fit_attacker, score_attacker
 from recunlearn.attribute.edit import edit_ensemble, edit_model
 from recunlearn.attribute.labels import attribute, labels_for_keys, read_user_attributes
 from recunlearn.config import RunConfig
-from recunlearn.ensemble import MeanAggregator, ShardedEnsemble, shard_views
+from recunlearn.data.interactions import InteractionData
+from recunlearn.data.pseudonym import user_key
 from recunlearn.metrics import evaluate
 from recunlearn.models.bpr import fit_bpr
-from recunlearn.models.data import InteractionData
-from recunlearn.pseudonym import user_key
 from recunlearn.seeding import make_seed
-from pipelines.bench.common import BENCH_SECRET, dataset_dir, load_split, write_outputs
+from recunlearn.sharding.ensemble import MeanAggregator, ShardedEnsemble, shard_views
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recunlearn.data.interactions import InteractionData, split_pairs
+from recunlearn.data.pseudonym import user_key
 from recunlearn.errors import DataError
-from recunlearn.models.data import InteractionData, split_pairs
-from recunlearn.pseudonym import user_key
 
 BENCH_SECRET = b"recunlearn-bench-pseudonyms"  # benchmarks key users too; outputs are aggregates
 

@@ -20,7 +20,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recunlearn.config import RunConfig
-from recunlearn.tables import Layout
+from recunlearn.storage.layout import Layout
 
 log = logging.getLogger(__name__)
 

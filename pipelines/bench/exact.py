@@ -30,13 +30,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from recunlearn.config import RunConfig
-from recunlearn.fairness import a_igf, active_mask
-from recunlearn.models.data import InteractionData
-from recunlearn.seeding import make_seed
 from pipelines.bench.common import dataset_dir, load_split
 from pipelines.bench.methods import make_method
-from pipelines.bench.suite import _utility, forget_set
+from pipelines.bench.suite import utility, forget_set
+from recunlearn.config import RunConfig
+from recunlearn.data.interactions import InteractionData
+from recunlearn.evidence.fairness import a_igf, active_mask
+from recunlearn.seeding import make_seed
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ TOP = 20
 
 
 def _quality(model: Any, data: InteractionData, active: np.ndarray) -> dict[str, Any]:
-    util, per = _utility(model, data, TOP)
+    util, per = utility(model, data, TOP)
     has = ~np.isnan(per)
     return {**util, "a_igf": a_igf(per[has], active[has])}
 

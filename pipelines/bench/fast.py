@@ -5,7 +5,7 @@ forgotten one request at a time. Each family has one original model and, after 1
 1,000 requests, a retrain from scratch without the users forgotten so far (same config, same
 seed):
 - BPR-MF: ``scif`` (selective influence), ``influence`` (every parameter), ``finetune``,
-  ``ascent`` (``recunlearn.fast.bpr``);
+  ``ascent`` (``recunlearn.unlearning.fast_bpr``);
 - WMF: ``als``, the exact re-convergence update (``recunlearn.models.wmf``);
 - item-kNN: ``knn``, the incremental top-k index (``recunlearn.models.itemknn``), checked
   equal to the index rebuilt without the users at every checkpoint;
@@ -30,17 +30,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from recunlearn.completeness import functional
+from pipelines.bench.common import dataset_dir, load_split, write_outputs
 from recunlearn.config import RunConfig
-from recunlearn.evaluation import evaluate_users
-from recunlearn.fast.bpr import BPRUnlearner
+from recunlearn.data.interactions import InteractionData
+from recunlearn.evidence.completeness import functional
+from recunlearn.evidence.evaluation import evaluate_users
 from recunlearn.models.bpr import fit_bpr
-from recunlearn.models.data import InteractionData
 from recunlearn.models.ease import EASE
 from recunlearn.models.itemknn import ItemKNN
 from recunlearn.models.wmf import fit_wmf
 from recunlearn.seeding import make_seed, numpy_rng
-from pipelines.bench.common import dataset_dir, load_split, write_outputs
+from recunlearn.unlearning.fast_bpr import BPRUnlearner
 
 log = logging.getLogger(__name__)
 

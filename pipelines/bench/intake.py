@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recunlearn.config import RunConfig
-from recunlearn.tables import Layout, table_exists
+from recunlearn.storage.delta import table_exists
+from recunlearn.storage.layout import Layout
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -36,8 +37,8 @@ def prepare(spark: SparkSession, cfg: RunConfig, layout: Layout, *, n_users: int
     from pipelines.ingest import ingest
     from pipelines.partition import partition_users
     from pipelines.run import raw_data_path
-    from recunlearn.pseudonym import secret_from_config
-    from recunlearn.readers import read_interactions
+    from recunlearn.data.pseudonym import secret_from_config
+    from recunlearn.data.readers import read_interactions
 
     raw = raw_data_path(cfg, layout)
     if not table_exists(None, layout.interactions):

@@ -24,14 +24,18 @@ import torch
 from scipy.sparse.linalg import svds
 
 from recunlearn.config import RunConfig
-from recunlearn.models import FACTOR_MODELS
-from recunlearn.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator
-from recunlearn.models import fit_model, load_model
+from recunlearn.data.interactions import InteractionData
+from recunlearn.models import FACTOR_MODELS, fit_model, load_model
 from recunlearn.models.base import Recommender, lookup_rows
-from recunlearn.models.data import InteractionData
-from recunlearn.partition import balanced_kmeans, balanced_kmeans_ot, random_partition
 from recunlearn.seeding import make_seed
-from recunlearn.sequential import SequentialModel, fit_sequential, train_sequential, unlearn_sequential
+from recunlearn.sharding.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator
+from recunlearn.sharding.partition import balanced_kmeans, balanced_kmeans_ot, random_partition
+from recunlearn.sharding.sequential import (
+    SequentialModel,
+    fit_sequential,
+    train_sequential,
+    unlearn_sequential,
+)
 
 
 @dataclass
@@ -238,7 +242,7 @@ def user_groups(partition: str, data: InteractionData, k: int, cfg: RunConfig, s
 
 class Sequential(Method):
     """LASER: one model trained group after group (RecEraser's balanced k-means groups in a
-    curriculum order, ``recunlearn.sequential``); a request restarts from the stage before
+    curriculum order, ``recunlearn.sharding.sequential``); a request restarts from the stage before
     the earliest group it touches."""
 
     name = "laser"

@@ -35,16 +35,17 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recunlearn.completeness import functional_gap, parametric_evidence, score_evidence
-from recunlearn.config import RunConfig, SuiteConfig, fingerprint
-from recunlearn.fairness import a_igf, active_mask, draw_forget_users, shard_spread
-from recunlearn.evaluation import per_user, with_truth
-from recunlearn.mia import MembershipAttack, fit_attack, item_vectors
-from recunlearn.models.base import lookup_rows
-from recunlearn.models.data import InteractionData
-from recunlearn.seeding import make_seed
 from pipelines.bench.common import dataset_dir, load_split
 from pipelines.bench.methods import Fitted, Method, load_fitted, make_method, save_fitted
+from recunlearn.config import RunConfig, SuiteConfig
+from recunlearn.data.interactions import InteractionData
+from recunlearn.evidence.completeness import functional_gap, parametric_evidence, score_evidence
+from recunlearn.evidence.evaluation import per_user, with_truth
+from recunlearn.evidence.fairness import a_igf, active_mask, draw_forget_users, shard_spread
+from recunlearn.evidence.mia import MembershipAttack, fit_attack, item_vectors
+from recunlearn.hashing import fingerprint
+from recunlearn.models.base import lookup_rows
+from recunlearn.seeding import make_seed
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def _forget_tag(keys: np.ndarray) -> str:
     return fingerprint({"forget": sorted(map(str, keys))})[:12]
 
 
-def _utility(model: Any, data: InteractionData, k: int) -> tuple[dict[str, float], np.ndarray]:
+def utility(model: Any, data: InteractionData, k: int) -> tuple[dict[str, float], np.ndarray]:
     users = with_truth(data)
     per = per_user(model, data, users, k=k)
     means = {f"{m}@{k}": round(float(v.mean()), 5) for m, v in per.items()}
@@ -241,7 +242,7 @@ def run_cell(ctx: DatasetContext, cell: Cell) -> dict[str, Any]:
     util, per_user = {}, {}
     for name, m in (("original", original.model), ("unlearned", unlearned.model),
                     ("retrained", reference.model)):
-        util[name], per_user[name] = _utility(m, retained, k)
+        util[name], per_user[name] = utility(m, retained, k)
     util["unlearned_vs_retrained"] = round(util["unlearned"][f"ndcg@{k}"] / util["retrained"][f"ndcg@{k}"], 4)
     has = ~np.isnan(per_user["unlearned"])
     active = active_mask(retained.train, suite.top_share)

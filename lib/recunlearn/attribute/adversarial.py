@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from recunlearn.config import ModelConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.models.bpr import BPRMF, fit_bpr
-from recunlearn.models.data import InteractionData
 
 
 class _Reverse(torch.autograd.Function):

@@ -233,7 +233,7 @@ def edit_ensemble(ens, keys: np.ndarray, history, labels: np.ndarray, targets: n
                   cfg: AttributeEditConfig, seed: int) -> tuple[AttributeOverlay, dict[str, Any]]:
     """Edit the aggregated embeddings (the K shard views, concatenated) of users ``targets``
     (rows of ``keys``/``history``/``labels``, which describe the population used as anchor)."""
-    from recunlearn.ensemble import shard_views
+    from recunlearn.sharding.ensemble import shard_views
 
     keys = np.asarray(keys).astype(str)
     targets = np.asarray(targets, dtype=np.int64)

@@ -8,17 +8,19 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from recunlearn.config import ModelConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.metrics import evaluate
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import InteractionData
+
+if TYPE_CHECKING:
+    from recunlearn.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

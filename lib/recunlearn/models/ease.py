@@ -34,9 +34,16 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import torch
 
+from recunlearn.data.interactions import (
+    binary_csr,
+    csr_from_state,
+    csr_state,
+    drop_rows,
+    replace_rows,
+    without_pairs,
+)
 from recunlearn.errors import ConfigError
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr, csr_from_state, csr_state, drop_rows, replace_rows, without_pairs
 
 
 def _inverse(gram: np.ndarray, lam: float) -> np.ndarray:

@@ -24,9 +24,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recunlearn.data.interactions import (
+    binary_csr,
+    csr_from_state,
+    csr_state,
+    drop_rows,
+    replace_rows,
+    without_pairs,
+)
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr, csr_from_state, csr_state, drop_rows, replace_rows, without_pairs
-
 
 _SMALLEST = np.nextafter(0.0, 1.0)  # the smallest positive float64: x >= it iff x > 0
 DENSE_ITEMS = 6000  # up to this many items the counts are a dense array (6000^2 x 8 B = 288 MB)

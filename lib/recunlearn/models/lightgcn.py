@@ -12,16 +12,18 @@ and learned aggregators work on it unchanged. The layer-0 embeddings stay beside
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from recunlearn.config import ModelConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.models.bpr import BPRMF, fit_bpr
-from recunlearn.models.data import InteractionData
+
+if TYPE_CHECKING:
+    from recunlearn.config import ModelConfig
 
 
 def normalised_adjacency(train: sp.csr_matrix) -> torch.Tensor:

@@ -20,17 +20,19 @@ Unseen users are folded in with nothing in the model changing, in one of two way
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from recunlearn.config import ModelConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.models.base import Recommender
 from recunlearn.models.bpr import fit_bpr, fold_matrix, linear_fold_in
-from recunlearn.models.data import InteractionData
+
+if TYPE_CHECKING:
+    from recunlearn.config import ModelConfig
 
 
 class NCFModule(nn.Module):

@@ -15,8 +15,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recunlearn.data.interactions import (
+    binary_csr,
+    csr_from_state,
+    csr_state,
+    drop_rows,
+    replace_rows,
+    without_pairs,
+)
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr, csr_from_state, csr_state, drop_rows, replace_rows, without_pairs
 
 
 class Popularity(Recommender):

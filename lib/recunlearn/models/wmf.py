@@ -34,8 +34,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recunlearn.data.interactions import binary_csr, has_pairs
 from recunlearn.models.base import Recommender
-from recunlearn.models.data import binary_csr, has_pairs
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

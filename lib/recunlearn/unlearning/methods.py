@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from recunlearn.tables import now_utc
-from recunlearn.versions import CheckpointMeta, Component, ModelVersion
+from recunlearn.storage.layout import now_utc
+from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
 
 if TYPE_CHECKING:
     from recunlearn.config import RunConfig
+    from recunlearn.data.interactions import InteractionData
     from recunlearn.models.base import Recommender
-    from recunlearn.models.data import InteractionData
     from recunlearn.unlearning.targets import Targets
 
 
@@ -250,7 +250,7 @@ APPROXIMATE_GUARANTEE = (
 
 @dataclass(frozen=True)
 class Approximate:
-    """The fast tier over BPR-MF shards (``recunlearn.fast.bpr``): each touched shard model is
+    """The fast tier over BPR-MF shards (``recunlearn.unlearning.fast_bpr``): each touched shard model is
     updated in place from the rows it was trained on (read before the delete, held in memory
     only). The reference held the forgotten rows and is dropped; the version records what the
     exact tier has to retrain (``pending_exact``)."""
@@ -268,9 +268,9 @@ class Approximate:
         return f"approximate:{self.name}"
 
     def update(self, version: ModelVersion, targets: Targets, ctx: UpdateContext) -> Update:
-        from recunlearn.config import fingerprint
-        from recunlearn.fast.bpr import BPRUnlearner
+        from recunlearn.hashing import fingerprint
         from recunlearn.seeding import make_seed
+        from recunlearn.unlearning.fast_bpr import BPRUnlearner
 
         cfg = ctx.cfg
         pending = dict(version.pending_exact or {})

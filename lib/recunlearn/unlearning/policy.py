@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from recunlearn.tables import now_utc
+from recunlearn.storage.layout import now_utc
 
 if TYPE_CHECKING:
     from recunlearn.config import PolicyConfig
-    from recunlearn.versions import ModelVersion
+    from recunlearn.storage.versions import ModelVersion
 
 
 def exact_due(approximate: list[dict[str, Any]], version: ModelVersion | None, policy: PolicyConfig, *,

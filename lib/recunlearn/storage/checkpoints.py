@@ -1,6 +1,6 @@
 """Checkpoints: a torch file per trained component plus a JSON sidecar of metadata.
 
-The sidecar (a :class:`recunlearn.versions.CheckpointMeta`: shard, Delta version consumed,
+The sidecar (a :class:`recunlearn.storage.versions.CheckpointMeta`: shard, Delta version consumed,
 config fingerprint, seed, timings) lets the audit prove which data a checkpoint was trained on
 without loading it. The sidecar names its checkpoint relative to the checkpoint root, so the data
 directory can move; in memory ``path`` is always where the file is now.
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from recunlearn.datasets import sha256_file
-from recunlearn.versions import CheckpointMeta
+from recunlearn.hashing import sha256_file
+from recunlearn.storage.versions import CheckpointMeta
 
 
 def component_dir(root: Path, component: str) -> Path:

@@ -28,10 +28,9 @@ import torch
 from torch import nn
 
 from recunlearn.config import AggregatorConfig
+from recunlearn.data.interactions import InteractionData, has_pairs
 from recunlearn.metrics import evaluate
 from recunlearn.models.bpr import BPRMF
-from recunlearn.models.data import InteractionData, has_pairs
-from recunlearn.versions import ModelVersion
 
 
 def shard_views(shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix,
@@ -371,46 +370,3 @@ def aggregator_kind(name: str) -> AggregatorKind:
         return AGGREGATORS[name]
     except KeyError:
         raise ValueError(f"unknown aggregator kind {name!r}: one of {', '.join(AGGREGATORS)}") from None
-
-
-def load_ensemble(version: ModelVersion, *, fold_in_reg: float = 1.0,
-                  with_overlay: bool = True) -> ShardedEnsemble:
-    """The ensemble of a model version, with its attribute edits applied: the edited
-    users' home vectors are stamped into the shard models and their other views come from the
-    overlay. ``with_overlay=False`` gives the unedited ensemble."""
-    from recunlearn import checkpoints
-    from recunlearn.attribute.edit import AttributeOverlay
-
-    from recunlearn.models import load_model
-
-    shards = []
-    # sequential training (LASER) serves one model: the last group's stage
-    for k in version.serving_shards():
-        m = load_model(checkpoints.load_state(version.shards[k].path))
-        if hasattr(m, "fold_in_reg"):
-            m.fold_in_reg = fold_in_reg
-        shards.append(m)
-    overlay = None
-    if with_overlay and version.attribute_overlay is not None:
-        overlay = AttributeOverlay.from_state(checkpoints.load_state(version.attribute_overlay.path))
-        for k, m in enumerate(shards):
-            rows = m.rows_of(overlay.keys)
-            hit = np.flatnonzero(rows >= 0)
-            if len(hit):
-                m.user = m.user.clone()
-                m.user[torch.from_numpy(rows[hit])] = overlay.views[torch.from_numpy(hit), k]
-    agg = load_aggregator(checkpoints.load_state(version.aggregator.path))
-    return ShardedEnsemble(shards, agg, overlay=overlay)
-
-
-def load_reference(version: ModelVersion, *, fold_in_reg: float = 1.0) -> Any:
-    """The version's full reference model (None when it has none)."""
-    from recunlearn import checkpoints
-
-    if version.reference is None:
-        return None
-    from recunlearn.models import load_model
-
-    m = load_model(checkpoints.load_state(version.reference.path))
-    m.fold_in_reg = fold_in_reg
-    return m

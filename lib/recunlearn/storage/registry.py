@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from recunlearn import checkpoints, faults
-from recunlearn.tables import Layout, append_rows, create_table, merge_into, now_utc, read_rows, with_retries
-from recunlearn.versions import ModelVersion, relative_to, resolve
+from recunlearn import faults
+from recunlearn.storage import checkpoints
+from recunlearn.storage.delta import append_rows, create_table, merge_into, read_rows, with_retries
+from recunlearn.storage.layout import Layout, now_utc
+from recunlearn.storage.versions import ModelVersion, relative_to, resolve
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import pyarrow.dataset as ds
 
 from recunlearn.errors import JobConflictError
-from recunlearn.tables import Layout, merge_into, now_utc, read_rows, table_exists, with_retries
+from recunlearn.storage.delta import merge_into, read_rows, table_exists, with_retries
+from recunlearn.storage.layout import Layout, now_utc
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from recunlearn.completeness import Scorer
 from recunlearn.config import ModelConfig
-from recunlearn.ensemble import MeanAggregator, ShardedEnsemble
+from recunlearn.data.interactions import InteractionData
+from recunlearn.evidence.completeness import Scorer
 from recunlearn.metrics import topk_excluding
 from recunlearn.models.bpr import fit_bpr
-from recunlearn.models.data import InteractionData
+from recunlearn.sharding.ensemble import MeanAggregator, ShardedEnsemble
 
 
 def item_vectors(attacker_data: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:

@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from recunlearn.config import FastSettings
+from recunlearn.data.interactions import has_pairs
 from recunlearn.models.bpr import BPRMF
-from recunlearn.models.data import has_pairs
+
+if TYPE_CHECKING:
+    from recunlearn.config import FastSettings
 
 METHODS = ("influence", "scif", "finetune", "ascent")
 
@@ -53,13 +55,13 @@ class _Terms:
 class BPRUnlearner:
     """Applies fast unlearning requests to ``model`` (trained on ``train``, rows = model rows)."""
 
-    def __init__(self, model: BPRMF, train: sp.csr_matrix, cfg: FastSettings | None = None, *,
+    def __init__(self, model: BPRMF, train: sp.csr_matrix, cfg: FastSettings, *,
                  reg: float = 1e-4, holdout: sp.csr_matrix | None = None, seed: int = 0) -> None:
         if train.shape != (len(model.user_keys), model.n_items):
             raise ValueError(f"train {train.shape} does not match the model "
                              f"({len(model.user_keys)} users x {model.n_items} items)")
         self.model = model
-        self.cfg = cfg or FastSettings()
+        self.cfg = cfg
         self.reg = reg  # the model's training L2, per term as in fit_bpr
         self.train = sp.csr_matrix(train, dtype=np.float32)
         self.train.sort_indices()
@@ -235,8 +237,8 @@ class BPRUnlearner:
         BPR's full Hessian, whose bilinear cross terms make it indefinite away from an exact
         optimum (an early-stopped model is not at one)."""
         cfg, m = self.cfg, self.model
-        lin_r = _Linear(m, p_users, p_items, local, self.reg)
-        lin_f = _Linear(m, p_users, p_items, forget, self.reg)
+        lin_r = Linearisation(m, p_users, p_items, local, self.reg)
+        lin_f = Linearisation(m, p_users, p_items, forget, self.reg)
         b = lin_f.gradient()
         curv = lin_r.curvature()
 
@@ -344,7 +346,7 @@ class BPRUnlearner:
             self.holdout = self.holdout[keep]
 
 
-class _Linear:
+class Linearisation:
     """The margins x_t = p_u . (q_i - q_j) + b_i - b_j of some terms, linearised in the block
     (p_users' vectors, p_items' vectors and biases) at the current model; vectors of the block
     are flat: users' d-vectors, items' d-vectors, items' biases."""

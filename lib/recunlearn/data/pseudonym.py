@@ -14,9 +14,12 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from recunlearn.config import PseudonymConfig
 from recunlearn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recunlearn.config import PseudonymConfig
 
 KEY_ENV = "RECUNLEARN_PSEUDONYM_KEY"
 _BLOCK = 64  # SHA-256 block size in bytes

@@ -8,7 +8,6 @@ takes the copy that the ``recbole==1.2.1`` wheel on PyPI carries (downloaded wit
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -22,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from recunlearn.errors import DataError, FetchError
+from recunlearn.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ ML100K_SHA256 = {
     "u.user": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c",
 }
 KNOWN = ("movielens-100k",)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify(folder: Path, sums: dict[str, str]) -> None:

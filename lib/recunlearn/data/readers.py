@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from recunlearn.config import DatasetConfig
 from recunlearn.errors import DataError, RecUnlearnError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from recunlearn.config import DatasetConfig
 
 CANONICAL = ["raw_user", "item_id", "rating", "ts"]
 _LINE_FORMATS = {

@@ -6,7 +6,7 @@ Every function takes models through ``score_users(keys, history)`` and ``knows(k
   held-out truth, against a model retrained without them (same seed and config);
 - parametric: distance from the unlearned parameters to the retrained model's, against the
   spread between retrains with different seeds;
-- membership inference lives in :mod:`recunlearn.mia`.
+- membership inference lives in :mod:`recunlearn.evidence.mia`.
 """
 
 from __future__ import annotations

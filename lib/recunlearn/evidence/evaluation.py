@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from recunlearn.ensemble import ShardedEnsemble
-from recunlearn.fairness import a_igf, active_mask, shard_spread
+from recunlearn.data.interactions import InteractionData
+from recunlearn.evidence.fairness import a_igf, active_mask, shard_spread
 from recunlearn.metrics import per_user_metrics, summarize
 from recunlearn.models.bpr import BPRMF
-from recunlearn.models.data import InteractionData
+from recunlearn.sharding.ensemble import ShardedEnsemble
 
 K = 20
 

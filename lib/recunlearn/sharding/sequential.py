@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from recunlearn.config import ModelConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.models import fit_model
 from recunlearn.models.base import Recommender, lookup_rows
-from recunlearn.models.data import InteractionData
 from recunlearn.seeding import make_seed
 
 

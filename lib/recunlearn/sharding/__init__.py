@@ -1,0 +1,2 @@
+"""Sharding: the partitioners (``partition``), the aggregators and the sharded ensemble
+(``ensemble``), and sequential training over groups (``sequential``, LASER)."""
