@@ -8,7 +8,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from recunlearn.config import RunConfig, load_config
 from recunlearn.engines import PROJECT_ROOT
@@ -16,19 +16,35 @@ from recunlearn.logs import FORMATS
 from recunlearn.logs import configure as configure_logs
 from recunlearn.storage.layout import Layout
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "default.yaml"
 T = TypeVar("T")
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=os.environ.get("RECUNLEARN_CONFIG", str(DEFAULT_CONFIG)),
-                   help="YAML config (default: conf/default.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set sharding.n_shards=5")
+    p.add_argument(
+        "--config",
+        default=os.environ.get("RECUNLEARN_CONFIG", str(DEFAULT_CONFIG)),
+        help="YAML config (default: conf/default.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sharding.n_shards=5",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--log-format", choices=FORMATS, default=os.environ.get("RECUNLEARN_LOG_FORMAT", "auto"),
-                   help="text, json (one object per line), or auto: text on a terminal, json otherwise "
-                        "(env RECUNLEARN_LOG_FORMAT)")
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("RECUNLEARN_LOG_FORMAT", "auto"),
+        help="text, json (one object per line), or auto: text on a terminal, json otherwise "
+        "(env RECUNLEARN_LOG_FORMAT)",
+    )
 
 
 def setup(args: argparse.Namespace) -> tuple[RunConfig, Layout]:
@@ -41,14 +57,20 @@ def layout_for(cfg: RunConfig) -> Layout:
     return Layout(cfg.resolved_data_dir(PROJECT_ROOT))
 
 
-def engines(cfg: RunConfig, *, ray_needed: bool = True, layout: Layout | None = None):  # noqa: ANN201
+def engines(
+    cfg: RunConfig, *, ray_needed: bool = True, layout: Layout | None = None
+) -> SparkSession:
     """Spark, and Ray when needed; a local Ray spills into a folder of this run's own under
     ``scratch/ray-spill`` (removed by ``shutdown``)."""
     from recunlearn.engines import connect_ray, spark_session
 
     # Ray first: processes it starts must not inherit the Py4J socket of a live JVM.
     if ray_needed:
-        spill = layout.scratch / "ray-spill" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if layout else None
+        spill = (
+            layout.scratch / "ray-spill" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            if layout
+            else None
+        )
         connect_ray(cfg.ray, spill_dir=spill)
     return spark_session(cfg.spark)
 
@@ -79,7 +101,9 @@ def secret_for(cfg: RunConfig, layout: Layout) -> bytes:
     return secret_from_config(cfg.pseudonym, layout.root)
 
 
-def request_by_prefix(rows: list[dict[str, Any]], prefix: str, command: str) -> dict[str, Any] | None:
+def request_by_prefix(
+    rows: list[dict[str, Any]], prefix: str, command: str
+) -> dict[str, Any] | None:
     """The one ledger row whose request id starts with ``prefix``; None (after saying how many
     matched, on stderr) when not exactly one does."""
     match = [r for r in rows if r["request_id"].startswith(prefix)]

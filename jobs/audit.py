@@ -16,8 +16,13 @@ from jobs._common import add_config_args, read_ids, request_by_prefix, secret_fo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="recunlearn audit", description=__doc__)
     add_config_args(p)
-    p.add_argument("--request", action="append", default=[], metavar="ID",
-                   help="audit this request only (its id or a prefix of it; repeatable)")
+    p.add_argument(
+        "--request",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="audit this request only (its id or a prefix of it; repeatable)",
+    )
     p.add_argument("--user", action="append", default=[], help="raw id to look for in _delta_log")
     p.add_argument("--file", type=Path, help="file of raw ids to look for")
     args = p.parse_args(argv)
@@ -33,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         request_ids = [r["request_id"] for r in found]
     raw = list(args.user) + (read_ids(args.file) if args.file else [])
-    report = audit(None, layout=layout, secret=secret_for(cfg, layout), raw_ids=raw, request_ids=request_ids)
+    report = audit(
+        None, layout=layout, secret=secret_for(cfg, layout), raw_ids=raw, request_ids=request_ids
+    )
     print(render_audit_md(report) if report.get("requests") else report.get("note"))
     return 0 if report["passed"] else 3
 

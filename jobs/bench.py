@@ -7,9 +7,9 @@
   Markdown table.
 - ``recunlearn bench e2e [--config ...] [--set ...] --ks 10,1``: one forget request through
   the real engines (``recunlearn run`` per K, K=1 the full retrain), job start to publication.
-- ``recunlearn bench exact [--datasets ...] [--models bpr,...] [--methods sisa,receraser,ultrare,laser]
-  [--ks 5,10,20]``: the exact family against the full model; JSON, a Markdown table and a PNG
-  per data set.
+- ``recunlearn bench exact [--datasets ...] [--models bpr,...]
+  [--methods sisa,receraser,ultrare,laser] [--ks 5,10,20]``: the exact family against the full
+  model; JSON, a Markdown table and a PNG per data set.
 - ``recunlearn bench intake [--config ...] [--set ...] [--runs 20]``: ``recunlearn forget --user
   ID`` from a fresh process per run (and ``status``), after the data set is ingested and
   partitioned once; the operator's wait, p50/p90.
@@ -36,8 +36,11 @@ DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="recunlearn bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="recunlearn bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("bench", choices=BENCHES)
     add_config_args(p)
     p.add_argument("--dataset", default="movielens-1m", help="movielens-1m | movielens-100k")
@@ -48,11 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
     p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite matrix (bench suite)")
     p.add_argument("--only", help="bench suite: run only the cells whose id contains this text")
-    p.add_argument("--datasets", default="movielens-100k,movielens-1m", help="bench fast / exact: data sets")
+    p.add_argument(
+        "--datasets", default="movielens-100k,movielens-1m", help="bench fast / exact: data sets"
+    )
     p.add_argument("--methods", help="bench fast / exact: methods (default: all of them)")
     p.add_argument("--ks", default="5,10,20", help="bench exact: numbers of shards")
-    p.add_argument("--kinds", default="random,core,edge", help="bench exact: 1%% forget sets to time")
-    p.add_argument("--models", default="bpr", help="bench exact: sub-models (bpr, wmf, itemknn, lightgcn, ncf)")
+    p.add_argument(
+        "--kinds", default="random,core,edge", help="bench exact: 1%% forget sets to time"
+    )
+    p.add_argument(
+        "--models", default="bpr", help="bench exact: sub-models (bpr, wmf, itemknn, lightgcn, ncf)"
+    )
     p.add_argument("--stream", help="bench fast: requests per method, e.g. scif=200,als=100")
     p.add_argument("--runs", type=int, default=20, help="bench intake: forget requests to time")
     args = p.parse_args(argv)
@@ -64,18 +73,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "exact":
         return _exact(args, cfg, args.out or (layout.root / "bench" / "exact"))
     if args.bench == "intake":
-        return _intake(args, cfg, args.out or (layout.root / "bench"), layout.root / "bench" / "intake-state")
+        return _intake(
+            args, cfg, args.out or (layout.root / "bench"), layout.root / "bench" / "intake-state"
+        )
     if args.bench == "e2e":
-        return _e2e(args, cfg, args.out or (layout.root / "bench" / "e2e"), layout.root / "bench" / "e2e-state")
+        return _e2e(
+            args,
+            cfg,
+            args.out or (layout.root / "bench" / "e2e"),
+            layout.root / "bench" / "e2e-state",
+        )
     out = args.out or (layout.root / "bench")
     from pipelines.bench import attribute
 
-    result = attribute.run(cfg, dataset=args.dataset, out_dir=out, data_dir=args.data_dir,
-                           attributes=tuple(a for a in args.attributes.split(",") if a),
-                           n_shards=args.shards, bootstrap=args.bootstrap)
-    summary = {"outputs": result["outputs"], "wall_seconds": result["wall_seconds"],
-               "rows": [{k: r[k] for k in ("setting", "method", "attribute", "ndcg_ratio",
-                                          "worst_balanced_accuracy")} for r in result["rows"]]}
+    result = attribute.run(
+        cfg,
+        dataset=args.dataset,
+        out_dir=out,
+        data_dir=args.data_dir,
+        attributes=tuple(a for a in args.attributes.split(",") if a),
+        n_shards=args.shards,
+        bootstrap=args.bootstrap,
+    )
+    summary = {
+        "outputs": result["outputs"],
+        "wall_seconds": result["wall_seconds"],
+        "rows": [
+            {
+                k: r[k]
+                for k in ("setting", "method", "attribute", "ndcg_ratio", "worst_balanced_accuracy")
+            }
+            for r in result["rows"]
+        ],
+    }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -90,8 +120,14 @@ def _fast(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
             raise SystemExit(f"--stream: expected method=count, got {part!r}")
         stream[name.strip()] = int(n)
     methods = [m for m in (args.methods or "").split(",") if m] or None
-    summary = fast.run(cfg, datasets=[d for d in args.datasets.split(",") if d], out_dir=out,
-                       data_dir=args.data_dir, methods=methods, stream=stream)
+    summary = fast.run(
+        cfg,
+        datasets=[d for d in args.datasets.split(",") if d],
+        out_dir=out,
+        data_dir=args.data_dir,
+        methods=methods,
+        stream=stream,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -108,13 +144,25 @@ def _exact(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
         write_outputs(out, "exact", result, exact.markdown(result))
 
     methods = [m for m in (args.methods or "").split(",") if m] or list(exact.METHODS)
-    result = exact.run(cfg, datasets=[d for d in args.datasets.split(",") if d], methods=methods,
-                       ks=[int(k) for k in args.ks.split(",") if k], out_dir=out, data_dir=args.data_dir,
-                       kinds=tuple(k for k in args.kinds.split(",") if k), done=done,
-                       models=tuple(m for m in args.models.split(",") if m))
+    result = exact.run(
+        cfg,
+        datasets=[d for d in args.datasets.split(",") if d],
+        methods=methods,
+        ks=[int(k) for k in args.ks.split(",") if k],
+        out_dir=out,
+        data_dir=args.data_dir,
+        kinds=tuple(k for k in args.kinds.split(",") if k),
+        done=done,
+        models=tuple(m for m in args.models.split(",") if m),
+    )
     done(result)
     pngs = exact.plot(result, out)
-    print(json.dumps({"out": str(out), "plots": pngs, "wall_seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    print(
+        json.dumps(
+            {"out": str(out), "plots": pngs, "wall_seconds": round(time.perf_counter() - t0, 1)},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -141,10 +189,19 @@ def _intake(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # no
 
     cfg = cfg.model_copy(update={"data_dir": str(state)})
     t0 = time.perf_counter()
-    users = with_engines(cfg, lambda spark: intake.prepare(spark, cfg, Layout(state), n_users=args.runs),
-                         ray_needed=False)  # the engines are down again before the timing starts
-    result = intake.run(cfg, users=users, prepare_s=time.perf_counter() - t0, config=args.config,
-                        overrides=args.overrides, state=state)
+    users = with_engines(
+        cfg,
+        lambda spark: intake.prepare(spark, cfg, Layout(state), n_users=args.runs),
+        ray_needed=False,
+    )  # the engines are down again before the timing starts
+    result = intake.run(
+        cfg,
+        users=users,
+        prepare_s=time.perf_counter() - t0,
+        config=args.config,
+        overrides=args.overrides,
+        state=state,
+    )
     paths = write_outputs(out, f"intake-{cfg.dataset.name}", result, intake.markdown(result))
     print(intake.markdown(result))
     print(json.dumps(paths, indent=2))
@@ -156,8 +213,9 @@ def _suite(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
     from pipelines.html_report import render_suite_report
     from recunlearn.config import load_suite_config
 
-    summary = suite.run(load_suite_config(args.suite), cfg, out_dir=out, data_dir=args.data_dir,
-                        only=args.only)
+    summary = suite.run(
+        load_suite_config(args.suite), cfg, out_dir=out, data_dir=args.data_dir, only=args.only
+    )
     summary["report"] = str(render_suite_report(out))
     print(json.dumps(summary, indent=2))
     return 0

@@ -15,8 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.evaluate import evaluate_published
 
-    print_json(with_engines(cfg, lambda spark: evaluate_published(spark, cfg=cfg, layout=layout,
-                                                                  label="latest"), ray_needed=False))
+    print_json(
+        with_engines(
+            cfg,
+            lambda spark: evaluate_published(spark, cfg=cfg, layout=layout, label="latest"),
+            ray_needed=False,
+        )
+    )
     return 0
 
 

@@ -22,11 +22,22 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p)
     p.add_argument("--user", action="append", default=[], help="raw user id to forget")
     p.add_argument("--file", type=Path, help="file of raw user ids, one per line")
-    p.add_argument("--item", action="append", default=[], help="raw item id: forget every interaction with it")
-    p.add_argument("--interaction", nargs=2, action="append", default=[], metavar=("USER", "ITEM"),
-                   help="forget one interaction (raw user id, raw item id)")
-    p.add_argument("--attribute", choices=["gender", "age"],
-                   help="unlearn this attribute from the users' embeddings (all users if none named)")
+    p.add_argument(
+        "--item", action="append", default=[], help="raw item id: forget every interaction with it"
+    )
+    p.add_argument(
+        "--interaction",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("USER", "ITEM"),
+        help="forget one interaction (raw user id, raw item id)",
+    )
+    p.add_argument(
+        "--attribute",
+        choices=["gender", "age"],
+        help="unlearn this attribute from the users' embeddings (all users if none named)",
+    )
     p.add_argument("--undo", action="store_true", help="with --attribute: take the edit back")
     args = p.parse_args(argv)
     ids = list(args.user) + (read_ids(args.file) if args.file else [])
@@ -42,18 +53,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.attribute:
         from pipelines.attribute import submit_attribute_requests
 
-        outcomes = submit_attribute_requests(None, cfg=cfg, layout=layout, secret=secret, name=args.attribute,
-                                             raw_ids=ids or None, undo=args.undo)
+        outcomes = submit_attribute_requests(
+            None,
+            cfg=cfg,
+            layout=layout,
+            secret=secret,
+            name=args.attribute,
+            raw_ids=ids or None,
+            undo=args.undo,
+        )
     else:
         from pipelines.forget import submit_data_requests, submit_user_requests
 
         outcomes = submit_user_requests(layout=layout, secret=secret, raw_ids=ids) if ids else []
         if args.item or args.interaction:
-            more = submit_data_requests(layout=layout, secret=secret, items=args.item,
-                                        interactions=[tuple(x) for x in args.interaction])
+            more = submit_data_requests(
+                layout=layout,
+                secret=secret,
+                items=args.item,
+                interactions=[tuple(x) for x in args.interaction],
+            )
             outcomes += [{**o, "position": o["position"] + len(ids)} for o in more]
     for o in outcomes:
-        print(json.dumps({k: o.get(k) for k in ("position", "request_id", "outcome", "status", "reason")}))
+        print(
+            json.dumps(
+                {k: o.get(k) for k in ("position", "request_id", "outcome", "status", "reason")}
+            )
+        )
     return 0 if all(o["outcome"] != "rejected" for o in outcomes) else 2
 
 

@@ -20,8 +20,13 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = Path(args.input) if args.input else raw_data_path(cfg, layout)
     secret = secret_for(cfg, layout)
-    print_json(with_engines(cfg, lambda spark: ingest(spark, cfg=cfg, layout=layout, raw_path=raw,
-                                                      secret=secret), ray_needed=False))
+    print_json(
+        with_engines(
+            cfg,
+            lambda spark: ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret),
+            ray_needed=False,
+        )
+    )
     return 0
 
 

@@ -15,8 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.partition import partition_users
 
-    print_json(with_engines(cfg, lambda spark: partition_users(spark, cfg=cfg, layout=layout),
-                            ray_needed=False))
+    print_json(
+        with_engines(
+            cfg, lambda spark: partition_users(spark, cfg=cfg, layout=layout), ray_needed=False
+        )
+    )
     return 0
 
 

@@ -16,8 +16,11 @@ from recunlearn.errors import PipelineError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="recunlearn report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="recunlearn report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(p)
     p.add_argument("--suite", type=Path, help="a benchmark suite's output folder")
     args = p.parse_args(argv)
@@ -26,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.suite:
         if not (args.suite / "cells").is_dir():
-            raise PipelineError(f"report: {args.suite} holds no suite cells (run `recunlearn bench suite`)")
+            raise PipelineError(
+                f"report: {args.suite} holds no suite cells (run `recunlearn bench suite`)"
+            )
         print(render_suite_report(args.suite))
         return 0
     if not (layout.reports / "report.json").exists():

@@ -17,8 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg, layout = setup(args)
     from pipelines.run import run_all
 
-    report = with_engines(cfg, lambda spark: run_all(spark, cfg=cfg, layout=layout,
-                                                     n_forget=args.forget, fresh=not args.keep_state))
+    report = with_engines(
+        cfg,
+        lambda spark: run_all(
+            spark, cfg=cfg, layout=layout, n_forget=args.forget, fresh=not args.keep_state
+        ),
+    )
     print(report["_table"])
     print_json(report["_paths"])
     return 0 if report["audit"]["passed"] else 3

@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p)
     p.add_argument("--last", type=int, default=20, help="requests to list (default 20)")
     p.add_argument("--request", help="one request's history (its id or a prefix of it)")
-    p.add_argument("--overdue", action="store_true",
-                   help=f"list the requests past the deadline; exit {EXIT_OVERDUE} if there is any")
+    p.add_argument(
+        "--overdue",
+        action="store_true",
+        help=f"list the requests past the deadline; exit {EXIT_OVERDUE} if there is any",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
     cfg, layout = setup(args)
@@ -41,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         elif overdue:
             print(f"{len(overdue)} request(s) past the {deadline:g}-day deadline:")
             for a in overdue:
-                print(f"  {a['request_id'][:12]}  {a['target_type']:<12} {a['status']:<11} "
-                      f"received {a['received_at']}  {a['age_days']:.1f} days")
+                print(
+                    f"  {a['request_id'][:12]}  {a['target_type']:<12} {a['status']:<11} "
+                    f"received {a['received_at']}  {a['age_days']:.1f} days"
+                )
         else:
             print(f"no request past the {deadline:g}-day deadline ({len(ages)} open)")
         return EXIT_OVERDUE if overdue else 0
@@ -53,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print_json(r)
             return 0
-        print(f"request {r['request_id']}  {r['target_type'] or 'user'}  key {(r['user_key'] or '-')[:8]}...  "
-              f"now {r['status']}  shards={r['shards'] or []}  v={r['model_version'] or '-'}")
+        print(
+            f"request {r['request_id']}  {r['target_type'] or 'user'}  "
+            f"key {(r['user_key'] or '-')[:8]}...  "
+            f"now {r['status']}  shards={r['shards'] or []}  v={r['model_version'] or '-'}"
+        )
         for h in r["history"] or []:
             print(f"  {h['at']}  {h['state']:<11} {h['job_id']}")
         if r["reason"]:
@@ -63,26 +71,57 @@ def main(argv: list[str] | None = None) -> int:
     counts = Counter(r["status"] for r in rows)
     age_of = {a["request_id"]: a["age_days"] for a in ages}
     if args.json:
-        print_json({"model_version": current["version"] if current else None,
-                    "requests": {s: counts.get(s, 0) for s in STATES if counts.get(s)},
-                    "deadline_days": deadline, "open": len(ages),
-                    "oldest_open_age_days": ages[0]["age_days"] if ages else None,
-                    "overdue": [a["request_id"] for a in overdue],
-                    "latest": [{**{k: r[k] for k in ("request_id", "target_type", "status", "shards",
-                                                     "model_version", "guarantee", "reason", "updated_at")},
-                                "age_days": age_of.get(r["request_id"])} for r in rows[-args.last:]]})
+        print_json(
+            {
+                "model_version": current["version"] if current else None,
+                "requests": {s: counts.get(s, 0) for s in STATES if counts.get(s)},
+                "deadline_days": deadline,
+                "open": len(ages),
+                "oldest_open_age_days": ages[0]["age_days"] if ages else None,
+                "overdue": [a["request_id"] for a in overdue],
+                "latest": [
+                    {
+                        **{
+                            k: r[k]
+                            for k in (
+                                "request_id",
+                                "target_type",
+                                "status",
+                                "shards",
+                                "model_version",
+                                "guarantee",
+                                "reason",
+                                "updated_at",
+                            )
+                        },
+                        "age_days": age_of.get(r["request_id"]),
+                    }
+                    for r in rows[-args.last :]
+                ],
+            }
+        )
         return 0
-    print("model version:", f"v{current['version']} ({current['note']})" if current else "none published")
+    print(
+        "model version:",
+        f"v{current['version']} ({current['note']})" if current else "none published",
+    )
     print("requests:", ", ".join(f"{s}={counts[s]}" for s in STATES if counts.get(s)) or "none")
-    print(f"open: {len(ages)}" + (f", oldest {ages[0]['age_days']:.1f} days" if ages else "")
-          + f"; deadline {deadline:g} days; overdue: {len(overdue)}")
-    for r in rows[-args.last:]:
+    print(
+        f"open: {len(ages)}"
+        + (f", oldest {ages[0]['age_days']:.1f} days" if ages else "")
+        + f"; deadline {deadline:g} days; overdue: {len(overdue)}"
+    )
+    for r in rows[-args.last :]:
         when = r["completed_at"] or r["updated_at"] or r["received_at"]
         kind = (r["target_type"] or "user") + (f":{r['attribute']}" if r.get("attribute") else "")
         age = f"open {age_of[r['request_id']]:.1f} d" if r["request_id"] in age_of else ""
-        print(f"  {r['request_id'][:12]}  {kind:<21} key {(r['user_key'] or '-')[:8]}...  {r['status']:<11} "
-              f"shards={r['shards'] or []}  v={r['model_version'] or '-'}  {r.get('guarantee') or '-':<18} "
-              f"{when}  {age:<11} {r['reason'] or ''}")
+        print(
+            f"  {r['request_id'][:12]}  {kind:<21} key {(r['user_key'] or '-')[:8]}...  "
+            f"{r['status']:<11} "
+            f"shards={r['shards'] or []}  v={r['model_version'] or '-'}  "
+            f"{r.get('guarantee') or '-':<18} "
+            f"{when}  {age:<11} {r['reason'] or ''}"
+        )
     return 0
 
 

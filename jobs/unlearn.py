@@ -21,14 +21,20 @@ from recunlearn.unlearning.methods import METHODS
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="recunlearn unlearn", description=__doc__)
     add_config_args(p)
-    p.add_argument("--method", choices=list(METHODS), metavar="METHOD",
-                   help="unlearning method (default: unlearn.method in the config): "
-                   + "; ".join(f"{k}: {m.summary}" for k, m in METHODS.items()))
+    p.add_argument(
+        "--method",
+        choices=list(METHODS),
+        metavar="METHOD",
+        help="unlearning method (default: unlearn.method in the config): "
+        + "; ".join(f"{k}: {m.summary}" for k, m in METHODS.items()),
+    )
     args = p.parse_args(argv)
     cfg, layout = setup(args)
     from pipelines.unlearn import unlearn
 
-    result = with_engines(cfg, lambda spark: unlearn(spark, cfg=cfg, layout=layout, method=args.method))
+    result = with_engines(
+        cfg, lambda spark: unlearn(spark, cfg=cfg, layout=layout, method=args.method)
+    )
     result.pop("functional", None)  # per-user evidence lives in the ledger, not on stdout
     if isinstance(result.get("exact"), dict):
         result["exact"].pop("functional", None)

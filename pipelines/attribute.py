@@ -72,8 +72,16 @@ def users_file(cfg: RunConfig, layout: Layout) -> Path:
 
 
 # --------------------------------------------------------------------------- intake
-def submit_attribute_requests(spark: SparkSession | None, *, cfg: RunConfig, layout: Layout, secret: bytes,
-                              name: str, raw_ids: list[str] | None, undo: bool = False) -> list[dict[str, Any]]:
+def submit_attribute_requests(
+    spark: SparkSession | None,
+    *,
+    cfg: RunConfig,
+    layout: Layout,
+    secret: bytes,
+    name: str,
+    raw_ids: list[str] | None,
+    undo: bool = False,
+) -> list[dict[str, Any]]:
     """Record attribute edit (or undo) requests; ``raw_ids=None`` means every user. Through
     delta-rs only, as the other intakes (``spark`` is unused)."""
     attribute(name)  # unknown attribute: DataError before anything is written
@@ -99,51 +107,121 @@ def submit_attribute_requests(spark: SparkSession | None, *, cfg: RunConfig, lay
             key = key or user_key(secret, f"malformed:{str(raw_ids[pos]).strip()}")
             rid = request_id_for(f"{ATTRIBUTE}:{name}:rejected", key)
             if rid not in existing and rid not in seen:  # recorded once, with its reason
-                new_rows.append({"request_id": rid, "target_type": ATTRIBUTE, "attribute": name,
-                                 "user_key": key, "status": REJECTED, "reason": reason,
-                                 "received_at": stamp, "updated_at": stamp})
+                new_rows.append(
+                    {
+                        "request_id": rid,
+                        "target_type": ATTRIBUTE,
+                        "attribute": name,
+                        "user_key": key,
+                        "status": REJECTED,
+                        "reason": reason,
+                        "received_at": stamp,
+                        "updated_at": stamp,
+                    }
+                )
                 seen.add(rid)
-            outcomes.append({"position": pos, "request_id": rid, "outcome": "rejected",
-                             "status": REJECTED, "reason": reason})
+            outcomes.append(
+                {
+                    "position": pos,
+                    "request_id": rid,
+                    "outcome": "rejected",
+                    "status": REJECTED,
+                    "reason": reason,
+                }
+            )
             continue
         apply_id = request_id_for(f"{ATTRIBUTE}:{name}", key)
         current = existing.get(apply_id)
         if not undo:
             if apply_id in seen or (current and current["status"] in LIVE):
-                outcomes.append({"position": pos, "request_id": apply_id, "outcome": "duplicate",
-                                 "status": current["status"] if current else RECEIVED})
+                outcomes.append(
+                    {
+                        "position": pos,
+                        "request_id": apply_id,
+                        "outcome": "duplicate",
+                        "status": current["status"] if current else RECEIVED,
+                    }
+                )
             else:
                 if current:  # reverted earlier: the same request id, reopened in place
                     reopened.append({"request_id": apply_id, "received_at": stamp, "reason": None})
                 else:
-                    new_rows.append({"request_id": apply_id, "target_type": ATTRIBUTE, "attribute": name,
-                                     "user_key": key, "status": RECEIVED, "received_at": stamp,
-                                     "updated_at": stamp})
-                outcomes.append({"position": pos, "request_id": apply_id, "outcome": "accepted",
-                                 "status": RECEIVED})
+                    new_rows.append(
+                        {
+                            "request_id": apply_id,
+                            "target_type": ATTRIBUTE,
+                            "attribute": name,
+                            "user_key": key,
+                            "status": RECEIVED,
+                            "received_at": stamp,
+                            "updated_at": stamp,
+                        }
+                    )
+                outcomes.append(
+                    {
+                        "position": pos,
+                        "request_id": apply_id,
+                        "outcome": "accepted",
+                        "status": RECEIVED,
+                    }
+                )
             seen.add(apply_id)
             continue
         if not current or current["status"] not in LIVE:
-            outcomes.append({"position": pos, "outcome": "rejected",
-                             "reason": f"no active {name} edit for this user to undo"})
+            outcomes.append(
+                {
+                    "position": pos,
+                    "outcome": "rejected",
+                    "reason": f"no active {name} edit for this user to undo",
+                }
+            )
             continue
         undo_id = request_id_for(ATTRIBUTE_UNDO, f"{apply_id}:{current['received_at']}")
         if undo_id in existing or undo_id in seen:
-            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "duplicate",
-                             "status": existing.get(undo_id, {}).get("status", RECEIVED)})
+            outcomes.append(
+                {
+                    "position": pos,
+                    "request_id": undo_id,
+                    "outcome": "duplicate",
+                    "status": existing.get(undo_id, {}).get("status", RECEIVED),
+                }
+            )
             continue
         seen.add(undo_id)
         if current["status"] in OPEN:  # never applied: nothing to take back from a model
             updates.append({"request_id": apply_id, "reason": "undone before it was applied"})
-            new_rows.append({"request_id": undo_id, "target_type": ATTRIBUTE_UNDO, "attribute": name,
-                             "user_key": key, "status": APPLIED, "received_at": stamp,
-                             "updated_at": stamp, "completed_at": stamp, "reason": f"undo of {apply_id}"})
-            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": APPLIED})
+            new_rows.append(
+                {
+                    "request_id": undo_id,
+                    "target_type": ATTRIBUTE_UNDO,
+                    "attribute": name,
+                    "user_key": key,
+                    "status": APPLIED,
+                    "received_at": stamp,
+                    "updated_at": stamp,
+                    "completed_at": stamp,
+                    "reason": f"undo of {apply_id}",
+                }
+            )
+            outcomes.append(
+                {"position": pos, "request_id": undo_id, "outcome": "accepted", "status": APPLIED}
+            )
         else:
-            new_rows.append({"request_id": undo_id, "target_type": ATTRIBUTE_UNDO, "attribute": name,
-                             "user_key": key, "status": RECEIVED, "received_at": stamp,
-                             "updated_at": stamp, "reason": f"undo of {apply_id}"})
-            outcomes.append({"position": pos, "request_id": undo_id, "outcome": "accepted", "status": RECEIVED})
+            new_rows.append(
+                {
+                    "request_id": undo_id,
+                    "target_type": ATTRIBUTE_UNDO,
+                    "attribute": name,
+                    "user_key": key,
+                    "status": RECEIVED,
+                    "received_at": stamp,
+                    "updated_at": stamp,
+                    "reason": f"undo of {apply_id}",
+                }
+            )
+            outcomes.append(
+                {"position": pos, "request_id": undo_id, "outcome": "accepted", "status": RECEIVED}
+            )
     job_id = new_job_id("intake")
     ledger.append([{**r, "job_id": job_id} for r in new_rows])
     ledger.transition(reopened, RECEIVED, job_id=job_id)
@@ -156,20 +234,40 @@ def _undone_apply_id(row: dict[str, Any]) -> str:
     return (row["reason"] or "").removeprefix("undo of ")
 
 
-def active_edits(rows: list[dict[str, Any]], *, forgotten: set[str] = frozenset()) -> list[dict[str, Any]]:
+def active_edits(
+    rows: list[dict[str, Any]], *, forgotten: set[str] = frozenset()
+) -> list[dict[str, Any]]:
     """The attribute requests that the next published version must carry: live apply
     requests, less those an open undo takes back and those of users being forgotten."""
-    undoing = {_undone_apply_id(r) for r in rows
-               if r["target_type"] == ATTRIBUTE_UNDO and r["status"] in OPEN}
-    forgotten_done = {r["user_key"] for r in rows if (r["target_type"] or "user") == "user"
-                      and r["status"] in FORGOTTEN_STATUSES}
-    return [r for r in rows if r["target_type"] == ATTRIBUTE and r["status"] in LIVE
-            and r["request_id"] not in undoing
-            and r["user_key"] not in forgotten and r["user_key"] not in forgotten_done]
+    undoing = {
+        _undone_apply_id(r)
+        for r in rows
+        if r["target_type"] == ATTRIBUTE_UNDO and r["status"] in OPEN
+    }
+    forgotten_done = {
+        r["user_key"]
+        for r in rows
+        if (r["target_type"] or "user") == "user" and r["status"] in FORGOTTEN_STATUSES
+    }
+    return [
+        r
+        for r in rows
+        if r["target_type"] == ATTRIBUTE
+        and r["status"] in LIVE
+        and r["request_id"] not in undoing
+        and r["user_key"] not in forgotten
+        and r["user_key"] not in forgotten_done
+    ]
 
 
-def build_overlay(cfg: RunConfig, layout: Layout, version: ModelVersion, edits: list[dict[str, Any]],
-                  *, job_id: str) -> tuple[Component | None, dict[str, str]]:
+def build_overlay(
+    cfg: RunConfig,
+    layout: Layout,
+    version: ModelVersion,
+    edits: list[dict[str, Any]],
+    *,
+    job_id: str,
+) -> tuple[Component | None, dict[str, str]]:
     """Edit the users of ``edits`` on the version's unedited shards; save the overlay.
 
     Returns the overlay as the version's component (None when nothing is edited) and, per
@@ -193,7 +291,7 @@ def build_overlay(cfg: RunConfig, layout: Layout, version: ModelVersion, edits: 
             rows = np.searchsorted(data.user_keys, [e["user_key"] for e in mine])
             rows = np.clip(rows, 0, len(data.user_keys) - 1)
             ok = []
-            for e, r in zip(mine, rows):
+            for e, r in zip(mine, rows, strict=True):
                 if data.user_keys[r] == e["user_key"] and labels[r] >= 0:
                     ok.append(r)
                 else:
@@ -201,18 +299,41 @@ def build_overlay(cfg: RunConfig, layout: Layout, version: ModelVersion, edits: 
             targets = np.unique(np.array(ok, dtype=np.int64))
         if len(targets) == 0:
             continue
-        overlay, st = edit_ensemble(ens, data.user_keys, data.train, labels, targets,
-                                    cfg=cfg.attribute.edit, seed=make_seed(cfg.seed, "attribute", name))
+        overlay, st = edit_ensemble(
+            ens,
+            data.user_keys,
+            data.train,
+            labels,
+            targets,
+            cfg=cfg.attribute.edit,
+            seed=make_seed(cfg.seed, "attribute", name),
+        )
         ens.overlay = merge_overlays(ens.overlay, overlay)
-        stats[name] = {"users": int(len(targets)), "seconds": st["seconds"], "mean_shift": st["mean_shift"]}
+        stats[name] = {
+            "users": int(len(targets)),
+            "seconds": st["seconds"],
+            "mean_shift": st["mean_shift"],
+        }
     if ens.overlay is None:
         return None, unusable
     applied = sorted(e["request_id"] for e in edits if e["request_id"] not in unusable)
-    meta = CheckpointMeta(shard_id=None, delta_version=version.table_version, job_id=job_id,
-                          n_users=int(len(ens.overlay.keys)), extra={"edits": stats, "requests": applied})
-    saved = checkpoints.save(layout.checkpoints, OVERLAY_COMPONENT, job_id, ens.overlay.state(), meta)
-    return Component.of(saved, users=int(len(ens.overlay.keys)), edits=stats, requests=applied,
-                        seconds=round(time.perf_counter() - t0, 3)), unusable
+    meta = CheckpointMeta(
+        shard_id=None,
+        delta_version=version.table_version,
+        job_id=job_id,
+        n_users=int(len(ens.overlay.keys)),
+        extra={"edits": stats, "requests": applied},
+    )
+    saved = checkpoints.save(
+        layout.checkpoints, OVERLAY_COMPONENT, job_id, ens.overlay.state(), meta
+    )
+    return Component.of(
+        saved,
+        users=int(len(ens.overlay.keys)),
+        edits=stats,
+        requests=applied,
+        seconds=round(time.perf_counter() - t0, 3),
+    ), unusable
 
 
 def merge_overlays(a: AttributeOverlay | None, b: AttributeOverlay) -> AttributeOverlay:
@@ -227,29 +348,43 @@ def merge_overlays(a: AttributeOverlay | None, b: AttributeOverlay) -> Attribute
 
 # --------------------------------------------------------------------------- the job step
 @holds_tables("attribute")
-def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> dict[str, Any]:
+def process_attribute_requests(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout
+) -> dict[str, Any]:
     """Apply open attribute and undo requests to the published ensemble: one new version."""
     ledger = ForgetLedger(spark, layout.ledger)
     registry = ModelRegistry(layout)
     current = registry.current_version()
     if current is None:
-        raise PipelineError("attribute unlearning: no published model version; run `recunlearn train` first")
+        raise PipelineError(
+            "attribute unlearning: no published model version; run `recunlearn train` first"
+        )
     open_rows = ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO))
     ids = [r["request_id"] for r in open_rows]
     job_id = new_job_id("attribute")
     t0 = time.perf_counter()
-    ledger.transition([{"request_id": rid, "started_at": now_utc()} for rid in ids], PLANNED, job_id=job_id)
+    ledger.transition(
+        [{"request_id": rid, "started_at": now_utc()} for rid in ids], PLANNED, job_id=job_id
+    )
     try:
         rows = ledger.rows()
         edits = active_edits(rows)
         entry, unusable = build_overlay(cfg, layout, current, edits, job_id=job_id)
         version = registry.next_version()
         published = publish_version(
-            registry, current.replace(version=version, created_at=now_utc().isoformat(),
-                                      parent=current.version, attribute_overlay=entry, job_id=job_id),
-            request_ids=ids, note=f"attribute edits: {len(edits)} active request(s)",
+            registry,
+            current.replace(
+                version=version,
+                created_at=now_utc().isoformat(),
+                parent=current.version,
+                attribute_overlay=entry,
+                job_id=job_id,
+            ),
+            request_ids=ids,
+            note=f"attribute edits: {len(edits)} active request(s)",
             prune=lambda m: m["run_id"] if m["component"] == OVERLAY_COMPONENT else None,
-            retire=f"superseded by v{version}")
+            retire=f"superseded by v{version}",
+        )
         removed = published.removed
     except Exception as exc:
         ledger.note_error(ids, job_id=job_id, error=exc)
@@ -260,23 +395,67 @@ def process_attribute_requests(spark: SparkSession, *, cfg: RunConfig, layout: L
     for rid in ids:
         r = by_id[rid]
         if rid in unusable:
-            updates.append({"request_id": rid, "state": REJECTED, "reason": unusable[rid],
-                            "completed_at": None, "model_version": None, "evidence": None})
+            updates.append(
+                {
+                    "request_id": rid,
+                    "state": REJECTED,
+                    "reason": unusable[rid],
+                    "completed_at": None,
+                    "model_version": None,
+                    "evidence": None,
+                }
+            )
             continue
         overlay = entry.extra if entry is not None else {}
-        evidence = {"edit": overlay.get("edits", {}).get(r["attribute"]), "overlay_users": overlay.get("users", 0)}
-        updates.append({"request_id": rid, "state": APPLIED, "reason": r["reason"], "completed_at": done,
-                        "model_version": version, "evidence": json.dumps(evidence)})
+        evidence = {
+            "edit": overlay.get("edits", {}).get(r["attribute"]),
+            "overlay_users": overlay.get("users", 0),
+        }
+        updates.append(
+            {
+                "request_id": rid,
+                "state": APPLIED,
+                "reason": r["reason"],
+                "completed_at": done,
+                "model_version": version,
+                "evidence": json.dumps(evidence),
+            }
+        )
         if r["target_type"] == ATTRIBUTE_UNDO:
-            updates.append({"request_id": _undone_apply_id(r), "state": REVERTED,
-                            "reason": f"undone by {rid} in v{version}", "completed_at": by_id.get(
-                                _undone_apply_id(r), {}).get("completed_at"),
-                            "model_version": version, "evidence": json.dumps({"undone_by": rid})})
-    for state in (REJECTED, APPLIED, REVERTED):  # an apply undone in the same batch: applied, then reverted
-        ledger.transition([{k: v for k, v in u.items() if k != "state"} for u in updates if u["state"] == state],
-                          state, job_id=job_id)
-    result = {"job_id": job_id, "requests": ids, "model_version": version, "active_edits": len(edits),
-              "overlay_users": entry.extra["users"] if entry is not None else 0, "rejected": sorted(unusable),
-              "overlays_removed": removed, "end_to_end_seconds": round(time.perf_counter() - t0, 3)}
-    log.info("attribute %s: published v%d with %d edited user(s)", job_id, version, result["overlay_users"])
+            updates.append(
+                {
+                    "request_id": _undone_apply_id(r),
+                    "state": REVERTED,
+                    "reason": f"undone by {rid} in v{version}",
+                    "completed_at": by_id.get(_undone_apply_id(r), {}).get("completed_at"),
+                    "model_version": version,
+                    "evidence": json.dumps({"undone_by": rid}),
+                }
+            )
+    for state in (
+        REJECTED,
+        APPLIED,
+        REVERTED,
+    ):  # an apply undone in the same batch: applied, then reverted
+        ledger.transition(
+            [{k: v for k, v in u.items() if k != "state"} for u in updates if u["state"] == state],
+            state,
+            job_id=job_id,
+        )
+    result = {
+        "job_id": job_id,
+        "requests": ids,
+        "model_version": version,
+        "active_edits": len(edits),
+        "overlay_users": entry.extra["users"] if entry is not None else 0,
+        "rejected": sorted(unusable),
+        "overlays_removed": removed,
+        "end_to_end_seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info(
+        "attribute %s: published v%d with %d edited user(s)",
+        job_id,
+        version,
+        result["overlay_users"],
+    )
     return result

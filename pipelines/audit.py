@@ -45,33 +45,59 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids: list[str] | None = None,
-          request_ids: list[str] | None = None, job_id: str | None = None) -> dict[str, Any]:
+def audit(
+    spark: SparkSession | None,
+    *,
+    layout: Layout,
+    secret: bytes,
+    raw_ids: list[str] | None = None,
+    request_ids: list[str] | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
     """Audit the data requests that are ``retrained`` or ``verified`` (only ``request_ids``,
     when given) against the published version; each ``retrained`` one that passes moves to
     ``verified``. The Markdown and JSON reports are written when every request is audited."""
     faults.at("audit")  # the crash harness's kill point (RECUNLEARN_FAULT; off otherwise)
     ledger = ForgetLedger(spark, layout.ledger)
     wanted = None if request_ids is None else set(request_ids)
-    done = [r for r in ledger.rows((RETRAINED, VERIFIED)) if (r["target_type"] or USER) in DATA_TARGETS
-            and (wanted is None or r["request_id"] in wanted)]
+    done = [
+        r
+        for r in ledger.rows((RETRAINED, VERIFIED))
+        if (r["target_type"] or USER) in DATA_TARGETS
+        and (wanted is None or r["request_id"] in wanted)
+    ]
     version = ModelRegistry(layout).current_version()
     if not done or version is None:
-        return {"requests": [], "passed": True, "verified": 0, "note": "no retrained requests to audit"}
+        return {
+            "requests": [],
+            "passed": True,
+            "verified": 0,
+            "note": "no retrained requests to audit",
+        }
     keys = [r["user_key"] for r in done if (r["target_type"] or USER) == USER]
     raw_by_key = {user_key(secret, r): r for r in (raw_ids or [])}
     rows_found = rows_with_keys(layout.tables, keys)
-    item_rows = rows_with_items(layout.tables, [r["item_idx"] for r in done if r["target_type"] == ITEM])
-    pair_rows = rows_with_pairs(layout.tables, [(r["user_key"], r["item_idx"]) for r in done
-                                                if r["target_type"] == INTERACTION])
+    item_rows = rows_with_items(
+        layout.tables, [r["item_idx"] for r in done if r["target_type"] == ITEM]
+    )
+    pair_rows = rows_with_pairs(
+        layout.tables,
+        [(r["user_key"], r["item_idx"]) for r in done if r["target_type"] == INTERACTION],
+    )
     # raw-id hits are labelled with the key they belong to, never with the id itself
-    log_hits = delta_log_hits(layout.tables, keys=keys,
-                              raw_ids={raw: f"raw id of {key[:8]}..." for key, raw in raw_by_key.items()})
+    log_hits = delta_log_hits(
+        layout.tables,
+        keys=keys,
+        raw_ids={raw: f"raw id of {key[:8]}..." for key, raw in raw_by_key.items()},
+    )
     # a mean aggregator has no parameters and was fit on nothing: it cannot hold a forgotten row
-    metas = [m for m in checkpoints.all_metas(layout.checkpoints)
-             if m["exists"] and not (m.get("component") == "aggregator" and m.get("kind") == "mean")]
+    metas = [
+        m
+        for m in checkpoints.all_metas(layout.checkpoints)
+        if m["exists"] and not (m.get("component") == "aggregator" and m.get("kind") == "mean")
+    ]
     ens = load_ensemble(version)
-    still_known = dict(zip(keys, ens.knows(keys)))
+    still_known = dict(zip(keys, ens.knows(keys), strict=True))
     reference_keys = set()
     if version.reference is not None:
         reference_keys = set(checkpoints.load_state(version.reference.path)["user_keys"])
@@ -81,8 +107,11 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
         kind = r["target_type"] or USER
         key, dv, shards = r["user_key"] or "", r["delete_version"], r["shards"] or []
         stale_published = [k for k in shards if (version.shards[k].delta_version or 0) < dv]
-        stale_ckpts = [m["component"] + "/" + m["run_id"] for m in metas
-                       if m["delta_version"] < dv and (m["shard_id"] is None or m["shard_id"] in shards)]
+        stale_ckpts = [
+            m["component"] + "/" + m["run_id"]
+            for m in metas
+            if m["delta_version"] < dv and (m["shard_id"] is None or m["shard_id"] in shards)
+        ]
         raw = raw_by_key.get(key)
         if kind == USER:
             found = rows_found.get(key, 0)
@@ -91,83 +120,134 @@ def audit(spark: SparkSession | None, *, layout: Layout, secret: bytes, raw_ids:
         else:  # the user stays (an item or one interaction goes): count the rows that must go
             found = item_rows[r["item_idx"]] if kind == ITEM else pair_rows[(key, r["item_idx"])]
             my_log_hits, known = {}, False
-        passed = (found == 0 and not my_log_hits and not stale_published
-                  and not stale_ckpts and not known)
+        passed = (
+            found == 0 and not my_log_hits and not stale_published and not stale_ckpts and not known
+        )
         evidence = json.loads(r["evidence"]) if r["evidence"] else {}
         membership = evidence.pop("membership", None)
-        results.append({
-            "request_id": r["request_id"], "user_key": r["user_key"], "audited_at": stamp,
-            "model_version": version.version, "passed": passed,
-            "parquet_rows_found": int(found), "delta_log_hits": len(my_log_hits),
-            "stale_published_shards": len(stale_published), "stale_checkpoints": len(stale_ckpts),
-            "key_in_published_model": known, "guarantee": version.guarantee,
-            "details": json.dumps({"target_type": kind, "item_idx": r["item_idx"],
-                                   "shards": shards, "delete_version": dv,
-                                   "raw_id_checked": bool(raw), "log_files": sorted(my_log_hits),
-                                   "stale_checkpoints": stale_ckpts, "functional": evidence,
-                                   "membership": membership}),
-        })
+        results.append(
+            {
+                "request_id": r["request_id"],
+                "user_key": r["user_key"],
+                "audited_at": stamp,
+                "model_version": version.version,
+                "passed": passed,
+                "parquet_rows_found": int(found),
+                "delta_log_hits": len(my_log_hits),
+                "stale_published_shards": len(stale_published),
+                "stale_checkpoints": len(stale_ckpts),
+                "key_in_published_model": known,
+                "guarantee": version.guarantee,
+                "details": json.dumps(
+                    {
+                        "target_type": kind,
+                        "item_idx": r["item_idx"],
+                        "shards": shards,
+                        "delete_version": dv,
+                        "raw_id_checked": bool(raw),
+                        "log_files": sorted(my_log_hits),
+                        "stale_checkpoints": stale_ckpts,
+                        "functional": evidence,
+                        "membership": membership,
+                    }
+                ),
+            }
+        )
     faults.at("audit_record")  # a kill point after the scans, before anything is written
     append_audit(spark, layout.audit, results)
     job_id = job_id or new_job_id("audit")
     status = {r["request_id"]: r["status"] for r in done}
-    verified = [{"request_id": x["request_id"], "completed_at": stamp} for x in results
-                if x["passed"] and status[x["request_id"]] == RETRAINED]
+    verified = [
+        {"request_id": x["request_id"], "completed_at": stamp}
+        for x in results
+        if x["passed"] and status[x["request_id"]] == RETRAINED
+    ]
     ledger.transition(verified, VERIFIED, job_id=job_id)
     failed = [x["request_id"] for x in results if not x["passed"]]
     if failed:  # the state stays; the reason says why
         ledger.note_audit_failure(failed, job_id=job_id, version=version.version)
-    report = {"audited_at": stamp.isoformat(), "model_version": version.version,
-              "guarantee": version.guarantee, "passed": all(x["passed"] for x in results),
-              "n_requests": len(results), "raw_ids_checked": len(raw_by_key), "verified": len(verified),
-              "requests": [{**x, "audited_at": stamp.isoformat(), "details": json.loads(x["details"])}
-                           for x in results]}
+    report = {
+        "audited_at": stamp.isoformat(),
+        "model_version": version.version,
+        "guarantee": version.guarantee,
+        "passed": all(x["passed"] for x in results),
+        "n_requests": len(results),
+        "raw_ids_checked": len(raw_by_key),
+        "verified": len(verified),
+        "requests": [
+            {**x, "audited_at": stamp.isoformat(), "details": json.loads(x["details"])}
+            for x in results
+        ],
+    }
     if request_ids is None:
         layout.reports.mkdir(parents=True, exist_ok=True)
         (layout.reports / "audit.json").write_text(json.dumps(report, indent=2, default=str))
         (layout.reports / "audit.md").write_text(render_audit_md(report))
-    log.info("audit: %d request(s), passed=%s, verified %d", len(results), report["passed"], len(verified),
-             extra=context(job_id=job_id, request_ids=[x["request_id"] for x in results],
-                           model_version=version.version))
+    log.info(
+        "audit: %d request(s), passed=%s, verified %d",
+        len(results),
+        report["passed"],
+        len(verified),
+        extra=context(
+            job_id=job_id,
+            request_ids=[x["request_id"] for x in results],
+            model_version=version.version,
+        ),
+    )
     return report
 
 
 def render_audit_md(report: dict[str, Any]) -> str:
     lines = [
-        "# Unlearning audit", "",
-        f"Audited at {report['audited_at']} against model version v{report['model_version']}.", "",
-        f"**Guarantee of this model version:** {report['guarantee']}.", "",
+        "# Unlearning audit",
+        "",
+        f"Audited at {report['audited_at']} against model version v{report['model_version']}.",
+        "",
+        f"**Guarantee of this model version:** {report['guarantee']}.",
+        "",
         f"Overall: **{'PASSED' if report['passed'] else 'FAILED'}** for {report['n_requests']} "
-        f"retrained or verified request(s); raw ids checked in `_delta_log`: {report['raw_ids_checked']}.", "",
+        f"retrained or verified request(s); raw ids checked in `_delta_log`: "
+        f"{report['raw_ids_checked']}.",
+        "",
         "| request | target | parquet rows | log hits | stale shards | stale ckpts | in model | "
         "NDCG@20 orig / unlearned / retrained | membership orig -> unlearned | passed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["requests"]:
         f = r["details"].get("functional") or {}
-        nd = " / ".join(str(f.get(f"ndcg@20_{m}", "-")) for m in ("original", "unlearned", "retrained"))
+        nd = " / ".join(
+            str(f.get(f"ndcg@20_{m}", "-")) for m in ("original", "unlearned", "retrained")
+        )
         mem = r["details"].get("membership") or {}
         mp = "-"
         if mem:
             lo, hi = mem["attack_shadow_ci"] or (None, None)
             power = "has power" if has_power(mem["attack_shadow_ci"]) else "no power"
-            mp = (f"{mem['original']} -> {mem['unlearned']} (attack AUC {mem['attack_shadow_auc']} "
-                  f"[{lo}, {hi}]: {power})")
+            mp = (
+                f"{mem['original']} -> {mem['unlearned']} (attack AUC {mem['attack_shadow_auc']} "
+                f"[{lo}, {hi}]: {power})"
+            )
         lines.append(
             f"| {r['request_id'][:12]} | {_target(r)} | {r['parquet_rows_found']} | "
             f"{r['delta_log_hits']} | {r['stale_published_shards']} | {r['stale_checkpoints']} | "
             f"{'yes' if r['key_in_published_model'] else 'no'} | {nd} | {mp} | "
-            f"{'yes' if r['passed'] else 'NO'} |")
-    lines += ["", "Functional check: the forgotten user's held-out items (validation + test) ranked "
-              "from their training history. The original model uses its trained vector; the "
-              "unlearned ensemble and the retrained reference have none and fold the history in. "
-              "Exact unlearning should leave the unlearned model unaware of the user and close to "
-              "the retrain.", "",
-              "Membership: the probability that the user was trained on, from a black-box "
-              "membership-inference attack (recunlearn.evidence.mia) whose shadow model was trained on "
-              "retained users; exact unlearning should bring it down to a non-member's level. "
-              "It is evidence, not a pass criterion: the attack's own held-out AUC says how much "
-              "it can tell at all (against a sharded ensemble, usually little).", ""]
+            f"{'yes' if r['passed'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "Functional check: the forgotten user's held-out items (validation + test) ranked "
+        "from their training history. The original model uses its trained vector; the "
+        "unlearned ensemble and the retrained reference have none and fold the history in. "
+        "Exact unlearning should leave the unlearned model unaware of the user and close to "
+        "the retrain.",
+        "",
+        "Membership: the probability that the user was trained on, from a black-box "
+        "membership-inference attack (recunlearn.evidence.mia) whose shadow model was trained on "
+        "retained users; exact unlearning should bring it down to a non-member's level. "
+        "It is evidence, not a pass criterion: the attack's own held-out AUC says how much "
+        "it can tell at all (against a sharded ensemble, usually little).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -23,8 +23,14 @@ from recunlearn.storage.registry import ModelRegistry
 log = logging.getLogger(__name__)
 
 
-def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
-                       exclude_keys: list[str] | None = None, label: str | None = None) -> dict[str, Any]:
+def evaluate_published(
+    spark: SparkSession,
+    *,
+    cfg: RunConfig,
+    layout: Layout,
+    exclude_keys: list[str] | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
     manifest = ModelRegistry(layout).current_version()
     if manifest is None:
         raise PipelineError("evaluate: no published model version")
@@ -34,26 +40,40 @@ def evaluate_published(spark: SparkSession, *, cfg: RunConfig, layout: Layout,
     if exclude_keys:
         users = users[~np.isin(data.user_keys, np.asarray(exclude_keys))]
     reg = cfg.aggregator.fold_in_reg
-    out: dict[str, Any] = {"model_version": manifest.version, "users": int(len(users)),
-                           "table_version": manifest.table_version,
-                           "protocol": "full ranking over all items; the user's train and "
-                                       "validation items excluded; test items as truth"}
+    out: dict[str, Any] = {
+        "model_version": manifest.version,
+        "users": int(len(users)),
+        "table_version": manifest.table_version,
+        "protocol": "full ranking over all items; the user's train and "
+        "validation items excluded; test items as truth",
+    }
     ens = load_ensemble(manifest, fold_in_reg=reg)
     out["aggregator"] = ens.aggregator.kind  # what the published ensemble combines its shards with
     # utility, and from the same scores fairness: A-IGF (the 5% most active users against the
     # rest) and the spread over home shards
-    out["ensemble"], fair_ens = evaluate_with_fairness(ens, data, users,
-                                                       shard_of=home_shards(ens, data.user_keys))
-    # the same shard models under the plain mean (no second evaluation when that is the published one)
-    out["ensemble_mean"] = (out["ensemble"] if isinstance(ens.aggregator, MeanAggregator) else
-                            evaluate_users(ShardedEnsemble(ens.shards, MeanAggregator()), data, users))
+    out["ensemble"], fair_ens = evaluate_with_fairness(
+        ens, data, users, shard_of=home_shards(ens, data.user_keys)
+    )
+    # the same shard models under the plain mean (no second evaluation when that is the
+    # published one)
+    out["ensemble_mean"] = (
+        out["ensemble"]
+        if isinstance(ens.aggregator, MeanAggregator)
+        else evaluate_users(ShardedEnsemble(ens.shards, MeanAggregator()), data, users)
+    )
     ref = load_reference(manifest, fold_in_reg=reg)
-    out["reference"], fair_ref = evaluate_with_fairness(ref, data, users) if ref is not None else (None, None)
+    out["reference"], fair_ref = (
+        evaluate_with_fairness(ref, data, users) if ref is not None else (None, None)
+    )
     out["fairness"] = {"ensemble": fair_ens, "reference": fair_ref}
     out["seconds"] = round(time.perf_counter() - t0, 2)
     if label:
         layout.reports.mkdir(parents=True, exist_ok=True)
         (layout.reports / f"evaluation-{label}.json").write_text(json.dumps(out, indent=2))
-    log.info("evaluated v%s: ensemble %s reference %s", manifest.version, out["ensemble"],
-             out["reference"])
+    log.info(
+        "evaluated v%s: ensemble %s reference %s",
+        manifest.version,
+        out["ensemble"],
+        out["reference"],
+    )
     return out

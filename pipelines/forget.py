@@ -32,8 +32,9 @@ def request_id_for(target_type: str, key: str) -> str:
     return hashlib.sha256(f"{target_type}:{key}".encode()).hexdigest()[:24]
 
 
-def submit_user_requests(spark: SparkSession | None = None, *, layout: Layout, secret: bytes,
-                         raw_ids: list[str]) -> list[dict[str, Any]]:
+def submit_user_requests(
+    spark: SparkSession | None = None, *, layout: Layout, secret: bytes, raw_ids: list[str]
+) -> list[dict[str, Any]]:
     """Record one request per raw user id; return outcomes (never the raw ids)."""
     ledger = ForgetLedger(spark, layout.ledger)
     ledger.ensure()
@@ -44,30 +45,54 @@ def submit_user_requests(spark: SparkSession | None = None, *, layout: Layout, s
         if not VALID_ID.match(text):
             key = user_key(secret, f"malformed:{text}")
             reason = "malformed user id (empty, too long, or characters outside [A-Za-z0-9_.@:+-])"
-            candidates.append((position, _row(request_id_for("malformed", key), key, REJECTED, reason, stamp)))
+            candidates.append(
+                (position, _row(request_id_for("malformed", key), key, REJECTED, reason, stamp))
+            )
             continue
         key = user_key(secret, text)
         candidates.append((position, _row(request_id_for("user", key), key, RECEIVED, None, stamp)))
-    known = known_users(layout, sorted({r["user_key"] for _, r in candidates if r["status"] == RECEIVED}))
+    known = known_users(
+        layout, sorted({r["user_key"] for _, r in candidates if r["status"] == RECEIVED})
+    )
     for _, row in candidates:
         if row["status"] == RECEIVED and row["user_key"] not in known:
             row["status"], row["reason"] = REJECTED, "unknown user: no interactions under this key"
     outcomes = _record(ledger, candidates)
-    for o, (_, row) in zip(outcomes, candidates):
+    for o, (_, row) in zip(outcomes, candidates, strict=True):
         if row["user_key"] in known:
             o["user_key"] = row["user_key"]
     return outcomes
 
 
-def _row(rid: str, key: str | None, status: str, reason: str | None, stamp: Any,
-         target_type: str = "user", item_idx: int | None = None) -> dict[str, Any]:
-    return {"request_id": rid, "target_type": target_type, "user_key": key, "status": status,
-            "reason": reason, "received_at": stamp, "updated_at": stamp, "item_idx": item_idx}
+def _row(
+    rid: str,
+    key: str | None,
+    status: str,
+    reason: str | None,
+    stamp: Any,
+    target_type: str = "user",
+    item_idx: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "target_type": target_type,
+        "user_key": key,
+        "status": status,
+        "reason": reason,
+        "received_at": stamp,
+        "updated_at": stamp,
+        "item_idx": item_idx,
+    }
 
 
-def submit_data_requests(spark: SparkSession | None = None, *, layout: Layout, secret: bytes,
-                         items: list[str] | None = None,
-                         interactions: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+def submit_data_requests(
+    spark: SparkSession | None = None,
+    *,
+    layout: Layout,
+    secret: bytes,
+    items: list[str] | None = None,
+    interactions: list[tuple[str, str]] | None = None,
+) -> list[dict[str, Any]]:
     """Record requests to forget items (every interaction with each) and single interactions
     (raw user id, raw item id). Unknown items or interactions and malformed ids are rejected with
     a recorded reason; a repeated request is a duplicate. Outcomes never carry raw ids."""
@@ -81,37 +106,66 @@ def submit_data_requests(spark: SparkSession | None = None, *, layout: Layout, s
     for position, raw in enumerate(items):
         text = str(raw).strip()
         if not VALID_ID.match(text) or text not in index:
-            reason = ("malformed item id" if not VALID_ID.match(text)
-                      else "unknown item: not in the items table")
+            reason = (
+                "malformed item id"
+                if not VALID_ID.match(text)
+                else "unknown item: not in the items table"
+            )
             rid = request_id_for("rejected-item", hashlib.sha256(text.encode()).hexdigest())
             candidates.append((position, _row(rid, None, REJECTED, reason, stamp, ITEM)))
             continue
         idx = index[text]
-        candidates.append((position, _row(request_id_for(ITEM, str(idx)), None, RECEIVED, None, stamp,
-                                          ITEM, idx)))
+        candidates.append(
+            (position, _row(request_id_for(ITEM, str(idx)), None, RECEIVED, None, stamp, ITEM, idx))
+        )
     pairs = []
     for position, (raw_user, raw_item) in enumerate(interactions, start=len(items)):
         u, i = str(raw_user).strip(), str(raw_item).strip()
         key = user_key(secret, u if VALID_ID.match(u) else f"malformed:{u}")
         if not (VALID_ID.match(u) and VALID_ID.match(i)) or i not in index:
-            reason = ("malformed user or item id" if not (VALID_ID.match(u) and VALID_ID.match(i))
-                      else "unknown item: not in the items table")
-            rid = request_id_for("rejected-interaction", f"{key}:{hashlib.sha256(i.encode()).hexdigest()}")
+            reason = (
+                "malformed user or item id"
+                if not (VALID_ID.match(u) and VALID_ID.match(i))
+                else "unknown item: not in the items table"
+            )
+            rid = request_id_for(
+                "rejected-interaction", f"{key}:{hashlib.sha256(i.encode()).hexdigest()}"
+            )
             candidates.append((position, _row(rid, key, REJECTED, reason, stamp, INTERACTION)))
             continue
         idx = index[i]
         pairs.append((key, idx))
-        candidates.append((position, _row(request_id_for(INTERACTION, f"{key}:{idx}"), key, RECEIVED,
-                                          None, stamp, INTERACTION, idx)))
+        candidates.append(
+            (
+                position,
+                _row(
+                    request_id_for(INTERACTION, f"{key}:{idx}"),
+                    key,
+                    RECEIVED,
+                    None,
+                    stamp,
+                    INTERACTION,
+                    idx,
+                ),
+            )
+        )
     known = known_pairs(layout, pairs)
     for _, row in candidates:
-        if row["target_type"] == INTERACTION and row["status"] == RECEIVED \
-                and (row["user_key"], row["item_idx"]) not in known:
-            row["status"], row["reason"] = REJECTED, "unknown interaction: this user has no row with this item"
+        if (
+            row["target_type"] == INTERACTION
+            and row["status"] == RECEIVED
+            and (row["user_key"], row["item_idx"]) not in known
+        ):
+            row["status"], row["reason"] = (
+                REJECTED,
+                "unknown interaction: this user has no row with this item",
+            )
     return _record(ledger, candidates)
 
 
-def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+def _record(
+    ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]
+) -> list[dict[str, Any]]:
     """Record the new requests (a rejected one re-opens in place when valid again) and say,
     per position, accepted / duplicate / rejected."""
     ids = sorted({row["request_id"] for _, row in candidates})
@@ -122,20 +176,42 @@ def _record(ledger: ForgetLedger, candidates: list[tuple[int, dict[str, Any]]]) 
         rid = row["request_id"]
         old = existing.get(rid) or new.get(rid)
         if old is not None and not (old["status"] == REJECTED and row["status"] == RECEIVED):
-            outcomes.append({"position": position, "request_id": rid, "outcome": "duplicate",
-                             "status": old["status"], "reason": old["reason"]})
+            outcomes.append(
+                {
+                    "position": position,
+                    "request_id": rid,
+                    "outcome": "duplicate",
+                    "status": old["status"],
+                    "reason": old["reason"],
+                }
+            )
             continue
         new[rid] = row
-        outcomes.append({"position": position, "request_id": rid,
-                         "outcome": "accepted" if row["status"] == RECEIVED else "rejected",
-                         "status": row["status"], "reason": row["reason"]})
+        outcomes.append(
+            {
+                "position": position,
+                "request_id": rid,
+                "outcome": "accepted" if row["status"] == RECEIVED else "rejected",
+                "status": row["status"],
+                "reason": row["reason"],
+            }
+        )
     # one ledger row per request id: new ones appended, a rejected one that is valid now reopened
     job_id = new_job_id("intake")
     ledger.append([{**r, "job_id": job_id} for rid, r in new.items() if rid not in existing])
-    ledger.transition([{"request_id": rid, "received_at": r["received_at"], "reason": None} for rid, r in new.items()
-                       if rid in existing], RECEIVED, job_id=job_id)
-    log.info("forget intake: %d accepted, %d duplicate, %d rejected",
-             *(sum(o["outcome"] == k for o in outcomes) for k in ("accepted", "duplicate", "rejected")))
+    ledger.transition(
+        [
+            {"request_id": rid, "received_at": r["received_at"], "reason": None}
+            for rid, r in new.items()
+            if rid in existing
+        ],
+        RECEIVED,
+        job_id=job_id,
+    )
+    log.info(
+        "forget intake: %d accepted, %d duplicate, %d rejected",
+        *(sum(o["outcome"] == k for o in outcomes) for k in ("accepted", "duplicate", "rejected")),
+    )
     return outcomes
 
 
@@ -153,7 +229,11 @@ def known_pairs(layout: Layout, pairs: list[tuple[str, int]]) -> set[tuple[str, 
     """The (user key, item index) pairs that have a row in the interaction table."""
     wanted = set(pairs)
     hits = _rows_of_users(layout, sorted({k for k, _ in wanted}), ["user_key", "item_idx"])
-    return {(k, int(i)) for k, i in zip(hits["user_key"], hits["item_idx"]) if (k, int(i)) in wanted}
+    return {
+        (k, int(i))
+        for k, i in zip(hits["user_key"], hits["item_idx"], strict=True)
+        if (k, int(i)) in wanted
+    }
 
 
 def known_users(layout: Layout, keys: list[str]) -> set[str]:
@@ -174,8 +254,12 @@ def _rows_of_users(layout: Layout, keys: list[str], columns: list[str]) -> dict[
     rest = set(keys)
     attempts: list[list[tuple[str, str, list[str]]] | None] = []
     if table_exists(None, layout.shard_map):
-        shards = {str(r["shard_id"]) for r in read_rows(layout.shard_map, ds.field("user_key").isin(keys),
-                                                        ["user_key", "shard_id"])}
+        shards = {
+            str(r["shard_id"])
+            for r in read_rows(
+                layout.shard_map, ds.field("user_key").isin(keys), ["user_key", "shard_id"]
+            )
+        }
         if shards:
             attempts.append([("shard_id", "in", sorted(shards))])
     attempts.append(None)
@@ -183,8 +267,12 @@ def _rows_of_users(layout: Layout, keys: list[str], columns: list[str]) -> dict[
         if not rest:
             break
         found: set[str] = set()
-        for tbl in scan_table(layout.interactions, columns=columns, partitions=partitions,
-                              where=ds.field("user_key").isin(pa.array(sorted(rest)))):
+        for tbl in scan_table(
+            layout.interactions,
+            columns=columns,
+            partitions=partitions,
+            where=ds.field("user_key").isin(pa.array(sorted(rest))),
+        ):
             for c in columns:
                 out[c] += tbl.column(c).to_pylist()
             found |= set(tbl.column("user_key").to_pylist())

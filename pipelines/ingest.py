@@ -26,7 +26,12 @@ from recunlearn.storage.ledger import FORGOTTEN_STATUSES, USER
 
 log = logging.getLogger(__name__)
 
-INTERACTION_STATS = ["item_idx", "split", "rating", "ts"]  # never user_key: see recunlearn.storage.delta
+INTERACTION_STATS = [
+    "item_idx",
+    "split",
+    "rating",
+    "ts",
+]  # never user_key: see recunlearn.storage.delta
 
 
 MIN_EVAL_ROWS = 3  # a user with at least this many rows gets a validation and a test row
@@ -51,19 +56,31 @@ def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
     coin_test = F.pmod(F.min("order").over(by_user), F.lit(1 << 20)) / float(1 << 20)
     coin_valid = F.pmod(F.max("order").over(by_user), F.lit(1 << 20)) / float(1 << 20)
     held_out = n >= MIN_EVAL_ROWS
-    n_test = F.when(held_out, F.least(F.greatest(F.floor(n * test + coin_test), F.lit(1)), n - 2)).otherwise(0)
-    n_valid = F.when(held_out, F.least(F.greatest(F.floor(n * valid + coin_valid), F.lit(1)),
-                                       n - 1 - F.col("_n_test"))).otherwise(0)
-    return (df.withColumn("_n", n).withColumn("_pos", pos).withColumn("_n_test", n_test)
-            .withColumn("_n_valid", n_valid)
-            .withColumn("split", F.when(F.col("_pos") >= F.col("_n") - F.col("_n_test"), "test")
-                        .when(F.col("_pos") >= F.col("_n") - F.col("_n_test") - F.col("_n_valid"), "valid")
-                        .otherwise("train"))
-            .drop("order", "_n", "_pos", "_n_test", "_n_valid"))
+    n_test = F.when(
+        held_out, F.least(F.greatest(F.floor(n * test + coin_test), F.lit(1)), n - 2)
+    ).otherwise(0)
+    n_valid = F.when(
+        held_out,
+        F.least(F.greatest(F.floor(n * valid + coin_valid), F.lit(1)), n - 1 - F.col("_n_test")),
+    ).otherwise(0)
+    return (
+        df.withColumn("_n", n)
+        .withColumn("_pos", pos)
+        .withColumn("_n_test", n_test)
+        .withColumn("_n_valid", n_valid)
+        .withColumn(
+            "split",
+            F.when(F.col("_pos") >= F.col("_n") - F.col("_n_test"), "test")
+            .when(F.col("_pos") >= F.col("_n") - F.col("_n_test") - F.col("_n_valid"), "valid")
+            .otherwise("train"),
+        )
+        .drop("order", "_n", "_pos", "_n_test", "_n_valid")
+    )
 
 
-def stable_item_index(spark: SparkSession, item_ids: DataFrame, *, layout: Layout,
-                      partitions: int) -> tuple[DataFrame, DataFrame]:
+def stable_item_index(
+    spark: SparkSession, item_ids: DataFrame, *, layout: Layout, partitions: int
+) -> tuple[DataFrame, DataFrame]:
     """``(item_id, item_idx)`` for the distinct ``item_ids`` of a log, and the rows to append to
     the ``items`` table: an item it holds keeps its index (a re-ingest of a changed catalogue
     never renumbers one, so item requests keep pointing at the same item), and new items are
@@ -72,21 +89,32 @@ def stable_item_index(spark: SparkSession, item_ids: DataFrame, *, layout: Layou
     No step runs on one partition: the new ids are range-partitioned by id, numbered within
     each partition, and offset by the sizes of the partitions before it (one row per partition
     reaches the driver)."""
-    old = (spark.read.format("delta").load(layout.items).select("item_id", "item_idx")
-           if table_exists(spark, layout.items) else spark.createDataFrame([], "item_id string, item_idx int"))
+    old = (
+        spark.read.format("delta").load(layout.items).select("item_id", "item_idx")
+        if table_exists(spark, layout.items)
+        else spark.createDataFrame([], "item_id string, item_idx int")
+    )
     start = old.agg(F.max("item_idx")).first()[0]
     start = 0 if start is None else int(start) + 1
-    new = (item_ids.join(old, "item_id", "left_anti").repartitionByRange(partitions, "item_id")
-           .withColumn("_pid", F.spark_partition_id()))
-    new = new.withColumn("_r", F.row_number().over(Window.partitionBy("_pid").orderBy("item_id")) - 1).persist()
+    new = (
+        item_ids.join(old, "item_id", "left_anti")
+        .repartitionByRange(partitions, "item_id")
+        .withColumn("_pid", F.spark_partition_id())
+    )
+    new = new.withColumn(
+        "_r", F.row_number().over(Window.partitionBy("_pid").orderBy("item_id")) - 1
+    ).persist()
     sizes = sorted((r["_pid"], r["count"]) for r in new.groupBy("_pid").count().collect())
     offsets, total = [], start
     for pid, n in sizes:
         offsets.append((pid, total))
         total += n
     offset = spark.createDataFrame(offsets, "_pid int, _off long")
-    added = (new.join(F.broadcast(offset), "_pid")
-             .select("item_id", (F.col("_off") + F.col("_r")).cast("int").alias("item_idx"))).persist()
+    added = (
+        new.join(F.broadcast(offset), "_pid").select(
+            "item_id", (F.col("_off") + F.col("_r")).cast("int").alias("item_idx")
+        )
+    ).persist()
     added.count()  # materialised (the caller unpersists it) before the numbering's input goes
     new.unpersist()
     return old.join(item_ids, "item_id", "left_semi").unionByName(added), added
@@ -95,28 +123,39 @@ def stable_item_index(spark: SparkSession, item_ids: DataFrame, *, layout: Layou
 QUARANTINE_SCHEMA = "source string, reason string, fingerprint string, quarantined_at timestamp"
 
 
-def quarantine_rows(spark: SparkSession, rejected: DataFrame, *, layout: Layout, secret: bytes,
-                    source: Path) -> dict[str, int]:
+def quarantine_rows(
+    spark: SparkSession, rejected: DataFrame, *, layout: Layout, secret: bytes, source: Path
+) -> dict[str, int]:
     """Append the malformed rows to the quarantine table as (source file name, reason, keyed
     fingerprint): an HMAC of the row under the pseudonymisation secret, so an operator holding
     the raw log can find each row again, while the table holds no raw id. Returns counts by
     reason (also logged)."""
-    rows = rejected.select(F.lit(source.name).alias("source"), "reason",
-                           spark_user_key(secret, F.concat(F.lit("quarantine-row:"), F.col("row")))
-                           .alias("fingerprint"),
-                           F.current_timestamp().alias("quarantined_at")).persist()
+    rows = rejected.select(
+        F.lit(source.name).alias("source"),
+        "reason",
+        spark_user_key(secret, F.concat(F.lit("quarantine-row:"), F.col("row"))).alias(
+            "fingerprint"
+        ),
+        F.current_timestamp().alias("quarantined_at"),
+    ).persist()
     counts = {r["reason"]: int(r["count"]) for r in rows.groupBy("reason").count().collect()}
     if counts:
-        write_delta(rows, layout.quarantine, mode="append", stats_columns=["reason", "quarantined_at"])
-        log.warning("ingest: %d malformed row(s) quarantined (%s)", sum(counts.values()),
-                    ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        write_delta(
+            rows, layout.quarantine, mode="append", stats_columns=["reason", "quarantined_at"]
+        )
+        log.warning(
+            "ingest: %d malformed row(s) quarantined (%s)",
+            sum(counts.values()),
+            ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+        )
     rows.unpersist()
     return counts
 
 
 @holds_tables("ingest")
-def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Path,
-           secret: bytes) -> dict[str, Any]:
+def ingest(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Path, secret: bytes
+) -> dict[str, Any]:
     # Spark reads lazily: an input it cannot read at all fails at the first action, which
     # engine_errors turns into a DataError naming the input (bad rows are quarantined instead).
     what = (str(raw_path), f"a {cfg.dataset.format} log")
@@ -124,47 +163,79 @@ def ingest(spark: SparkSession, *, cfg: RunConfig, layout: Layout, raw_path: Pat
     with engine_errors(*what):
         if cfg.dataset.on_malformed == "quarantine":
             raw, rejected = read_interactions(spark, cfg.dataset, raw_path, quarantine=True)
-            quarantined = quarantine_rows(spark, rejected, layout=layout, secret=secret, source=raw_path)
+            quarantined = quarantine_rows(
+                spark, rejected, layout=layout, secret=secret, source=raw_path
+            )
         else:
             raw = read_interactions(spark, cfg.dataset, raw_path)
     if cfg.dataset.min_rating is not None:
         raw = raw.where(F.col("rating") >= cfg.dataset.min_rating)
     # The split order hashes the raw ids with the seed (inside Spark, never stored), so the
     # same log and seed give the same split whatever the pseudonymisation secret is.
-    keyed = raw.select(spark_user_key(secret, F.col("raw_user")).alias("user_key"), "item_id",
-                       "rating", "ts", F.xxhash64(F.lit(cfg.seed), "raw_user", "item_id").alias("order"))
+    keyed = raw.select(
+        spark_user_key(secret, F.col("raw_user")).alias("user_key"),
+        "item_id",
+        "rating",
+        "ts",
+        F.xxhash64(F.lit(cfg.seed), "raw_user", "item_id").alias("order"),
+    )
     # One row per (user, item): the latest event wins.
-    keyed = keyed.groupBy("user_key", "item_id").agg(F.max("rating").alias("rating"),
-                                                     F.max("ts").alias("ts"), F.min("order").alias("order"))
+    keyed = keyed.groupBy("user_key", "item_id").agg(
+        F.max("rating").alias("rating"), F.max("ts").alias("ts"), F.min("order").alias("order")
+    )
     if table_exists(spark, layout.ledger):
         # forgotten users (rows deleted already): their new rows never land. Those of a user
         # whose request is still open land, and that request's delete takes them all.
-        gone = (spark.read.format("delta").load(layout.ledger)
-                .where(F.coalesce(F.col("target_type"), F.lit(USER)) == USER)
-                .where(F.col("status").isin(list(FORGOTTEN_STATUSES))).select("user_key").distinct())
+        gone = (
+            spark.read.format("delta")
+            .load(layout.ledger)
+            .where(F.coalesce(F.col("target_type"), F.lit(USER)) == USER)
+            .where(F.col("status").isin(list(FORGOTTEN_STATUSES)))
+            .select("user_key")
+            .distinct()
+        )
         keyed = keyed.join(gone, "user_key", "left_anti")
     with engine_errors(*what):  # the first actions over the whole log
-        items, new_items = stable_item_index(spark, keyed.select("item_id").distinct(), layout=layout,
-                                             partitions=cfg.spark.shuffle_partitions)
-        inter = (keyed.join(items, "item_id")
-                 .select("user_key", "item_idx", "rating", F.col("ts").cast("long").alias("ts"), "order"))
+        items, new_items = stable_item_index(
+            spark,
+            keyed.select("item_id").distinct(),
+            layout=layout,
+            partitions=cfg.spark.shuffle_partitions,
+        )
+        inter = keyed.join(items, "item_id").select(
+            "user_key", "item_idx", "rating", F.col("ts").cast("long").alias("ts"), "order"
+        )
         inter = split_per_user(inter, valid=cfg.split.valid, test=cfg.split.test)
-        inter = inter.withColumn("shard_id", F.lit(-1)).persist()  # shard: assigned by the partition step
+        inter = inter.withColumn(
+            "shard_id", F.lit(-1)
+        ).persist()  # shard: assigned by the partition step
         n_rows = inter.count()
     if n_rows == 0:
         raise DataError(f"{raw_path}: no interactions left to ingest")
     n_new_items = new_items.count()
-    write_delta(new_items, layout.items, mode="append", stats_columns=["item_idx"])  # never renumbers
-    version = write_delta(inter, layout.interactions, partition_by=["shard_id"],
-                          stats_columns=INTERACTION_STATS)
-    by_split = inter.groupBy("split").agg(F.count(F.lit(1)).alias("rows"),
-                                          F.countDistinct("user_key").alias("users")).collect()
+    write_delta(
+        new_items, layout.items, mode="append", stats_columns=["item_idx"]
+    )  # never renumbers
+    version = write_delta(
+        inter, layout.interactions, partition_by=["shard_id"], stats_columns=INTERACTION_STATS
+    )
+    by_split = (
+        inter.groupBy("split")
+        .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_key").alias("users"))
+        .collect()
+    )
     n_users = inter.select("user_key").distinct().count()
     inter.unpersist()
     new_items.unpersist()
-    stats = {"rows": n_rows, "users": n_users, "items": items.count(), "new_items": n_new_items,
-             "splits": {r["split"]: int(r["rows"]) for r in by_split},
-             "split_users": {r["split"]: int(r["users"]) for r in by_split},
-             "table_version": version, "quarantined": quarantined}
+    stats = {
+        "rows": n_rows,
+        "users": n_users,
+        "items": items.count(),
+        "new_items": n_new_items,
+        "splits": {r["split"]: int(r["rows"]) for r in by_split},
+        "split_users": {r["split"]: int(r["users"]) for r in by_split},
+        "table_version": version,
+        "quarantined": quarantined,
+    }
     log.info("ingested %s", stats)
     return stats

@@ -48,15 +48,17 @@ PARTITION_GUARANTEE = (
 )
 
 
-def user_embeddings(spark: SparkSession, *, cfg: RunConfig, layout: Layout
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def user_embeddings(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted user keys, their implicit-ALS factors and training rows, from the train split."""
     keys, x, rows, _ = _als(spark, cfg=cfg, layout=layout)
     return keys, x, rows
 
 
-def _als(spark: SparkSession, *, cfg: RunConfig, layout: Layout
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+def _als(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     inter = spark.read.format("delta").load(layout.interactions)
     train = inter.where(F.col("split") == "train").select("user_key", "item_idx")
     counts = train.groupBy("user_key").count().toPandas().sort_values("user_key")
@@ -64,11 +66,21 @@ def _als(spark: SparkSession, *, cfg: RunConfig, layout: Layout
     rows = counts["count"].to_numpy()
     if len(keys) == 0:
         raise PipelineError("partition: the interactions table has no training rows")
-    index = spark.createDataFrame(pd.DataFrame({"user_key": keys, "user_idx": np.arange(len(keys), dtype=np.int32)}))
+    index = spark.createDataFrame(
+        pd.DataFrame({"user_key": keys, "user_idx": np.arange(len(keys), dtype=np.int32)})
+    )
     s = cfg.sharding
-    als = ALS(rank=s.embedding_rank, maxIter=s.als_iterations, regParam=s.als_reg,
-              implicitPrefs=True, userCol="user_idx", itemCol="item_idx", ratingCol="w",
-              seed=make_seed(cfg.seed, "als") % (2**31), coldStartStrategy="drop")
+    als = ALS(
+        rank=s.embedding_rank,
+        maxIter=s.als_iterations,
+        regParam=s.als_reg,
+        implicitPrefs=True,
+        userCol="user_idx",
+        itemCol="item_idx",
+        ratingCol="w",
+        seed=make_seed(cfg.seed, "als") % (2**31),
+        coldStartStrategy="drop",
+    )
     model = als.fit(train.join(index, "user_key").withColumn("w", F.lit(1.0)))
     factors = model.userFactors.toPandas().sort_values("id")
     x = np.zeros((len(keys), s.embedding_rank))
@@ -82,9 +94,18 @@ def assign(x: np.ndarray, rows: np.ndarray, *, cfg: RunConfig) -> Partition:
     if s.method == "random":
         return random_partition(len(x), s.n_shards, rng)
     if s.method == "kmeans":
-        return balanced_kmeans(x, s.n_shards, rng, iterations=s.kmeans_iterations, capacity=s.capacity)
-    return balanced_kmeans_ot(x, s.n_shards, rng, iterations=s.kmeans_iterations,
-                              epsilon=s.sinkhorn_epsilon, rows=rows, row_tolerance=s.row_tolerance)
+        return balanced_kmeans(
+            x, s.n_shards, rng, iterations=s.kmeans_iterations, capacity=s.capacity
+        )
+    return balanced_kmeans_ot(
+        x,
+        s.n_shards,
+        rng,
+        iterations=s.kmeans_iterations,
+        epsilon=s.sinkhorn_epsilon,
+        rows=rows,
+        row_tolerance=s.row_tolerance,
+    )
 
 
 STRICT_GUARANTEE = (
@@ -95,8 +116,9 @@ STRICT_GUARANTEE = (
 )
 
 
-def compute_partition(spark: SparkSession, *, cfg: RunConfig, layout: Layout
-                      ) -> tuple[np.ndarray, np.ndarray, Partition, float]:
+def compute_partition(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout
+) -> tuple[np.ndarray, np.ndarray, Partition, float]:
     """Keys, training rows per user, the partition and the embedding time, from the current
     interactions table: a deterministic function of the data and the seed."""
     t0 = time.perf_counter()
@@ -105,21 +127,31 @@ def compute_partition(spark: SparkSession, *, cfg: RunConfig, layout: Layout
     return keys, rows, assign(x, rows, cfg=cfg), t_emb
 
 
-def write_partition(spark: SparkSession, *, cfg: RunConfig, layout: Layout, keys: np.ndarray,
-                    labels: np.ndarray) -> tuple[str, int, int]:
+def write_partition(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout, keys: np.ndarray, labels: np.ndarray
+) -> tuple[str, int, int]:
     """Write the shard map and rewrite the interactions partitioned by shard (then VACUUM the
     old files). Returns the partition id and both table versions."""
-    partition_id = fingerprint({"sharding": cfg.sharding.model_dump(), "seed": cfg.seed,
-                                "users": len(keys), "labels": fingerprint({"labels": labels.tolist()})})
-    smap = spark.createDataFrame(
-        pd.DataFrame({"user_key": keys, "shard_id": labels.astype(np.int32)})
-    ).withColumn("partition_id", F.lit(partition_id)).withColumn("assigned_at", F.lit(now_utc()))
+    partition_id = fingerprint(
+        {
+            "sharding": cfg.sharding.model_dump(),
+            "seed": cfg.seed,
+            "users": len(keys),
+            "labels": fingerprint({"labels": labels.tolist()}),
+        }
+    )
+    smap = (
+        spark.createDataFrame(pd.DataFrame({"user_key": keys, "shard_id": labels.astype(np.int32)}))
+        .withColumn("partition_id", F.lit(partition_id))
+        .withColumn("assigned_at", F.lit(now_utc()))
+    )
     smap_version = write_delta(smap, layout.shard_map, stats_columns=["shard_id"])
     inter = spark.read.format("delta").load(layout.interactions).drop("shard_id")
     shard = spark.read.format("delta").load(layout.shard_map).select("user_key", "shard_id")
     rewritten = inter.join(shard, "user_key", "left").fillna({"shard_id": -1})
-    version = write_delta(rewritten, layout.interactions, partition_by=["shard_id"],
-                          stats_columns=INTERACTION_STATS)
+    version = write_delta(
+        rewritten, layout.interactions, partition_by=["shard_id"], stats_columns=INTERACTION_STATS
+    )
     vacuum_now(spark, layout.interactions)  # the files of the old layout are no longer needed
     vacuum_now(spark, layout.shard_map)
     return partition_id, smap_version, version
@@ -130,8 +162,10 @@ def _check_balance(part: Partition, cfg: RunConfig) -> float:
     capacity instead)."""
     imbalance = part.max_imbalance()
     if cfg.sharding.method != "kmeans" and imbalance > cfg.sharding.balance_tolerance:
-        raise PipelineError(f"partition: shard sizes {part.sizes.tolist()} deviate {imbalance:.1%} "
-                            f"from n/K (tolerance {cfg.sharding.balance_tolerance:.0%})")
+        raise PipelineError(
+            f"partition: shard sizes {part.sizes.tolist()} deviate {imbalance:.1%} "
+            f"from n/K (tolerance {cfg.sharding.balance_tolerance:.0%})"
+        )
     return imbalance
 
 
@@ -154,7 +188,9 @@ def repartition_strict(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -
     (what a fresh run would compute), keep shard names where users stay, write it, and report
     which shards' members changed (they must be retrained) and how many users moved."""
     t0 = time.perf_counter()
-    old_map = spark.read.format("delta").load(layout.shard_map).select("user_key", "shard_id").toPandas()
+    old_map = (
+        spark.read.format("delta").load(layout.shard_map).select("user_key", "shard_id").toPandas()
+    )
     keys, rows, part, t_emb = compute_partition(spark, cfg=cfg, layout=layout)
     old = old_map.set_index("user_key")["shard_id"].reindex(keys).to_numpy()
     if np.isnan(old.astype(float)).any():
@@ -164,12 +200,20 @@ def repartition_strict(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -
     labels = match_labels(old, part.labels, k)
     moved = labels != old
     changed = sorted({int(s) for s in np.concatenate([old[moved], labels[moved]])})
-    partition_id, smap_version, version = write_partition(spark, cfg=cfg, layout=layout, keys=keys,
-                                                          labels=labels)
-    return {"users": int(len(keys)), "users_moved": int(moved.sum()), "shards_changed": changed,
-            "sizes": np.bincount(labels, minlength=k).tolist(), "partition_id": partition_id,
-            "shard_map_version": smap_version, "interactions_version": version,
-            "embedding_seconds": round(t_emb, 2), "seconds": round(time.perf_counter() - t0, 2)}
+    partition_id, smap_version, version = write_partition(
+        spark, cfg=cfg, layout=layout, keys=keys, labels=labels
+    )
+    return {
+        "users": int(len(keys)),
+        "users_moved": int(moved.sum()),
+        "shards_changed": changed,
+        "sizes": np.bincount(labels, minlength=k).tolist(),
+        "partition_id": partition_id,
+        "shard_map_version": smap_version,
+        "interactions_version": version,
+        "embedding_seconds": round(t_emb, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 @holds_tables("partition")
@@ -182,18 +226,30 @@ def partition_users(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> d
     keys, rows, part, t_emb = compute_partition(spark, cfg=cfg, layout=layout)
     row_load = np.bincount(part.labels, weights=rows, minlength=cfg.sharding.n_shards)
     imbalance = _check_balance(part, cfg)
-    partition_id, smap_version, version = write_partition(spark, cfg=cfg, layout=layout, keys=keys,
-                                                          labels=part.labels)
-    stats = {"users": int(len(keys)), "n_shards": cfg.sharding.n_shards,
-             "method": cfg.sharding.method, "sizes": part.sizes.tolist(),
-             "max_imbalance": round(imbalance, 4), "partition_id": partition_id,
-             "train_rows": row_load.astype(int).tolist(),
-             "row_imbalance": round(float(row_load.max() / row_load.mean() - 1), 4),
-             "shard_map_version": smap_version, "interactions_version": version,
-             "embedding_seconds": round(t_emb, 2), "seconds": round(time.perf_counter() - t0, 2),
-             "guarantee": PARTITION_GUARANTEE}
-    log.info("partitioned %d users into %d shards, sizes %s", len(keys), cfg.sharding.n_shards,
-             part.sizes.tolist())
+    partition_id, smap_version, version = write_partition(
+        spark, cfg=cfg, layout=layout, keys=keys, labels=part.labels
+    )
+    stats = {
+        "users": int(len(keys)),
+        "n_shards": cfg.sharding.n_shards,
+        "method": cfg.sharding.method,
+        "sizes": part.sizes.tolist(),
+        "max_imbalance": round(imbalance, 4),
+        "partition_id": partition_id,
+        "train_rows": row_load.astype(int).tolist(),
+        "row_imbalance": round(float(row_load.max() / row_load.mean() - 1), 4),
+        "shard_map_version": smap_version,
+        "interactions_version": version,
+        "embedding_seconds": round(t_emb, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "guarantee": PARTITION_GUARANTEE,
+    }
+    log.info(
+        "partitioned %d users into %d shards, sizes %s",
+        len(keys),
+        cfg.sharding.n_shards,
+        part.sizes.tolist(),
+    )
     return stats
 
 
@@ -221,7 +277,9 @@ def partition_rows(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> di
     shard = np.full(len(pairs), -1, dtype=np.int32)
     if unit == "item":
         trained_items = np.unique(item[train])
-        part = assign(vx[trained_items], np.bincount(item[train], minlength=n_items)[trained_items], cfg=cfg)
+        part = assign(
+            vx[trained_items], np.bincount(item[train], minlength=n_items)[trained_items], cfg=cfg
+        )
         of_item = np.full(max(n_items, int(item.max()) + 1), -1, dtype=np.int32)
         of_item[trained_items] = part.labels
         shard = of_item[item]
@@ -234,32 +292,64 @@ def partition_rows(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> di
         np.add.at(votes, (urow[train], part.labels), 1)
         shard[~train] = votes.argmax(1)[urow[~train]]
     imbalance = _check_balance(part, cfg)
-    assigned = spark.createDataFrame(pd.DataFrame({
-        "user_key": pairs["user_key"].to_numpy().astype(str), "item_idx": item.astype(np.int32),
-        "split": pairs["split"].to_numpy().astype(str), "shard_id": shard}
-    ).drop_duplicates(["user_key", "item_idx", "split"]))  # a repeated pair: one shard, no extra rows
-    rewritten = inter.join(assigned, ["user_key", "item_idx", "split"], "left").fillna({"shard_id": -1})
-    version = write_delta(rewritten, layout.interactions, partition_by=["shard_id"],
-                          stats_columns=INTERACTION_STATS)
+    assigned = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "user_key": pairs["user_key"].to_numpy().astype(str),
+                "item_idx": item.astype(np.int32),
+                "split": pairs["split"].to_numpy().astype(str),
+                "shard_id": shard,
+            }
+        ).drop_duplicates(["user_key", "item_idx", "split"])
+    )  # a repeated pair: one shard, no extra rows
+    rewritten = inter.join(assigned, ["user_key", "item_idx", "split"], "left").fillna(
+        {"shard_id": -1}
+    )
+    version = write_delta(
+        rewritten, layout.interactions, partition_by=["shard_id"], stats_columns=INTERACTION_STATS
+    )
     vacuum_now(spark, layout.interactions)
     member = pd.DataFrame({"user_key": pairs["user_key"].to_numpy().astype(str), "shard_id": shard})
     member = member[member["shard_id"] >= 0].drop_duplicates()
-    partition_id = fingerprint({"sharding": cfg.sharding.model_dump(), "seed": cfg.seed,
-                                "labels": fingerprint({"labels": shard.tolist()})})
-    smap = spark.createDataFrame(member).withColumn("partition_id", F.lit(partition_id)) \
+    partition_id = fingerprint(
+        {
+            "sharding": cfg.sharding.model_dump(),
+            "seed": cfg.seed,
+            "labels": fingerprint({"labels": shard.tolist()}),
+        }
+    )
+    smap = (
+        spark.createDataFrame(member)
+        .withColumn("partition_id", F.lit(partition_id))
         .withColumn("assigned_at", F.lit(now_utc()))
+    )
     smap_version = write_delta(smap, layout.shard_map, stats_columns=["shard_id"])
     vacuum_now(spark, layout.shard_map)
     per_user = member.groupby("user_key").size()
     row_load = np.bincount(shard[train & (shard >= 0)], minlength=k)
-    stats = {"users": int(len(keys)), "n_shards": k, "unit": unit, "method": cfg.sharding.method,
-             "sizes": part.sizes.tolist(), "max_imbalance": round(imbalance, 4),
-             "partition_id": partition_id, "train_rows": row_load.astype(int).tolist(),
-             "row_imbalance": round(float(row_load.max() / max(row_load.mean(), 1) - 1), 4),
-             "shards_per_user": {"mean": round(float(per_user.mean()), 3), "max": int(per_user.max())},
-             "shard_map_version": smap_version, "interactions_version": version,
-             "embedding_seconds": round(t_emb, 2), "seconds": round(time.perf_counter() - t0, 2),
-             "guarantee": PARTITION_GUARANTEE}
-    log.info("partitioned %d %ss into %d shards, sizes %s; %.2f shards per user", len(shard), unit, k,
-             part.sizes.tolist(), per_user.mean())
+    stats = {
+        "users": int(len(keys)),
+        "n_shards": k,
+        "unit": unit,
+        "method": cfg.sharding.method,
+        "sizes": part.sizes.tolist(),
+        "max_imbalance": round(imbalance, 4),
+        "partition_id": partition_id,
+        "train_rows": row_load.astype(int).tolist(),
+        "row_imbalance": round(float(row_load.max() / max(row_load.mean(), 1) - 1), 4),
+        "shards_per_user": {"mean": round(float(per_user.mean()), 3), "max": int(per_user.max())},
+        "shard_map_version": smap_version,
+        "interactions_version": version,
+        "embedding_seconds": round(t_emb, 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "guarantee": PARTITION_GUARANTEE,
+    }
+    log.info(
+        "partitioned %d %ss into %d shards, sizes %s; %.2f shards per user",
+        len(shard),
+        unit,
+        k,
+        part.sizes.tolist(),
+        per_user.mean(),
+    )
     return stats

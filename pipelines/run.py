@@ -60,12 +60,15 @@ def choose_forget_set(spark: SparkSession, cfg: RunConfig, raw_path: Path, n: in
     """``n`` raw user ids drawn with the run's seed (held in memory only)."""
     raw = read_interactions(spark, cfg.dataset, raw_path).select("raw_user").distinct()
     ids = np.array(sorted(r["raw_user"] for r in raw.collect()))
-    return [str(x) for x in np.sort(numpy_rng(cfg.seed, "forget-set").choice(ids, n, replace=False))]
+    return [
+        str(x) for x in np.sort(numpy_rng(cfg.seed, "forget-set").choice(ids, n, replace=False))
+    ]
 
 
 @holds_tables("run")  # one lease across every step
-def run_all(spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: int = 12,
-            fresh: bool = True) -> dict[str, Any]:
+def run_all(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: int = 12, fresh: bool = True
+) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     def timed(name: str, fn, *a, **kw):  # noqa: ANN001, ANN202
@@ -78,43 +81,83 @@ def run_all(spark: SparkSession, *, cfg: RunConfig, layout: Layout, n_forget: in
         reset_state(layout)
     raw_path = timed("fetch", raw_data_path, cfg, layout)
     secret = secret_from_config(cfg.pseudonym, layout.root)
-    ingest_stats = timed("ingest", ingest, spark, cfg=cfg, layout=layout, raw_path=raw_path, secret=secret)
+    ingest_stats = timed(
+        "ingest", ingest, spark, cfg=cfg, layout=layout, raw_path=raw_path, secret=secret
+    )
     part = timed("partition", partition_users, spark, cfg=cfg, layout=layout)
     train = timed("train", train_all, spark, cfg=cfg, layout=layout, partition=part)
-    before = timed("evaluate_before", evaluate_published, spark, cfg=cfg, layout=layout, label="before")
+    before = timed(
+        "evaluate_before", evaluate_published, spark, cfg=cfg, layout=layout, label="before"
+    )
 
     forget_ids = choose_forget_set(spark, cfg, raw_path, n_forget)
     # Two jobs: a batch of users (with a duplicate, an unknown id and a malformed one, which
     # the ledger must record with their outcomes and lose nothing), then a single user, which
     # measures what one request that touches one shard costs.
     batch, single = forget_ids[:-1], forget_ids[-1:]
-    outcomes = timed("forget_intake", submit_user_requests, spark, layout=layout, secret=secret,
-                     raw_ids=batch + [batch[0], "no-such-user-0", "bad id; DROP TABLE"])
+    outcomes = timed(
+        "forget_intake",
+        submit_user_requests,
+        spark,
+        layout=layout,
+        secret=secret,
+        raw_ids=batch + [batch[0], "no-such-user-0", "bad id; DROP TABLE"],
+    )
     accepted = {o["user_key"] for o in outcomes if o["outcome"] == "accepted"}
     single_key = user_key(secret, single[0])
-    before_retained = timed("evaluate_before_retained", evaluate_published, spark, cfg=cfg,
-                            layout=layout, exclude_keys=sorted(accepted | {single_key}))
+    before_retained = timed(
+        "evaluate_before_retained",
+        evaluate_published,
+        spark,
+        cfg=cfg,
+        layout=layout,
+        exclude_keys=sorted(accepted | {single_key}),
+    )
     unl = timed("unlearn", unlearn, spark, cfg=cfg, layout=layout)
     outcomes += submit_user_requests(spark, layout=layout, secret=secret, raw_ids=single)
     unl_single = timed("unlearn_single", unlearn, spark, cfg=cfg, layout=layout)
     aud = timed("audit", audit, spark, layout=layout, secret=secret, raw_ids=forget_ids)
-    after = timed("evaluate_after", evaluate_published, spark, cfg=cfg, layout=layout, label="after")
+    after = timed(
+        "evaluate_after", evaluate_published, spark, cfg=cfg, layout=layout, label="after"
+    )
 
     ledger_rows = {r["request_id"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
     requests = []
     for o in outcomes:
         row = ledger_rows.get(o["request_id"], {})
-        requests.append({
-            "request_id": o["request_id"], "outcome": o["outcome"], "status": row.get("status"),
-            "reason": row.get("reason"), "shards": row.get("shards"),
-            "model_version": row.get("model_version"),
-            **{k: (row[k].isoformat() if row.get(k) else None)
-               for k in ("received_at", "started_at", "deleted_at", "published_at", "completed_at")}})
+        requests.append(
+            {
+                "request_id": o["request_id"],
+                "outcome": o["outcome"],
+                "status": row.get("status"),
+                "reason": row.get("reason"),
+                "shards": row.get("shards"),
+                "model_version": row.get("model_version"),
+                **{
+                    k: (row[k].isoformat() if row.get(k) else None)
+                    for k in (
+                        "received_at",
+                        "started_at",
+                        "deleted_at",
+                        "published_at",
+                        "completed_at",
+                    )
+                },
+            }
+        )
     run = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dataset": cfg.dataset.name, "config_fingerprint": fingerprint(cfg),
-        "n_shards": cfg.sharding.n_shards, "partition": part, "ingest": ingest_stats,
-        "train": train, "unlearn": unl, "unlearn_single": unl_single, "audit": aud, "requests": requests, "timings": timings,
+        "dataset": cfg.dataset.name,
+        "config_fingerprint": fingerprint(cfg),
+        "n_shards": cfg.sharding.n_shards,
+        "partition": part,
+        "ingest": ingest_stats,
+        "train": train,
+        "unlearn": unl,
+        "unlearn_single": unl_single,
+        "audit": aud,
+        "requests": requests,
+        "timings": timings,
         "evaluations": {"before": before, "before_retained": before_retained, "after": after},
     }
     report = build_report(run)

@@ -38,21 +38,32 @@ REFERENCE = "reference"
 AGGREGATOR = "aggregator"
 
 
-def read_split_data(table: str, version: int, n_items: int, shard_id: int | None) -> InteractionData:
+def read_split_data(
+    table: str, version: int, n_items: int, shard_id: int | None
+) -> InteractionData:
     """A shard's (or, with ``shard_id=None``, every shard's) rows at ``version``."""
     parts = [("shard_id", "=", str(int(shard_id)))] if shard_id is not None else None
-    tbl = read_table(table, version=version, columns=["user_key", "item_idx", "split"], partitions=parts)
-    return InteractionData.from_columns(tbl.column("user_key").to_numpy(zero_copy_only=False),
-                                       tbl.column("item_idx").to_numpy(zero_copy_only=False),
-                                       tbl.column("split").to_numpy(zero_copy_only=False), n_items)
+    tbl = read_table(
+        table, version=version, columns=["user_key", "item_idx", "split"], partitions=parts
+    )
+    return InteractionData.from_columns(
+        tbl.column("user_key").to_numpy(zero_copy_only=False),
+        tbl.column("item_idx").to_numpy(zero_copy_only=False),
+        tbl.column("split").to_numpy(zero_copy_only=False),
+        n_items,
+    )
 
 
 def read_grouped_data(table: str, version: int, n_items: int) -> tuple[InteractionData, np.ndarray]:
     """Every row at ``version`` and each user's shard (group), aligned with the data's keys."""
     tbl = read_table(table, version=version, columns=["user_key", "item_idx", "split", "shard_id"])
     keys = tbl.column("user_key").to_numpy(zero_copy_only=False).astype(str)
-    data = InteractionData.from_columns(keys, tbl.column("item_idx").to_numpy(zero_copy_only=False),
-                                       tbl.column("split").to_numpy(zero_copy_only=False), n_items)
+    data = InteractionData.from_columns(
+        keys,
+        tbl.column("item_idx").to_numpy(zero_copy_only=False),
+        tbl.column("split").to_numpy(zero_copy_only=False),
+        n_items,
+    )
     shard = tbl.column("shard_id").to_numpy(zero_copy_only=False).astype(np.int64)
     uniq, first = np.unique(keys, return_index=True)
     labels = shard[first[np.searchsorted(uniq, data.user_keys)]]
@@ -69,8 +80,15 @@ def torch_setup(threads: int, deterministic: bool) -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
-def train_component(cfg_json: str, table: str, version: int, n_items: int, shard_id: int | None,
-                    ckpt_root: str, job_id: str) -> dict[str, Any]:
+def train_component(
+    cfg_json: str,
+    table: str,
+    version: int,
+    n_items: int,
+    shard_id: int | None,
+    ckpt_root: str,
+    job_id: str,
+) -> dict[str, Any]:
     """Train one sub-model (``model.kind``; a shard, or the reference when ``shard_id`` is
     None); save it."""
     from recunlearn.models import fit_model
@@ -86,21 +104,43 @@ def train_component(cfg_json: str, table: str, version: int, n_items: int, shard
     seed = make_seed(cfg.seed, "model", component)
     model, stats = fit_model(data, cfg.model, seed=seed)
     meta = CheckpointMeta(
-        shard_id=shard_id, delta_version=version, job_id=job_id, table=Path(table).name,
-        config_fingerprint=fingerprint(cfg.model), seed=seed, fit_seconds=round(stats["fit_seconds"], 3),
-        epochs=stats["epochs"], valid_ndcg=stats["valid_ndcg"], n_users=stats["n_users"],
-        n_train=stats["n_train"], kind=cfg.model.kind,
-        extra={"read_seconds": round(t_read, 3), "best_epoch": stats["best_epoch"], "curve": stats["curve"]})
+        shard_id=shard_id,
+        delta_version=version,
+        job_id=job_id,
+        table=Path(table).name,
+        config_fingerprint=fingerprint(cfg.model),
+        seed=seed,
+        fit_seconds=round(stats["fit_seconds"], 3),
+        epochs=stats["epochs"],
+        valid_ndcg=stats["valid_ndcg"],
+        n_users=stats["n_users"],
+        n_train=stats["n_train"],
+        kind=cfg.model.kind,
+        extra={
+            "read_seconds": round(t_read, 3),
+            "best_epoch": stats["best_epoch"],
+            "curve": stats["curve"],
+        },
+    )
     model.meta = meta.to_json()
-    saved = checkpoints.save(Path(ckpt_root), component, f"{job_id}-{uuid.uuid4().hex[:6]}",
-                             model.state(), meta)
+    saved = checkpoints.save(
+        Path(ckpt_root), component, f"{job_id}-{uuid.uuid4().hex[:6]}", model.state(), meta
+    )
     saved["task_seconds"] = round(time.perf_counter() - t0, 3)
     return saved
 
 
-def train_sequential_component(cfg_json: str, table: str, version: int, n_items: int,
-                               order: list[int] | None, start: int, init_path: str | None,
-                               ckpt_root: str, job_id: str) -> dict[str, Any]:
+def train_sequential_component(
+    cfg_json: str,
+    table: str,
+    version: int,
+    n_items: int,
+    order: list[int] | None,
+    start: int,
+    init_path: str | None,
+    ckpt_root: str,
+    job_id: str,
+) -> dict[str, Any]:
     """LASER: the stages from curriculum position ``start`` on, one after the other, warm-
     started from ``init_path`` (stage ``start - 1``); each stage saved as its group's shard
     checkpoint. ``order=None`` (first training) puts the groups in curriculum order here."""
@@ -116,26 +156,62 @@ def train_sequential_component(cfg_json: str, table: str, version: int, n_items:
         order = curriculum(np.diff(data.train.indptr), labels, cfg.sharding.n_shards).tolist()
     init = load_model(checkpoints.load_state(init_path)) if init_path else None
     seed = make_seed(cfg.seed, "model", "sequential")
-    stages, stats = fit_sequential(data, labels, np.asarray(order), cfg.model, seed=seed,
-                                   group_epochs=cfg.sharding.group_epochs, start=start, init=init)
+    stages, stats = fit_sequential(
+        data,
+        labels,
+        np.asarray(order),
+        cfg.model,
+        seed=seed,
+        group_epochs=cfg.sharding.group_epochs,
+        start=start,
+        init=init,
+    )
     metas = []
-    for model, st in zip(stages, stats):
+    for model, st in zip(stages, stats, strict=True):
         meta = CheckpointMeta(
-            shard_id=st["group"], delta_version=version, job_id=job_id, table=Path(table).name,
-            config_fingerprint=fingerprint(cfg.model), seed=seed, fit_seconds=round(st["fit_seconds"], 3),
-            epochs=st["epochs"], valid_ndcg=st["valid_ndcg"], n_users=st["n_users"], n_train=st["n_train"],
+            shard_id=st["group"],
+            delta_version=version,
+            job_id=job_id,
+            table=Path(table).name,
+            config_fingerprint=fingerprint(cfg.model),
+            seed=seed,
+            fit_seconds=round(st["fit_seconds"], 3),
+            epochs=st["epochs"],
+            valid_ndcg=st["valid_ndcg"],
+            n_users=st["n_users"],
+            n_train=st["n_train"],
             kind=cfg.model.kind,
-            extra={"stage": st["stage"], "order": order, "read_seconds": round(t_read, 3),
-                   "best_epoch": st["best_epoch"], "curve": st["curve"],
-                   "init": init_path if st["stage"] == start else None})
+            extra={
+                "stage": st["stage"],
+                "order": order,
+                "read_seconds": round(t_read, 3),
+                "best_epoch": st["best_epoch"],
+                "curve": st["curve"],
+                "init": init_path if st["stage"] == start else None,
+            },
+        )
         model.meta = meta.to_json()
-        metas.append(checkpoints.save(Path(ckpt_root), checkpoints.shard_component(st["group"]),
-                                      f"{job_id}-{uuid.uuid4().hex[:6]}", model.state(), meta))
+        metas.append(
+            checkpoints.save(
+                Path(ckpt_root),
+                checkpoints.shard_component(st["group"]),
+                f"{job_id}-{uuid.uuid4().hex[:6]}",
+                model.state(),
+                meta,
+            )
+        )
     return {"order": order, "stages": metas, "task_seconds": round(time.perf_counter() - t0, 3)}
 
 
-def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: int,
-                             shard_paths: list[str], ckpt_root: str, job_id: str) -> dict[str, Any]:
+def fit_aggregator_component(
+    cfg_json: str,
+    table: str,
+    version: int,
+    n_items: int,
+    shard_paths: list[str],
+    ckpt_root: str,
+    job_id: str,
+) -> dict[str, Any]:
     """Fit the aggregator on retained training data at ``version``, shard models frozen."""
     from recunlearn.models import load_model
     from recunlearn.seeding import numpy_rng
@@ -150,18 +226,32 @@ def fit_aggregator_component(cfg_json: str, table: str, version: int, n_items: i
     if kind.fit is not None:
         data = read_split_data(table, version, n_items, None)
         shards = [load_model(checkpoints.load_state(p)) for p in shard_paths]
-        agg, stats = kind.fit(shards, data, cfg.aggregator, seed=seed, rng=numpy_rng(cfg.seed, "aggregator-sample"))
+        agg, stats = kind.fit(
+            shards, data, cfg.aggregator, seed=seed, rng=numpy_rng(cfg.seed, "aggregator-sample")
+        )
         state, n_train = agg.state(), int(data.train.nnz)
     else:  # the mean has no parameters: nothing to fit, nothing trained on anyone's data
-        stats, state = {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None}, kind.load({"kind": kind.name}).state()
+        stats, state = (
+            {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None},
+            kind.load({"kind": kind.name}).state(),
+        )
     meta = CheckpointMeta(
-        shard_id=None, delta_version=version, job_id=job_id, table=Path(table).name,
-        config_fingerprint=fingerprint(cfg.aggregator), seed=seed, kind=cfg.aggregator.kind,
-        fit_seconds=round(stats["fit_seconds"], 3), epochs=stats["epochs"], valid_ndcg=stats["valid_ndcg"],
+        shard_id=None,
+        delta_version=version,
+        job_id=job_id,
+        table=Path(table).name,
+        config_fingerprint=fingerprint(cfg.aggregator),
+        seed=seed,
+        kind=cfg.aggregator.kind,
+        fit_seconds=round(stats["fit_seconds"], 3),
+        epochs=stats["epochs"],
+        valid_ndcg=stats["valid_ndcg"],
         n_train=n_train,
-        extra={"shard_checkpoints": [relative_to(p, Path(ckpt_root)) for p in shard_paths]})
-    saved = checkpoints.save(Path(ckpt_root), AGGREGATOR, f"{job_id}-{uuid.uuid4().hex[:6]}",
-                             state, meta)
+        extra={"shard_checkpoints": [relative_to(p, Path(ckpt_root)) for p in shard_paths]},
+    )
+    saved = checkpoints.save(
+        Path(ckpt_root), AGGREGATOR, f"{job_id}-{uuid.uuid4().hex[:6]}", state, meta
+    )
     saved["task_seconds"] = round(time.perf_counter() - t0, 3)
     return saved
 
@@ -173,7 +263,9 @@ def _remote(fn, max_retries: int):  # noqa: ANN001, ANN202
     return ray.remote(fn).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
 
 
-def run_tasks(cfg: RunConfig, calls: list[tuple[Any, tuple]], *, label: str) -> list[dict[str, Any]]:
+def run_tasks(
+    cfg: RunConfig, calls: list[tuple[Any, tuple]], *, label: str
+) -> list[dict[str, Any]]:
     """Submit (fn, args) calls as Ray tasks, at most 2x the cluster's CPUs in flight."""
     from tqdm import tqdm
 
@@ -202,9 +294,17 @@ def run_tasks(cfg: RunConfig, calls: list[tuple[Any, tuple]], *, label: str) -> 
     return [results[i] for i in range(len(calls))]
 
 
-def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
-                 shard_ids: list[int], reference: bool, job_id: str,
-                 current: ModelVersion | None = None) -> dict[str, Any]:
+def train_models(
+    cfg: RunConfig,
+    layout: Layout,
+    *,
+    version: int,
+    n_items: int,
+    shard_ids: list[int],
+    reference: bool,
+    job_id: str,
+    current: ModelVersion | None = None,
+) -> dict[str, Any]:
     """Train the given shards (and the reference) in parallel on Ray. In sequential mode the
     shards are groups: one task trains the stages from the earliest of ``shard_ids`` in the
     curriculum order of ``current`` (a fresh order without one) to the last, beside the
@@ -212,13 +312,23 @@ def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
     cfg_json = cfg.model_dump_json()
     table, root = layout.interactions, str(layout.checkpoints)
     sequential = cfg.train.mode == "sequential"
-    calls = [] if sequential else [(train_component, (cfg_json, table, version, n_items, k, root, job_id))
-                                   for k in shard_ids]
+    calls = (
+        []
+        if sequential
+        else [
+            (train_component, (cfg_json, table, version, n_items, k, root, job_id))
+            for k in shard_ids
+        ]
+    )
     order = None
     if sequential and shard_ids:
         order, start, init = sequential_restart(current, shard_ids)
-        calls.append((train_sequential_component, (cfg_json, table, version, n_items, order, start, init,
-                                                   root, job_id)))
+        calls.append(
+            (
+                train_sequential_component,
+                (cfg_json, table, version, n_items, order, start, init, root, job_id),
+            )
+        )
     if reference:
         calls.append((train_component, (cfg_json, table, version, n_items, None, root, job_id)))
     t0 = time.perf_counter()
@@ -227,14 +337,18 @@ def train_models(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
         run, metas = metas[0], metas[1:]
         order = run["order"]
         metas = run["stages"] + metas
-    out = {"shards": {m["shard_id"]: m for m in metas if m["shard_id"] is not None},
-           "reference": next((m for m in metas if m["shard_id"] is None), None),
-           "wall_seconds": round(time.perf_counter() - t0, 3), "order": order}
+    out = {
+        "shards": {m["shard_id"]: m for m in metas if m["shard_id"] is not None},
+        "reference": next((m for m in metas if m["shard_id"] is None), None),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "order": order,
+    }
     return out
 
 
-def sequential_restart(current: ModelVersion | None,
-                       groups: list[int]) -> tuple[list[int] | None, int, str | None]:
+def sequential_restart(
+    current: ModelVersion | None, groups: list[int]
+) -> tuple[list[int] | None, int, str | None]:
     """(curriculum order, first stage to train, checkpoint of the stage before it) for
     retraining ``groups`` of a sequential version (None: a first training, from stage 0)."""
     if current is None or current.order is None:
@@ -244,34 +358,78 @@ def sequential_restart(current: ModelVersion | None,
     return order, start, current.shards[order[start - 1]].path if start else None
 
 
-def fit_aggregator(cfg: RunConfig, layout: Layout, *, version: int, n_items: int,
-                   shard_paths: list[str], job_id: str) -> dict[str, Any]:
+def fit_aggregator(
+    cfg: RunConfig,
+    layout: Layout,
+    *,
+    version: int,
+    n_items: int,
+    shard_paths: list[str],
+    job_id: str,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    [meta] = run_tasks(cfg, [(fit_aggregator_component,
-                              (cfg.model_dump_json(), layout.interactions, version, n_items,
-                               shard_paths, str(layout.checkpoints), job_id))], label="aggregate")
+    [meta] = run_tasks(
+        cfg,
+        [
+            (
+                fit_aggregator_component,
+                (
+                    cfg.model_dump_json(),
+                    layout.interactions,
+                    version,
+                    n_items,
+                    shard_paths,
+                    str(layout.checkpoints),
+                    job_id,
+                ),
+            )
+        ],
+        label="aggregate",
+    )
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return meta
 
 
-def build_version(*, version: int, cfg: RunConfig, shards: dict[int, Component | dict[str, Any]],
-                  aggregator: Component | dict[str, Any], reference: Component | dict[str, Any] | None,
-                  table_version: int, n_items: int, partition: dict[str, Any] | None,
-                  guarantee: str, order: list[int] | None = None, parent: int | None = None,
-                  job_id: str | None = None) -> ModelVersion:
+def build_version(
+    *,
+    version: int,
+    cfg: RunConfig,
+    shards: dict[int, Component | dict[str, Any]],
+    aggregator: Component | dict[str, Any],
+    reference: Component | dict[str, Any] | None,
+    table_version: int,
+    n_items: int,
+    partition: dict[str, Any] | None,
+    guarantee: str,
+    order: list[int] | None = None,
+    parent: int | None = None,
+    job_id: str | None = None,
+) -> ModelVersion:
     """The model version of these components (each a ``Component`` or a checkpoint's metadata
     as a training task returns it)."""
+
     def comp(c: Component | dict[str, Any]) -> Component:
         return c if isinstance(c, Component) else Component.of(c)
 
     if sorted(shards) != list(range(cfg.sharding.n_shards)):
-        raise PipelineError(f"model version: shards {sorted(shards)} do not cover 0..{cfg.sharding.n_shards - 1}")
+        raise PipelineError(
+            f"model version: shards {sorted(shards)} do not cover 0..{cfg.sharding.n_shards - 1}"
+        )
     return ModelVersion(
-        version=version, n_shards=cfg.sharding.n_shards, n_items=n_items, table_version=table_version,
-        shards={k: comp(shards[k]) for k in sorted(shards)}, aggregator=comp(aggregator),
-        reference=comp(reference) if reference else None, guarantee=guarantee,
-        config_fingerprint=fingerprint(cfg), partition=partition,
-        order=list(order) if order is not None else None, parent=parent, job_id=job_id)
+        version=version,
+        n_shards=cfg.sharding.n_shards,
+        n_items=n_items,
+        table_version=table_version,
+        shards={k: comp(shards[k]) for k in sorted(shards)},
+        aggregator=comp(aggregator),
+        reference=comp(reference) if reference else None,
+        guarantee=guarantee,
+        config_fingerprint=fingerprint(cfg),
+        partition=partition,
+        order=list(order) if order is not None else None,
+        parent=parent,
+        job_id=job_id,
+    )
 
 
 def n_items_of(layout: Layout) -> int:
@@ -280,8 +438,9 @@ def n_items_of(layout: Layout) -> int:
 
 
 @holds_tables("train")
-def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
-              partition: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_all(
+    spark: Any, *, cfg: RunConfig, layout: Layout, partition: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train every shard, the reference and the aggregator on the current table version,
     then publish a model version."""
     from pipelines.partition import PARTITION_GUARANTEE
@@ -293,21 +452,40 @@ def train_all(spark: Any, *, cfg: RunConfig, layout: Layout,
     n_items = n_items_of(layout)
     job_id = new_job_id("train")
     t0 = time.perf_counter()
-    trained = train_models(cfg, layout, version=version, n_items=n_items,
-                           shard_ids=list(range(cfg.sharding.n_shards)),
-                           reference=cfg.train.reference_model, job_id=job_id)
+    trained = train_models(
+        cfg,
+        layout,
+        version=version,
+        n_items=n_items,
+        shard_ids=list(range(cfg.sharding.n_shards)),
+        reference=cfg.train.reference_model,
+        job_id=job_id,
+    )
     paths = [trained["shards"][k]["path"] for k in range(cfg.sharding.n_shards)]
     t_agg = time.perf_counter()
-    agg = fit_aggregator(cfg, layout, version=version, n_items=n_items, shard_paths=paths, job_id=job_id)
+    agg = fit_aggregator(
+        cfg, layout, version=version, n_items=n_items, shard_paths=paths, job_id=job_id
+    )
     model_version = registry.next_version()
-    published = build_version(version=model_version, cfg=cfg, shards=trained["shards"], aggregator=agg,
-                              reference=trained["reference"], table_version=version, n_items=n_items,
-                              partition=partition, guarantee=PARTITION_GUARANTEE, order=trained["order"])
+    published = build_version(
+        version=model_version,
+        cfg=cfg,
+        shards=trained["shards"],
+        aggregator=agg,
+        reference=trained["reference"],
+        table_version=version,
+        n_items=n_items,
+        partition=partition,
+        guarantee=PARTITION_GUARANTEE,
+        order=trained["order"],
+    )
     # a first training supersedes nothing forgotten: no checkpoint is pruned, no version retired
     publish_version(registry, published, request_ids=[], note=f"full training {job_id}")
     ref = trained["reference"]
     return {
-        "job_id": job_id, "model_version": model_version, "table_version": version,
+        "job_id": job_id,
+        "model_version": model_version,
+        "table_version": version,
         "shards_wall_seconds": trained["wall_seconds"],
         "aggregator_wall_seconds": round(time.perf_counter() - t_agg, 3),
         "wall_seconds": round(time.perf_counter() - t0, 3),

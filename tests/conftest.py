@@ -21,7 +21,9 @@ def spark(ray_local):
     from recunlearn.config import SparkConfig
     from recunlearn.engines import spark_session
 
-    session = spark_session(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="2g"))
+    session = spark_session(
+        SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="2g")
+    )
     yield session
     session.stop()
 
@@ -38,8 +40,14 @@ def ray_local():
     ray.shutdown()
 
 
-def write_ml100k(path: Path, n_users: int = 60, n_items: int = 48, n_groups: int = 3,
-                 per_user: int = 14, seed: int = 0) -> dict[str, list[int]]:
+def write_ml100k(
+    path: Path,
+    n_users: int = 60,
+    n_items: int = 48,
+    n_groups: int = 3,
+    per_user: int = 14,
+    seed: int = 0,
+) -> dict[str, list[int]]:
     """A u.data file with planted taste groups: users of group g rate items of block g.
 
     Returns the raw user ids per group. Ids start at 1 like MovieLens.

@@ -37,14 +37,18 @@ def top_overlap(a: BPRMF, b: BPRMF, k: int = 10) -> float:
     rows = np.arange(len(a.user_keys))
     ta = torch.topk(a.score(rows), k).indices.numpy()
     tb = torch.topk(b.score(rows), k).indices.numpy()
-    return float(np.mean([len(set(x) & set(z)) / k for x, z in zip(ta, tb)]))
+    return float(np.mean([len(set(x) & set(z)) / k for x, z in zip(ta, tb, strict=True)]))
 
 
 def test_labels_from_both_movielens_formats(tmp_path: Path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|30|M|writer|1\n")
+    (tmp_path / "a" / "u.user").write_text(
+        "1|24|M|technician|85711\n2|53|F|other|94043\n3|30|M|writer|1\n"
+    )
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
+    (tmp_path / "b" / "users.dat").write_text(
+        "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n"
+    )
     a, b = read_user_attributes(tmp_path / "a"), read_user_attributes(tmp_path / "b")
     assert encode(a, "gender").tolist() == [0, 1, 0] and encode(a, "age").tolist() == [0, 2, 1]
     assert encode(b, "gender").tolist() == [1, 0, 0] and encode(b, "age").tolist() == [0, 2, 1]
@@ -87,7 +91,9 @@ def test_per_user_scope_edits_only_the_users_who_asked():
     rest = np.setdiff1d(np.arange(len(y)), asked)
     edited, undo, _ = edit_model(model, y, asked, cfg=FAST, seed=3)
     assert torch.equal(edited.user[torch.from_numpy(rest)], model.user[torch.from_numpy(rest)])
-    assert not torch.equal(edited.user[torch.from_numpy(asked)], model.user[torch.from_numpy(asked)])
+    assert not torch.equal(
+        edited.user[torch.from_numpy(asked)], model.user[torch.from_numpy(asked)]
+    )
     clf = fit_attacker(model.user.numpy()[rest], y[rest], kind="mlp", seed=0)
     before = score_attacker(clf, model.user.numpy()[asked], y[asked], n_classes=2, bootstrap=0)
     after = score_attacker(clf, edited.user.numpy()[asked], y[asked], n_classes=2, bootstrap=0)
@@ -107,20 +113,27 @@ def test_edit_refuses_users_without_a_label_and_needs_scores_in_function_space()
 def test_ensemble_overlay_edits_only_its_users_and_round_trips():
     model, y = planted(n=400, n_items=40)
     half = len(y) // 2
-    shards = [BPRMF(model.user_keys[:half], model.user[:half], model.item, model.bias),
-              BPRMF(model.user_keys[half:], model.user[half:], model.item * 0.9, model.bias)]
+    shards = [
+        BPRMF(model.user_keys[:half], model.user[:half], model.item, model.bias),
+        BPRMF(model.user_keys[half:], model.user[half:], model.item * 0.9, model.bias),
+    ]
     ens = ShardedEnsemble(shards, MeanAggregator())
     rng = np.random.default_rng(0)
     hist = sp.csr_matrix((rng.random((len(y), 40)) < 0.15).astype(np.float32))
     targets = np.arange(0, len(y), 4)
-    overlay, _ = edit_ensemble(ens, model.user_keys, hist, y, targets, cfg=FAST.model_copy(update={"steps": 50}),
-                               seed=0)
+    overlay, _ = edit_ensemble(
+        ens, model.user_keys, hist, y, targets, cfg=FAST.model_copy(update={"steps": 50}), seed=0
+    )
     assert list(overlay.keys) == sorted(model.user_keys[targets])
     edited = ShardedEnsemble(shards, MeanAggregator(), overlay=overlay)
     others = np.setdiff1d(np.arange(len(y)), targets)
     keys = model.user_keys
-    assert torch.equal(edited.score(keys[others], hist[others]), ens.score(keys[others], hist[others]))
-    assert not torch.allclose(edited.score(keys[targets], hist[targets]), ens.score(keys[targets], hist[targets]))
+    assert torch.equal(
+        edited.score(keys[others], hist[others]), ens.score(keys[others], hist[others])
+    )
+    assert not torch.allclose(
+        edited.score(keys[targets], hist[targets]), ens.score(keys[targets], hist[targets])
+    )
     back = AttributeOverlay.from_state(overlay.state())
     vecs, _ = shard_views(shards, keys, hist)
     assert torch.equal(back.apply(keys, vecs), overlay.apply(keys, vecs))

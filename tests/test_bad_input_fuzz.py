@@ -38,15 +38,27 @@ def _lines(rng: np.random.Generator, n: int) -> tuple[list[str], dict[str, bool]
     for k in range(n):
         user, item = f"u{k:04d}", str(int(rng.integers(1, 500)))
         rating, ts = rng.choice(GOOD_RATING), rng.choice(GOOD_TS)
-        kind = rng.choice(["good", "rating", "ts", "fields", "empty_user", "empty_item", "truncated",
-                           "noise_item", "blank"], p=[.4, .1, .1, .1, .05, .05, .1, .05, .05])
+        kind = rng.choice(
+            [
+                "good",
+                "rating",
+                "ts",
+                "fields",
+                "empty_user",
+                "empty_item",
+                "truncated",
+                "noise_item",
+                "blank",
+            ],
+            p=[0.4, 0.1, 0.1, 0.1, 0.05, 0.05, 0.1, 0.05, 0.05],
+        )
         if kind == "rating":
             rating = rng.choice(BAD_RATING)
         elif kind == "ts":
             ts = rng.choice(BAD_TS)
         fields = [user, item, rating, ts]
         if kind == "fields":
-            fields = fields[: int(rng.integers(1, 4))] if rng.random() < .5 else fields + ["extra"]
+            fields = fields[: int(rng.integers(1, 4))] if rng.random() < 0.5 else fields + ["extra"]
         elif kind == "empty_user":
             fields[0] = " "
         elif kind == "empty_item":
@@ -86,11 +98,19 @@ def test_reader_keeps_or_quarantines_every_line(spark, tmp_path, seed):
 
 
 # Rows whose fate is certain, with the reason each bad one must be quarantined for.
-KIND_REASON = {"good": None, "rating": "non-numeric rating", "ts": "non-numeric timestamp",
-               "empty_user": "empty user id", "empty_item": "empty item id", "fields": "wrong field count"}
+KIND_REASON = {
+    "good": None,
+    "rating": "non-numeric rating",
+    "ts": "non-numeric timestamp",
+    "empty_user": "empty user id",
+    "empty_item": "empty item id",
+    "fields": "wrong field count",
+}
 # what bad values look like in a generic log: never the separator (it would shift the fields)
-LOG_BAD_RATING, LOG_BAD_TS = ["five", "--1", "NaN", "x2", "1e"], [
-    "12:00", "ts", "9x9", "880000011;DROP TABLE interactions", "1.5.5"]
+LOG_BAD_RATING, LOG_BAD_TS = (
+    ["five", "--1", "NaN", "x2", "1e"],
+    ["12:00", "ts", "9x9", "880000011;DROP TABLE interactions", "1.5.5"],
+)
 
 
 def _rows(rng: np.random.Generator, n: int, kinds: list[str]) -> list[tuple[str, list[str]]]:
@@ -98,8 +118,12 @@ def _rows(rng: np.random.Generator, n: int, kinds: list[str]) -> list[tuple[str,
     out = []
     for k in range(n):
         kind = str(rng.choice(kinds))
-        f = [f"u{k:04d}", str(int(rng.integers(1, 500))), str(rng.choice(GOOD_RATING)).strip(),
-             str(rng.choice(GOOD_TS))]
+        f = [
+            f"u{k:04d}",
+            str(int(rng.integers(1, 500))),
+            str(rng.choice(GOOD_RATING)).strip(),
+            str(rng.choice(GOOD_TS)),
+        ]
         if kind == "rating":
             f[2] = str(rng.choice(LOG_BAD_RATING))
         elif kind == "ts":
@@ -131,21 +155,51 @@ ALL, NO_FIELDS = list(KIND_REASON), ["good", "rating", "ts", "empty_user", "empt
 LINE_CASES = {
     "ml-100k": ("u.data", "\t", None, (0, 1, 2, 3), ALL),
     "ml-1m": ("ratings.dat", "::", None, (0, 1, 2, 3), ALL),
-    "ml-1m-implicit": ("interactions.csv", ",", "user_id,movie_id", (0, 1), ["good", "empty_user", "empty_item", "fields"]),
+    "ml-1m-implicit": (
+        "interactions.csv",
+        ",",
+        "user_id,movie_id",
+        (0, 1),
+        ["good", "empty_user", "empty_item", "fields"],
+    ),
     "amazon-ratings": ("ratings_Digital_Music.csv", ",", None, (1, 0, 2, 3), ALL),
-    "lfm2b-events": ("listening-events.tsv", "\t", "user_id\ttrack_id\talbum_id\ttimestamp", (0, 1, None, 3),
-                     ["good", "ts", "empty_user", "empty_item"]),
-    "lfm2b-counts": ("listening-counts.tsv", "\t", "user_id\ttrack_id\tcount", (0, 1, 2),
-                     ["good", "rating", "empty_user", "empty_item"]),
+    "lfm2b-events": (
+        "listening-events.tsv",
+        "\t",
+        "user_id\ttrack_id\talbum_id\ttimestamp",
+        (0, 1, None, 3),
+        ["good", "ts", "empty_user", "empty_item"],
+    ),
+    "lfm2b-counts": (
+        "listening-counts.tsv",
+        "\t",
+        "user_id\ttrack_id\tcount",
+        (0, 1, 2),
+        ["good", "rating", "empty_user", "empty_item"],
+    ),
     "log": ("plays.csv", ",", "uid,iid,stars,when", (0, 1, 2, 3), NO_FIELDS),
 }
 
 
-@pytest.mark.parametrize("fmt,compression", [
-    ("ml-100k", None), ("ml-100k", "gz"), ("ml-1m", None), ("ml-1m", "bz2"),
-    ("ml-1m-implicit", None), ("ml-1m-implicit", "gz"), ("amazon-ratings", "gz"),
-    ("lfm2b-events", "bz2"), ("lfm2b-counts", None), ("log", None), ("log", "bz2")])
-def test_every_line_reader_quarantines_each_malformed_row_with_its_reason(spark, tmp_path, fmt, compression):
+@pytest.mark.parametrize(
+    "fmt,compression",
+    [
+        ("ml-100k", None),
+        ("ml-100k", "gz"),
+        ("ml-1m", None),
+        ("ml-1m", "bz2"),
+        ("ml-1m-implicit", None),
+        ("ml-1m-implicit", "gz"),
+        ("amazon-ratings", "gz"),
+        ("lfm2b-events", "bz2"),
+        ("lfm2b-counts", None),
+        ("log", None),
+        ("log", "bz2"),
+    ],
+)
+def test_every_line_reader_quarantines_each_malformed_row_with_its_reason(
+    spark, tmp_path, fmt, compression
+):
     name, sep, header, order, kinds = LINE_CASES[fmt]
     rows = _rows(np.random.default_rng(len(fmt) + 7 * bool(compression)), 240, kinds)
     lines = [header] if header else []
@@ -155,9 +209,14 @@ def test_every_line_reader_quarantines_each_malformed_row_with_its_reason(spark,
             f = f[:-1] if int(raw[1]) % 2 else f + ["extra"]
         lines.append(sep.join(f))
     target = _write(tmp_path / name, "\n".join(lines) + "\n", compression)
-    cfg = (DatasetConfig(format="log", columns={"user": "uid", "item": "iid", "rating": "stars",
-                                                "timestamp": "when"}) if fmt == "log"
-           else DatasetConfig(format=fmt))
+    cfg = (
+        DatasetConfig(
+            format="log",
+            columns={"user": "uid", "item": "iid", "rating": "stars", "timestamp": "when"},
+        )
+        if fmt == "log"
+        else DatasetConfig(format=fmt)
+    )
     # a folder finds the format's file, compressed or not; the generic log is named directly
     good, bad = read_interactions(spark, cfg, target if fmt == "log" else tmp_path, quarantine=True)
     good, bad = good.collect(), bad.collect()
@@ -179,18 +238,36 @@ def test_amazon_json_quarantines_each_malformed_record_with_its_reason(spark, tm
     lines = []
     for n, (kind, (user, item, rating, ts)) in enumerate(rows):
         if kind == "malformed":
-            lines.append(str(rng.choice(['{"reviewerID": "x", "asin"', "not json at all", '["a", "b"]'])))
+            lines.append(
+                str(rng.choice(['{"reviewerID": "x", "asin"', "not json at all", '["a", "b"]']))
+            )
             continue
         if n % 2:  # 2014/2018
-            rec = {"reviewerID": user, "asin": item, "overall": float(rating) if kind != "rating" else rating,
-                   "unixReviewTime": int(ts) if kind != "ts" else ts, "reviewText": "fine", "verified": True}
+            rec = {
+                "reviewerID": user,
+                "asin": item,
+                "overall": float(rating) if kind != "rating" else rating,
+                "unixReviewTime": int(ts) if kind != "ts" else ts,
+                "reviewText": "fine",
+                "verified": True,
+            }
         else:  # 2023: timestamp in milliseconds, parent_asin beside asin
-            rec = {"user_id": user, "parent_asin": item, "asin": "B0CHILD", "rating": rating if kind == "rating"
-                   else float(rating), "timestamp": int(ts) * 1000 if kind != "ts" else ts, "helpful_vote": 0}
+            rec = {
+                "user_id": user,
+                "parent_asin": item,
+                "asin": "B0CHILD",
+                "rating": rating if kind == "rating" else float(rating),
+                "timestamp": int(ts) * 1000 if kind != "ts" else ts,
+                "helpful_vote": 0,
+            }
         lines.append(json.dumps(rec))
     target = _write(tmp_path / "Digital_Music.jsonl", "\n".join(lines) + "\n", "gz")
-    good, bad = read_interactions(spark, DatasetConfig(format="amazon-json"), target, quarantine=True)
-    expected = Counter({**KIND_REASON, "malformed": "malformed record"}[k] for k, _ in rows if k != "good")
+    good, bad = read_interactions(
+        spark, DatasetConfig(format="amazon-json"), target, quarantine=True
+    )
+    expected = Counter(
+        {**KIND_REASON, "malformed": "malformed record"}[k] for k, _ in rows if k != "good"
+    )
     assert Counter(r["reason"] for r in bad.collect()) == expected
     got = sorted((r.raw_user, r.item_id, r.ts) for r in good.collect())
     assert got == sorted((f[0], f[1], int(f[3])) for k, f in rows if k == "good")  # 2023 ms -> s
@@ -204,25 +281,39 @@ def test_parquet_log_with_wrong_column_types_quarantines_or_names_the_column(spa
     import pyarrow.parquet as pq
 
     rows = _rows(np.random.default_rng(11), 200, ["good", "rating", "ts", "empty_item"])
-    table = pa.table({"uid": pa.array([k for k in range(len(rows))], pa.int64()),
-                      "iid": [f[1] for _, f in rows], "stars": [f[2] for _, f in rows],
-                      "when": [f[3] for _, f in rows]})
+    table = pa.table(
+        {
+            "uid": pa.array([k for k in range(len(rows))], pa.int64()),
+            "iid": [f[1] for _, f in rows],
+            "stars": [f[2] for _, f in rows],
+            "when": [f[3] for _, f in rows],
+        }
+    )
     folder = tmp_path / "log"
     folder.mkdir()
     pq.write_table(table, folder / "part-0.parquet")
-    cfg = DatasetConfig(format="log", columns={"user": "uid", "item": "iid", "rating": "stars",
-                                               "timestamp": "when"})
+    cfg = DatasetConfig(
+        format="log", columns={"user": "uid", "item": "iid", "rating": "stars", "timestamp": "when"}
+    )
     good, bad = read_interactions(spark, cfg, folder, quarantine=True)
     assert Counter(r["reason"] for r in bad.collect()) == Counter(
-        KIND_REASON[k] for k, _ in rows if k != "good")
-    assert sorted(int(r.raw_user) for r in good.collect()) == [i for i, (k, _) in enumerate(rows) if k == "good"]
+        KIND_REASON[k] for k, _ in rows if k != "good"
+    )
+    assert sorted(int(r.raw_user) for r in good.collect()) == [
+        i for i, (k, _) in enumerate(rows) if k == "good"
+    ]
 
     nested = tmp_path / "nested"
     nested.mkdir()
-    pq.write_table(pa.table({"uid": ["a"], "iid": ["b"], "stars": pa.array([{"x": 1}])}), nested / "p.parquet")
+    pq.write_table(
+        pa.table({"uid": ["a"], "iid": ["b"], "stars": pa.array([{"x": 1}])}), nested / "p.parquet"
+    )
     with pytest.raises(DataError, match=r"column 'stars' \(rating\) has type struct"):
-        read_interactions(spark, DatasetConfig(format="log", columns={"user": "uid", "item": "iid",
-                                                                     "rating": "stars"}), nested)
+        read_interactions(
+            spark,
+            DatasetConfig(format="log", columns={"user": "uid", "item": "iid", "rating": "stars"}),
+            nested,
+        )
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "part-0.parquet").write_bytes(b"PAR1 this is not a parquet file")
@@ -230,15 +321,24 @@ def test_parquet_log_with_wrong_column_types_quarantines_or_names_the_column(spa
         read_interactions(spark, cfg, broken)
 
 
-def test_ingest_of_a_generic_log_quarantines_a_sql_injection_timestamp(spark, cfg, layout, tmp_path):
+def test_ingest_of_a_generic_log_quarantines_a_sql_injection_timestamp(
+    spark, cfg, layout, tmp_path
+):
     """The row a new user hit: ingest stopped with Spark's CAST_INVALID_INPUT."""
     from pipelines.ingest import ingest
 
     log_file = tmp_path / "log.csv"
-    log_file.write_text("user,item,ts\n1,10,880000001\n1,11,880000011;DROP TABLE interactions\n"
-                        "2,10,880000002\n2,12,880000003\n")
-    cfg = cfg.model_copy(update={"dataset": DatasetConfig(
-        format="log", columns={"user": "user", "item": "item", "timestamp": "ts"})})
+    log_file.write_text(
+        "user,item,ts\n1,10,880000001\n1,11,880000011;DROP TABLE interactions\n"
+        "2,10,880000002\n2,12,880000003\n"
+    )
+    cfg = cfg.model_copy(
+        update={
+            "dataset": DatasetConfig(
+                format="log", columns={"user": "user", "item": "item", "timestamp": "ts"}
+            )
+        }
+    )
     stats = ingest(spark, cfg=cfg, layout=layout, raw_path=log_file, secret=SECRET)
     assert stats["quarantined"] == {"non-numeric timestamp": 1}
     assert stats["rows"] == 3
@@ -265,23 +365,35 @@ def test_ingest_quarantines_by_fingerprint_without_raw_ids(spark, cfg, layout, t
 
 def test_intake_records_one_outcome_per_submission(spark, layout):
     rows = [(user_key(SECRET, f"known{u}"), i, "train", 0) for u in range(5) for i in range(3)]
-    write_delta(spark.createDataFrame(rows, "user_key string, item_idx int, split string, shard_id int"),
-                layout.interactions, partition_by=["shard_id"], stats_columns=["item_idx"])
+    write_delta(
+        spark.createDataFrame(rows, "user_key string, item_idx int, split string, shard_id int"),
+        layout.interactions,
+        partition_by=["shard_id"],
+        stats_columns=["item_idx"],
+    )
     rng = np.random.default_rng(3)
-    pool = ([f"known{u}" for u in range(5)] + [f"stranger{u}" for u in range(5)]
-            + ["", "   ", "a b", "x" * 300, "é", "😀", "id;drop", "\t", "ok-id_1.x@y:z+w"] + NOISE)
+    pool = (
+        [f"known{u}" for u in range(5)]
+        + [f"stranger{u}" for u in range(5)]
+        + ["", "   ", "a b", "x" * 300, "é", "😀", "id;drop", "\t", "ok-id_1.x@y:z+w"]
+        + NOISE
+    )
     ids = [str(rng.choice(pool)) for _ in range(120)]
     out = submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=ids)
     assert [o["position"] for o in out] == list(range(len(ids)))
     assert {o["outcome"] for o in out} <= {"accepted", "duplicate", "rejected"}
     assert all(o.get("reason") for o in out if o["outcome"] == "rejected")
     ledger = ForgetLedger(spark, layout.ledger).rows()
-    assert len({r["request_id"] for r in ledger}) == len(ledger) == len({o["request_id"] for o in out})
+    assert (
+        len({r["request_id"] for r in ledger}) == len(ledger) == len({o["request_id"] for o in out})
+    )
     assert all(r["reason"] for r in ledger if r["status"] == "rejected")
     accepted = {r["user_key"] for r in ledger if r["status"] == "received"}
     assert accepted == {user_key(SECRET, i) for i in set(ids) if i.startswith("known")}
     text = repr(ledger) + repr(out)
-    assert not any(i in text for i in set(ids) if len(i.strip()) > 3 and i.isascii() and i.isalnum())
+    assert not any(
+        i in text for i in set(ids) if len(i.strip()) > 3 and i.isascii() and i.isalnum()
+    )
     # the same submissions again: every one a duplicate (or the same rejection), nothing new
     again = submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=ids)
     assert all(o["outcome"] in ("duplicate", "rejected") for o in again)

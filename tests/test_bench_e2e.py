@@ -14,10 +14,13 @@ pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e, pytest.mark.s
 def test_bench_e2e_runs_each_k_and_compares_with_the_full_retrain(spark, ray_local, cfg, tmp_path):
     raw = tmp_path / "raw"
     write_ml100k(raw)
-    cfg = cfg.model_copy(update={
-        "dataset": cfg.dataset.model_copy(update={"path": str(raw)}),
-        "sharding": cfg.sharding.model_copy(update={"method": "random"}),
-        "unlearn": cfg.unlearn.model_copy(update={"membership": False})})
+    cfg = cfg.model_copy(
+        update={
+            "dataset": cfg.dataset.model_copy(update={"path": str(raw)}),
+            "sharding": cfg.sharding.model_copy(update={"method": "random"}),
+            "unlearn": cfg.unlearn.model_copy(update={"membership": False}),
+        }
+    )
     res = e2e.run(spark, cfg, ks=[3, 1], state_root=tmp_path / "state", n_forget=3)
     runs = res["runs"]
     assert sorted(runs) == ["1", "3"]
@@ -25,7 +28,9 @@ def test_bench_e2e_runs_each_k_and_compares_with_the_full_retrain(spark, ray_loc
         assert r["audit_passed"] and len(r["shards_touched"]) == 1
         assert 0 < r["to_publish_seconds"] <= r["end_to_end_seconds"]
         assert {"delete", "vacuum", "retrain_shards", "publish"} <= set(r["steps_seconds"])
-        assert r["speedup_vs_full_retrain"] == round(runs["1"]["to_publish_seconds"] / r["to_publish_seconds"], 2)
+        assert r["speedup_vs_full_retrain"] == round(
+            runs["1"]["to_publish_seconds"] / r["to_publish_seconds"], 2
+        )
     assert runs["1"]["shards_touched"] == [0] and runs["1"]["speedup_vs_full_retrain"] == 1.0
     assert (tmp_path / "state" / "k3" / "reports" / "report.json").exists()
     assert "| 3 | random |" in e2e.markdown(res)

@@ -37,8 +37,12 @@ def test_fold_in_recovers_taste_without_training_the_user(tmp_path):
     # a new user who liked 8 even items: folded in (no training), the unseen even items must
     # outrank the odd ones, biases included (the fold-in's scale calibration is what does it)
     liked = [0, 2, 4, 6, 8, 10, 12, 14]
-    hist = InteractionData.from_columns(np.array(["new"] * len(liked)), np.array(liked),
-                                        np.array(["train"] * len(liked)), data.n_items).train
+    hist = InteractionData.from_columns(
+        np.array(["new"] * len(liked)),
+        np.array(liked),
+        np.array(["train"] * len(liked)),
+        data.n_items,
+    ).train
     before = (model.item.clone(), model.bias.clone())
     s = model.score_history(hist)[0]
     even = [i for i in range(0, data.n_items, 2) if i not in liked]

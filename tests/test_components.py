@@ -56,11 +56,22 @@ class TestLearnedWeights(AggregatorContract):
 
 
 def test_every_model_kind_has_a_contract_test():
-    tested = {c.kind for c in globals().values() if isinstance(c, type) and issubclass(c, SubModelContract)
-              and c is not SubModelContract and c is not ForgettableContract}
+    tested = {
+        c.kind
+        for c in globals().values()
+        if isinstance(c, type)
+        and issubclass(c, SubModelContract)
+        and c is not SubModelContract
+        and c is not ForgettableContract
+    }
     assert tested == set(MODELS)
-    forgets = {c.kind for c in globals().values() if isinstance(c, type) and issubclass(c, ForgettableContract)
-               and c is not ForgettableContract}
+    forgets = {
+        c.kind
+        for c in globals().values()
+        if isinstance(c, type)
+        and issubclass(c, ForgettableContract)
+        and c is not ForgettableContract
+    }
     # WMF forgets by re-converging (equal to a refit only up to its tolerance): tested in test_wmf
     assert forgets | {"wmf"} == {k for k, m in MODELS.items() if m.forgets}
 
@@ -89,7 +100,20 @@ def test_registries_refuse_unknown_names():
 def test_the_generic_in_place_method_takes_every_forgetting_model():
     conf = PROJECT_ROOT / "conf" / "test.yaml"
     assert get_method("inplace").models == {"wmf", "itemknn", "ease", "popularity"}
-    assert load_config(conf, ["model.kind=popularity", "unlearn.method=inplace"]).model.kind == "popularity"
+    assert (
+        load_config(conf, ["model.kind=popularity", "unlearn.method=inplace"]).model.kind
+        == "popularity"
+    )
     with pytest.raises(ConfigError, match="updates"):
         load_config(conf, ["model.kind=bpr", "unlearn.method=inplace"])
-    assert set(METHODS) >= {"exact", "scif", "influence", "finetune", "ascent", "als", "knn", "ease", "inplace"}
+    assert set(METHODS) >= {
+        "exact",
+        "scif",
+        "influence",
+        "finetune",
+        "ascent",
+        "als",
+        "knn",
+        "ease",
+        "inplace",
+    }

@@ -22,11 +22,22 @@ METHODS = ("sisa", "receraser", "ultrare", "laser")
 
 
 def _cfg(kind: str) -> RunConfig:
-    model = {**CFG.model_dump(), "kind": kind, "dim": 8, "wmf_reg": 0.5, "knn_k": 10,
-             "lightgcn_batch_size": 256, "ncf_layers": [8], "ncf_fold_in_steps": 10,
-             "ease_lambda": 10.0}
-    return RunConfig(model=model, aggregator={"max_epochs": 2},
-                     sharding={"embedding_rank": 4, "group_epochs": 10})
+    model = {
+        **CFG.model_dump(),
+        "kind": kind,
+        "dim": 8,
+        "wmf_reg": 0.5,
+        "knn_k": 10,
+        "lightgcn_batch_size": 256,
+        "ncf_layers": [8],
+        "ncf_fold_in_steps": 10,
+        "ease_lambda": 10.0,
+    }
+    return RunConfig(
+        model=model,
+        aggregator={"max_epochs": 2},
+        sharding={"embedding_rank": 4, "group_epochs": 10},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +78,19 @@ def test_exact_unlearning_equals_replay(kind, method, data):
     if method == "laser":
         stages_u, stages_r = unlearned.run.stages, replay.run.stages
         assert len(stages_u) == len(stages_r) == 3
-        assert all(same_state(a, b) for a, b in zip(stages_u, stages_r))
+        assert all(same_state(a, b) for a, b in zip(stages_u, stages_r, strict=True))
         # restarted at the earliest group holding a forgotten user; earlier stages kept as they were
         start = fitted.run.restart_position(forget)
-        assert all(a is b for a, b in zip(unlearned.run.stages[:start], fitted.run.stages[:start]))
+        assert all(
+            a is b
+            for a, b in zip(unlearned.run.stages[:start], fitted.run.stages[:start], strict=True)
+        )
         assert len(unlearned.shards_touched) == 3 - start
         served = [unlearned.model]
     else:
         touched = sorted(set(fitted.shard_of[np.searchsorted(fitted.keys, forget)].tolist()))
         assert unlearned.shards_touched == touched
-        for k, (a, b) in enumerate(zip(unlearned.model.shards, replay.model.shards)):
+        for k, (a, b) in enumerate(zip(unlearned.model.shards, replay.model.shards, strict=True)):
             assert same_state(a, b), f"shard {k} differs from its replay"
             if k not in touched:
                 assert a is fitted.model.shards[k]
@@ -87,4 +101,6 @@ def test_exact_unlearning_equals_replay(kind, method, data):
         assert not model.knows(forget).any()
     # the served scores are the replay's
     keys, hist = retained.user_keys, retained.train
-    assert torch.equal(unlearned.model.score_users(keys, hist), replay.model.score_users(keys, hist))
+    assert torch.equal(
+        unlearned.model.score_users(keys, hist), replay.model.score_users(keys, hist)
+    )

@@ -36,7 +36,10 @@ SECRET = "test-secret-key-0123456789"
 # (each killed run starts from what the previous one left), then reruns it to the end. Every
 # step of the unlearn job is hit at its start, the long ones also in the middle; then the audit.
 ROUNDS = [
-    ("unlearn", ("read_requests", "read_model_version", "target_determination", "capture_evidence_inputs")),
+    (
+        "unlearn",
+        ("read_requests", "read_model_version", "target_determination", "capture_evidence_inputs"),
+    ),
     ("unlearn", ("delete", "delete@0.4", "record_deleted", "vacuum@0.3")),
     ("unlearn", ("vacuum", "retrain_shards", "retrain_shards@1.5", "retrain_shards@3")),
     ("unlearn", ("refit_aggregator", "attribute_edits", "vacuum_wait", "manifest")),
@@ -57,22 +60,45 @@ def _job(cfg, job: str, fault: str | None, ray_address: str) -> subprocess.Compl
     if fault:
         env["RECUNLEARN_FAULT"] = fault
     cli = Path(sys.executable).with_name("recunlearn")
-    return subprocess.run([str(cli), job, "--config", str(ROOT / "conf" / "test.yaml"),
-                           "--set", f"data_dir={cfg.data_dir}", "--set", "unlearn.membership=false",
-                           "--set", "unlearn.retrain_reference=false"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [
+            str(cli),
+            job,
+            "--config",
+            str(ROOT / "conf" / "test.yaml"),
+            "--set",
+            f"data_dir={cfg.data_dir}",
+            "--set",
+            "unlearn.membership=false",
+            "--set",
+            "unlearn.retrain_reference=false",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
-def test_kills_at_every_stage_leave_every_request_verified_once(spark, ray_local, cfg, layout, tmp_path):
+def test_kills_at_every_stage_leave_every_request_verified_once(
+    spark, ray_local, cfg, layout, tmp_path
+):
     import ray
 
-    cfg = cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={
-        "membership": False, "retrain_reference": False})})
+    cfg = cfg.model_copy(
+        update={
+            "unlearn": cfg.unlearn.model_copy(
+                update={"membership": False, "retrain_reference": False}
+            )
+        }
+    )
     address = ray.get_runtime_context().gcs_address
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET.encode())
-    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
+    train_all(
+        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
+    )
     ledger, registry = ForgetLedger(spark, layout.ledger), ModelRegistry(layout)
     kills, forgotten, n_faults = 0, [], 0
     for n, (job, faults) in enumerate(ROUNDS):
@@ -97,9 +123,14 @@ def test_kills_at_every_stage_leave_every_request_verified_once(spark, ray_local
         for r in rows:  # verified once; the states in order, planning repeated by each rerun
             states = [h["state"] for h in r["history"]]
             assert states.count(VERIFIED) == 1 and states[0] == "received", (faults, states)
-            assert [ORDER.index(x) for x in states] == sorted(ORDER.index(x) for x in states), (faults, states)
+            assert [ORDER.index(x) for x in states] == sorted(ORDER.index(x) for x in states), (
+                faults,
+                states,
+            )
             assert all(states.count(x) == 1 for x in ORDER if x != "planned"), (faults, states)
-        report = audit(spark, layout=layout, secret=SECRET.encode())  # (short numeric raw ids match any log)
+        report = audit(
+            spark, layout=layout, secret=SECRET.encode()
+        )  # (short numeric raw ids match any log)
         assert report["passed"], (faults, json.dumps(report["requests"], default=str)[-3000:])
     assert kills == n_faults and (ONLY or kills >= 20), f"{kills} of {n_faults} faults killed a job"
     # no version published after a request's delete used a shard trained before it
@@ -109,6 +140,9 @@ def test_kills_at_every_stage_leave_every_request_verified_once(spark, ray_local
         for r in rows:
             if v["created_at"] > r["deleted_at"]:
                 for k in r["shards"]:
-                    assert manifest.shards[k].delta_version >= r["delete_version"], (v["version"], r)
+                    assert manifest.shards[k].delta_version >= r["delete_version"], (
+                        v["version"],
+                        r,
+                    )
     keys = {user_key(SECRET.encode(), rid) for rid in forgotten}
     assert keys == {r["user_key"] for r in rows}

@@ -13,10 +13,14 @@ from recunlearn.errors import DataError
 def fake_recbole_wheel(folder, inter: str, user: str):
     wheel = folder / "recbole-1.2.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(datasets.RECBOLE_ML100K + "ml-100k.inter",
-                    "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + inter)
-        zf.writestr(datasets.RECBOLE_ML100K + "ml-100k.user",
-                    "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n" + user)
+        zf.writestr(
+            datasets.RECBOLE_ML100K + "ml-100k.inter",
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + inter,
+        )
+        zf.writestr(
+            datasets.RECBOLE_ML100K + "ml-100k.user",
+            "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n" + user,
+        )
     return wheel
 
 

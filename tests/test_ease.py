@@ -34,7 +34,9 @@ def test_forgetting_users_equals_a_refit(refresh_share):
     model = EASE(keys, x, lam=5.0, refresh_share=refresh_share)
     gone = keys[[3, 17, 100]]
     stats = model.forget_users(gone)
-    assert stats["users_removed"] == 3 and stats["path"] == ("woodbury" if refresh_share else "inverse")
+    assert stats["users_removed"] == 3 and stats["path"] == (
+        "woodbury" if refresh_share else "inverse"
+    )
     keep = ~np.isin(keys, gone)
     refit = EASE(keys[keep], x[keep], lam=5.0)
     assert _close(model, refit) < 1e-9
@@ -52,7 +54,7 @@ def test_forgetting_interactions_and_items_equals_a_refit_after_a_sequence():
         pick = rng.choice(coo.nnz, size=5, replace=False)
         rows, items = coo.row[pick], coo.col[pick]
         model.forget_pairs(model.rows_of(keys[rows]), items)
-        for r, i in zip(rows, items):
+        for r, i in zip(rows, items, strict=True):
             xx[r, i] = 0
         item = int(rng.integers(0, x.shape[1]))
         model.forget_items(np.array([item]))

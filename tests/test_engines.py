@@ -24,8 +24,12 @@ def test_a_start_that_fails_then_succeeds_is_retried_with_cleanup():
             raise OSError("port file not written in time")
         return "up"
 
-    assert start_with_retries("Ray", start, attempts=3, backoff_s=0, checks="x",
-                              cleanup=lambda: cleaned.append(1)) == "up"
+    assert (
+        start_with_retries(
+            "Ray", start, attempts=3, backoff_s=0, checks="x", cleanup=lambda: cleaned.append(1)
+        )
+        == "up"
+    )
     assert len(calls) == 3 and len(cleaned) == 2
 
 
@@ -41,22 +45,45 @@ def test_a_start_that_keeps_failing_ends_in_one_error_naming_engine_tries_and_ca
     assert len(calls) == 4
     msg = str(exc.value)
     assert msg.startswith("Ray did not start after 4 tries")
-    assert "RuntimeError: The current node timed out during startup." in msg and "more detail" not in msg
+    assert (
+        "RuntimeError: The current node timed out during startup." in msg
+        and "more detail" not in msg
+    )
     assert "check free memory" in msg
 
 
 def test_spark_that_cannot_start_ends_in_the_recunlearn_error_after_the_retries(tmp_path):
     """A job whose JVM cannot start (JAVA_HOME names no Java): three tries, then one line
     naming Spark and what to check, exit code 1, no traceback."""
-    env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-java-here"), "RECUNLEARN_LOG_FORMAT": "text",
-           "RECUNLEARN_PSEUDONYM_KEY": "engine-test-secret-0123456789"}
+    env = {
+        **os.environ,
+        "JAVA_HOME": str(tmp_path / "no-java-here"),
+        "RECUNLEARN_LOG_FORMAT": "text",
+        "RECUNLEARN_PSEUDONYM_KEY": "engine-test-secret-0123456789",
+    }
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "u.data").write_text("1\t2\t3\t4\n")
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "ingest", "--config", str(ROOT / "conf" / "test.yaml"),
-         "--set", f"data_dir={tmp_path / 'data'}", "--set", "spark.start_backoff_s=0.1",
-         "--input", str(tmp_path / "raw")],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "ingest",
+            "--config",
+            str(ROOT / "conf" / "test.yaml"),
+            "--set",
+            f"data_dir={tmp_path / 'data'}",
+            "--set",
+            "spark.start_backoff_s=0.1",
+            "--input",
+            str(tmp_path / "raw"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "EngineStartError: Spark did not start after 3 tries" in done.stderr
     assert done.stderr.count("Spark did not start (try") == 2  # the two retries, logged

@@ -21,7 +21,9 @@ def shards_of(data: InteractionData, k: int = 3):
     out = []
     for s in range(k):
         keep = np.arange(data.n_users) % k == s
-        sub = InteractionData(data.user_keys[keep], data.train[keep], data.valid[keep], data.test[keep])
+        sub = InteractionData(
+            data.user_keys[keep], data.train[keep], data.valid[keep], data.test[keep]
+        )
         model, _ = fit_bpr(sub, CFG, seed=10 + s)
         out.append(model)
     return out
@@ -38,8 +40,9 @@ def test_mean_ensemble_scores_home_and_unknown_users_sensibly():
     assert ((top % 2) == parity[:, None]).float().mean() > 0.9
     # a user no shard was trained on is scored from history alone, parameters untouched
     liked = np.array([1, 3, 5, 7, 9, 11, 13, 15])
-    hist = InteractionData.from_columns(np.array(["stranger"] * 8), liked, np.array(["train"] * 8),
-                                        data.n_items).train
+    hist = InteractionData.from_columns(
+        np.array(["stranger"] * 8), liked, np.array(["train"] * 8), data.n_items
+    ).train
     s = ens.score(np.array(["stranger"]), hist)[0]
     s[liked] = -torch.inf
     assert (torch.topk(s, 5).indices % 2 == 1).float().mean() >= 0.8
@@ -48,8 +51,9 @@ def test_mean_ensemble_scores_home_and_unknown_users_sensibly():
 def test_attention_starts_at_the_mean_keeps_its_best_and_round_trips():
     data = checkerboard(n_users=60, n_items=30)
     shards = shards_of(data)
-    agg, stats = fit_attention(shards, data, AggregatorConfig(max_epochs=3), seed=1,
-                               rng=np.random.default_rng(0))
+    agg, stats = fit_attention(
+        shards, data, AggregatorConfig(max_epochs=3), seed=1, rng=np.random.default_rng(0)
+    )
     # epoch 0 is the plain mean (zero bonus, unit gains); early stopping never ends below it
     assert stats["valid_ndcg"] >= stats["curve"][0][1]
     vecs = torch.randn(3, 4, shards[0].item.shape[1])
@@ -73,5 +77,6 @@ def test_learned_weights_turn_down_a_noisy_shard_and_round_trip():
     home = torch.rand(3, 4) < 0.3
     assert torch.equal(again.weights(vecs, home), agg.weights(vecs, home))
     scores = torch.randn(3, 4, data.n_items)
-    assert torch.allclose(again.combine(scores, vecs, home),
-                          (agg.weights(vecs, home).T[:, :, None] * scores).sum(0))
+    assert torch.allclose(
+        again.combine(scores, vecs, home), (agg.weights(vecs, home).T[:, :, None] * scores).sum(0)
+    )

@@ -22,14 +22,22 @@ from recunlearn.models.bpr import BPRMF
 
 
 def csr(rows, n_items):
-    r, c = zip(*[(i, j) for i, items in enumerate(rows) for j in items]) if any(rows) else ((), ())
+    r, c = (
+        zip(*[(i, j) for i, items in enumerate(rows) for j in items], strict=True)
+        if any(rows)
+        else ((), ())
+    )
     return sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(rows), n_items))
 
 
 def model(keys, user, item, bias=None):
     item = torch.tensor(item, dtype=torch.float32)
-    return BPRMF(np.array(keys), torch.tensor(user, dtype=torch.float32), item,
-                 torch.zeros(item.shape[0]) if bias is None else torch.tensor(bias, dtype=torch.float32))
+    return BPRMF(
+        np.array(keys),
+        torch.tensor(user, dtype=torch.float32),
+        item,
+        torch.zeros(item.shape[0]) if bias is None else torch.tensor(bias, dtype=torch.float32),
+    )
 
 
 def test_auc_hand_computed_with_ties():
@@ -130,7 +138,11 @@ def test_functional_gap_is_zero_for_the_same_model_and_sees_memorisation():
     keys, hist, truth = np.array(["x"]), csr([[0]], 4), csr([[3]], 4)
     assert functional(orig, keys, hist, truth, k=1)["ndcg"].tolist() == [1.0]
     same = functional_gap(retr, retr, keys, hist, truth, original=orig, k=1)
-    assert same["difference"] == 0.0 and same["ndcg@1_original"] == 1.0 and same["ndcg@1_retrained"] == 0.0
+    assert (
+        same["difference"] == 0.0
+        and same["ndcg@1_original"] == 1.0
+        and same["ndcg@1_retrained"] == 0.0
+    )
     leak = functional_gap(orig, retr, keys, hist, truth, k=1)
     assert leak["difference"] == 1.0
 

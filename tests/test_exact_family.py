@@ -39,10 +39,13 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
     """RecEraser's k-means shards under the cap, learned weights refit after the deletion, and
     the strict mode: the partition recomputed without the forgotten users, every shard whose
     members changed retrained, the rest kept."""
-    cfg = cfg.model_copy(update={
-        "sharding": cfg.sharding.model_copy(update={"method": "kmeans", "capacity": 1.2}),
-        "aggregator": cfg.aggregator.model_copy(update={"kind": "learned"}),
-        "unlearn": cfg.unlearn.model_copy(update={"partition": "strict"})})
+    cfg = cfg.model_copy(
+        update={
+            "sharding": cfg.sharding.model_copy(update={"method": "kmeans", "capacity": 1.2}),
+            "aggregator": cfg.aggregator.model_copy(update={"kind": "learned"}),
+            "unlearn": cfg.unlearn.model_copy(update={"partition": "strict"}),
+        }
+    )
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
@@ -59,7 +62,9 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
     res = unlearn(spark, cfg=cfg, layout=layout)
     strict = res["partition"]
     assert res["partition_mode"] == "strict" and strict["users"] == 58
-    assert res["shards_retrained"] == sorted(set(res["shards_touched"]) | set(strict["shards_changed"]))
+    assert res["shards_retrained"] == sorted(
+        set(res["shards_touched"]) | set(strict["shards_changed"])
+    )
     # the shard map is what a fresh partition of the retained data gives (up to shard names)
     keys, _, fresh, _ = compute_partition(spark, cfg=cfg, layout=layout)
     smap = spark.read.format("delta").load(layout.shard_map).toPandas().set_index("user_key")
@@ -71,13 +76,21 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
         same = v2.shards[k].path == v1.shards[k].path
         assert same == (k not in res["shards_retrained"])
     # every shard's data at the published version is exactly its members' retained rows
-    inter = spark.read.format("delta").load(layout.interactions).select("user_key", "shard_id").distinct().toPandas()
+    inter = (
+        spark.read.format("delta")
+        .load(layout.interactions)
+        .select("user_key", "shard_id")
+        .distinct()
+        .toPandas()
+    )
     assert (inter.set_index("user_key")["shard_id"].reindex(keys).to_numpy() == now).all()
     # the weights were refit on the retained data of the new table version
     assert v2.aggregator.path != v1.aggregator.path
     assert v2.aggregator.delta_version == v2.table_version
     ens = load_ensemble(v2)
-    assert isinstance(ens.aggregator, LearnedWeights) and np.isfinite(ens.aggregator.w.numpy()).all()
+    assert (
+        isinstance(ens.aggregator, LearnedWeights) and np.isfinite(ens.aggregator.w.numpy()).all()
+    )
     assert [r["status"] for r in ForgetLedger(spark, layout.ledger).rows()] == ["verified"] * 2
     report = audit(spark, layout=layout, secret=SECRET, raw_ids=["5", "40"])
     assert report["passed"] and report["guarantee"] == STRICT_GUARANTEE
@@ -86,12 +99,20 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
 # slow (80 s each): the partitioners are unit-tested in test_partition.py
 @pytest.mark.slow
 @pytest.mark.parametrize("unit", ["item", "interaction"])
-def test_item_and_interaction_shards_retrain_every_shard_holding_the_user(spark, ray_local, cfg, layout,
-                                                                         tmp_path, unit):
-    cfg = cfg.model_copy(update={
-        # 4 shards over 3 planted groups: with the 1.2 n/K cap each group spills over into two
-        "sharding": cfg.sharding.model_copy(update={"unit": unit, "method": "kmeans", "n_shards": 4}),
-        "unlearn": cfg.unlearn.model_copy(update={"membership": False, "retrain_reference": False})})
+def test_item_and_interaction_shards_retrain_every_shard_holding_the_user(
+    spark, ray_local, cfg, layout, tmp_path, unit
+):
+    cfg = cfg.model_copy(
+        update={
+            # 4 shards over 3 planted groups: with the 1.2 n/K cap each group spills over into two
+            "sharding": cfg.sharding.model_copy(
+                update={"unit": unit, "method": "kmeans", "n_shards": 4}
+            ),
+            "unlearn": cfg.unlearn.model_copy(
+                update={"membership": False, "retrain_reference": False}
+            ),
+        }
+    )
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
@@ -124,7 +145,9 @@ def test_item_and_interaction_shards_retrain_every_shard_holding_the_user(spark,
     assert report["passed"], json.dumps(report["requests"], default=str)
 
 
-def test_sequential_training_restarts_from_the_earliest_group(spark, ray_local, cfg, layout, tmp_path):
+def test_sequential_training_restarts_from_the_earliest_group(
+    spark, ray_local, cfg, layout, tmp_path
+):
     """LASER through the pipeline: one model trained group after group, a checkpoint per group;
     forgetting a user retrains the stages from the user's group on, keeps the earlier ones,
     and publishes what training from scratch on the retained data gives."""
@@ -135,10 +158,13 @@ def test_sequential_training_restarts_from_the_earliest_group(spark, ray_local, 
     from recunlearn.seeding import make_seed
     from recunlearn.sharding.sequential import fit_sequential
 
-    cfg = cfg.model_copy(update={
-        "sharding": cfg.sharding.model_copy(update={"method": "kmeans", "group_epochs": 5}),
-        "train": cfg.train.model_copy(update={"mode": "sequential", "reference_model": False}),
-        "unlearn": cfg.unlearn.model_copy(update={"membership": False})})
+    cfg = cfg.model_copy(
+        update={
+            "sharding": cfg.sharding.model_copy(update={"method": "kmeans", "group_epochs": 5}),
+            "train": cfg.train.model_copy(update={"mode": "sequential", "reference_model": False}),
+            "unlearn": cfg.unlearn.model_copy(update={"membership": False}),
+        }
+    )
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
@@ -149,9 +175,15 @@ def test_sequential_training_restarts_from_the_earliest_group(spark, ray_local, 
     order = v1.order
     assert sorted(order) == list(range(cfg.sharding.n_shards))
     assert [v1.shards[k].n_users for k in order] == sorted(
-        v1.shards[k].n_users for k in order)  # each stage adds a group's users
+        v1.shards[k].n_users for k in order
+    )  # each stage adds a group's users
     # a user of the group in the middle of the curriculum: the first stage stays
-    smap = spark.read.format("delta").load(layout.shard_map).toPandas().set_index("user_key")["shard_id"]
+    smap = (
+        spark.read.format("delta")
+        .load(layout.shard_map)
+        .toPandas()
+        .set_index("user_key")["shard_id"]
+    )
     rid = next(r for r in map(str, range(1, 61)) if smap.get(user_key(SECRET, r)) == order[1])
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=[rid])
     res = unlearn(spark, cfg=cfg, layout=layout)
@@ -162,9 +194,14 @@ def test_sequential_training_restarts_from_the_earliest_group(spark, ray_local, 
         assert (v2.shards[k].path == v1.shards[k].path) == (pos == 0)
     # the published model is the from-scratch sequential run on the retained data
     data, labels = read_grouped_data(layout.interactions, v2.table_version, v2.n_items)
-    stages, _ = fit_sequential(data, labels, np.asarray(order), cfg.model,
-                               seed=make_seed(cfg.seed, "model", "sequential"),
-                               group_epochs=cfg.sharding.group_epochs)
+    stages, _ = fit_sequential(
+        data,
+        labels,
+        np.asarray(order),
+        cfg.model,
+        seed=make_seed(cfg.seed, "model", "sequential"),
+        group_epochs=cfg.sharding.group_epochs,
+    )
     served = load_model(checkpoints.load_state(v2.shards[order[-1]].path))
     assert torch.equal(served.user, stages[-1].user) and torch.equal(served.item, stages[-1].item)
     ens = load_ensemble(v2)

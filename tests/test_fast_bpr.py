@@ -24,7 +24,9 @@ def trained():
     keys = np.array([f"u{x:04d}" for x in range(n_users)])[u]
     split = split_pairs(keys, i, valid=0.1, test=0.1, seed=1)
     data = InteractionData.from_columns(keys, i, split, n_items)
-    model, _ = fit_bpr(data, ModelConfig(dim=16, max_epochs=60, eval_every=5, patience=3, lr=0.01), seed=3)
+    model, _ = fit_bpr(
+        data, ModelConfig(dim=16, max_epochs=60, eval_every=5, patience=3, lr=0.01), seed=3
+    )
     return data, model
 
 
@@ -47,8 +49,9 @@ def test_linearisation_matches_autograd(trained):
     # the margins' own curvature vanishes (a single bias coordinate moves x linearly)
     e = torch.zeros(len(theta0))
     e[-1] = 1.0
-    (hv,) = torch.autograd.grad(torch.autograd.grad(loss(theta, terms), theta, create_graph=True)[0], theta,
-                                grad_outputs=e)
+    (hv,) = torch.autograd.grad(
+        torch.autograd.grad(loss(theta, terms), theta, create_graph=True)[0], theta, grad_outputs=e
+    )
     gn = lin.jt(lin.curvature() * lin.j(e)) + lin.reg_diag * e
     assert torch.allclose(gn[-1], hv[-1], rtol=1e-3)
 
@@ -103,6 +106,8 @@ def test_requests_are_deterministic(trained):
     out = []
     for _ in range(2):
         m = copy.deepcopy(model)
-        BPRUnlearner(m, data.train, FastConfig(), seed=4).forget_users(data.user_keys[[1, 2]], "scif")
+        BPRUnlearner(m, data.train, FastConfig(), seed=4).forget_users(
+            data.user_keys[[1, 2]], "scif"
+        )
         out.append(m.item.clone())
     assert torch.equal(out[0], out[1])

@@ -53,7 +53,9 @@ def test_split_holds_out_a_row_of_every_user_with_three_and_keeps_the_shares(spa
     rng = np.random.default_rng(5)
     lengths = {f"short{u}": int(rng.integers(1, 10)) for u in range(300)}
     lengths |= {f"long{u}": 15 for u in range(400)}  # 1.5 expected test rows each
-    rows = [(u, i, int(rng.integers(-2**62, 2**62))) for u, n in lengths.items() for i in range(n)]
+    rows = [
+        (u, i, int(rng.integers(-(2**62), 2**62))) for u, n in lengths.items() for i in range(n)
+    ]
     df = spark.createDataFrame(pd.DataFrame(rows, columns=["user_key", "item_idx", "order"]))
     got = split_per_user(df, valid=0.1, test=0.1).toPandas()
     counts = got.groupby(["user_key", "split"]).size().unstack(fill_value=0)
@@ -76,8 +78,12 @@ def test_a_reingest_of_a_changed_catalogue_keeps_every_item_index(spark, cfg, la
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
-    (first / "u.data").write_text("".join(f"{u}\t{i}\t4\t88000000{u}\n" for u in range(1, 5) for i in (10, 20, 30)))
-    (second / "u.data").write_text("".join(f"{u}\t{i}\t4\t88000000{u}\n" for u in range(1, 5) for i in (20, 30, 40, 5)))
+    (first / "u.data").write_text(
+        "".join(f"{u}\t{i}\t4\t88000000{u}\n" for u in range(1, 5) for i in (10, 20, 30))
+    )
+    (second / "u.data").write_text(
+        "".join(f"{u}\t{i}\t4\t88000000{u}\n" for u in range(1, 5) for i in (20, 30, 40, 5))
+    )
     s1 = ingest(spark, cfg=cfg, layout=layout, raw_path=first, secret=secret)
     before = dict(DeltaTable(layout.items).to_pandas()[["item_id", "item_idx"]].values)
     assert s1["new_items"] == 3 and sorted(before.values()) == [0, 1, 2]

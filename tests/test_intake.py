@@ -20,10 +20,17 @@ def seeded(spark, layout):
 
 
 def test_duplicates_are_idempotent_and_bad_input_is_recorded(spark, seeded):
-    out = submit_user_requests(spark, layout=seeded, secret=SECRET,
-                               raw_ids=["1", "2", "1", "999", "", "a b"])
-    assert [o["outcome"] for o in out] == ["accepted", "accepted", "duplicate", "rejected",
-                                           "rejected", "rejected"]
+    out = submit_user_requests(
+        spark, layout=seeded, secret=SECRET, raw_ids=["1", "2", "1", "999", "", "a b"]
+    )
+    assert [o["outcome"] for o in out] == [
+        "accepted",
+        "accepted",
+        "duplicate",
+        "rejected",
+        "rejected",
+        "rejected",
+    ]
     assert "unknown user" in out[3]["reason"]
     assert "malformed" in out[4]["reason"]
     again = submit_user_requests(spark, layout=seeded, secret=SECRET, raw_ids=["2"])
@@ -50,8 +57,13 @@ def test_rejected_request_reopens_in_place_once_the_user_has_data(spark, seeded)
     first = submit_user_requests(spark, layout=seeded, secret=SECRET, raw_ids=["late", "never"])
     assert [o["outcome"] for o in first] == ["rejected", "rejected"]
     rows = [(user_key(SECRET, "late"), 7, "train", 0)]
-    write_delta(spark.createDataFrame(rows, "user_key string, item_idx int, split string, shard_id int"),
-                seeded.interactions, mode="append", partition_by=["shard_id"], stats_columns=["item_idx"])
+    write_delta(
+        spark.createDataFrame(rows, "user_key string, item_idx int, split string, shard_id int"),
+        seeded.interactions,
+        mode="append",
+        partition_by=["shard_id"],
+        stats_columns=["item_idx"],
+    )
     again = submit_user_requests(spark, layout=seeded, secret=SECRET, raw_ids=["late", "never"])
     assert [o["outcome"] for o in again] == ["accepted", "duplicate"]
     ledger = ForgetLedger(spark, seeded.ledger).rows()
@@ -83,10 +95,28 @@ def _cli(layout, *args):
 
     from conftest import ROOT
 
-    env = {**os.environ, "RECUNLEARN_PSEUDONYM_KEY": SECRET.decode(), "RECUNLEARN_LOG_FORMAT": "json"}
-    return subprocess.run([sys.executable, "-c", _NO_ENGINE, *args, "--config", str(ROOT / "conf" / "test.yaml"),
-                           "--set", f"data_dir={layout.root}"],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    env = {
+        **os.environ,
+        "RECUNLEARN_PSEUDONYM_KEY": SECRET.decode(),
+        "RECUNLEARN_LOG_FORMAT": "json",
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _NO_ENGINE,
+            *args,
+            "--config",
+            str(ROOT / "conf" / "test.yaml"),
+            "--set",
+            f"data_dir={layout.root}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+    )
 
 
 def test_forget_status_and_audit_from_the_cli_start_no_engine(spark, seeded):
@@ -96,8 +126,11 @@ def test_forget_status_and_audit_from_the_cli_start_no_engine(spark, seeded):
     import json
 
     smap = [(user_key(SECRET, "2"), 0)]
-    write_delta(spark.createDataFrame(smap, "user_key string, shard_id int"), seeded.shard_map,
-                stats_columns=["shard_id"])
+    write_delta(
+        spark.createDataFrame(smap, "user_key string, shard_id int"),
+        seeded.shard_map,
+        stats_columns=["shard_id"],
+    )
     out = _cli(seeded, "forget", "--user", "1", "--user", "2", "--user", "nobody")
     assert out.returncode == 2, out.stderr[-2000:]  # one rejection
     outcomes = [json.loads(line) for line in out.stdout.splitlines()]
@@ -105,8 +138,10 @@ def test_forget_status_and_audit_from_the_cli_start_no_engine(spark, seeded):
     assert "unknown user" in outcomes[2]["reason"]
     rows = ForgetLedger(None, seeded.ledger).rows()
     assert sorted(r["status"] for r in rows) == ["received", "received", "rejected"]
-    assert {r["user_key"] for r in rows if r["status"] == "received"} == {user_key(SECRET, "1"),
-                                                                          user_key(SECRET, "2")}
+    assert {r["user_key"] for r in rows if r["status"] == "received"} == {
+        user_key(SECRET, "1"),
+        user_key(SECRET, "2"),
+    }
     status = _cli(seeded, "status", "--json")
     assert status.returncode == 0, status.stderr[-2000:]
     assert json.loads(status.stdout)["requests"] == {"received": 2, "rejected": 1}
@@ -127,12 +162,23 @@ def test_bench_intake_files_each_sampled_user_through_the_cli(spark, cfg, tmp_pa
 
     write_ml100k(tmp_path / "raw", n_users=30)
     state = tmp_path / "state"
-    cfg = cfg.model_copy(update={"data_dir": str(state), "dataset": cfg.dataset.model_copy(
-        update={"path": str(tmp_path / "raw")})})
+    cfg = cfg.model_copy(
+        update={
+            "data_dir": str(state),
+            "dataset": cfg.dataset.model_copy(update={"path": str(tmp_path / "raw")}),
+        }
+    )
     users = intake.prepare(spark, cfg, Layout(state), n_users=3)
     assert len(set(users)) == 3
-    result = intake.run(cfg, users=users, prepare_s=1.0, config=str(ROOT / "conf" / "test.yaml"),
-                        overrides=[f"dataset.path={tmp_path / 'raw'}"], state=state, n_status=1)
+    result = intake.run(
+        cfg,
+        users=users,
+        prepare_s=1.0,
+        config=str(ROOT / "conf" / "test.yaml"),
+        overrides=[f"dataset.path={tmp_path / 'raw'}"],
+        state=state,
+        n_status=1,
+    )
     assert result["forget_exit_codes"] == {"0": 3}
     assert result["forget_seconds"]["n"] == 3 and result["forget_seconds"]["p50"] > 0
     rows = ForgetLedger(None, Layout(state).ledger).rows()
@@ -149,11 +195,29 @@ def test_status_reports_ages_against_the_deadline_and_overdue_exits_non_zero(spa
     from recunlearn.storage.layout import now_utc
 
     old = now_utc() - timedelta(days=40)
-    ForgetLedger(None, seeded.ledger).append([
-        {"request_id": "old-request-000", "target_type": "user", "user_key": user_key(SECRET, "1"),
-         "status": "received", "received_at": old, "updated_at": old, "job_id": "intake-old"},
-        {"request_id": "old-rejected-00", "target_type": "user", "user_key": "x", "status": "rejected",
-         "reason": "unknown user", "received_at": old, "updated_at": old, "job_id": "intake-old"}])
+    ForgetLedger(None, seeded.ledger).append(
+        [
+            {
+                "request_id": "old-request-000",
+                "target_type": "user",
+                "user_key": user_key(SECRET, "1"),
+                "status": "received",
+                "received_at": old,
+                "updated_at": old,
+                "job_id": "intake-old",
+            },
+            {
+                "request_id": "old-rejected-00",
+                "target_type": "user",
+                "user_key": "x",
+                "status": "rejected",
+                "reason": "unknown user",
+                "received_at": old,
+                "updated_at": old,
+                "job_id": "intake-old",
+            },
+        ]
+    )
     assert _cli(seeded, "forget", "--user", "2").returncode == 0
     late = _cli(seeded, "status", "--overdue")
     assert late.returncode == 4, late.stderr[-2000:]
@@ -163,4 +227,6 @@ def test_status_reports_ages_against_the_deadline_and_overdue_exits_non_zero(spa
     assert report["overdue"] == ["old-request-000"] and report["open"] == 2
     assert 39.9 < report["oldest_open_age_days"] < 40.1
     relaxed = _cli(seeded, "status", "--overdue", "--set", "unlearn.request_deadline_days=60")
-    assert relaxed.returncode == 0 and "no request past the 60-day deadline (2 open)" in relaxed.stdout
+    assert (
+        relaxed.returncode == 0 and "no request past the 60-day deadline (2 open)" in relaxed.stdout
+    )

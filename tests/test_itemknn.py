@@ -35,7 +35,9 @@ def test_index_is_the_top_k_of_cosine_hand_computed():
     assert m.neighbours[:, 0].tolist() == [1, 0, 0]  # item 2: tie 0/1 at 0.5, lower index first
     assert np.allclose(m.sims[:, 0], [1.0, 1.0, 0.5])
     # user "c" (item 2) gets item 0's and item 1's lists: sim(0, 2) is not in 0's top-1
-    assert m.score_history(sp.csr_matrix(np.array([[0, 0, 1]], np.float32))).tolist() == [[0.0, 0.0, 0.0]]
+    assert m.score_history(sp.csr_matrix(np.array([[0, 0, 1]], np.float32))).tolist() == [
+        [0.0, 0.0, 0.0]
+    ]
 
 
 @pytest.mark.parametrize("k,dense_items", [(5, 6000), (30, 6000), (30, 0)])

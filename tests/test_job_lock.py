@@ -23,7 +23,9 @@ def test_second_job_is_refused_by_name_until_the_first_releases(spark, layout):
     path = lock_path(layout)
     a, b = JobLock(spark, path), JobLock(spark, path)
     a.acquire("job-a")
-    with pytest.raises(JobConflictError, match=r"another job \(job-a, pid .*this job \(job-b\) changed nothing"):
+    with pytest.raises(
+        JobConflictError, match=r"another job \(job-a, pid .*this job \(job-b\) changed nothing"
+    ):
         b.acquire("job-b")
     assert a.holder()["job_id"] == "job-a"
     a.release("job-a")
@@ -70,16 +72,25 @@ def test_killed_holder_on_this_host_and_expired_leases_are_taken_over(spark, lay
     from delta.tables import DeltaTable
 
     path = lock_path(layout)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lock = JobLock(spark, path)
     lock.acquire("killed-job")
     DeltaTable.forPath(spark, path).update("name = 'tables'", {"pid": str(int(dead.stdout))})
     lock.acquire("rerun")  # the holder's process is gone: no wait
     assert lock.holder()["job_id"] == "rerun"
     # a lease held by a live process elsewhere is free once it expires
-    DeltaTable.forPath(spark, path).update("name = 'tables'", {
-        "host": "'another-host'", "expires_at": f"timestamp'{(now_utc() - timedelta(minutes=1)).isoformat()}'"})
+    DeltaTable.forPath(spark, path).update(
+        "name = 'tables'",
+        {
+            "host": "'another-host'",
+            "expires_at": f"timestamp'{(now_utc() - timedelta(minutes=1)).isoformat()}'",
+        },
+    )
     lock.acquire("after-expiry")
     assert lock.holder()["job_id"] == "after-expiry"
 
@@ -93,12 +104,15 @@ def test_unlearn_refused_while_another_job_holds_the_tables(spark, cfg, layout):
         unlearn(spark, cfg=cfg, layout=layout)
     ledger = ForgetLedger(spark, layout.ledger)
     from recunlearn.storage.delta import table_exists
+
     assert not table_exists(spark, layout.ledger) or ledger.rows() == []  # nothing touched
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_unlearn_racing_intake_and_an_ingest_of_the_user_being_forgotten(spark, ray_local, cfg, layout, tmp_path):
+def test_unlearn_racing_intake_and_an_ingest_of_the_user_being_forgotten(
+    spark, ray_local, cfg, layout, tmp_path
+):
     """While an unlearn job runs: a new forget request is filed (the intake's ledger MERGE races
     the job's transitions; Delta's conflicts are retried by name), and an ingest of a log holding
     new rows of the user being forgotten is refused by name. The job verifies its request only;
@@ -120,22 +134,35 @@ def test_unlearn_racing_intake_and_an_ingest_of_the_user_being_forgotten(spark, 
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret)
-    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
+    train_all(
+        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
+    )
     [first] = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=["5"])
     done: dict = {}
-    job = threading.Thread(target=lambda: done.setdefault("result", unlearn(spark, cfg=cfg, layout=layout)))
+    job = threading.Thread(
+        target=lambda: done.setdefault("result", unlearn(spark, cfg=cfg, layout=layout))
+    )
     job.start()
     lock = JobLock(spark, lock_path(layout))
     deadline = time.time() + 120
-    while time.time() < deadline and not (lock.holder() or {}).get("job_id", "").startswith("unlearn"):
+    while time.time() < deadline and not (lock.holder() or {}).get("job_id", "").startswith(
+        "unlearn"
+    ):
         time.sleep(0.2)
     [second] = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=["6"])
     with pytest.raises(JobConflictError, match="unlearn-"):
-        ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret)  # holds user 5's rows again
+        ingest(
+            spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret
+        )  # holds user 5's rows again
     job.join(timeout=600)
     assert done["result"]["requests"] == [first["request_id"]]
     rows = {r["request_id"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
-    assert rows[first["request_id"]]["status"] == "verified" and rows[second["request_id"]]["status"] == "received"
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret)  # after the job: user 5 stays gone
+    assert (
+        rows[first["request_id"]]["status"] == "verified"
+        and rows[second["request_id"]]["status"] == "received"
+    )
+    ingest(
+        spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret
+    )  # after the job: user 5 stays gone
     assert rows_with_keys(layout.tables, [user_key(secret, "5")])[user_key(secret, "5")] == 0
     assert rows_with_keys(layout.tables, [user_key(secret, "6")])[user_key(secret, "6")] > 0

@@ -17,13 +17,28 @@ pytestmark = [pytest.mark.spark]
 def _ledger(spark, tmp_path, n=2):
     ledger = ForgetLedger(spark, str(tmp_path / "tables" / "forget_requests"))
     stamp = now_utc()
-    ledger.append([{"request_id": f"r{i}", "target_type": "user", "user_key": f"k{i}", "status": RECEIVED,
-                    "received_at": stamp, "updated_at": stamp, "job_id": "intake-1"} for i in range(n)])
+    ledger.append(
+        [
+            {
+                "request_id": f"r{i}",
+                "target_type": "user",
+                "user_key": f"k{i}",
+                "status": RECEIVED,
+                "received_at": stamp,
+                "updated_at": stamp,
+                "job_id": "intake-1",
+            }
+            for i in range(n)
+        ]
+    )
     return ledger
 
 
 def _states(ledger):
-    return {r["request_id"]: (r["status"], [(h["state"], h["job_id"]) for h in r["history"] or []]) for r in ledger.rows()}
+    return {
+        r["request_id"]: (r["status"], [(h["state"], h["job_id"]) for h in r["history"] or []])
+        for r in ledger.rows()
+    }
 
 
 def test_transitions_are_ordered_keyed_by_job_and_idempotent(spark, tmp_path):
@@ -43,8 +58,17 @@ def test_transitions_are_ordered_keyed_by_job_and_idempotent(spark, tmp_path):
     ledger.transition([{"request_id": "r0"}], RETRAINED, job_id="j3")
     ledger.transition([{"request_id": "r0"}], VERIFIED, job_id="j3")
     st = _states(ledger)
-    assert st["r0"] == (VERIFIED, [(RECEIVED, "intake-1"), (PLANNED, "j1"), (PLANNED, "j2"),
-                                   (DELETED, "j2"), (RETRAINED, "j3"), (VERIFIED, "j3")])
+    assert st["r0"] == (
+        VERIFIED,
+        [
+            (RECEIVED, "intake-1"),
+            (PLANNED, "j1"),
+            (PLANNED, "j2"),
+            (DELETED, "j2"),
+            (RETRAINED, "j3"),
+            (VERIFIED, "j3"),
+        ],
+    )
     row = {r["request_id"]: r for r in ledger.rows()}["r0"]
     assert row["reason"] is None and row["delete_version"] == 7 and row["job_id"] == "j3"
     # verified is final: a later job cannot verify it again
@@ -57,27 +81,42 @@ def test_transitions_are_ordered_keyed_by_job_and_idempotent(spark, tmp_path):
 
 def test_an_older_ledger_is_upgraded_in_place(spark, tmp_path):
     path = str(tmp_path / "tables" / "forget_requests")
-    old_schema = ("request_id string, target_type string, user_key string, status string, reason string, "
-                  "deleted_at timestamp, shards array<int>")
+    old_schema = (
+        "request_id string, target_type string, user_key string, status string, reason string, "
+        "deleted_at timestamp, shards array<int>"
+    )
     stamp = now_utc()
-    rows = [("a", "user", "ka", "pending", None, None, None),
-            ("b", "user", "kb", "in_progress", None, None, [1]),
-            ("c", "user", "kc", "failed", "boom", stamp, [1]),
-            ("d", "item", None, "failed", "boom", None, None),
-            ("e", "user", "ke", "completed", None, stamp, [2]),
-            ("f", "attribute", "kf", "completed", None, None, None),
-            ("g", "user", "kg", "rejected", "unknown user", None, None)]
-    write_delta(spark.createDataFrame(rows, old_schema), path, mode="append", stats_columns=["status"])
+    rows = [
+        ("a", "user", "ka", "pending", None, None, None),
+        ("b", "user", "kb", "in_progress", None, None, [1]),
+        ("c", "user", "kc", "failed", "boom", stamp, [1]),
+        ("d", "item", None, "failed", "boom", None, None),
+        ("e", "user", "ke", "completed", None, stamp, [2]),
+        ("f", "attribute", "kf", "completed", None, None, None),
+        ("g", "user", "kg", "rejected", "unknown user", None, None),
+    ]
+    write_delta(
+        spark.createDataFrame(rows, old_schema), path, mode="append", stats_columns=["status"]
+    )
     ledger = ForgetLedger(spark, path)
     got = {r["request_id"]: r["status"] for r in ledger.rows()}
-    assert got == {"a": "received", "b": "planned", "c": "deleted", "d": "received", "e": "retrained",
-                   "f": "applied", "g": "rejected"}
+    assert got == {
+        "a": "received",
+        "b": "planned",
+        "c": "deleted",
+        "d": "received",
+        "e": "retrained",
+        "f": "applied",
+        "g": "rejected",
+    }
     # the upgraded rows move on like new ones
     ledger.transition([{"request_id": "e"}], VERIFIED, job_id="audit-1")
     assert _states(ledger)["e"] == (VERIFIED, [(VERIFIED, "audit-1")])
 
 
-def test_a_transition_from_a_stale_read_does_not_overwrite_a_newer_state(spark, tmp_path, monkeypatch):
+def test_a_transition_from_a_stale_read_does_not_overwrite_a_newer_state(
+    spark, tmp_path, monkeypatch
+):
     """Compare-and-set: a writer whose read predates another writer's transition moves
     nothing (its MERGE requires the state and history it read) and says so by name."""
     ledger = _ledger(spark, tmp_path, n=1)
@@ -85,7 +124,9 @@ def test_a_transition_from_a_stale_read_does_not_overwrite_a_newer_state(spark, 
     ledger.transition([{"request_id": "r0", "shards": [4]}], PLANNED, job_id="j1")
     ledger.transition([{"request_id": "r0"}], DELETED, job_id="j1")
     fresh = ForgetLedger.rows_for
-    calls = iter([lambda ids: stale, lambda ids: fresh(ledger, ids)])  # the MERGE's read, then the check's
+    calls = iter(
+        [lambda ids: stale, lambda ids: fresh(ledger, ids)]
+    )  # the MERGE's read, then the check's
     monkeypatch.setattr(ledger, "rows_for", lambda ids: next(calls)(ids))
     with pytest.raises(LedgerConflictError, match="another job changed them"):
         ledger.transition([{"request_id": "r0", "shards": [9]}], PLANNED, job_id="j2")

@@ -33,16 +33,27 @@ def test_json_lines_carry_context_and_exceptions():
     buf = io.StringIO()
     assert configure("auto", stream=buf) == "json"  # not a terminal
     log = logging.getLogger("recunlearn.test")
-    log.info("published v%d", 3, extra=context(job_id="unlearn-1", request_ids=["ab12"], shards=[0, 2],
-                                               model_version=3))
+    log.info(
+        "published v%d",
+        3,
+        extra=context(job_id="unlearn-1", request_ids=["ab12"], shards=[0, 2], model_version=3),
+    )
     try:
         raise RuntimeError("worker lost")
     except RuntimeError:
         log.exception("step failed", extra=context(job_id="unlearn-1", step="retrain_shards"))
     first, second = (json.loads(x) for x in buf.getvalue().splitlines())
-    assert first["msg"] == "published v3" and first["level"] == "INFO" and first["logger"] == "recunlearn.test"
-    assert (first["job_id"], first["request_ids"], first["shards"], first["model_version"]) == \
-        ("unlearn-1", ["ab12"], [0, 2], 3)
+    assert (
+        first["msg"] == "published v3"
+        and first["level"] == "INFO"
+        and first["logger"] == "recunlearn.test"
+    )
+    assert (first["job_id"], first["request_ids"], first["shards"], first["model_version"]) == (
+        "unlearn-1",
+        ["ab12"],
+        [0, 2],
+        3,
+    )
     assert "step" not in first and second["step"] == "retrain_shards"
     assert "RuntimeError: worker lost" in second["exc"] and first["ts"].endswith("+00:00")
 

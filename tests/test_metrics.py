@@ -10,7 +10,11 @@ from recunlearn.metrics import evaluate, rank_metrics, topk_excluding
 
 
 def csr(rows, n_items):
-    r, c = zip(*[(i, j) for i, items in enumerate(rows) for j in items]) if any(rows) else ((), ())
+    r, c = (
+        zip(*[(i, j) for i, items in enumerate(rows) for j in items], strict=True)
+        if any(rows)
+        else ((), ())
+    )
     return sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(rows), n_items))
 
 

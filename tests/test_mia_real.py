@@ -27,12 +27,16 @@ def test_attack_separates_members_and_only_members():
     data, _ = load_split("movielens-100k", Path(root) / "movielens-100k", seed=11)
     perm = np.random.default_rng(0).permutation(data.n_users)
     n = data.n_users
-    shadow_in, shadow_out = np.sort(perm[: n // 6]), np.sort(perm[n // 6: n // 3])
-    never, target = np.sort(perm[n // 3: n // 2]), np.sort(perm[n // 2:])
+    shadow_in, shadow_out = np.sort(perm[: n // 6]), np.sort(perm[n // 6 : n // 3])
+    never, target = np.sort(perm[n // 3 : n // 2]), np.sort(perm[n // 2 :])
     shadow, _ = fit_bpr(data.subset(shadow_in), cfg, seed=1)
-    attack = fit_attack(shadow, (data.user_keys[shadow_in], data.train[shadow_in]),
-                        (data.user_keys[shadow_out], data.train[shadow_out]),
-                        item_vectors(data.train[np.sort(perm[: n // 3])], 32, 0), seed=0)
+    attack = fit_attack(
+        shadow,
+        (data.user_keys[shadow_in], data.train[shadow_in]),
+        (data.user_keys[shadow_out], data.train[shadow_out]),
+        item_vectors(data.train[np.sort(perm[: n // 3])], 32, 0),
+        seed=0,
+    )
     assert attack.shadow["ci"][0] > 0.5
     model, _ = fit_bpr(data.subset(target), cfg, seed=2)
     members = target[: len(never)]
@@ -41,6 +45,6 @@ def test_attack_separates_members_and_only_members():
     assert seen["ci"][0] > 0.6, seen
     # the same users against a model retrained without the members: the separation is gone
     # (up to what activity alone tells apart in groups of ~150, hence a band, not 0.5 exactly)
-    retrained, _ = fit_bpr(data.subset(target[len(never):]), cfg, seed=2)
+    retrained, _ = fit_bpr(data.subset(target[len(never) :]), cfg, seed=2)
     blind = attack.evidence(retrained, (data.user_keys[members], data.train[members]), neg, seed=3)
     assert abs(blind["auc"] - 0.5) < 0.12 and blind["ci"][1] < seen["ci"][0], (seen, blind)

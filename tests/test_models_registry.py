@@ -20,7 +20,9 @@ def small_data(seed=0):
     rng = np.random.default_rng(seed)
     u, i = np.nonzero(rng.random((60, 30)) < 0.2)
     keys = np.array([f"u{x:03d}" for x in range(60)])[u]
-    return InteractionData.from_columns(keys, i, split_pairs(keys, i, valid=0.1, test=0.1, seed=1), 30)
+    return InteractionData.from_columns(
+        keys, i, split_pairs(keys, i, valid=0.1, test=0.1, seed=1), 30
+    )
 
 
 def test_config_rejects_mismatched_model_and_method():
@@ -32,7 +34,10 @@ def test_config_rejects_mismatched_model_and_method():
         load_config(CONF, ["model.kind=itemknn", "unlearn.method=scif"])
     assert load_config(CONF, ["model.kind=itemknn", "unlearn.method=knn"]).model.kind == "itemknn"
     # the fitted aggregators need user vectors: LightGCN has them, NCF does not
-    assert load_config(CONF, ["model.kind=lightgcn", "aggregator.kind=attention"]).model.kind == "lightgcn"
+    assert (
+        load_config(CONF, ["model.kind=lightgcn", "aggregator.kind=attention"]).model.kind
+        == "lightgcn"
+    )
     with pytest.raises(ConfigError, match="aggregator.kind=mean"):
         load_config(CONF, ["model.kind=ncf", "aggregator.kind=learned"])
 

@@ -123,8 +123,8 @@ def test_centroids_are_vectors_not_scalars():
 def test_interaction_embeddings_put_users_data_in_several_shards():
     # two user groups x two item groups: interaction clusters are (user group, item group)
     rng = np.random.default_rng(2)
-    ue = np.concatenate([rng.normal(0, .1, (20, 3)) + 5, rng.normal(0, .1, (20, 3)) - 5])
-    ie = np.concatenate([rng.normal(0, .1, (10, 3)) + 5, rng.normal(0, .1, (10, 3)) - 5])
+    ue = np.concatenate([rng.normal(0, 0.1, (20, 3)) + 5, rng.normal(0, 0.1, (20, 3)) - 5])
+    ie = np.concatenate([rng.normal(0, 0.1, (10, 3)) + 5, rng.normal(0, 0.1, (10, 3)) - 5])
     users, items = np.repeat(np.arange(40), 20), np.tile(np.arange(20), 40)
     x = interaction_embeddings(ue, ie, users, items)
     assert x.shape == (800, 6)

@@ -17,7 +17,7 @@ from pipelines.audit import audit
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
 from pipelines.partition import partition_users
-from pipelines.train import torch_setup, n_items_of, read_split_data, train_all
+from pipelines.train import n_items_of, read_split_data, torch_setup, train_all
 from recunlearn.data.pseudonym import user_key
 from recunlearn.evidence.scan import delta_log_hits, rows_with_keys
 from recunlearn.models.bpr import BPRMF, fit_bpr
@@ -50,8 +50,10 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     keys = sorted(user_key(SECRET, u) for u in forget)
     # What the shards held before: the replay check retrains from this minus the users.
     n_items = n_items_of(layout)
-    before = {k: read_split_data(layout.interactions, v1.table_version, n_items, k)
-              for k in range(cfg.sharding.n_shards)}
+    before = {
+        k: read_split_data(layout.interactions, v1.table_version, n_items, k)
+        for k in range(cfg.sharding.n_shards)
+    }
     homes = sorted({k for k, d in before.items() for key in keys if key in set(d.user_keys)})
 
     out = submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=forget)
@@ -66,7 +68,13 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     for key in keys:
         r = rows[key]
         assert r["status"] == "verified" and r["model_version"] == 2
-        assert [h["state"] for h in r["history"]] == ["received", "planned", "deleted", "retrained", "verified"]
+        assert [h["state"] for h in r["history"]] == [
+            "received",
+            "planned",
+            "deleted",
+            "retrained",
+            "verified",
+        ]
         assert r["delete_version"] == v2.table_version and r["shards"]
         assert r["deleted_at"] <= r["published_at"] <= r["completed_at"]
         ev = json.loads(r["evidence"])
@@ -83,9 +91,12 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
             assert new.delta_version == v2.table_version and new.path != old.path
         else:
             assert new.path == old.path
-    assert not any(m["exists"] and m["delta_version"] < v2.table_version
-                   and (m["shard_id"] is None or m["shard_id"] in homes)
-                   for m in checkpoints.all_metas(layout.checkpoints))
+    assert not any(
+        m["exists"]
+        and m["delta_version"] < v2.table_version
+        and (m["shard_id"] is None or m["shard_id"] in homes)
+        for m in checkpoints.all_metas(layout.checkpoints)
+    )
     assert [v["status"] for v in registry.versions()] == ["retired", "published"]
 
     # replay: each unlearned shard equals a from-scratch retrain without the users, same seed
@@ -117,10 +128,13 @@ def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):
     assert rows_with_keys(layout.tables, keys) == {k: 0 for k in keys}
 
 
-def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout, trained,
-                                                              monkeypatch):
+def test_crash_mid_unlearn_keeps_model_and_next_run_completes(
+    spark, cfg, layout, trained, monkeypatch
+):
     # This run refits the attention aggregator (the other test uses the mean).
-    cfg = cfg.model_copy(update={"aggregator": cfg.aggregator.model_copy(update={"kind": "attention"})})
+    cfg = cfg.model_copy(
+        update={"aggregator": cfg.aggregator.model_copy(update={"kind": "attention"})}
+    )
     registry = ModelRegistry(layout)
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["8"])
 
@@ -140,6 +154,8 @@ def test_crash_mid_unlearn_keeps_model_and_next_run_completes(spark, cfg, layout
     result = unlearn_mod.unlearn(spark, cfg=cfg, layout=layout)
     assert result["shards_touched"] == row["shards"]  # from the ledger: the map row is gone
     [row] = ForgetLedger(spark, layout.ledger).rows()
-    assert row["status"] == "verified" and registry.current()["version"] == 2 and row["reason"] is None
+    assert (
+        row["status"] == "verified" and registry.current()["version"] == 2 and row["reason"] is None
+    )
     assert audit(spark, layout=layout, secret=SECRET, raw_ids=["8"])["passed"]
     assert registry.current_version().aggregator.kind == "attention"

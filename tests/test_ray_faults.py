@@ -32,7 +32,9 @@ def _workers_running(task: str) -> list[int]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").strip()
+                title = (
+                    (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").strip()
+                )
             except OSError:
                 continue
             if title == f"ray::{task}":
@@ -42,8 +44,13 @@ def _workers_running(task: str) -> list[int]:
 
 def _long_training(cfg):
     # long enough (several seconds per shard) to be caught mid-task
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={
-        "max_epochs": 1500, "patience": 1500, "eval_every": 500, "batch_size": 64})})
+    return cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(
+                update={"max_epochs": 1500, "patience": 1500, "eval_every": 500, "batch_size": 64}
+            )
+        }
+    )
 
 
 @pytest.fixture()
@@ -61,7 +68,9 @@ def _states(metas):
     return {k: checkpoints.load_state(m["path"]) for k, m in metas.items()}
 
 
-def test_a_worker_killed_mid_shard_is_retried_and_the_shard_is_unchanged(spark, ray_local, cfg, layout, ingested):
+def test_a_worker_killed_mid_shard_is_retried_and_the_shard_is_unchanged(
+    spark, ray_local, cfg, layout, ingested
+):
     import torch
 
     cfg = _long_training(cfg)
@@ -69,8 +78,15 @@ def test_a_worker_killed_mid_shard_is_retried_and_the_shard_is_unchanged(spark, 
     out: dict = {}
 
     def train(tag):
-        out[tag] = train_models(cfg, layout, version=ingested, n_items=n_items, shard_ids=[0, 1, 2],
-                                reference=False, job_id=f"faults-{tag}")
+        out[tag] = train_models(
+            cfg,
+            layout,
+            version=ingested,
+            n_items=n_items,
+            shard_ids=[0, 1, 2],
+            reference=False,
+            job_id=f"faults-{tag}",
+        )
 
     t = threading.Thread(target=train, args=("killed",))
     t.start()
@@ -157,10 +173,21 @@ def test_a_lost_node_is_survived(spark, ray_local, cfg, layout, ingested, tmp_pa
     script = tmp_path / "lost_node.py"
     script.write_text(LOST_NODE)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, str(script), str(ROOT / "conf" / "test.yaml"), cfg.data_dir,
-                           str(ingested), str(n_items_of(layout))],
-                          env={**env, "RECUNLEARN_PSEUDONYM_KEY": SECRET.decode()}, capture_output=True,
-                          text=True, timeout=900, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(ROOT / "conf" / "test.yaml"),
+            cfg.data_dir,
+            str(ingested),
+            str(n_items_of(layout)),
+        ],
+        env={**env, "RECUNLEARN_PSEUDONYM_KEY": SECRET.decode()},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
     assert got["busy_nodes_before"] == 2, got  # the lost node was running a shard
@@ -168,7 +195,7 @@ def test_a_lost_node_is_survived(spark, ray_local, cfg, layout, ingested, tmp_pa
     assert got["alive_nodes_after"] == 2, got  # the head and the surviving worker node
 
 
-SPILL = r'''
+SPILL = r"""
 import json, os, sys
 import numpy as np
 import ray
@@ -183,7 +210,7 @@ ok = all(float(ray.get(r)[0]) == i for i, r in enumerate(refs))  # spilled objec
 del refs
 disconnect_ray()
 print("RESULT " + json.dumps({"spilled_files": len(spilled), "restored": ok, "exists_after": os.path.exists(spill)}))
-'''
+"""
 
 
 def test_spilled_objects_go_to_the_jobs_folder_and_it_is_removed(tmp_path):
@@ -191,9 +218,17 @@ def test_spilled_objects_go_to_the_jobs_folder_and_it_is_removed(tmp_path):
     script.write_text(SPILL)
     spill = tmp_path / "scratch" / "ray-spill" / "job-1"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, str(script), str(spill)], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(spill)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
-    assert got["spilled_files"] > 0 and got["restored"], got  # objects did spill there, and came back
+    assert got["spilled_files"] > 0 and got["restored"], (
+        got
+    )  # objects did spill there, and came back
     assert got["exists_after"] is False, got

@@ -50,19 +50,39 @@ def test_summary_table_without_a_reference_model():
     of failing at the end of a long run."""
     from pipelines.report import summary_table
 
-    one = {"requests": 1, "shards_touched": [2], "fit_seconds": 1.5, "end_to_end_seconds": 20.25,
-           "membership_mean": {"original": None, "unlearned": None}}
-    report = {"metrics": {p: {"ensemble": {"ndcg@20": 0.25, "recall@20": 0.3, "users": 10},
-                              "ensemble_mean": None, "reference": None}
-                          for p in ("before", "before_retained", "after")},
-              "timings": {"full_training_fit_seconds": None},
-              "ratios": {"ensemble_vs_reference_ndcg_before": None, "ensemble_vs_reference_ndcg_after": None,
-                         "unlearn_compute_vs_full_training": None,
-                         "unlearn_compute_by_shard_vs_full_training": None},
-              "unlearn_batch": one, "unlearn_single": one, "requests": [], "audit": {"passed": True}}
+    one = {
+        "requests": 1,
+        "shards_touched": [2],
+        "fit_seconds": 1.5,
+        "end_to_end_seconds": 20.25,
+        "membership_mean": {"original": None, "unlearned": None},
+    }
+    report = {
+        "metrics": {
+            p: {
+                "ensemble": {"ndcg@20": 0.25, "recall@20": 0.3, "users": 10},
+                "ensemble_mean": None,
+                "reference": None,
+            }
+            for p in ("before", "before_retained", "after")
+        },
+        "timings": {"full_training_fit_seconds": None},
+        "ratios": {
+            "ensemble_vs_reference_ndcg_before": None,
+            "ensemble_vs_reference_ndcg_after": None,
+            "unlearn_compute_vs_full_training": None,
+            "unlearn_compute_by_shard_vs_full_training": None,
+        },
+        "unlearn_batch": one,
+        "unlearn_single": one,
+        "requests": [],
+        "audit": {"passed": True},
+    }
     table = summary_table(report)
     assert "| full model fit (s)" in table and "20.25" in table
-    assert [ln for ln in table.splitlines() if ln.startswith("| full model fit")][0].split("|")[2].strip() == "-"
+    assert [ln for ln in table.splitlines() if ln.startswith("| full model fit")][0].split("|")[
+        2
+    ].strip() == "-"
 
 
 @pytest.mark.parametrize("kind", ["mean", "attention"])
@@ -71,20 +91,45 @@ def test_summary_table_shows_each_model_once_named_by_its_aggregator(kind):
     same model: one row each phase, not the same figures twice under two names."""
     from pipelines.report import summary_table
 
-    one = {"requests": 1, "shards_touched": [2], "fit_seconds": 1.5, "end_to_end_seconds": 20.25,
-           "membership_mean": {"original": None, "unlearned": None}}
+    one = {
+        "requests": 1,
+        "shards_touched": [2],
+        "fit_seconds": 1.5,
+        "end_to_end_seconds": 20.25,
+        "membership_mean": {"original": None, "unlearned": None},
+    }
     ens = {"ndcg@20": 0.25, "recall@20": 0.3, "users": 10}
     mean = ens if kind == "mean" else {"ndcg@20": 0.2, "recall@20": 0.25, "users": 10}
-    report = {"metrics": {p: {"ensemble": ens, "ensemble_mean": mean, "aggregator": kind,
-                              "reference": {"ndcg@20": 0.22, "recall@20": 0.28, "users": 10}}
-                          for p in ("before", "before_retained", "after")},
-              "timings": {"full_training_fit_seconds": 3.0},
-              "ratios": {"ensemble_vs_reference_ndcg_before": None, "ensemble_vs_reference_ndcg_after": None,
-                         "unlearn_compute_vs_full_training": None,
-                         "unlearn_compute_by_shard_vs_full_training": None},
-              "unlearn_batch": one, "unlearn_single": one, "requests": [], "audit": {"passed": True}}
-    rows = [ln.split("|")[1].strip() for ln in summary_table(report).splitlines()
-            if ln.startswith("| ") and "[after]" in ln]
-    expected = [f"ensemble ({kind}) [after]", *(["ensemble (mean) [after]"] if kind != "mean" else []),
-                "reference (full model) [after]"]
+    report = {
+        "metrics": {
+            p: {
+                "ensemble": ens,
+                "ensemble_mean": mean,
+                "aggregator": kind,
+                "reference": {"ndcg@20": 0.22, "recall@20": 0.28, "users": 10},
+            }
+            for p in ("before", "before_retained", "after")
+        },
+        "timings": {"full_training_fit_seconds": 3.0},
+        "ratios": {
+            "ensemble_vs_reference_ndcg_before": None,
+            "ensemble_vs_reference_ndcg_after": None,
+            "unlearn_compute_vs_full_training": None,
+            "unlearn_compute_by_shard_vs_full_training": None,
+        },
+        "unlearn_batch": one,
+        "unlearn_single": one,
+        "requests": [],
+        "audit": {"passed": True},
+    }
+    rows = [
+        ln.split("|")[1].strip()
+        for ln in summary_table(report).splitlines()
+        if ln.startswith("| ") and "[after]" in ln
+    ]
+    expected = [
+        f"ensemble ({kind}) [after]",
+        *(["ensemble (mean) [after]"] if kind != "mean" else []),
+        "reference (full model) [after]",
+    ]
     assert rows == expected

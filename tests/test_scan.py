@@ -12,7 +12,9 @@ def test_predicate_delete_leaks_raw_id_into_log_and_merge_delete_does_not(spark,
     from delta.tables import DeltaTable
 
     leaky, clean = str(tmp_path / "t" / "leaky"), str(tmp_path / "t" / "clean")
-    df = spark.createDataFrame([("u4711", "k1", 1), ("u42", "k2", 2)], "raw string, user_key string, item_idx int")
+    df = spark.createDataFrame(
+        [("u4711", "k1", 1), ("u42", "k2", 2)], "raw string, user_key string, item_idx int"
+    )
     write_delta(df, leaky, stats_columns=["item_idx"])
     write_delta(df.drop("raw"), clean, stats_columns=["item_idx"])
     DeltaTable.forPath(spark, leaky).delete("raw = 'u4711'")  # what FIELD.md 6 warns about
@@ -45,9 +47,12 @@ def test_vacuum_removes_untracked_files_and_checksums_and_spark_keeps_working(sp
     import pyarrow.parquet as pq
 
     # the data may be written as one file per row: copy the one that holds k1
-    live = next(f for f in sorted(path.glob("part-*.parquet"))
-                if "k1" in pq.read_table(f, columns=["user_key"]).column(0).to_pylist())
-    orphan = path / ("part-99999-killed-writer" + live.name[len("part-00000"):])
+    live = next(
+        f
+        for f in sorted(path.glob("part-*.parquet"))
+        if "k1" in pq.read_table(f, columns=["user_key"]).column(0).to_pylist()
+    )
+    orphan = path / ("part-99999-killed-writer" + live.name[len("part-00000") :])
     shutil.copy(live, orphan)  # untracked: no commit names it
     delete_keys(spark, str(path), ["k1"])
     assert rows_with_keys(tmp_path / "tables", ["k1"])["k1"] >= 2
@@ -61,7 +66,9 @@ def test_vacuum_removes_untracked_files_and_checksums_and_spark_keeps_working(sp
 
 def test_stats_on_user_key_would_leak_the_key_into_the_log(spark, tmp_path):
     path = str(tmp_path / "t" / "with_stats")
-    df = spark.createDataFrame([("kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001", 1)], "user_key string, item_idx int")
+    df = spark.createDataFrame(
+        [("kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001", 1)], "user_key string, item_idx int"
+    )
     df.write.format("delta").save(path)  # default stats include user_key min/max
     assert delta_log_hits(tmp_path / "t", keys=["kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001"])
     path2 = str(tmp_path / "u" / "no_stats")

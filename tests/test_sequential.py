@@ -19,8 +19,12 @@ def test_curriculum_puts_the_densest_groups_first_ties_by_id():
 
 
 def test_restart_position_is_the_earliest_group_holding_a_forgotten_user():
-    run = SequentialModel(stages=[], keys=np.array(["a", "b", "c", "d"]), labels=np.array([2, 0, 1, 2]),
-                          order=np.array([1, 2, 0]))
+    run = SequentialModel(
+        stages=[],
+        keys=np.array(["a", "b", "c", "d"]),
+        labels=np.array([2, 0, 1, 2]),
+        order=np.array([1, 2, 0]),
+    )
     assert run.restart_position(np.array(["b"])) == 2
     assert run.restart_position(np.array(["b", "d"])) == 1
     assert run.restart_position(np.array(["c", "b"])) == 0
@@ -28,9 +32,18 @@ def test_restart_position_is_the_earliest_group_holding_a_forgotten_user():
 
 
 def test_sequential_manifest_restarts_from_the_stage_before_the_earliest_group():
-    manifest = ModelVersion(version=1, n_shards=3, n_items=5, table_version=0, order=[2, 0, 1],
-                            shards={k: Component(f"p{k}") for k in range(3)}, aggregator=Component("a"),
-                            reference=None, guarantee="", config_fingerprint="")
+    manifest = ModelVersion(
+        version=1,
+        n_shards=3,
+        n_items=5,
+        table_version=0,
+        order=[2, 0, 1],
+        shards={k: Component(f"p{k}") for k in range(3)},
+        aggregator=Component("a"),
+        reference=None,
+        guarantee="",
+        config_fingerprint="",
+    )
     assert manifest.groups_from([1]) == [1]
     assert manifest.groups_from([0, 1]) == [0, 1]
     assert manifest.groups_from([2]) == [2, 0, 1]
@@ -47,7 +60,11 @@ def test_sequential_config_refuses_what_it_cannot_serve():
 
     conf = ROOT / "conf" / "default.yaml"
     assert load_config(conf, ["train.mode=sequential"]).train.mode == "sequential"
-    for bad in ("aggregator.kind=attention", "sharding.unit=item", "unlearn.partition=strict",
-                "unlearn.method=scif"):
+    for bad in (
+        "aggregator.kind=attention",
+        "sharding.unit=item",
+        "unlearn.partition=strict",
+        "unlearn.method=scif",
+    ):
         with pytest.raises(ConfigError, match="train.mode=sequential"):
             load_config(conf, ["train.mode=sequential", bad])

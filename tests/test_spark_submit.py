@@ -32,23 +32,46 @@ def _prepare(spark, cfg, layout, tmp_path, raw_id: str) -> None:
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET.encode())
-    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
+    train_all(
+        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
+    )
     submit_user_requests(spark, layout=layout, secret=SECRET.encode(), raw_ids=[raw_id])
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "RECUNLEARN_PSEUDONYM_KEY": SECRET, "RECUNLEARN_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "RECUNLEARN_PSEUDONYM_KEY": SECRET,
+        "RECUNLEARN_LOG_FORMAT": "json",
+    }
     env.pop("RAY_ADDRESS", None)
     return env
 
 
 def _submit(cfg, master: str, *conf: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "spark-submit"), "--master", master, "--jars", ",".join(delta_jars()), *conf,
-         str(ROOT / "jobs" / "unlearn.py"), "--config", str(ROOT / "conf" / "test.yaml"),
-         "--set", f"data_dir={cfg.data_dir}", "--set", "ray.num_cpus=1"],
-        env=_env(), capture_output=True, text=True, timeout=900)
+        [
+            str(BIN / "spark-submit"),
+            "--master",
+            master,
+            "--jars",
+            ",".join(delta_jars()),
+            *conf,
+            str(ROOT / "jobs" / "unlearn.py"),
+            "--config",
+            str(ROOT / "conf" / "test.yaml"),
+            "--set",
+            f"data_dir={cfg.data_dir}",
+            "--set",
+            "ray.num_cpus=1",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _check(spark, layout, proc: subprocess.CompletedProcess) -> list[dict]:
@@ -64,9 +87,13 @@ def _check(spark, layout, proc: subprocess.CompletedProcess) -> list[dict]:
     assert row["status"] == "verified" and row["model_version"] == 2
     assert ModelRegistry(layout).current()["version"] == 2
     # the job's own log lines are JSON (not a terminal), with the job and request ids
-    ours = [json.loads(x) for x in (proc.stdout + proc.stderr).splitlines() if x.startswith('{"ts"')]
-    assert any(x.get("request_ids") == result["requests"] and x.get("job_id") == result["job_id"]
-               for x in ours), proc.stderr[-2000:]
+    ours = [
+        json.loads(x) for x in (proc.stdout + proc.stderr).splitlines() if x.startswith('{"ts"')
+    ]
+    assert any(
+        x.get("request_ids") == result["requests"] and x.get("job_id") == result["job_id"]
+        for x in ours
+    ), proc.stderr[-2000:]
     return ours
 
 
@@ -87,9 +114,21 @@ def test_unlearn_job_against_a_standalone_master(spark, ray_local, cfg, layout, 
     port = _free_port()
     url = f"spark://127.0.0.1:{port}"
     env = {**_env(), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path / "spark-logs")}
-    master = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master",
-                               "--host", "127.0.0.1", "--port", str(port), "--webui-port", "0"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "master.log", "w"))
+    master = subprocess.Popen(
+        [
+            str(BIN / "spark-class"),
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "master.log", "w"),
+    )
     worker = None
     try:
         deadline = time.time() + 120
@@ -98,14 +137,37 @@ def test_unlearn_job_against_a_standalone_master(spark, ray_local, cfg, layout, 
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.5)
-        worker = subprocess.Popen([str(BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker", url,
-                                   "--cores", "2", "--memory", "2g", "--webui-port", "0",
-                                   "--work-dir", str(tmp_path / "spark-work")],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"))
-        while time.time() < deadline and "Successfully registered" not in (tmp_path / "worker.log").read_text():
+        worker = subprocess.Popen(
+            [
+                str(BIN / "spark-class"),
+                "org.apache.spark.deploy.worker.Worker",
+                url,
+                "--cores",
+                "2",
+                "--memory",
+                "2g",
+                "--webui-port",
+                "0",
+                "--work-dir",
+                str(tmp_path / "spark-work"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "worker.log", "w"),
+        )
+        while (
+            time.time() < deadline
+            and "Successfully registered" not in (tmp_path / "worker.log").read_text()
+        ):
             time.sleep(0.5)
-        proc = _submit(cfg, url, "--conf", f"spark.pyspark.python={sys.executable}",
-                       "--conf", "spark.executor.memory=1g")
+        proc = _submit(
+            cfg,
+            url,
+            "--conf",
+            f"spark.pyspark.python={sys.executable}",
+            "--conf",
+            "spark.executor.memory=1g",
+        )
         _check(spark, layout, proc)
         # the work ran on the standalone worker: it launched an executor for the application
         apps = list((tmp_path / "spark-work").glob("app-*"))

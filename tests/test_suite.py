@@ -21,9 +21,20 @@ from pipelines.bench import suite
 from pipelines.html_report import render_suite_report
 from recunlearn.config import SuiteConfig, load_config
 
-MATRIX = {"seed": 7, "matrix": [{"datasets": ["movielens-100k"], "methods": ["none", "full", "sisa"],
-                                 "n_shards": [3], "kinds": ["random"], "sizes": [0.1]}],
-          "mia": {"bootstrap": 50, "dim": 8, "n_rec": 10}, "parametric_seeds": 1}
+MATRIX = {
+    "seed": 7,
+    "matrix": [
+        {
+            "datasets": ["movielens-100k"],
+            "methods": ["none", "full", "sisa"],
+            "n_shards": [3],
+            "kinds": ["random"],
+            "sizes": [0.1],
+        }
+    ],
+    "mia": {"bootstrap": 50, "dim": 8, "n_rec": 10},
+    "parametric_seeds": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +44,13 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
     cfg = load_config(ROOT / "conf" / "test.yaml")
     summary = suite.run(SuiteConfig.model_validate(MATRIX), cfg, out_dir=out, data_dir=str(data))
-    return {"data": data, "out": out, "cfg": cfg, "summary": summary,
-            "cells": {c["spec"]["method"]: c for c in suite.load_cells(out)}}
+    return {
+        "data": data,
+        "out": out,
+        "cfg": cfg,
+        "summary": summary,
+        "cells": {c["spec"]["method"]: c for c in suite.load_cells(out)},
+    }
 
 
 def test_every_cell_is_written_with_the_protocol_fields(finished):
@@ -46,7 +62,11 @@ def test_every_cell_is_written_with_the_protocol_fields(finished):
         assert set(c["fairness"]["unlearned"]) >= {"active", "inactive", "gap"}
         for name in ("original", "unlearned", "replay", "retrained"):
             e = c["completeness"]["mia"][f"forgotten_vs_never_seen_{name}"]
-            assert e["positives"] == 14 and e["negatives"] == 24 and e["ci"][0] <= e["auc"] <= e["ci"][1]
+            assert (
+                e["positives"] == 14
+                and e["negatives"] == 24
+                and e["ci"][0] <= e["auc"] <= e["ci"][1]
+            )
 
 
 def test_exact_methods_equal_their_replay_and_the_control_does_not(finished):
@@ -59,7 +79,10 @@ def test_exact_methods_equal_their_replay_and_the_control_does_not(finished):
         assert comp["parametric"]["distance_to_retrain"] == 0.0
         assert comp["parametric"]["scores"]["distance_to_retrain"] == 0.0
         assert comp["mia"]["unlearned_inside_retrained_ci"]
-        assert comp["mia"]["forgotten_vs_never_seen_unlearned"] == comp["mia"]["forgotten_vs_never_seen_replay"]
+        assert (
+            comp["mia"]["forgotten_vs_never_seen_unlearned"]
+            == comp["mia"]["forgotten_vs_never_seen_replay"]
+        )
     sisa = finished["cells"]["sisa"]
     assert set(sisa["efficiency"]["shards_touched"]) <= {0, 1, 2}
     assert "shard_spread_unlearned" in sisa["fairness"]
@@ -67,7 +90,10 @@ def test_exact_methods_equal_their_replay_and_the_control_does_not(finished):
     # nothing was forgotten: the model still holds every forgotten user, its parameters are
     # the original's, so the distance to the retrain is that of a model with other data
     assert none["functional"]["known_to_unlearned"] == 14
-    assert none["mia"]["forgotten_vs_never_seen_unlearned"] == none["mia"]["forgotten_vs_never_seen_original"]
+    assert (
+        none["mia"]["forgotten_vs_never_seen_unlearned"]
+        == none["mia"]["forgotten_vs_never_seen_original"]
+    )
     assert none["parametric"]["distance_to_retrain"] > 0.0
     assert finished["cells"]["none"]["efficiency"]["speedup_vs_retrain_k1"] is None
 
@@ -77,8 +103,13 @@ def test_finished_cells_are_skipped_and_changed_settings_rerun(finished):
     again = suite.run(cfg, finished["cfg"], out_dir=finished["out"], data_dir=str(finished["data"]))
     assert again["ran"] == 0 and again["skipped"] == 3
     changed = SuiteConfig.model_validate({**MATRIX, "k": 10})
-    one = suite.run(changed, finished["cfg"], out_dir=finished["out"], data_dir=str(finished["data"]),
-                    only="none-K1")
+    one = suite.run(
+        changed,
+        finished["cfg"],
+        out_dir=finished["out"],
+        data_dir=str(finished["data"]),
+        only="none-K1",
+    )
     assert one["ran"] == 1 and one["skipped"] == 0
     # models come from the cache: the original of the control was not trained again
     assert len(list((finished["out"] / "cache" / "movielens-100k").glob("none-K1-*-all-*.pt"))) == 1
@@ -102,18 +133,36 @@ def test_report_embeds_every_plot_as_a_png(finished):
 def test_report_renders_in_headless_chromium(finished):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium) so the browser check cannot run")
+        pytest.skip(
+            "chromium is not installed (apt-get install chromium) so the browser check cannot run"
+        )
     page = render_suite_report(finished["out"])
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with tempfile.TemporaryDirectory() as profile:
         base = [browser, *flags, f"--user-data-dir={profile}"]
-        dom = subprocess.run([*base, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                             capture_output=True, text=True, timeout=120).stdout
+        dom = subprocess.run(
+            [*base, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         assert 'data-images-loaded="5/5"' in dom
         shot = Path(profile) / "shot.png"
-        subprocess.run([*base, "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
-                       capture_output=True, timeout=120, check=True)
+        subprocess.run(
+            [*base, "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
         img = mpimg.imread(shot)
         assert img.shape[:2] == (2000, 1280)
         # not a blank page: plots put many distinct colours on it
@@ -121,13 +170,27 @@ def test_report_renders_in_headless_chromium(finished):
 
 
 def test_interaction_and_item_forget_sets(finished, tmp_path):
-    matrix = {**MATRIX, "matrix": [{"datasets": ["movielens-100k"], "methods": ["full", "sisa"],
-                                    "n_shards": [3], "kinds": ["interactions", "items"], "sizes": [0.05]}]}
-    out = suite.run(SuiteConfig.model_validate(matrix), finished["cfg"], out_dir=tmp_path,
-                    data_dir=str(finished["data"]))
+    matrix = {
+        **MATRIX,
+        "matrix": [
+            {
+                "datasets": ["movielens-100k"],
+                "methods": ["full", "sisa"],
+                "n_shards": [3],
+                "kinds": ["interactions", "items"],
+                "sizes": [0.05],
+            }
+        ],
+    }
+    out = suite.run(
+        SuiteConfig.model_validate(matrix),
+        finished["cfg"],
+        out_dir=tmp_path,
+        data_dir=str(finished["data"]),
+    )
     assert out["ran"] == 4
     cells = {(c["spec"]["method"], c["spec"]["kind"]): c for c in suite.load_cells(tmp_path)}
-    for (method, kind), c in cells.items():
+    for c in cells.values():
         assert c["users"]["retained"] == c["users"]["target"] == 144  # users stay
         assert c["completeness"]["mia"]["applicable"] is False
         assert c["completeness"]["functional"]["vs_replay"]["max_abs_difference"] == 0.0

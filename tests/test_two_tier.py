@@ -31,6 +31,7 @@ from recunlearn.unlearning.policy import exact_due
 def _exact_due(ledger, registry, cfg):
     return exact_due(ledger.rows((APPROXIMATE,)), registry.current_version(), cfg.unlearn.policy)
 
+
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"
 
@@ -39,10 +40,20 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
-    cfg = cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={
-        "method": "scif", "membership": False,
-        "policy": PolicyConfig(max_pending=3, deadline_hours=1000.0, max_share=1.0)})})
+    train_all(
+        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
+    )
+    cfg = cfg.model_copy(
+        update={
+            "unlearn": cfg.unlearn.model_copy(
+                update={
+                    "method": "scif",
+                    "membership": False,
+                    "policy": PolicyConfig(max_pending=3, deadline_hours=1000.0, max_share=1.0),
+                }
+            )
+        }
+    )
     registry, ledger = ModelRegistry(layout), ForgetLedger(spark, layout.ledger)
     v1 = registry.current_version()
     before = {k: checkpoints.load_state(v1.shards[k].path) for k in range(cfg.sharding.n_shards)}
@@ -62,7 +73,11 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     rows = {r["user_key"]: r for r in ledger.rows()}
     for key in keys1:
         r = rows[key]
-        assert (r["status"], r["guarantee"], r["model_version"]) == ("approximate", "approximate:scif", 2)
+        assert (r["status"], r["guarantee"], r["model_version"]) == (
+            "approximate",
+            "approximate:scif",
+            2,
+        )
         assert r["delete_version"] == v2.table_version and r["shards"]
         assert json.loads(r["evidence"])["method"] == "scif"
     # the data obligation does not wait: rows, logs, old checkpoints are gone now
@@ -102,7 +117,9 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     pending = set(v2.pending_exact["shards"]) | set(res["shards_touched"])
     for k in pending:
         assert v4.shards[k].delta_version >= max(rows[x]["delete_version"] for x in keys1 + keys2)
-        assert "approximate" not in json.loads(Path(v4.shards[k].path).with_suffix(".json").read_text())
+        assert "approximate" not in json.loads(
+            Path(v4.shards[k].path).with_suffix(".json").read_text()
+        )
     assert _exact_due(ledger, registry, cfg) == (False, "no request has an approximate guarantee")
     report = audit(spark, layout=layout, secret=SECRET, raw_ids=first + second)
     assert report["passed"] and report["n_requests"] == 4
@@ -114,34 +131,53 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
+    train_all(
+        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
+    )
     cfg = cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={"membership": False})})
     lines = [ln.split("\t") for ln in (raw / "u.data").read_text().split("\n") if ln]
     item_a, pair_a = lines[0][1], (lines[3][0], lines[3][1])  # item from user 1; a pair of user 1
-    out = submit_data_requests(spark, layout=layout, secret=SECRET, items=[item_a, "no-such-item", "bad id!"],
-                               interactions=[pair_a, ("2", "no-such-item"), (lines[40][0], "48")])
+    out = submit_data_requests(
+        spark,
+        layout=layout,
+        secret=SECRET,
+        items=[item_a, "no-such-item", "bad id!"],
+        interactions=[pair_a, ("2", "no-such-item"), (lines[40][0], "48")],
+    )
     outcome = [o["outcome"] for o in out]
     assert outcome[:3] == ["accepted", "rejected", "rejected"] and outcome[3] == "accepted"
     assert "unknown item" in out[1]["reason"] and "malformed" in out[2]["reason"]
     assert "unknown item" in out[4]["reason"]
     has_48 = any(ln[0] == lines[40][0] and ln[1] == "48" for ln in lines)
     assert outcome[5] == ("accepted" if has_48 else "rejected")
-    again = submit_data_requests(spark, layout=layout, secret=SECRET, items=[item_a], interactions=[pair_a])
+    again = submit_data_requests(
+        spark, layout=layout, secret=SECRET, items=[item_a], interactions=[pair_a]
+    )
     assert [o["outcome"] for o in again] == ["duplicate", "duplicate"]
 
     inter = spark.read.format("delta").load(layout.interactions)
     idx_a = ForgetLedger(spark, layout.ledger).rows()
-    item_idx = next(r["item_idx"] for r in idx_a if r["target_type"] == "item" and r["status"] == "received")
-    holders = sorted({r["shard_id"] for r in inter.where(f"item_idx = {item_idx}").select("shard_id").collect()})
+    item_idx = next(
+        r["item_idx"] for r in idx_a if r["target_type"] == "item" and r["status"] == "received"
+    )
+    holders = sorted(
+        {r["shard_id"] for r in inter.where(f"item_idx = {item_idx}").select("shard_id").collect()}
+    )
     res = unlearn(spark, cfg=cfg, layout=layout, method="exact")
     assert set(holders) <= set(res["shards_touched"])
     assert inter.where(f"item_idx = {item_idx}").count() == 0
     key_a = user_key(SECRET, pair_a[0])
-    pair_idx = next(r["item_idx"] for r in idx_a if r["target_type"] == "interaction" and r["user_key"] == key_a)
+    pair_idx = next(
+        r["item_idx"] for r in idx_a if r["target_type"] == "interaction" and r["user_key"] == key_a
+    )
     left = spark.read.format("delta").load(layout.interactions)
     assert left.where(f"item_idx = {pair_idx} AND user_key = '{key_a}'").count() == 0
     assert left.where(f"user_key = '{key_a}'").count() > 0  # the user stays
-    rows = [r for r in ForgetLedger(spark, layout.ledger).rows() if r["target_type"] in ("item", "interaction")]
+    rows = [
+        r
+        for r in ForgetLedger(spark, layout.ledger).rows()
+        if r["target_type"] in ("item", "interaction")
+    ]
     assert {r["status"] for r in rows if r["reason"] is None} == {"verified"}
     v = ModelRegistry(layout).current_version()
     for k in holders:
@@ -159,8 +195,12 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
     assert res["policy"]["exact_due"] and "max_share" in res["policy"]["reason"]
     assert res["exact"]["model_version"] == res["model_version"] + 1
     fresh = {r["request_id"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
-    assert {(fresh[i]["status"], fresh[i]["guarantee"]) for i in res["requests"]} == {("verified", "exact")}
-    assert all(json.loads(fresh[i]["evidence"])["fast"]["method"] == "finetune" for i in res["requests"])
+    assert {(fresh[i]["status"], fresh[i]["guarantee"]) for i in res["requests"]} == {
+        ("verified", "exact")
+    }
+    assert all(
+        json.loads(fresh[i]["evidence"])["fast"]["method"] == "finetune" for i in res["requests"]
+    )
     report = audit(spark, layout=layout, secret=SECRET)
     kinds = sorted(r["details"]["target_type"] for r in report["requests"])
     assert report["passed"] and kinds.count("item") == 2 and kinds.count("interaction") >= 2
@@ -168,8 +208,10 @@ def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
 
 
 # the WMF variant is slow (its update is unit-tested in test_wmf.py); kNN and EASE run by default
-@pytest.mark.parametrize("kind,method", [("itemknn", "knn"), ("ease", "ease"),
-                                         pytest.param("wmf", "als", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kind,method",
+    [("itemknn", "knn"), ("ease", "ease"), pytest.param("wmf", "als", marks=pytest.mark.slow)],
+)
 def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, kind, method):
     """Shards of item-kNN, EASE or WMF: `unlearn --method knn|ease|als` updates the touched
     shards and the reference in place and publishes an exact version (no retrain pending); the
@@ -179,17 +221,29 @@ def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, k
     from pipelines.train import n_items_of, read_split_data
     from recunlearn.models import fit_model, load_model
 
-    cfg = cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"kind": kind, "dim": 8, "wmf_reg": 2.0, "ease_lambda": 20.0}),
-        "unlearn": cfg.unlearn.model_copy(update={"method": method, "membership": False})})
+    cfg = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(
+                update={"kind": kind, "dim": 8, "wmf_reg": 2.0, "ease_lambda": 20.0}
+            ),
+            "unlearn": cfg.unlearn.model_copy(update={"method": method, "membership": False}),
+        }
+    )
     raw = tmp_path / "raw"
     write_ml100k(raw)
     ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    train_all(spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout))
+    train_all(
+        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
+    )
     lines = [ln.split("\t") for ln in (raw / "u.data").read_text().split("\n") if ln]
     submit_user_requests(spark, layout=layout, secret=SECRET, raw_ids=["5", "17"])
-    submit_data_requests(spark, layout=layout, secret=SECRET, items=[lines[100][1]],
-                         interactions=[(lines[200][0], lines[200][1])])
+    submit_data_requests(
+        spark,
+        layout=layout,
+        secret=SECRET,
+        items=[lines[100][1]],
+        interactions=[(lines[200][0], lines[200][1])],
+    )
     res = unlearn(spark, cfg=cfg, layout=layout)
     assert res["guarantee"] == "exact" and res["policy"]["exact_due"] is False
     rows = [r for r in ForgetLedger(spark, layout.ledger).rows() if r["reason"] is None]
@@ -205,7 +259,9 @@ def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, k
         assert list(model.user_keys) == list(data.user_keys)
         if kind == "itemknn":
             rebuilt, _ = fit_model(data, cfg.model, seed=0)
-            assert (model.neighbours == rebuilt.neighbours).all() and (model.sims == rebuilt.sims).all()
+            assert (model.neighbours == rebuilt.neighbours).all() and (
+                model.sims == rebuilt.sims
+            ).all()
         elif kind == "ease":
             refit, _ = fit_model(data, cfg.model, seed=0)
             assert (model.x != refit.x).nnz == 0

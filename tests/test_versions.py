@@ -15,18 +15,37 @@ from recunlearn.storage.registry import ModelRegistry, publish_version, trained_
 from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
 
 
-def _save(layout: Layout, component: str, shard: int | None, delta_version: int, run: str) -> Component:
+def _save(
+    layout: Layout, component: str, shard: int | None, delta_version: int, run: str
+) -> Component:
     model = Popularity(np.array(["a", "b"]), sp.csr_matrix(np.eye(2, 3, dtype=np.float32)))
-    meta = CheckpointMeta(shard_id=shard, delta_version=delta_version, job_id=run, n_users=2, n_train=2,
-                          extra={"curve": [0.1]})
+    meta = CheckpointMeta(
+        shard_id=shard,
+        delta_version=delta_version,
+        job_id=run,
+        n_users=2,
+        n_train=2,
+        extra={"curve": [0.1]},
+    )
     return Component.of(checkpoints.save(layout.checkpoints, component, run, model.state(), meta))
 
 
 def _version(layout: Layout, n: int, delta_version: int, run: str) -> ModelVersion:
-    shards = {k: _save(layout, checkpoints.shard_component(k), k, delta_version, run) for k in range(2)}
-    return ModelVersion(version=n, n_shards=2, n_items=3, table_version=delta_version, shards=shards,
-                        aggregator=_save(layout, "aggregator", None, delta_version, run), reference=None,
-                        guarantee="test", config_fingerprint="f", parent=n - 1 or None)
+    shards = {
+        k: _save(layout, checkpoints.shard_component(k), k, delta_version, run) for k in range(2)
+    }
+    return ModelVersion(
+        version=n,
+        n_shards=2,
+        n_items=3,
+        table_version=delta_version,
+        shards=shards,
+        aggregator=_save(layout, "aggregator", None, delta_version, run),
+        reference=None,
+        guarantee="test",
+        config_fingerprint="f",
+        parent=n - 1 or None,
+    )
 
 
 def test_a_data_directory_moves_whole(tmp_path):
@@ -62,19 +81,39 @@ def test_publish_prunes_what_held_forgotten_rows_and_retires(tmp_path):
     orphan = _save(layout, checkpoints.shard_component(1), 1, 3, "failed")
     new1 = _save(layout, checkpoints.shard_component(1), 1, 3, "r2")
     agg = _save(layout, "aggregator", None, 3, "r2")
-    v2 = v1.replace(version=2, parent=1, shards={0: v1.shards[0], 1: new1}, aggregator=agg, table_version=3)
-    done = publish_version(registry, v2, request_ids=["q"], note="unlearned",
-                           prune=trained_on([1], delete_version=3), retire="superseded")
+    v2 = v1.replace(
+        version=2, parent=1, shards={0: v1.shards[0], 1: new1}, aggregator=agg, table_version=3
+    )
+    done = publish_version(
+        registry,
+        v2,
+        request_ids=["q"],
+        note="unlearned",
+        prune=trained_on([1], delete_version=3),
+        retire="superseded",
+    )
     assert sorted(done.removed) == ["aggregator/r1", "shard-001/failed (orphan)", "shard-001/r1"]
     assert done.retired == [1]
-    assert [(v["version"], v["status"]) for v in registry.versions()] == [(1, "retired"), (2, "published")]
+    assert [(v["version"], v["status"]) for v in registry.versions()] == [
+        (1, "retired"),
+        (2, "published"),
+    ]
     on_disk = {m["path"] for m in checkpoints.all_metas(layout.checkpoints)}
     assert on_disk == v2.paths() and orphan.path not in on_disk
 
 
 def test_records_refuse_what_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match="do not cover"):
-        ModelVersion(version=1, n_shards=3, n_items=1, table_version=0, shards={0: Component("x")},
-                     aggregator=Component("a"), reference=None, guarantee="", config_fingerprint="")
+        ModelVersion(
+            version=1,
+            n_shards=3,
+            n_items=1,
+            table_version=0,
+            shards={0: Component("x")},
+            aggregator=Component("a"),
+            reference=None,
+            guarantee="",
+            config_fingerprint="",
+        )
     with pytest.raises(ValueError, match="shadow"):
         CheckpointMeta(shard_id=0, delta_version=0, job_id="j", extra={"seed": 1}).to_json()

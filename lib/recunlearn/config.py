@@ -21,10 +21,12 @@ from recunlearn.unlearning.methods import METHODS, check_model
 
 def _one_of(table: dict[str, Any], what: str) -> AfterValidator:
     """A string field whose value must name an entry of a registry ``table``."""
+
     def check(value: str) -> str:
         if value not in table:
             raise ValueError(f"unknown {what} {value!r}: one of {', '.join(table)}")
         return value
+
     return AfterValidator(check)
 
 
@@ -40,13 +42,24 @@ class _Frozen(BaseModel):
 
 class DatasetConfig(_Frozen):
     name: str = Field("movielens-100k", description="Data set name, for reports and fetch.")
-    format: Literal["ml-100k", "ml-1m", "ml-1m-implicit", "amazon-json", "amazon-ratings", "lfm2b-events",
-                    "lfm2b-counts", "log"] = Field(
-        "ml-100k", description="Reader to use for the raw files: MovieLens (ml-100k u.data, ml-1m "
-        "ratings.dat, ml-1m-implicit interactions.csv), Amazon reviews (amazon-json: JSON lines with "
-        "2014/2018 or 2023 field names; amazon-ratings: headerless item,user,rating,timestamp CSV), "
+    format: Literal[
+        "ml-100k",
+        "ml-1m",
+        "ml-1m-implicit",
+        "amazon-json",
+        "amazon-ratings",
+        "lfm2b-events",
+        "lfm2b-counts",
+        "log",
+    ] = Field(
+        "ml-100k",
+        description="Reader to use for the raw files: MovieLens (ml-100k u.data, ml-1m "
+        "ratings.dat, ml-1m-implicit interactions.csv), Amazon reviews (amazon-json: JSON lines "
+        "with "
+        "2014/2018 or 2023 field names; amazon-ratings: headerless item,user,rating,timestamp "
+        "CSV), "
         "LFM-2B (lfm2b-events: listening-events.tsv; lfm2b-counts: listening-counts.tsv), or a "
-        "generic CSV/Parquet log (columns)."
+        "generic CSV/Parquet log (columns).",
     )
     path: str | None = Field(
         None, description="Raw file or folder; None means data_dir/raw/<name> (fetched)."
@@ -57,15 +70,19 @@ class DatasetConfig(_Frozen):
     )
     separator: str = Field(",", description="For format=log CSV files: field separator.")
     timestamp_format: str | None = Field(
-        None, description="For format=log: a text timestamp's Spark datetime pattern (e.g. "
-        "'yyyy-MM-dd HH:mm:ss', read as UTC); None: epoch seconds.")
+        None,
+        description="For format=log: a text timestamp's Spark datetime pattern (e.g. "
+        "'yyyy-MM-dd HH:mm:ss', read as UTC); None: epoch seconds.",
+    )
     min_rating: float | None = Field(
         None, description="Keep only ratings >= this as positives (None keeps all)."
     )
     on_malformed: Literal["quarantine", "fail"] = Field(
-        "quarantine", description="Malformed or truncated rows: quarantine (ingest the good rows; "
+        "quarantine",
+        description="Malformed or truncated rows: quarantine (ingest the good rows; "
         "record each bad one in tables/quarantine by reason and keyed fingerprint, never its "
-        "content) or fail (ingest nothing; the error counts them by reason).")
+        "content) or fail (ingest nothing; the error counts them by reason).",
+    )
 
 
 class SplitConfig(_Frozen):
@@ -75,7 +92,9 @@ class SplitConfig(_Frozen):
     @model_validator(mode="after")
     def _fits(self) -> SplitConfig:
         if self.valid + self.test >= 0.6:
-            raise ValueError(f"split.valid + split.test = {self.valid + self.test} leaves too little to train")
+            raise ValueError(
+                f"split.valid + split.test = {self.valid + self.test} leaves too little to train"
+            )
         return self
 
 
@@ -90,40 +109,55 @@ class PseudonymConfig(_Frozen):
 class ShardingConfig(_Frozen):
     n_shards: int = Field(10, ge=1, le=1024, description="K, the number of user shards.")
     method: Literal["sinkhorn", "kmeans", "random"] = Field(
-        "sinkhorn", description="How users are split: UltraRE's balanced OT clustering of user "
+        "sinkhorn",
+        description="How users are split: UltraRE's balanced OT clustering of user "
         "embeddings (sinkhorn), RecEraser's balanced k-means with a capacity cap (kmeans, UBP), "
-        "or SISA's random split."
+        "or SISA's random split.",
     )
     capacity: float = Field(1.2, ge=1.0, description="kmeans: at most this x n/K users per shard.")
     unit: Literal["user", "item", "interaction"] = Field(
-        "user", description="What is clustered into shards: users (UBP; a user's data in one "
+        "user",
+        description="What is clustered into shards: users (UBP; a user's data in one "
         "shard), items (IBP) or interactions (InBP); with items or interactions one user's data "
-        "lies in several shards, and forgetting the user retrains all of them.")
+        "lies in several shards, and forgetting the user retrains all of them.",
+    )
     group_epochs: int = Field(
-        10, ge=1, description="LASER (sequential training): most epochs per group stage, each "
-        "stage early-stopped on the validation pairs of the groups seen so far.")
+        10,
+        ge=1,
+        description="LASER (sequential training): most epochs per group stage, each "
+        "stage early-stopped on the validation pairs of the groups seen so far.",
+    )
     embedding_rank: int = Field(16, ge=2, description="Rank of the Spark ALS user embeddings.")
     als_iterations: int = Field(10, ge=1)
     als_reg: float = Field(0.05, gt=0)
     kmeans_iterations: int = Field(20, ge=1, description="Outer OT k-means iterations.")
-    sinkhorn_epsilon: float = Field(0.05, gt=0, description="Entropic regulariser, relative to the cost scale.")
+    sinkhorn_epsilon: float = Field(
+        0.05, gt=0, description="Entropic regulariser, relative to the cost scale."
+    )
     balance_tolerance: float = Field(
-        0.1, ge=0, lt=1, description="sinkhorn and random: every shard must hold within this "
-        "share of n/K users (kmeans is bounded by its capacity instead)."
+        0.1,
+        ge=0,
+        lt=1,
+        description="sinkhorn and random: every shard must hold within this "
+        "share of n/K users (kmeans is bounded by its capacity instead).",
     )
     row_tolerance: float | None = Field(
-        0.5, gt=0, description="Then swap users (counts kept) until no shard holds more than "
+        0.5,
+        gt=0,
+        description="Then swap users (counts kept) until no shard holds more than "
         "(1 + this) x the mean training rows; a shard's retraining cost follows its rows. "
-        "None: balance users only.")
-
-
+        "None: balance users only.",
+    )
 
 
 class ModelConfig(_Frozen):
     kind: ModelKindName = Field(
-        "bpr", json_schema_extra={"enum": list(MODELS)},
+        "bpr",
+        json_schema_extra={"enum": list(MODELS)},
         description="Shard sub-model (recunlearn.models.MODELS): "
-        + "; ".join(f"{k}: {m.summary}" for k, m in MODELS.items()) + ".")
+        + "; ".join(f"{k}: {m.summary}" for k, m in MODELS.items())
+        + ".",
+    )
     dim: int = Field(64, ge=1, description="Embedding dimension (BPR and WMF).")
     lr: float = Field(0.005, gt=0)
     reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
@@ -133,43 +167,67 @@ class ModelConfig(_Frozen):
     patience: int = Field(4, ge=1, description="Validation checks without improvement before stop.")
     eval_k: int = Field(20, ge=1)
     init_std: float = Field(0.1, gt=0)
-    wmf_alpha: float = Field(10.0, gt=0, description="WMF: confidence 1 + alpha of an observed pair.")
+    wmf_alpha: float = Field(
+        10.0, gt=0, description="WMF: confidence 1 + alpha of an observed pair."
+    )
     wmf_reg: float = Field(5.0, gt=0, description="WMF: L2 weight.")
-    wmf_tol: float = Field(1e-3, gt=0, description="WMF: relative residual of converged normal equations.")
+    wmf_tol: float = Field(
+        1e-3, gt=0, description="WMF: relative residual of converged normal equations."
+    )
     knn_k: int = Field(50, ge=1, description="item-kNN: neighbours kept per item.")
     knn_shrink: float = Field(0.0, ge=0, description="item-kNN: cosine shrinkage.")
-    ease_lambda: float = Field(500.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1.")
+    ease_lambda: float = Field(
+        500.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1."
+    )
     ease_max_items: int = Field(
-        20000, ge=1, description="EASE: largest catalogue (two dense float64 I x I matrices, "
-        "16 I^2 bytes: 6.4 GB at 20K items).")
+        20000,
+        ge=1,
+        description="EASE: largest catalogue (two dense float64 I x I matrices, "
+        "16 I^2 bytes: 6.4 GB at 20K items).",
+    )
     lightgcn_layers: int = Field(3, ge=1, description="LightGCN: propagation layers.")
     lightgcn_batch_size: int = Field(
-        8192, ge=1, description="LightGCN: pairs per step (each step propagates the whole shard graph).")
-    ncf_layers: list[int] = Field([32, 16, 8], min_length=1, description="NCF: MLP widths after the input.")
+        8192,
+        ge=1,
+        description="LightGCN: pairs per step (each step propagates the whole shard graph).",
+    )
+    ncf_layers: list[int] = Field(
+        [32, 16, 8], min_length=1, description="NCF: MLP widths after the input."
+    )
     ncf_negatives: int = Field(4, ge=1, description="NCF: sampled negatives per positive.")
     ncf_fold_in: Literal["linear", "adam"] = Field(
-        "linear", description="NCF: fold in unseen users linearly (GMF vector, MLP at the users' mean) "
-                              "or by Adam steps on both vectors.")
+        "linear",
+        description="NCF: fold in unseen users linearly (GMF vector, MLP at the users' mean) "
+        "or by Adam steps on both vectors.",
+    )
     ncf_fold_in_steps: int = Field(30, ge=1, description="NCF: Adam steps of an adam fold-in.")
 
 
 class AggregatorConfig(_Frozen):
     kind: Literal["attention", "learned", "mean"] = Field(
-        "mean", description="How shard scores combine: the mean (no parameters, nothing to refit), "
+        "mean",
+        description="How shard scores combine: the mean (no parameters, nothing to refit), "
         "UltraRE-style learned weights (a logistic regression over the shard scores) or "
-        "RecEraser-style attention; the last two are refit on retained data after every deletion.")
+        "RecEraser-style attention; the last two are refit on retained data after every deletion.",
+    )
     fold_in_reg: float = Field(1.0, gt=0, description="Ridge term of the least-squares fold-in.")
     attention_dim: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(4096, ge=1)
     max_epochs: int = Field(20, ge=1)
     patience: int = Field(2, ge=1)
-    holdout: float = Field(0.2, gt=0, lt=1, description="Share of training pairs the aggregator learns on.")
-    learned_l2: float = Field(1e-4, ge=0, description="Learned weights: L2 on the standardised weights.")
+    holdout: float = Field(
+        0.2, gt=0, lt=1, description="Share of training pairs the aggregator learns on."
+    )
+    learned_l2: float = Field(
+        1e-4, ge=0, description="Learned weights: L2 on the standardised weights."
+    )
     learned_iterations: int = Field(100, ge=1, description="Learned weights: L-BFGS iterations.")
     max_valid_users: int = Field(2000, ge=10, description="Users sampled for early stopping.")
     valid_cache_mb: int = Field(
-        256, ge=1, description="Memory for the validation users' shard scores (fewer users if over)."
+        256,
+        ge=1,
+        description="Memory for the validation users' shard scores (fewer users if over).",
     )
 
 
@@ -180,19 +238,25 @@ class TrainConfig(_Frozen):
     threads_per_task: int = Field(1, ge=1, description="torch threads inside one Ray task.")
     deterministic: bool = Field(True, description="torch deterministic kernels (CPU).")
     mode: Literal["parallel", "sequential"] = Field(
-        "parallel", description="parallel: one model per shard, trained at once, and an aggregator "
+        "parallel",
+        description="parallel: one model per shard, trained at once, and an aggregator "
         "(SISA, RecEraser, UltraRE). sequential: LASER, one model trained shard group after group "
         "in a curriculum order with a checkpoint per group; a request retrains from its earliest "
-        "group on (sharding.group_epochs epochs at most per group).")
+        "group on (sharding.group_epochs epochs at most per group).",
+    )
 
 
 class FastSettings(_Frozen):
     """The fast tier's update of a shard model (``recunlearn.unlearning.fast_bpr``)."""
 
     negatives: int = Field(2, ge=1, description="Sampled negatives per positive term.")
-    damping: float = Field(3.0, gt=0, description="Added to the Gauss-Newton diagonal. Smaller "
-                           "steps further and, over a stream, costs utility: on ML-100K, 100 "
-                           "sequential users at 1.0 kept 0.94 of the original's NDCG@20, at 3.0 0.98.")
+    damping: float = Field(
+        3.0,
+        gt=0,
+        description="Added to the Gauss-Newton diagonal. Smaller "
+        "steps further and, over a stream, costs utility: on ML-100K, 100 "
+        "sequential users at 1.0 kept 0.94 of the original's NDCG@20, at 3.0 0.98.",
+    )
     cg_iters: int = Field(30, ge=1)
     cg_tol: float = Field(1e-3, gt=0)
     neighbours: int = Field(64, ge=0, description="Collaborative users added to SCIF's block.")
@@ -200,10 +264,18 @@ class FastSettings(_Frozen):
     negative_terms: int = Field(20_000, ge=1)
     max_step: float = Field(1.0, gt=0)
     finetune_steps: int = Field(10, ge=1)
-    ascent_steps: int = Field(10, ge=1, description="At most; it stops earlier when the forgotten "
-                              "pairs' loss reaches that of held-out pairs.")
-    lr: float = Field(0.001, gt=0, description="Adam's step in finetune and ascent (the training "
-                      "rate, 0.005, destroys utility within 100 requests).")
+    ascent_steps: int = Field(
+        10,
+        ge=1,
+        description="At most; it stops earlier when the forgotten "
+        "pairs' loss reaches that of held-out pairs.",
+    )
+    lr: float = Field(
+        0.001,
+        gt=0,
+        description="Adam's step in finetune and ascent (the training "
+        "rate, 0.005, destroys utility within 100 requests).",
+    )
     batch: int = Field(4096, ge=1, description="Terms per step in finetune and ascent.")
 
 
@@ -212,77 +284,115 @@ class PolicyConfig(_Frozen):
 
     max_pending: int = Field(100, ge=1, description="Requests with an approximate guarantee.")
     deadline_hours: float = Field(24.0, gt=0, description="Age of the oldest approximate request.")
-    max_share: float = Field(0.02, gt=0, le=1, description="Share of a shard's training rows "
-                             "removed by fast updates since it was last trained (drift).")
+    max_share: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="Share of a shard's training rows "
+        "removed by fast updates since it was last trained (drift).",
+    )
 
 
 class UnlearnConfig(_Frozen):
     request_deadline_days: float = Field(
-        30.0, gt=0, description="A request must be answered within this many days of its receipt "
+        30.0,
+        gt=0,
+        description="A request must be answered within this many days of its receipt "
         "(GDPR art. 12(3): without undue delay, within one month). recunlearn status reports each "
-        "open request's age against it; status --overdue exits 4 when any is past it.")
+        "open request's age against it; status --overdue exits 4 when any is past it.",
+    )
     lock_ttl_hours: float = Field(
-        12.0, gt=0, description="Lease of the tables' job lock (ingest, partition, train, unlearn run "
+        12.0,
+        gt=0,
+        description="Lease of the tables' job lock (ingest, partition, train, unlearn run "
         "one at a time): a holder killed on another host frees it after this long; on the same "
-        "host at once.")
+        "host at once.",
+    )
     method: MethodName = Field(
-        "exact", json_schema_extra={"enum": list(METHODS)},
+        "exact",
+        json_schema_extra={"enum": list(METHODS)},
         description="Unlearning method (recunlearn.unlearning.methods.METHODS): "
-        + "; ".join(f"{k}: {m.summary}" for k, m in METHODS.items()) + ". An approximate method "
-        "publishes at once and the exact retrain follows when unlearn.policy says so.")
+        + "; ".join(f"{k}: {m.summary}" for k, m in METHODS.items())
+        + ". An approximate method "
+        "publishes at once and the exact retrain follows when unlearn.policy says so.",
+    )
     fast: FastSettings = FastSettings()
     policy: PolicyConfig = PolicyConfig()
     retrain_reference: bool = Field(
-        True, description="Retrain the full reference model without the forgotten data (benchmarks)."
+        True,
+        description="Retrain the full reference model without the forgotten data (benchmarks).",
     )
     vacuum: bool = Field(True, description="VACUUM with zero retention after the delete.")
     partition: Literal["frozen", "strict"] = Field(
-        "frozen", description="frozen: keep the partition, which was fit with the forgotten data "
+        "frozen",
+        description="frozen: keep the partition, which was fit with the forgotten data "
         "present, and retrain the shards that held it. strict: recompute the partition from the "
         "retained data (as a fresh run would) and also retrain every shard whose members changed "
-        "(exact sharding methods only).")
+        "(exact sharding methods only).",
+    )
     membership: bool = Field(
-        True, description="Record membership-inference evidence per request: a black-box attack "
-        "(recunlearn.evidence.mia) on a shadow model of retained users scores each forgotten user under the "
-        "original and the unlearned model, while their rows are still in memory.")
+        True,
+        description="Record membership-inference evidence per request: a black-box attack "
+        "(recunlearn.evidence.mia) on a shadow model of retained users scores each forgotten user "
+        "under the "
+        "original and the unlearned model, while their rows are still in memory.",
+    )
     shadow_users: int = Field(
-        1000, ge=20, description="Retained users sampled for the attack's shadow model (half train "
-        "it, half are its non-members).")
+        1000,
+        ge=20,
+        description="Retained users sampled for the attack's shadow model (half train "
+        "it, half are its non-members).",
+    )
 
 
 class AttributeEditConfig(_Frozen):
     """Post-training attribute unlearning (see ``recunlearn.attribute.edit``)."""
 
     space: Literal["function", "parameter"] = Field(
-        "function", description="Regularise the edit in function space (keep each user's ranking) "
-        "or parameter space (keep the vectors close).")
+        "function",
+        description="Regularise the edit in function space (keep each user's ranking) "
+        "or parameter space (keep the vectors close).",
+    )
     w_dist: float = Field(1.0, ge=0, description="Weight of the anchor MMD (distribution loss).")
     w_u2u: float = Field(
-        0.0, ge=0, description="Weight of the user-to-user loss. Off by default: in function space it "
-        "fights the regulariser and leaves more signal (see the attribute benchmark).")
+        0.0,
+        ge=0,
+        description="Weight of the user-to-user loss. Off by default: in function space it "
+        "fights the regulariser and leaves more signal (see the attribute benchmark).",
+    )
     w_adv: float = Field(0.1, ge=0, description="Weight of the online attacker's confusion loss.")
     w_reg: float = Field(0.5, ge=0, description="Weight of the regulariser.")
     steps: int = Field(700, ge=1)
     lr: float = Field(0.01, gt=0)
-    batch: int = Field(512, ge=8, description="Edited users per class (MMD) and per step (regulariser).")
+    batch: int = Field(
+        512, ge=8, description="Edited users per class (MMD) and per step (regulariser)."
+    )
     pool_sample: int = Field(1024, ge=8, description="Anchor users drawn per step.")
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the function-space KL.")
+    temperature: float = Field(
+        1.0, gt=0, description="Softmax temperature of the function-space KL."
+    )
     bandwidths: tuple[float, ...] = Field(
-        (0.5, 1.0, 2.0), description="Gaussian kernel widths, as multiples of the median distance.")
+        (0.5, 1.0, 2.0), description="Gaussian kernel widths, as multiples of the median distance."
+    )
 
 
 class AttributeConfig(_Frozen):
     users_file: str | None = Field(
-        None, description="The user attribute file (u.user / users.dat); None: beside the raw log.")
+        None, description="The user attribute file (u.user / users.dat); None: beside the raw log."
+    )
     edit: AttributeEditConfig = AttributeEditConfig()
 
 
 class _EngineStart(_Frozen):
     start_attempts: int = Field(
-        3, ge=1, description="Tries to start (or connect to) the engine before the job gives up "
-        "with one EngineStartError naming the engine and what to check.")
+        3,
+        ge=1,
+        description="Tries to start (or connect to) the engine before the job gives up "
+        "with one EngineStartError naming the engine and what to check.",
+    )
     start_backoff_s: float = Field(
-        5.0, ge=0, description="Wait before the second try, doubled before each later one.")
+        5.0, ge=0, description="Wait before the second try, doubled before each later one."
+    )
 
 
 class SparkConfig(_EngineStart):
@@ -301,11 +411,16 @@ class RayConfig(_EngineStart):
     include_dashboard: bool = False
     max_retries: int = Field(2, ge=0, description="Retries of a shard task whose worker died.")
     object_store_mb: int | None = Field(
-        None, ge=80, description="Object store of a local instance in MiB (None: Ray's default).")
+        None, ge=80, description="Object store of a local instance in MiB (None: Ray's default)."
+    )
     worker_niceness: int = Field(
-        0, ge=0, le=19, description="Nice level of a local instance's workers. Ray's default, 15, "
+        0,
+        ge=0,
+        le=19,
+        description="Nice level of a local instance's workers. Ray's default, 15, "
         "starves shard training beside a Spark JVM at nice 0 on a busy host; 0 shares the CPUs "
-        "evenly. A cluster's head sets its own (RAY_worker_niceness when it is started).")
+        "evenly. A cluster's head sets its own (RAY_worker_niceness when it is started).",
+    )
 
 
 class RunConfig(_Frozen):
@@ -326,22 +441,33 @@ class RunConfig(_Frozen):
     @model_validator(mode="after")
     def _model_fits(self) -> RunConfig:
         if self.model.kind not in FACTOR_MODELS and self.aggregator.kind != "mean":
-            raise ValueError(f"aggregator.kind={self.aggregator.kind} is fit over the shards' user "
-                             f"vectors (model.kind {' or '.join(FACTOR_MODELS)}); "
-                             f"model.kind={self.model.kind} needs aggregator.kind=mean")
+            raise ValueError(
+                f"aggregator.kind={self.aggregator.kind} is fit over the shards' user "
+                f"vectors (model.kind {' or '.join(FACTOR_MODELS)}); "
+                f"model.kind={self.model.kind} needs aggregator.kind=mean"
+            )
         if self.unlearn.partition == "strict" and self.sharding.unit != "user":
-            raise ValueError("unlearn.partition=strict recomputes user shards; "
-                             f"sharding.unit={self.sharding.unit} needs unlearn.partition=frozen")
+            raise ValueError(
+                "unlearn.partition=strict recomputes user shards; "
+                f"sharding.unit={self.sharding.unit} needs unlearn.partition=frozen"
+            )
         if self.train.mode == "sequential":
-            clash = [f"{k}={v}" for k, v in (("aggregator.kind", self.aggregator.kind),
-                                             ("sharding.unit", self.sharding.unit),
-                                             ("unlearn.partition", self.unlearn.partition),
-                                             ("unlearn.method", self.unlearn.method))
-                     if v not in ("mean", "user", "frozen", "exact")]
+            clash = [
+                f"{k}={v}"
+                for k, v in (
+                    ("aggregator.kind", self.aggregator.kind),
+                    ("sharding.unit", self.sharding.unit),
+                    ("unlearn.partition", self.unlearn.partition),
+                    ("unlearn.method", self.unlearn.method),
+                )
+                if v not in ("mean", "user", "frozen", "exact")
+            ]
             if clash:
-                raise ValueError("train.mode=sequential serves one model, restarted from a user "
-                                 "group's checkpoint: it needs aggregator.kind=mean, sharding.unit=user, "
-                                 f"unlearn.partition=frozen and unlearn.method=exact, not {', '.join(clash)}")
+                raise ValueError(
+                    "train.mode=sequential serves one model, restarted from a user "
+                    "group's checkpoint: it needs aggregator.kind=mean, sharding.unit=user, "
+                    f"unlearn.partition=frozen and unlearn.method=exact, not {', '.join(clash)}"
+                )
         check_model(METHODS[self.unlearn.method], self.model.kind)
         return self
 
@@ -359,20 +485,34 @@ class SuiteBlock(_Frozen):
     datasets: list[str] = Field(..., min_length=1, description="Names under RECUNLEARN_DATA_DIR.")
     models: list[Literal["bpr"]] = Field(["bpr"], min_length=1, description="Sub-models.")
     methods: list[Literal["none", "full", "sisa", "ot-mean", "ot-attention"]] = Field(
-        ..., min_length=1, description="Unlearning methods (pipelines/bench/methods.py).")
+        ..., min_length=1, description="Unlearning methods (pipelines/bench/methods.py)."
+    )
     n_shards: list[int] = Field([10], min_length=1, description="K of the sharded methods.")
     kinds: list[Literal["random", "core", "edge", "interactions", "items"]] = Field(
-        ["random", "core", "edge"], min_length=1, description="Forget sets: whole users drawn random, "
-        "most active (core) or least active (edge); random training interactions; random items.")
+        ["random", "core", "edge"],
+        min_length=1,
+        description="Forget sets: whole users drawn random, "
+        "most active (core) or least active (edge); random training interactions; random items.",
+    )
     sizes: list[float] = Field(
-        [0.05], min_length=1, description="Forget-set sizes: a share (of the target users, training "
-        "interactions or items) if < 1, else a count.")
+        [0.05],
+        min_length=1,
+        description="Forget-set sizes: a share (of the target users, training "
+        "interactions or items) if < 1, else a count.",
+    )
 
 
 class MiaConfig(_Frozen):
-    shadow_share: float = Field(0.3, gt=0, lt=0.6, description="Users held by the attacker (half "
-                                "train its shadow recommender, half are its non-members).")
-    nonmember_share: float = Field(0.1, gt=0, lt=0.4, description="Never-seen users (target non-members).")
+    shadow_share: float = Field(
+        0.3,
+        gt=0,
+        lt=0.6,
+        description="Users held by the attacker (half "
+        "train its shadow recommender, half are its non-members).",
+    )
+    nonmember_share: float = Field(
+        0.1, gt=0, lt=0.4, description="Never-seen users (target non-members)."
+    )
     dim: int = Field(32, ge=2, description="Rank of the attacker's item factorisation.")
     n_rec: int = Field(100, ge=1, description="Recommendations the attacker sees per user.")
     bootstrap: int = Field(200, ge=0)
@@ -385,7 +525,8 @@ class SuiteConfig(_Frozen):
     matrix: list[SuiteBlock] = Field(..., min_length=1)
     mia: MiaConfig = MiaConfig()
     parametric_seeds: int = Field(
-        1, ge=0, description="Retrains with other seeds per forget set, for the parametric spread.")
+        1, ge=0, description="Retrains with other seeds per forget set, for the parametric spread."
+    )
     k: int = Field(20, ge=1, description="Cut-off of every ranking metric.")
     top_share: float = Field(0.05, gt=0, lt=1, description="Share of most active users in A-IGF.")
 
@@ -400,7 +541,9 @@ def load_suite_config(path: str | Path) -> SuiteConfig:
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 

@@ -32,21 +32,30 @@ def delta_jars() -> list[str]:
     folder = Path(os.environ.get(JARS_ENV, PROJECT_ROOT / "jars"))
     jars = sorted(glob.glob(str(folder / "*.jar")))
     if not any("delta-spark" in Path(j).name for j in jars):
-        raise ConfigError(
-            f"no delta-spark jar in {folder}; run `make jars` (or set {JARS_ENV})"
-        )
+        raise ConfigError(f"no delta-spark jar in {folder}; run `make jars` (or set {JARS_ENV})")
     return jars
 
 
-SPARK_CHECKS = ("that `java -version` runs Java 17 (JAVA_HOME), that the machine has memory for "
-                "spark.driver.memory, and the jars in jars/ (`make jars`)")
-RAY_CHECKS = ("free memory and /dev/shm, stale Ray processes holding ports (`ray stop`), the "
-              "address in ray.address / RAY_ADDRESS, and the host's load (a busy host can time out "
-              "Ray's start: raise ray.start_attempts or ray.start_backoff_s)")
+SPARK_CHECKS = (
+    "that `java -version` runs Java 17 (JAVA_HOME), that the machine has memory for "
+    "spark.driver.memory, and the jars in jars/ (`make jars`)"
+)
+RAY_CHECKS = (
+    "free memory and /dev/shm, stale Ray processes holding ports (`ray stop`), the "
+    "address in ray.address / RAY_ADDRESS, and the host's load (a busy host can time out "
+    "Ray's start: raise ray.start_attempts or ray.start_backoff_s)"
+)
 
 
-def start_with_retries(engine: str, start: Callable[[], T], *, attempts: int, backoff_s: float,
-                       checks: str, cleanup: Callable[[], None] | None = None) -> T:
+def start_with_retries(
+    engine: str,
+    start: Callable[[], T],
+    *,
+    attempts: int,
+    backoff_s: float,
+    checks: str,
+    cleanup: Callable[[], None] | None = None,
+) -> T:
     """``start()`` with up to ``attempts`` tries, waiting ``backoff_s`` (doubled each time)
     between them and calling ``cleanup`` after each failure; then one ``EngineStartError``
     that names the engine, the tries and the last error, and says what to check."""
@@ -63,18 +72,31 @@ def start_with_retries(engine: str, start: Callable[[], T], *, attempts: int, ba
                     log.debug("%s cleanup after a failed start: %s", engine, again)
             if i + 1 < attempts:
                 delay = backoff_s * 2**i
-                log.warning("%s did not start (try %d of %d: %s); trying again in %.1fs",
-                            engine, i + 1, attempts, last, delay)
+                log.warning(
+                    "%s did not start (try %d of %d: %s); trying again in %.1fs",
+                    engine,
+                    i + 1,
+                    attempts,
+                    last,
+                    delay,
+                )
                 time.sleep(delay)
-    raise EngineStartError(f"{engine} did not start after {attempts} tries, {backoff_s:g}s apart and "
-                           f"doubling (last error: {last}). Nothing was changed; check {checks}.")
+    raise EngineStartError(
+        f"{engine} did not start after {attempts} tries, {backoff_s:g}s apart and "
+        f"doubling (last error: {last}). Nothing was changed; check {checks}."
+    )
 
 
 def spark_session(cfg: SparkConfig) -> SparkSession:
     """A Delta-enabled session, started with ``cfg.start_attempts`` tries. Settings given by
     spark-submit (master, jars) win."""
-    return start_with_retries("Spark", lambda: _spark_session(cfg), attempts=cfg.start_attempts,
-                              backoff_s=cfg.start_backoff_s, checks=SPARK_CHECKS)
+    return start_with_retries(
+        "Spark",
+        lambda: _spark_session(cfg),
+        attempts=cfg.start_attempts,
+        backoff_s=cfg.start_backoff_s,
+        checks=SPARK_CHECKS,
+    )
 
 
 def _spark_session(cfg: SparkConfig) -> SparkSession:
@@ -120,7 +142,9 @@ def _spark_session(cfg: SparkConfig) -> SparkSession:
     return spark
 
 
-_SPILL: dict[str, Path] = {}  # the object-spilling folder of the local instance this process started
+_SPILL: dict[
+    str, Path
+] = {}  # the object-spilling folder of the local instance this process started
 
 
 def connect_ray(cfg: RayConfig, *, spill_dir: str | Path | None = None) -> None:
@@ -132,8 +156,14 @@ def connect_ray(cfg: RayConfig, *, spill_dir: str | Path | None = None) -> None:
 
     if ray.is_initialized():
         return
-    start_with_retries("Ray", lambda: _connect_ray(cfg, spill_dir), attempts=cfg.start_attempts,
-                       backoff_s=cfg.start_backoff_s, checks=RAY_CHECKS, cleanup=ray.shutdown)
+    start_with_retries(
+        "Ray",
+        lambda: _connect_ray(cfg, spill_dir),
+        attempts=cfg.start_attempts,
+        backoff_s=cfg.start_backoff_s,
+        checks=RAY_CHECKS,
+        cleanup=ray.shutdown,
+    )
     log.info("ray connected: %s CPUs", ray.cluster_resources().get("CPU"))
 
 

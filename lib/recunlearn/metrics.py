@@ -42,25 +42,37 @@ def rank_metrics(top: np.ndarray, truth: sp.csr_matrix, k: int) -> dict[str, np.
     return {"ndcg": ndcg, "recall": recall, "hr": hit.any(1).astype(float)}
 
 
-def per_user_metrics(score_rows: Callable[[np.ndarray], torch.Tensor], users: np.ndarray,
-                     seen: sp.csr_matrix, truth: sp.csr_matrix, *, k: int = 20,
-                     batch: int = 1024) -> dict[str, np.ndarray]:
+def per_user_metrics(
+    score_rows: Callable[[np.ndarray], torch.Tensor],
+    users: np.ndarray,
+    seen: sp.csr_matrix,
+    truth: sp.csr_matrix,
+    *,
+    k: int = 20,
+    batch: int = 1024,
+) -> dict[str, np.ndarray]:
     """Per-user NDCG@K, Recall@K and HR@K of ``users`` (all of them, in order; a user without
     truth items scores 0). ``score_rows(u)`` returns (len(u), n_items) scores for rows ``u``;
     ``seen`` items are never recommended."""
     users = np.asarray(users)
     out = {m: np.zeros(len(users)) for m in ("ndcg", "recall", "hr")}
     for s in range(0, len(users), batch):
-        u = users[s:s + batch]
+        u = users[s : s + batch]
         top = topk_excluding(score_rows(u), seen[u], k).numpy()
         for name, vals in rank_metrics(top, truth[u], k).items():
-            out[name][s:s + len(u)] = vals
+            out[name][s : s + len(u)] = vals
     return out
 
 
-def evaluate(score_rows: Callable[[np.ndarray], torch.Tensor], users: np.ndarray,
-             train: sp.csr_matrix, truth: sp.csr_matrix, *, k: int = 20,
-             batch: int = 1024) -> dict[str, float]:
+def evaluate(
+    score_rows: Callable[[np.ndarray], torch.Tensor],
+    users: np.ndarray,
+    train: sp.csr_matrix,
+    truth: sp.csr_matrix,
+    *,
+    k: int = 20,
+    batch: int = 1024,
+) -> dict[str, float]:
     """Mean NDCG@K, Recall@K and HR@K over ``users`` that have truth items.
 
     ``score_rows(u)`` returns a (len(u), n_items) score tensor for user rows ``u``; ``train``
@@ -74,4 +86,6 @@ def evaluate(score_rows: Callable[[np.ndarray], torch.Tensor], users: np.ndarray
 def summarize(per: dict[str, np.ndarray], k: int) -> dict[str, float]:
     """Means of per-user metrics (users with truth items only), as :func:`evaluate` reports them."""
     n = len(per["ndcg"])
-    return {f"{m}@{k}": float(per[m].sum()) / max(n, 1) for m in ("ndcg", "recall", "hr")} | {"users": int(n)}
+    return {f"{m}@{k}": float(per[m].sum()) / max(n, 1) for m in ("ndcg", "recall", "hr")} | {
+        "users": int(n)
+    }

@@ -15,8 +15,9 @@ from recunlearn.storage import checkpoints
 from recunlearn.storage.versions import ModelVersion
 
 
-def load_ensemble(version: ModelVersion, *, fold_in_reg: float = 1.0,
-                  with_overlay: bool = True) -> ShardedEnsemble:
+def load_ensemble(
+    version: ModelVersion, *, fold_in_reg: float = 1.0, with_overlay: bool = True
+) -> ShardedEnsemble:
     """The ensemble of a model version, with its attribute edits applied: the edited
     users' home vectors are stamped into the shard models and their other views come from the
     overlay. ``with_overlay=False`` gives the unedited ensemble."""
@@ -29,7 +30,9 @@ def load_ensemble(version: ModelVersion, *, fold_in_reg: float = 1.0,
         shards.append(m)
     overlay = None
     if with_overlay and version.attribute_overlay is not None:
-        overlay = AttributeOverlay.from_state(checkpoints.load_state(version.attribute_overlay.path))
+        overlay = AttributeOverlay.from_state(
+            checkpoints.load_state(version.attribute_overlay.path)
+        )
         for k, m in enumerate(shards):
             rows = m.rows_of(overlay.keys)
             hit = np.flatnonzero(rows >= 0)

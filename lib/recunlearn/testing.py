@@ -59,21 +59,35 @@ def _tensors(model: Recommender) -> list[torch.Tensor]:
         elif isinstance(x, (list, tuple)):
             for v in x:
                 walk(v)
+
     walk(model.state())
     return out
 
 
 def same_state(a: Recommender, b: Recommender) -> bool:
     ta, tb = _tensors(a), _tensors(b)
-    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+    return len(ta) == len(tb) and all(
+        x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb, strict=True)
+    )
 
 
 class SubModelContract:
     kind: ClassVar[str]
     # model.* settings for the checkerboard (small and fast)
-    settings: ClassVar[dict[str, Any]] = {"dim": 8, "lr": 0.05, "max_epochs": 30, "eval_every": 5, "patience": 3,
-                                          "batch_size": 128, "wmf_reg": 0.5, "knn_k": 10, "lightgcn_batch_size": 256,
-                                          "ncf_layers": [8], "ncf_fold_in_steps": 10, "ease_lambda": 10.0}
+    settings: ClassVar[dict[str, Any]] = {
+        "dim": 8,
+        "lr": 0.05,
+        "max_epochs": 30,
+        "eval_every": 5,
+        "patience": 3,
+        "batch_size": 128,
+        "wmf_reg": 0.5,
+        "knn_k": 10,
+        "lightgcn_batch_size": 256,
+        "ncf_layers": [8],
+        "ncf_fold_in_steps": 10,
+        "ease_lambda": 10.0,
+    }
     personalised: ClassVar[bool] = True  # scores differ by user (a popularity model's do not)
     seed: ClassVar[int] = 3
 
@@ -85,7 +99,9 @@ class SubModelContract:
 
     def fit(self, data: InteractionData | None = None) -> Recommender:
         torch.use_deterministic_algorithms(True)
-        model, stats = fit_model(self.data() if data is None else data, self.model_config(), seed=self.seed)
+        model, stats = fit_model(
+            self.data() if data is None else data, self.model_config(), seed=self.seed
+        )
         assert {"fit_seconds", "epochs", "n_users", "n_train"} <= set(stats)
         return model
 
@@ -118,11 +134,13 @@ class SubModelContract:
         before = [t.clone() for t in _tensors(model)]
         folded = model.score_history(data.train[:6])
         assert folded.shape == (6, data.n_items) and torch.isfinite(folded).all()
-        assert all(torch.equal(x, y) for x, y in zip(before, _tensors(model)))
+        assert all(torch.equal(x, y) for x, y in zip(before, _tensors(model), strict=True))
         assert not model.knows(np.array(["nobody"]))[0]
         if self.personalised:
             parity = np.array([int(k[1:]) % 2 for k in data.user_keys[:6]])
-            assert ((folded[:, 0::2].mean(1) > folded[:, 1::2].mean(1)).numpy() == (parity == 0)).all()
+            assert (
+                (folded[:, 0::2].mean(1) > folded[:, 1::2].mean(1)).numpy() == (parity == 0)
+            ).all()
 
 
 class ForgettableContract(SubModelContract):
@@ -131,7 +149,10 @@ class ForgettableContract(SubModelContract):
     def _equal_to_refit(self, model: Recommender, retained: InteractionData) -> None:
         refit = self.fit(retained)
         assert list(model.user_keys) == list(refit.user_keys)
-        a, b = model.score(np.arange(len(model.user_keys))), refit.score(np.arange(len(refit.user_keys)))
+        a, b = (
+            model.score(np.arange(len(model.user_keys))),
+            refit.score(np.arange(len(refit.user_keys))),
+        )
         scale = float(b.abs().max()) or 1.0
         assert float((a - b).abs().max()) / scale <= self.tolerance
         assert model.n_train == refit.n_train  # type: ignore[attr-defined]
@@ -171,8 +192,10 @@ class AggregatorContract:
         data = checkerboard()
         cfg = ModelConfig(dim=8, lr=0.05, max_epochs=20, eval_every=5, patience=3, batch_size=128)
         rows = np.arange(data.n_users)
-        shards = [fit_model(data.subset(rows[rows % self.n_shards == k]), cfg, seed=k)[0]
-                  for k in range(self.n_shards)]
+        shards = [
+            fit_model(data.subset(rows[rows % self.n_shards == k]), cfg, seed=k)[0]
+            for k in range(self.n_shards)
+        ]
         return shards, data
 
     def test_fits_combines_and_round_trips(self) -> None:
@@ -188,8 +211,13 @@ class AggregatorContract:
         if kind.fit is None:
             agg = kind.load({"kind": kind.name})
         else:
-            agg, stats = kind.fit(shards, data, AggregatorConfig(kind=self.kind, max_epochs=2), seed=1,
-                                  rng=np.random.default_rng(1))
+            agg, stats = kind.fit(
+                shards,
+                data,
+                AggregatorConfig(kind=self.kind, max_epochs=2),
+                seed=1,
+                rng=np.random.default_rng(1),
+            )
             assert stats["fit_seconds"] >= 0
         assert agg.kind == self.kind
         keys, hist = data.user_keys[:8], data.train[:8]

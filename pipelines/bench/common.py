@@ -20,8 +20,10 @@ BENCH_SECRET = b"recunlearn-bench-pseudonyms"  # benchmarks key users too; outpu
 def dataset_dir(name: str, data_dir: str | None = None) -> Path:
     root = data_dir or os.environ.get("RECUNLEARN_DATA_DIR")
     if not root or not (Path(root) / name).is_dir():
-        raise DataError(f"data set {name!r} not found: set RECUNLEARN_DATA_DIR (or --data-dir) to "
-                        "a folder holding it, e.g. ../shared/datasets")
+        raise DataError(
+            f"data set {name!r} not found: set RECUNLEARN_DATA_DIR (or --data-dir) to "
+            "a folder holding it, e.g. ../shared/datasets"
+        )
     return Path(root) / name
 
 
@@ -36,8 +38,9 @@ def load_pairs(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"benchmark data set {name!r} is not supported here")
 
 
-def load_split(name: str, folder: Path, *, seed: int, valid: float = 0.1, test: float = 0.1
-               ) -> tuple[InteractionData, dict[str, str]]:
+def load_split(
+    name: str, folder: Path, *, seed: int, valid: float = 0.1, test: float = 0.1
+) -> tuple[InteractionData, dict[str, str]]:
     """The data set as an InteractionData with the seeded per-user split, keyed by
     pseudonymous keys; also the key of every raw id (in memory only)."""
     users, items = load_pairs(name, folder)
@@ -49,7 +52,9 @@ def load_split(name: str, folder: Path, *, seed: int, valid: float = 0.1, test: 
     return InteractionData.from_columns(keys, item_idx, split, len(item_ids)), keys_of
 
 
-def write_outputs(out_dir: Path, stem: str, result: dict[str, Any], markdown: str) -> dict[str, str]:
+def write_outputs(
+    out_dir: Path, stem: str, result: dict[str, Any], markdown: str
+) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md"}
     paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True, default=float))

@@ -46,9 +46,24 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = (1, 10, 100, 1000)
 # requests per method: the Newton step over every parameter and the active methods cost more
-STREAM = {"scif": 1000, "als": 1000, "knn": 1000, "ease": 1000, "finetune": 200, "ascent": 200, "influence": 20}
-FAMILY = {"scif": "bpr", "influence": "bpr", "finetune": "bpr", "ascent": "bpr", "als": "wmf", "knn": "knn",
-          "ease": "ease"}
+STREAM = {
+    "scif": 1000,
+    "als": 1000,
+    "knn": 1000,
+    "ease": 1000,
+    "finetune": 200,
+    "ascent": 200,
+    "influence": 20,
+}
+FAMILY = {
+    "scif": "bpr",
+    "influence": "bpr",
+    "finetune": "bpr",
+    "ascent": "bpr",
+    "als": "wmf",
+    "knn": "knn",
+    "ease": "ease",
+}
 WMF_PARAMS = {"dim": 64, "alpha": 10.0, "reg": 5.0, "tol": 1e-3}
 KNN_PARAMS = {"k": 50}
 
@@ -60,49 +75,81 @@ def _fit(family: str, data: InteractionData, cfg: RunConfig, seed: int) -> tuple
     elif family == "wmf":
         model, _ = fit_wmf(data.user_keys, data.train, seed=seed, **WMF_PARAMS)
     elif family == "ease":
-        model = EASE(data.user_keys, data.train, lam=cfg.model.ease_lambda, max_items=cfg.model.ease_max_items)
+        model = EASE(
+            data.user_keys,
+            data.train,
+            lam=cfg.model.ease_lambda,
+            max_items=cfg.model.ease_max_items,
+        )
     else:
         model = ItemKNN(data.user_keys, data.train, **KNN_PARAMS)
     return model, time.perf_counter() - t0
 
 
-def _forgetter(method: str, model: Any, data: InteractionData, cfg: RunConfig, seed: int) -> Callable[[np.ndarray], dict]:
+def _forgetter(
+    method: str, model: Any, data: InteractionData, cfg: RunConfig, seed: int
+) -> Callable[[np.ndarray], dict]:
     if FAMILY[method] == "bpr":
-        un = BPRUnlearner(model, data.train, cfg.unlearn.fast, reg=cfg.model.reg, holdout=data.valid, seed=seed)
+        un = BPRUnlearner(
+            model, data.train, cfg.unlearn.fast, reg=cfg.model.reg, holdout=data.valid, seed=seed
+        )
         return lambda keys: un.forget_users(keys, method)
     return model.forget_users
 
 
-def _checkpoint(model: Any, retrained: Any, original: Any, data: InteractionData,
-                gone: np.ndarray) -> dict[str, Any]:
+def _checkpoint(
+    model: Any, retrained: Any, original: Any, data: InteractionData, gone: np.ndarray
+) -> dict[str, Any]:
     retained = data.without_users(gone)
     u = evaluate_users(model, retained)["ndcg@20"]
     r = evaluate_users(retrained, retained)["ndcg@20"]
     forgotten = data.subset(np.isin(data.user_keys, gone))
     has = np.diff(forgotten.test.indptr) > 0
-    f = {name: float(functional(m, forgotten.user_keys[has], forgotten.train[has], forgotten.test[has])["ndcg"].mean())
-         for name, m in (("original", original), ("unlearned", model), ("retrained", retrained))}
+    f = {
+        name: float(
+            functional(m, forgotten.user_keys[has], forgotten.train[has], forgotten.test[has])[
+                "ndcg"
+            ].mean()
+        )
+        for name, m in (("original", original), ("unlearned", model), ("retrained", retrained))
+    }
     o = evaluate_users(original, retained)["ndcg@20"]
     # the control: the original model with the users' rows merely dropped; it shows how far two
     # trainings on nearly the same data differ (the seed's trajectory), the floor of RelEff's noise
-    return {"ndcg@20": round(u, 5), "ndcg@20_retrained": round(r, 5), "rel_eff": round(u / r, 4),
-            "rel_eff_original": round(o / r, 4),
-            "forget_ndcg@20": {k: round(v, 5) for k, v in f.items()}}
+    return {
+        "ndcg@20": round(u, 5),
+        "ndcg@20_retrained": round(r, 5),
+        "rel_eff": round(u / r, 4),
+        "rel_eff_original": round(o / r, 4),
+        "forget_ndcg@20": {k: round(v, 5) for k, v in f.items()},
+    }
 
 
-def run_dataset(name: str, cfg: RunConfig, *, data_dir: str | None, methods: list[str],
-                stream: dict[str, int], done: Callable[[dict[str, Any]], None] = lambda r: None
-                ) -> dict[str, Any]:
+def run_dataset(
+    name: str,
+    cfg: RunConfig,
+    *,
+    data_dir: str | None,
+    methods: list[str],
+    stream: dict[str, int],
+    done: Callable[[dict[str, Any]], None] = lambda r: None,
+) -> dict[str, Any]:
     """One data set; ``done`` gets the result so far after every method (written to disk)."""
     torch.set_num_threads(1)
     data, _ = load_split(name, dataset_dir(name, data_dir), seed=cfg.seed)
     n_max = max(stream[m] for m in methods)
     order = numpy_rng(cfg.seed, "bench-fast", name).permutation(data.n_users)
-    users = data.user_keys[order[:min(n_max, data.n_users - 1)]]
+    users = data.user_keys[order[: min(n_max, data.n_users - 1)]]
     marks = [c for c in CHECKPOINTS if c <= len(users)]
     seed = make_seed(cfg.seed, "bench-fast-model") % 2**31
-    out: dict[str, Any] = {"dataset": name, "users": int(data.n_users), "items": int(data.n_items),
-                           "train_interactions": int(data.train.nnz), "methods": {}, "families": {}}
+    out: dict[str, Any] = {
+        "dataset": name,
+        "users": int(data.n_users),
+        "items": int(data.n_items),
+        "train_interactions": int(data.train.nnz),
+        "methods": {},
+        "families": {},
+    }
     for family in dict.fromkeys(FAMILY[m] for m in methods):
         fam_methods = [m for m in methods if FAMILY[m] == family]
         need = max(stream[m] for m in fam_methods)
@@ -112,15 +159,17 @@ def run_dataset(name: str, cfg: RunConfig, *, data_dir: str | None, methods: lis
         for c in marks:
             if c <= need:
                 retrains[c], retrain_s[c] = _fit(family, data.without_users(users[:c]), cfg, seed)
-        out["families"][family] = {"fit_seconds": round(fit_s, 3),
-                                   "retrain_seconds": {str(c): round(s, 3) for c, s in retrain_s.items()},
-                                   "original_ndcg@20": round(evaluate_users(original, data)["ndcg@20"], 5)}
+        out["families"][family] = {
+            "fit_seconds": round(fit_s, 3),
+            "retrain_seconds": {str(c): round(s, 3) for c, s in retrain_s.items()},
+            "original_ndcg@20": round(evaluate_users(original, data)["ndcg@20"], 5),
+        }
         log.info("bench fast %s/%s: fit %.1fs", name, family, fit_s)
         for method in fam_methods:
             model = copy.deepcopy(original)
             forget = _forgetter(method, model, data, cfg, seed)
             lat, rows, extra = [], {}, {}
-            for n, key in enumerate(users[:stream[method]], start=1):
+            for n, key in enumerate(users[: stream[method]], start=1):
                 t0 = time.perf_counter()
                 info = forget(np.array([key]))
                 lat.append(time.perf_counter() - t0)
@@ -129,53 +178,90 @@ def run_dataset(name: str, cfg: RunConfig, *, data_dir: str | None, methods: lis
                     if family == "knn":
                         rb = retrains[n]
                         rows[str(n)]["index_equal_to_rebuild"] = bool(
-                            np.array_equal(model.neighbours, rb.neighbours) and np.array_equal(model.sims, rb.sims))
+                            np.array_equal(model.neighbours, rb.neighbours)
+                            and np.array_equal(model.sims, rb.sims)
+                        )
                     if family == "wmf":
                         rows[str(n)]["max_relative_residual"] = model.max_residual()
                     if family == "ease":
                         w, wr = model.weights().double(), retrains[n].weights().double()
-                        rows[str(n)]["weights_max_rel_diff_vs_refit"] = float((w - wr).abs().max() / wr.abs().max())
+                        rows[str(n)]["weights_max_rel_diff_vs_refit"] = float(
+                            (w - wr).abs().max() / wr.abs().max()
+                        )
                     log.info("bench fast %s/%s after %d: %s", name, method, n, rows[str(n)])
             for k in ("cg_iterations", "rounds", "steps", "block_users", "block_items", "terms"):
                 if k in info:
                     extra[f"last_{k}"] = info[k]
             p50 = float(np.median(lat))
             out["methods"][method] = {
-                "family": family, "requests": len(lat),
-                "latency_seconds": {"p50": round(p50, 4), "p90": round(float(np.quantile(lat, 0.9)), 4),
-                                    "max": round(float(np.max(lat)), 4), "mean": round(float(np.mean(lat)), 4)},
-                "speedup_vs_full_retrain": round(fit_s / p50, 1), "after": rows, **extra}
+                "family": family,
+                "requests": len(lat),
+                "latency_seconds": {
+                    "p50": round(p50, 4),
+                    "p90": round(float(np.quantile(lat, 0.9)), 4),
+                    "max": round(float(np.max(lat)), 4),
+                    "mean": round(float(np.mean(lat)), 4),
+                },
+                "speedup_vs_full_retrain": round(fit_s / p50, 1),
+                "after": rows,
+                **extra,
+            }
             done(out)
     return out
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["# Fast tier: single-user requests, one at a time", "",
-             "RelEff = NDCG@20 of the retained users, unlearned / retrained from scratch without "
-             "the forgotten users (same config and seed). Forget NDCG@20: the forgotten users' "
-             "held-out items, served by fold-in of their former history (original -> unlearned; "
-             "retrained).", ""]
+    lines = [
+        "# Fast tier: single-user requests, one at a time",
+        "",
+        "RelEff = NDCG@20 of the retained users, unlearned / retrained from scratch without "
+        "the forgotten users (same config and seed). Forget NDCG@20: the forgotten users' "
+        "held-out items, served by fold-in of their former history (original -> unlearned; "
+        "retrained).",
+        "",
+    ]
     for res in results:
-        lines += [f"## {res['dataset']} ({res['users']} users, {res['items']} items, "
-                  f"{res['train_interactions']} training interactions)", "",
-                  "| method | family | full fit s | requests | p50 s | p90 s | speed-up | "
-                  "RelEff after 1 / 10 / 100 / 1000 (untouched original's) | forget NDCG after the last checkpoint |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {res['dataset']} ({res['users']} users, {res['items']} items, "
+            f"{res['train_interactions']} training interactions)",
+            "",
+            "| method | family | full fit s | requests | p50 s | p90 s | speed-up | "
+            "RelEff after 1 / 10 / 100 / 1000 (untouched original's) | forget NDCG after the last "
+            "checkpoint |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, m in res["methods"].items():
             fam = res["families"][m["family"]]
-            rel = " / ".join(f"{m['after'][c]['rel_eff']} ({m['after'][c]['rel_eff_original']})"
-                             if c in m["after"] else "-" for c in ("1", "10", "100", "1000"))
+            rel = " / ".join(
+                f"{m['after'][c]['rel_eff']} ({m['after'][c]['rel_eff_original']})"
+                if c in m["after"]
+                else "-"
+                for c in ("1", "10", "100", "1000")
+            )
             last = list(m["after"].values())[-1]["forget_ndcg@20"] if m["after"] else {}
-            fg = (f"{last['original']:.3f} -> {last['unlearned']:.3f}; {last['retrained']:.3f}" if last else "-")
-            lines.append(f"| {name} | {m['family']} | {fam['fit_seconds']:.1f} | {m['requests']} | "
-                         f"{m['latency_seconds']['p50']:.3f} | {m['latency_seconds']['p90']:.3f} | "
-                         f"{m['speedup_vs_full_retrain']:.0f}x | {rel} | {fg} |")
+            fg = (
+                f"{last['original']:.3f} -> {last['unlearned']:.3f}; {last['retrained']:.3f}"
+                if last
+                else "-"
+            )
+            lines.append(
+                f"| {name} | {m['family']} | {fam['fit_seconds']:.1f} | {m['requests']} | "
+                f"{m['latency_seconds']['p50']:.3f} | {m['latency_seconds']['p90']:.3f} | "
+                f"{m['speedup_vs_full_retrain']:.0f}x | {rel} | {fg} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
-def run(cfg: RunConfig, *, datasets: list[str], out_dir: Path, data_dir: str | None = None,
-        methods: list[str] | None = None, stream: dict[str, int] | None = None) -> dict[str, Any]:
+def run(
+    cfg: RunConfig,
+    *,
+    datasets: list[str],
+    out_dir: Path,
+    data_dir: str | None = None,
+    methods: list[str] | None = None,
+    stream: dict[str, int] | None = None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     methods = methods or list(STREAM)
     unknown = sorted(set(methods) - set(STREAM))
@@ -185,15 +271,28 @@ def run(cfg: RunConfig, *, datasets: list[str], out_dir: Path, data_dir: str | N
     # results of data sets this run does not touch are kept from the last run's JSON
     # and so are the methods this run does not run, on the data sets it does
     old = out_dir / "fast.json"
-    previous = {r["dataset"]: r for r in json.loads(old.read_text()).get("results", [])} if old.exists() else {}
+    previous = (
+        {r["dataset"]: r for r in json.loads(old.read_text()).get("results", [])}
+        if old.exists()
+        else {}
+    )
     kept = [r for d, r in previous.items() if d not in datasets]
     results: list[dict[str, Any]] = []
 
     def save(partial: dict[str, Any]) -> dict[str, Any]:
         before = previous.get(partial["dataset"], {})
-        merged = {**partial, "methods": {**{m: v for m, v in before.get("methods", {}).items()
-                                            if m not in partial["methods"]}, **partial["methods"]},
-                  "families": {**before.get("families", {}), **partial["families"]}}
+        merged = {
+            **partial,
+            "methods": {
+                **{
+                    m: v
+                    for m, v in before.get("methods", {}).items()
+                    if m not in partial["methods"]
+                },
+                **partial["methods"],
+            },
+            "families": {**before.get("families", {}), **partial["families"]},
+        }
         rows = [r for r in results if r["dataset"] != partial["dataset"]] + [merged]
         write_outputs(out_dir, "fast", {"results": kept + rows}, markdown(kept + rows))
         return merged
@@ -201,7 +300,10 @@ def run(cfg: RunConfig, *, datasets: list[str], out_dir: Path, data_dir: str | N
     for name in datasets:
         res = run_dataset(name, cfg, data_dir=data_dir, methods=methods, stream=stream, done=save)
         results.append(save(res))
-    outputs = write_outputs(out_dir, "fast", {"results": kept + results,
-                                              "wall_seconds": round(time.perf_counter() - t0, 1)},
-                            markdown(kept + results))
+    outputs = write_outputs(
+        out_dir,
+        "fast",
+        {"results": kept + results, "wall_seconds": round(time.perf_counter() - t0, 1)},
+        markdown(kept + results),
+    )
     return {"outputs": outputs, "wall_seconds": round(time.perf_counter() - t0, 1)}

@@ -55,15 +55,25 @@ class Fitted:
 
 def _state(f: Fitted) -> dict[str, Any]:
     if isinstance(f.model, ShardedEnsemble):
-        model = {"shards": [m.state() for m in f.model.shards], "aggregator": f.model.aggregator.state()}
+        model = {
+            "shards": [m.state() for m in f.model.shards],
+            "aggregator": f.model.aggregator.state(),
+        }
     elif f.run is not None:
-        model = {"stages": [m.state() for m in f.run.stages], "order": f.run.order.tolist(),
-                 "labels": torch.from_numpy(f.run.labels.astype(np.int64))}
+        model = {
+            "stages": [m.state() for m in f.run.stages],
+            "order": f.run.order.tolist(),
+            "labels": torch.from_numpy(f.run.labels.astype(np.int64)),
+        }
     else:
         model = {"single": f.model.state()}
-    return {"model": model, "keys": f.keys.tolist(), "seconds": f.seconds,
-            "shard_of": None if f.shard_of is None else torch.from_numpy(f.shard_of.astype(np.int64)),
-            "shards_touched": f.shards_touched}
+    return {
+        "model": model,
+        "keys": f.keys.tolist(),
+        "seconds": f.seconds,
+        "shard_of": None if f.shard_of is None else torch.from_numpy(f.shard_of.astype(np.int64)),
+        "shards_touched": f.shards_touched,
+    }
 
 
 def save_fitted(f: Fitted, path: Path) -> None:
@@ -81,7 +91,9 @@ def load_fitted(path: Path, fold_in_reg: float) -> Fitted:
         model: Any = _loaded(st["model"]["single"], fold_in_reg)
     elif "stages" in st["model"]:
         stages = [_loaded(s, fold_in_reg) for s in st["model"]["stages"]]
-        run = SequentialModel(stages, keys, st["model"]["labels"].numpy(), np.asarray(st["model"]["order"]))
+        run = SequentialModel(
+            stages, keys, st["model"]["labels"].numpy(), np.asarray(st["model"]["order"])
+        )
         model = stages[-1]
     else:
         shards = [_loaded(s, fold_in_reg) for s in st["model"]["shards"]]
@@ -111,8 +123,9 @@ class Method:
     def fit(self, data: InteractionData, seed: int) -> Fitted:
         raise NotImplementedError
 
-    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
-                seed: int) -> Fitted:
+    def unlearn(
+        self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray, seed: int
+    ) -> Fitted:
         raise NotImplementedError
 
     def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
@@ -135,8 +148,9 @@ class FullRetrain(Method):
     def fit(self, data: InteractionData, seed: int) -> Fitted:
         return self._single(data, seed)
 
-    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
-                seed: int) -> Fitted:
+    def unlearn(
+        self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray, seed: int
+    ) -> Fitted:
         return self._single(retained, seed)
 
 
@@ -146,8 +160,9 @@ class NoUnlearning(FullRetrain):
 
     name = "none"
 
-    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
-                seed: int) -> Fitted:
+    def unlearn(
+        self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray, seed: int
+    ) -> Fitted:
         return Fitted(fitted.model, fitted.keys, seconds={"fit": 0.0}, shards_touched=[])
 
 
@@ -172,19 +187,33 @@ class Sharded(Method):
     def _labels(self, data: InteractionData, seed: int) -> np.ndarray:
         return user_groups(self.partition, data, self.k, self.cfg, seed)
 
-    def _fit_shard(self, data: InteractionData, rows: np.ndarray, k: int, seed: int) -> tuple[Recommender, float]:
+    def _fit_shard(
+        self, data: InteractionData, rows: np.ndarray, k: int, seed: int
+    ) -> tuple[Recommender, float]:
         return self._fit(data.subset(rows), make_seed(seed, "shard", k))
 
-    def _aggregate(self, shards: list[Recommender], data: InteractionData, seed: int) -> tuple[Any, float]:
+    def _aggregate(
+        self, shards: list[Recommender], data: InteractionData, seed: int
+    ) -> tuple[Any, float]:
         kind = aggregator_kind(self.aggregator)
         if kind.fit is None:
             return kind.load({"kind": kind.name}), 0.0
-        agg, st = kind.fit(shards, data, self.cfg.aggregator, seed=make_seed(seed, "aggregator"),
-                           rng=np.random.default_rng(make_seed(seed, "aggregator")))
+        agg, st = kind.fit(
+            shards,
+            data,
+            self.cfg.aggregator,
+            seed=make_seed(seed, "aggregator"),
+            rng=np.random.default_rng(make_seed(seed, "aggregator")),
+        )
         return agg, st["fit_seconds"]
 
-    def _train(self, data: InteractionData, labels: np.ndarray, seed: int,
-               keep: dict[int, Recommender] | None = None) -> Fitted:
+    def _train(
+        self,
+        data: InteractionData,
+        labels: np.ndarray,
+        seed: int,
+        keep: dict[int, Recommender] | None = None,
+    ) -> Fitted:
         shards, secs = [], {}
         for k in range(self.k):
             if keep and k in keep:
@@ -196,8 +225,13 @@ class Sharded(Method):
         agg, a = self._aggregate(shards, data, seed)
         secs["aggregator"] = a
         secs["fit"] = sum(secs.values())
-        return Fitted(ShardedEnsemble(shards, agg), data.user_keys, labels, secs,
-                      sorted(set(range(self.k)) - set(keep or {})))
+        return Fitted(
+            ShardedEnsemble(shards, agg),
+            data.user_keys,
+            labels,
+            secs,
+            sorted(set(range(self.k)) - set(keep or {})),
+        )
 
     def fit(self, data: InteractionData, seed: int) -> Fitted:
         t0 = time.perf_counter()
@@ -213,8 +247,9 @@ class Sharded(Method):
             raise ValueError("retained users that the fitted model never saw")
         return fitted.shard_of[rows]
 
-    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
-                seed: int) -> Fitted:
+    def unlearn(
+        self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray, seed: int
+    ) -> Fitted:
         hit = lookup_rows(fitted.keys, forget_keys)
         touched = set(np.unique(fitted.shard_of[hit[hit >= 0]]).tolist())
         keep = {k: m for k, m in enumerate(fitted.model.shards) if k not in touched}
@@ -224,7 +259,9 @@ class Sharded(Method):
         return self._train(retained, self._retained_labels(fitted, retained), seed)
 
 
-def user_groups(partition: str, data: InteractionData, k: int, cfg: RunConfig, seed: int) -> np.ndarray:
+def user_groups(
+    partition: str, data: InteractionData, k: int, cfg: RunConfig, seed: int
+) -> np.ndarray:
     """K user groups: random (SISA), RecEraser's capacity-capped k-means ("kmeans") or
     UltraRE's OT k-means ("ot") of SVD user factors of the training matrix."""
     rng = np.random.default_rng(make_seed(seed, "partition"))
@@ -232,12 +269,24 @@ def user_groups(partition: str, data: InteractionData, k: int, cfg: RunConfig, s
         return random_partition(data.n_users, k, rng).labels
     s = cfg.sharding
     x = data.train.astype(np.float64)
-    u, sig, _ = svds(x, k=min(s.embedding_rank, min(x.shape) - 1),
-                     v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(x.shape)))
+    u, sig, _ = svds(
+        x,
+        k=min(s.embedding_rank, min(x.shape) - 1),
+        v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(x.shape)),
+    )
     if partition == "kmeans":
-        return balanced_kmeans(u * sig, k, rng, iterations=s.kmeans_iterations, capacity=s.capacity).labels
-    return balanced_kmeans_ot(u * sig, k, rng, iterations=s.kmeans_iterations, epsilon=s.sinkhorn_epsilon,
-                              rows=np.diff(data.train.indptr), row_tolerance=s.row_tolerance).labels
+        return balanced_kmeans(
+            u * sig, k, rng, iterations=s.kmeans_iterations, capacity=s.capacity
+        ).labels
+    return balanced_kmeans_ot(
+        u * sig,
+        k,
+        rng,
+        iterations=s.kmeans_iterations,
+        epsilon=s.sinkhorn_epsilon,
+        rows=np.diff(data.train.indptr),
+        row_tolerance=s.row_tolerance,
+    ).labels
 
 
 class Sequential(Method):
@@ -256,37 +305,71 @@ class Sequential(Method):
         t0 = time.perf_counter()
         labels = user_groups(self.partition, data, self.k, self.cfg, seed)
         t_part = time.perf_counter() - t0
-        run = train_sequential(data, labels, self.k, self.cfg.model, seed=seed,
-                               group_epochs=self.cfg.sharding.group_epochs)
+        run = train_sequential(
+            data,
+            labels,
+            self.k,
+            self.cfg.model,
+            seed=seed,
+            group_epochs=self.cfg.sharding.group_epochs,
+        )
         return self._fitted(run, list(range(self.k)), {"partition": t_part})
 
     def _fitted(self, run: SequentialModel, touched: list[int], secs: dict[str, float]) -> Fitted:
         for m in run.stages:
             _with_fold_in(m, self.cfg.aggregator.fold_in_reg)
-        secs = {**secs, **{f"stage{i}": s for i, s in enumerate(run.seconds)}, "fit": sum(run.seconds)}
+        secs = {
+            **secs,
+            **{f"stage{i}": s for i, s in enumerate(run.seconds)},
+            "fit": sum(run.seconds),
+        }
         return Fitted(run.model, run.keys, run.labels, secs, touched, run)
 
-    def unlearn(self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray,
-                seed: int) -> Fitted:
-        run, n = unlearn_sequential(fitted.run, retained, forget_keys, self.cfg.model, seed=seed,
-                                    group_epochs=self.cfg.sharding.group_epochs)
+    def unlearn(
+        self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray, seed: int
+    ) -> Fitted:
+        run, n = unlearn_sequential(
+            fitted.run,
+            retained,
+            forget_keys,
+            self.cfg.model,
+            seed=seed,
+            group_epochs=self.cfg.sharding.group_epochs,
+        )
         # "shards touched": the groups whose stages were retrained
-        return self._fitted(run, sorted(run.order[len(run.order) - n:].tolist()), {})
+        return self._fitted(run, sorted(run.order[len(run.order) - n :].tolist()), {})
 
     def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
         # every stage from scratch, with the groups and their curriculum order frozen
         labels = fitted.run.labels[lookup_rows(fitted.keys, retained.user_keys)]
-        stages, stats = fit_sequential(retained, labels, fitted.run.order, self.cfg.model, seed=seed,
-                                       group_epochs=self.cfg.sharding.group_epochs)
-        run = SequentialModel(stages, retained.user_keys, labels, fitted.run.order, [s["fit_seconds"] for s in stats])
+        stages, stats = fit_sequential(
+            retained,
+            labels,
+            fitted.run.order,
+            self.cfg.model,
+            seed=seed,
+            group_epochs=self.cfg.sharding.group_epochs,
+        )
+        run = SequentialModel(
+            stages, retained.user_keys, labels, fitted.run.order, [s["fit_seconds"] for s in stats]
+        )
         return self._fitted(run, list(range(self.k)), {})
 
 
 # the field's names for (partition, aggregator); any other pair is "<partition>-<aggregator>"
-NAMES = {("random", "mean"): "sisa", ("kmeans", "attention"): "receraser", ("ot", "learned"): "ultrare"}
+NAMES = {
+    ("random", "mean"): "sisa",
+    ("kmeans", "attention"): "receraser",
+    ("ot", "learned"): "ultrare",
+}
 PARTITIONS, AGGREGATORS = ("random", "ot", "kmeans"), ("mean", "learned", "attention")
-METHODS = ("none", "full", *NAMES.values(), "laser",
-           *(f"{p}-{a}" for p in PARTITIONS for a in AGGREGATORS if (p, a) not in NAMES))
+METHODS = (
+    "none",
+    "full",
+    *NAMES.values(),
+    "laser",
+    *(f"{p}-{a}" for p in PARTITIONS for a in AGGREGATORS if (p, a) not in NAMES),
+)
 
 
 def make_method(name: str, cfg: RunConfig, n_shards: int) -> Method:

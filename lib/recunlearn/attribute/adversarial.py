@@ -55,8 +55,17 @@ def confusion_loss(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class AttributeAdversary(nn.Module):
     """An MLP attacker head on user embeddings; its loss reverses into the embeddings."""
 
-    def __init__(self, labels: np.ndarray, dim: int, n_classes: int, *, weight: float,
-                 hidden: int = 64, seed: int = 0, mode: str = "confusion") -> None:
+    def __init__(
+        self,
+        labels: np.ndarray,
+        dim: int,
+        n_classes: int,
+        *,
+        weight: float,
+        hidden: int = 64,
+        seed: int = 0,
+        mode: str = "confusion",
+    ) -> None:
         super().__init__()
         if mode not in ("confusion", "reverse"):
             raise ValueError(f"adversary mode {mode!r}: confusion | reverse")
@@ -79,13 +88,22 @@ class AttributeAdversary(nn.Module):
         if self.mode == "reverse":
             logits = self.net(grad_reverse(emb, self.weight))
             return nn.functional.cross_entropy(logits, y[keep], weight=self.class_weight)
-        head = nn.functional.cross_entropy(self.net(emb.detach()), y[keep], weight=self.class_weight)
+        head = nn.functional.cross_entropy(
+            self.net(emb.detach()), y[keep], weight=self.class_weight
+        )
         return head + self.weight * confusion_loss(self.net, emb)
 
 
-def fit_bpr_adversarial(data: InteractionData, cfg: ModelConfig, labels: np.ndarray, *,
-                        n_classes: int, weight: float, seed: int, mode: str = "confusion"
-                        ) -> tuple[BPRMF, dict[str, Any]]:
+def fit_bpr_adversarial(
+    data: InteractionData,
+    cfg: ModelConfig,
+    labels: np.ndarray,
+    *,
+    n_classes: int,
+    weight: float,
+    seed: int,
+    mode: str = "confusion",
+) -> tuple[BPRMF, dict[str, Any]]:
     """BPR-MF whose user embeddings are trained to hide ``labels`` (aligned with
     ``data.user_keys``; -1 for unknown) from an adversary of strength ``weight``."""
     adversary = AttributeAdversary(labels, cfg.dim, n_classes, weight=weight, seed=seed, mode=mode)

@@ -26,7 +26,9 @@ def _rs(seed: int) -> int:
     return int(seed) % (2**32 - 1)  # scikit-learn takes 32-bit seeds
 
 
-def split_users(y: np.ndarray, *, test_size: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_users(
+    y: np.ndarray, *, test_size: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, disjoint train/test user indices."""
     idx = np.arange(len(y))
     tr, te = train_test_split(idx, test_size=test_size, stratify=y, random_state=_rs(seed))
@@ -41,10 +43,17 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
 def fit_attacker(x: np.ndarray, y: np.ndarray, *, kind: str = "mlp", seed: int = 0):  # noqa: ANN201
     """A fitted classifier (a scikit-learn pipeline) predicting ``y`` from embeddings ``x``."""
     if kind == "mlp":
-        clf = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=400, early_stopping=True,
-                            random_state=_rs(seed))
+        clf = MLPClassifier(
+            hidden_layer_sizes=(64,),
+            alpha=1e-3,
+            max_iter=400,
+            early_stopping=True,
+            random_state=_rs(seed),
+        )
     elif kind == "gbm":
-        clf = HistGradientBoostingClassifier(max_iter=200, early_stopping=True, random_state=_rs(seed))
+        clf = HistGradientBoostingClassifier(
+            max_iter=200, early_stopping=True, random_state=_rs(seed)
+        )
     else:
         raise ValueError(f"attacker kind {kind!r}; known: {KINDS}")
     pipe = make_pipeline(StandardScaler(), clf)
@@ -69,16 +78,28 @@ def auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
 
 
-def score_attacker(clf: Any, x: np.ndarray, y: np.ndarray, *, n_classes: int, bootstrap: int = 200,
-                   seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+def score_attacker(
+    clf: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int,
+    bootstrap: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """Balanced accuracy and AUC of a fitted attacker on users ``x`` (labels ``y``), with
     percentile-bootstrap intervals over those users."""
     proba = clf.predict_proba(np.asarray(x, dtype=np.float64))
     full = np.zeros((len(y), n_classes))
     full[:, clf.classes_] = proba
     pred = full.argmax(1)
-    out = {"n": int(len(y)), "balanced_accuracy": balanced_accuracy(y, pred, n_classes),
-           "auc": auc(y, full), "chance": 1.0 / n_classes}
+    out = {
+        "n": int(len(y)),
+        "balanced_accuracy": balanced_accuracy(y, pred, n_classes),
+        "auc": auc(y, full),
+        "chance": 1.0 / n_classes,
+    }
     rng = np.random.default_rng(seed)
     bas, aucs = [], []
     for _ in range(bootstrap):
@@ -92,11 +113,22 @@ def score_attacker(clf: Any, x: np.ndarray, y: np.ndarray, *, n_classes: int, bo
     return out
 
 
-def attack(x: np.ndarray, y: np.ndarray, *, kind: str = "mlp", n_classes: int | None = None,
-           seed: int = 0, test_size: float = 0.3, bootstrap: int = 200) -> dict[str, Any]:
+def attack(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    kind: str = "mlp",
+    n_classes: int | None = None,
+    seed: int = 0,
+    test_size: float = 0.3,
+    bootstrap: int = 200,
+) -> dict[str, Any]:
     """Train on some users, report on the others (disjoint, stratified)."""
     n_classes = int(n_classes or (y.max() + 1))
     tr, te = split_users(y, test_size=test_size, seed=seed)
     clf = fit_attacker(x[tr], y[tr], kind=kind, seed=seed)
-    return {"kind": kind, "n_train": int(len(tr)),
-            **score_attacker(clf, x[te], y[te], n_classes=n_classes, bootstrap=bootstrap, seed=seed)}
+    return {
+        "kind": kind,
+        "n_train": int(len(tr)),
+        **score_attacker(clf, x[te], y[te], n_classes=n_classes, bootstrap=bootstrap, seed=seed),
+    }

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -38,6 +38,11 @@ from recunlearn.attribute.adversarial import class_weights, confusion_loss
 from recunlearn.config import AttributeEditConfig
 from recunlearn.models.base import lookup_rows
 from recunlearn.models.bpr import BPRMF
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from recunlearn.sharding.ensemble import ShardedEnsemble
 
 # (vectors of some edited users, their positions among the targets) -> item scores
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,9 +56,15 @@ def _mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: list[float]) -> torch.Te
     return out
 
 
-def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, *,
-                    cfg: AttributeEditConfig, seed: int, score_fn: ScoreFn | None = None
-                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+def edit_embeddings(
+    emb: torch.Tensor,
+    labels: np.ndarray,
+    targets: np.ndarray,
+    *,
+    cfg: AttributeEditConfig,
+    seed: int,
+    score_fn: ScoreFn | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """New vectors (len(targets), D) for rows ``targets`` of ``emb`` (n, D).
 
     ``labels`` (n,) holds class indices, -1 where unknown (such users are in no anchor).
@@ -86,14 +97,22 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
     with torch.no_grad():
         ref_scores = None
         if cfg.space == "function":
-            ref_scores = torch.cat([torch.log_softmax(
-                score_fn(v0[s:s + 2048], torch.arange(s, min(s + 2048, len(v0)))) / cfg.temperature, 1)
-                for s in range(0, len(v0), 2048)])
+            ref_scores = torch.cat(
+                [
+                    torch.log_softmax(
+                        score_fn(v0[s : s + 2048], torch.arange(s, min(s + 2048, len(v0))))
+                        / cfg.temperature,
+                        1,
+                    )
+                    for s in range(0, len(v0), 2048)
+                ]
+            )
     n_t = len(targets)
     critic = None
     if cfg.w_adv > 0:
-        critic = torch.nn.Sequential(torch.nn.Linear(v0.shape[1], 64), torch.nn.ReLU(),
-                                     torch.nn.Linear(64, len(classes)))
+        critic = torch.nn.Sequential(
+            torch.nn.Linear(v0.shape[1], 64), torch.nn.ReLU(), torch.nn.Linear(64, len(classes))
+        )
         for p in critic.parameters():
             torch.nn.init.normal_(p, std=0.05, generator=g)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=0.01)
@@ -106,7 +125,7 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
         v = v0 + delta
         anchor = pool[torch.randint(len(pool), (cfg.pool_sample,), generator=g)]
         l_dist = v.new_zeros(())
-        for c, rows in by_class.items():
+        for rows in by_class.values():
             pick = rows[torch.randint(len(rows), (min(len(rows), cfg.batch),), generator=g)]
             # constant term of MMD (anchor vs anchor) is left out: it has no gradient
             l_dist = l_dist + _mmd2(v[pick], anchor, bandwidths)
@@ -114,16 +133,31 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
         l_u2u = v.new_zeros(())
         if cfg.w_u2u > 0 and len(classes) > 1:
             # mean squared distance of each batch user to a pool sample of every class
-            per_class = torch.stack([torch.cdist(v[batch], pool[pool_by_class[c][torch.randint(
-                len(pool_by_class[c]), (256,), generator=g)]]).pow(2).mean(1) for c in classes], 1)
+            per_class = torch.stack(
+                [
+                    torch.cdist(
+                        v[batch],
+                        pool[
+                            pool_by_class[c][
+                                torch.randint(len(pool_by_class[c]), (256,), generator=g)
+                            ]
+                        ],
+                    )
+                    .pow(2)
+                    .mean(1)
+                    for c in classes
+                ],
+                1,
+            )
             own = t_lab[batch]
             same = per_class.gather(1, own[:, None]).squeeze(1)
             other = (per_class.sum(1) - same) / (len(classes) - 1)
             l_u2u = torch.relu(other - same).mean() / scale  # closer to its own class: pull across
         if cfg.space == "function":
             logp = torch.log_softmax(score_fn(v[batch], batch) / cfg.temperature, 1)
-            l_reg = torch.nn.functional.kl_div(logp, ref_scores[batch], reduction="batchmean",
-                                               log_target=True)
+            l_reg = torch.nn.functional.kl_div(
+                logp, ref_scores[batch], reduction="batchmean", log_target=True
+            )
         else:
             l_reg = delta[batch].pow(2).sum(1).mean() / scale
         l_adv = v.new_zeros(())
@@ -143,30 +177,55 @@ def edit_embeddings(emb: torch.Tensor, labels: np.ndarray, targets: np.ndarray, 
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            curve.append((step, round(float(l_dist.detach()), 5), round(float(l_u2u.detach()), 5),
-                          round(float(l_adv.detach()), 5), round(float(l_reg.detach()), 5)))
+            curve.append(
+                (
+                    step,
+                    round(float(l_dist.detach()), 5),
+                    round(float(l_u2u.detach()), 5),
+                    round(float(l_adv.detach()), 5),
+                    round(float(l_reg.detach()), 5),
+                )
+            )
     new = (v0 + delta).detach()
-    stats = {"seconds": round(time.perf_counter() - t0, 3), "edited": int(n_t),
-             "space": cfg.space, "steps": cfg.steps, "curve": curve,
-             "mean_shift": float((new - v0).norm(dim=1).mean() / v0.norm(dim=1).mean().clamp(min=1e-12))}
+    stats = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "edited": int(n_t),
+        "space": cfg.space,
+        "steps": cfg.steps,
+        "curve": curve,
+        "mean_shift": float((new - v0).norm(dim=1).mean() / v0.norm(dim=1).mean().clamp(min=1e-12)),
+    }
     return new, stats
 
 
 # --------------------------------------------------------------------------- single models
-def edit_model(model: BPRMF, labels: np.ndarray, targets: np.ndarray, *, cfg: AttributeEditConfig,
-               seed: int) -> tuple[BPRMF, dict[str, torch.Tensor], dict[str, Any]]:
+def edit_model(
+    model: BPRMF, labels: np.ndarray, targets: np.ndarray, *, cfg: AttributeEditConfig, seed: int
+) -> tuple[BPRMF, dict[str, torch.Tensor], dict[str, Any]]:
     """An edited copy of a BPR-MF model (a full model or one shard) and the undo record.
 
     Only rows ``targets`` change; every other tensor is the original, bit for bit.
     """
-    new_rows, stats = edit_embeddings(model.user, labels, targets, cfg=cfg, seed=seed,
-                                      score_fn=lambda v, _: v @ model.item.T + model.bias)
+    new_rows, stats = edit_embeddings(
+        model.user,
+        labels,
+        targets,
+        cfg=cfg,
+        seed=seed,
+        score_fn=lambda v, _: v @ model.item.T + model.bias,
+    )
     user = model.user.clone()
     idx = torch.from_numpy(np.asarray(targets, dtype=np.int64))
     undo = {"rows": idx.clone(), "original": user[idx].clone()}
     user[idx] = new_rows
-    edited = BPRMF(model.user_keys, user, model.item, model.bias, meta=model.meta,
-                   fold_in_reg=model.fold_in_reg)
+    edited = BPRMF(
+        model.user_keys,
+        user,
+        model.item,
+        model.bias,
+        meta=model.meta,
+        fold_in_reg=model.fold_in_reg,
+    )
     return edited, undo, stats
 
 
@@ -174,8 +233,14 @@ def undo_model(model: BPRMF, undo: dict[str, torch.Tensor]) -> BPRMF:
     """The model with the undo record's rows put back exactly."""
     user = model.user.clone()
     user[undo["rows"]] = undo["original"]
-    return BPRMF(model.user_keys, user, model.item, model.bias, meta=model.meta,
-                 fold_in_reg=model.fold_in_reg)
+    return BPRMF(
+        model.user_keys,
+        user,
+        model.item,
+        model.bias,
+        meta=model.meta,
+        fold_in_reg=model.fold_in_reg,
+    )
 
 
 # --------------------------------------------------------------------------- the ensemble
@@ -205,8 +270,12 @@ class AttributeOverlay:
         return vecs
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "attribute_overlay", "keys": self.keys.tolist(), "views": self.views,
-                "meta": self.meta}
+        return {
+            "kind": "attribute_overlay",
+            "keys": self.keys.tolist(),
+            "views": self.views,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> AttributeOverlay:
@@ -224,13 +293,23 @@ def ensemble_score_fn(ens, vecs0: torch.Tensor, home0: torch.Tensor) -> ScoreFn:
     def score(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         views = v.view(len(v), k, d)
         w = weights[idx]
-        return torch.einsum("nk,nki->ni", w, torch.einsum("nkd,kid->nki", views, items) + bias[None])
+        return torch.einsum(
+            "nk,nki->ni", w, torch.einsum("nkd,kid->nki", views, items) + bias[None]
+        )
 
     return score
 
 
-def edit_ensemble(ens, keys: np.ndarray, history, labels: np.ndarray, targets: np.ndarray, *,  # noqa: ANN001, ANN201
-                  cfg: AttributeEditConfig, seed: int) -> tuple[AttributeOverlay, dict[str, Any]]:
+def edit_ensemble(
+    ens: ShardedEnsemble,
+    keys: np.ndarray,
+    history: sp.csr_matrix,
+    labels: np.ndarray,
+    targets: np.ndarray,
+    *,  # noqa: ANN001, ANN201
+    cfg: AttributeEditConfig,
+    seed: int,
+) -> tuple[AttributeOverlay, dict[str, Any]]:
     """Edit the aggregated embeddings (the K shard views, concatenated) of users ``targets``
     (rows of ``keys``/``history``/``labels``, which describe the population used as anchor)."""
     from recunlearn.sharding.ensemble import shard_views
@@ -245,6 +324,12 @@ def edit_ensemble(ens, keys: np.ndarray, history, labels: np.ndarray, targets: n
     k, n, d = vecs.shape
     flat = vecs.transpose(0, 1).reshape(n, k * d)
     t_idx = torch.from_numpy(targets)
-    new, stats = edit_embeddings(flat, labels, targets, cfg=cfg, seed=seed,
-                                 score_fn=ensemble_score_fn(ens, vecs[:, t_idx], home[:, t_idx]))
+    new, stats = edit_embeddings(
+        flat,
+        labels,
+        targets,
+        cfg=cfg,
+        seed=seed,
+        score_fn=ensemble_score_fn(ens, vecs[:, t_idx], home[:, t_idx]),
+    )
     return AttributeOverlay(keys[targets], new.view(len(targets), k, d)), stats

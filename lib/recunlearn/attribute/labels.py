@@ -49,8 +49,11 @@ def read_user_attributes(path: Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         path = find_user_file(path)
-    sep, cols = ("|", ["raw_user", "age", "gender", "occupation", "zip"]) if path.name == "u.user" \
+    sep, cols = (
+        ("|", ["raw_user", "age", "gender", "occupation", "zip"])
+        if path.name == "u.user"
         else ("::", ["raw_user", "gender", "age", "occupation", "zip"])
+    )
     lines = path.read_text(encoding="latin-1").splitlines()
     parts = [ln.split(sep) for ln in lines if ln.strip()]
     bad = [i for i, p in enumerate(parts) if len(p) != 5]
@@ -62,7 +65,9 @@ def read_user_attributes(path: Path) -> pd.DataFrame:
     df["age"] = pd.to_numeric(df["age"], errors="coerce")
     invalid = ~df["gender"].isin(["M", "F"]) | df["age"].isna()
     if invalid.any():
-        raise DataError(f"{path}: {int(invalid.sum())} row(s) with a gender outside M/F or a non-numeric age")
+        raise DataError(
+            f"{path}: {int(invalid.sum())} row(s) with a gender outside M/F or a non-numeric age"
+        )
     if df["raw_user"].duplicated().any():
         raise DataError(f"{path}: duplicate user ids")
     return df
@@ -80,5 +85,5 @@ def labels_for_keys(df: pd.DataFrame, name: str, keys: np.ndarray, key_of) -> np
     """Labels aligned with pseudonymous ``keys`` (-1 where the user file lacks the user);
     ``key_of`` maps a raw id to its key."""
     lab = encode(df, name)
-    table = {key_of(r): int(v) for r, v in zip(df["raw_user"], lab)}
+    table = {key_of(r): int(v) for r, v in zip(df["raw_user"], lab, strict=True)}
     return np.array([table.get(k, -1) for k in np.asarray(keys).astype(str)], dtype=np.int64)

@@ -98,8 +98,18 @@ def _from_grouplens(out: Path, *, timeout: float) -> None:
 
 def _from_recbole_wheel(out: Path, *, timeout: float) -> None:
     with tempfile.TemporaryDirectory() as wheel_dir:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "-d", wheel_dir, RECBOLE_WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+            wheel_dir,
+            RECBOLE_WHEEL,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 120))
         if proc.returncode != 0:
             raise FetchError(f"pip download {RECBOLE_WHEEL} failed: {proc.stderr.strip()[-500:]}")

@@ -21,14 +21,17 @@ def binary_csr(m: sp.spmatrix, dtype: type = np.float32) -> sp.csr_matrix:
     return out
 
 
-def without_pairs(x: sp.csr_matrix, user_rows: np.ndarray, items: np.ndarray
-                  ) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+def without_pairs(
+    x: sp.csr_matrix, user_rows: np.ndarray, items: np.ndarray
+) -> tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix]:
     """The rows of ``x`` that hold any of the pairs (user row, item), as they are and without
     those pairs: ``(rows, old, new)``; pairs ``x`` does not hold are ignored."""
     user_rows, items = np.asarray(user_rows, np.int64), np.asarray(items, np.int64)
     rows = np.unique(user_rows)
-    drop = sp.csr_matrix((np.ones(len(items), np.float32), (np.searchsorted(rows, user_rows), items)),
-                         shape=(len(rows), x.shape[1]))
+    drop = sp.csr_matrix(
+        (np.ones(len(items), np.float32), (np.searchsorted(rows, user_rows), items)),
+        shape=(len(rows), x.shape[1]),
+    )
     old = x[rows]
     gone = old.multiply(drop > 0).tocsr()
     gone.eliminate_zeros()
@@ -42,8 +45,11 @@ def without_pairs(x: sp.csr_matrix, user_rows: np.ndarray, items: np.ndarray
 def csr_state(x: sp.csr_matrix) -> dict[str, Any]:
     """A binary matrix as checkpoint state: its shape and its entries' (row, column)."""
     coo = x.tocoo()
-    return {"shape": list(coo.shape), "rows": torch.from_numpy(coo.row.astype(np.int64)),
-            "cols": torch.from_numpy(coo.col.astype(np.int64))}
+    return {
+        "shape": list(coo.shape),
+        "rows": torch.from_numpy(coo.row.astype(np.int64)),
+        "cols": torch.from_numpy(coo.col.astype(np.int64)),
+    }
 
 
 def csr_from_state(state: dict[str, Any]) -> sp.csr_matrix:
@@ -52,7 +58,9 @@ def csr_from_state(state: dict[str, Any]) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=tuple(state["shape"]))
 
 
-def drop_rows(keys: np.ndarray, x: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+def drop_rows(
+    keys: np.ndarray, x: sp.csr_matrix, rows: np.ndarray
+) -> tuple[np.ndarray, sp.csr_matrix]:
     """``keys`` and the rows of ``x`` without ``rows``."""
     keep = np.ones(len(keys), bool)
     keep[rows] = False
@@ -64,8 +72,9 @@ def replace_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.c
     keep = np.ones(x.shape[0], bool)
     keep[rows] = False
     base = sp.diags(keep.astype(np.float32)) @ x
-    placed = sp.csr_matrix((np.ones(new.nnz, np.float32), (rows[new.tocoo().row], new.tocoo().col)),
-                           shape=x.shape)
+    placed = sp.csr_matrix(
+        (np.ones(new.nnz, np.float32), (rows[new.tocoo().row], new.tocoo().col)), shape=x.shape
+    )
     out = (base + placed).tocsr()
     out.eliminate_zeros()
     out.sort_indices()
@@ -105,8 +114,9 @@ class InteractionData:
         return self.train.shape[0]
 
     @classmethod
-    def from_columns(cls, user_key: np.ndarray, item_idx: np.ndarray, split: np.ndarray,
-                     n_items: int) -> InteractionData:
+    def from_columns(
+        cls, user_key: np.ndarray, item_idx: np.ndarray, split: np.ndarray, n_items: int
+    ) -> InteractionData:
         """Build from parallel columns. Users without a training row are left out."""
         user_key = np.asarray(user_key).astype(str)
         item_idx = np.asarray(item_idx, dtype=np.int64)
@@ -132,7 +142,9 @@ class InteractionData:
         """The users at ``rows`` (indices in any order, or a boolean mask), keys kept sorted."""
         rows = np.asarray(rows)
         rows = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows)
-        return InteractionData(self.user_keys[rows], self.train[rows], self.valid[rows], self.test[rows])
+        return InteractionData(
+            self.user_keys[rows], self.train[rows], self.valid[rows], self.test[rows]
+        )
 
     def without_users(self, keys: np.ndarray) -> InteractionData:
         return self.subset(~np.isin(self.user_keys, np.asarray(keys).astype(str)))
@@ -148,15 +160,18 @@ class InteractionData:
     def without_pairs(self, keys: np.ndarray, items: np.ndarray) -> InteractionData:
         """The training interactions (key, item) removed (absent pairs ignored; users kept)."""
         rows = np.searchsorted(self.user_keys, np.asarray(keys).astype(str))
-        gone = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, np.asarray(items, np.int64))),
-                             shape=self.train.shape)
+        gone = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, np.asarray(items, np.int64))),
+            shape=self.train.shape,
+        )
         train = (self.train - self.train.multiply(gone > 0)).tocsr()
         train.eliminate_zeros()
         return InteractionData(self.user_keys, train, self.valid, self.test)
 
 
-def split_pairs(user_key: np.ndarray, item_idx: np.ndarray, *, valid: float, test: float,
-                seed: int) -> np.ndarray:
+def split_pairs(
+    user_key: np.ndarray, item_idx: np.ndarray, *, valid: float, test: float, seed: int
+) -> np.ndarray:
     """Per-user seeded hold-out, the numpy twin of the ingest job's split: each user's rows in
     a random order, the last floor(n*test) to test and the floor(n*valid) before them to valid.
     Returns the split label per row ("train" / "valid" / "test")."""
@@ -169,7 +184,9 @@ def split_pairs(user_key: np.ndarray, item_idx: np.ndarray, *, valid: float, tes
     n = np.repeat(sizes, sizes)
     pos = np.arange(len(u)) - np.repeat(starts, sizes)
     n_test, n_valid = np.floor(n * test), np.floor(n * valid)
-    lab = np.where(pos >= n - n_test, "test", np.where(pos >= n - n_test - n_valid, "valid", "train"))
+    lab = np.where(
+        pos >= n - n_test, "test", np.where(pos >= n - n_test - n_valid, "valid", "train")
+    )
     out = np.empty(len(user_key), dtype=lab.dtype)
     out[order] = lab
     return out

@@ -39,22 +39,39 @@ _LINE_FORMATS = {
 _LOG_PRESETS = {
     # name: (file inside the folder, separator, column mapping, timestamp format)
     # LFM-2B: tab-separated with a header line, usually .bz2; events carry a datetime
-    "lfm2b-events": ("listening-events.tsv", "\t",
-                     {"user": "user_id", "item": "track_id", "timestamp": "timestamp"}, "yyyy-MM-dd HH:mm:ss"),
-    "lfm2b-counts": ("listening-counts.tsv", "\t", {"user": "user_id", "item": "track_id", "weight": "count"},
-                     None),
+    "lfm2b-events": (
+        "listening-events.tsv",
+        "\t",
+        {"user": "user_id", "item": "track_id", "timestamp": "timestamp"},
+        "yyyy-MM-dd HH:mm:ss",
+    ),
+    "lfm2b-counts": (
+        "listening-counts.tsv",
+        "\t",
+        {"user": "user_id", "item": "track_id", "weight": "count"},
+        None,
+    ),
 }
 # Amazon reviews as JSON lines: 2014/2018 names (reviewerID, asin, overall, unixReviewTime in
 # seconds) or 2023 names (user_id, parent_asin/asin, rating, timestamp in milliseconds), per row.
 # Every field is read as text, so a value of the wrong type is a malformed row, not a failed read.
-AMAZON_JSON_SCHEMA = ("reviewerID string, asin string, overall string, unixReviewTime string, user_id string, "
-                      "parent_asin string, rating string, timestamp string, _corrupt_record string")
-REASONS = ("malformed record", "wrong field count", "empty user id", "empty item id", "non-numeric rating",
-           "non-numeric timestamp")
+AMAZON_JSON_SCHEMA = (
+    "reviewerID string, asin string, overall string, unixReviewTime string, user_id string, "
+    "parent_asin string, rating string, timestamp string, _corrupt_record string"
+)
+REASONS = (
+    "malformed record",
+    "wrong field count",
+    "empty user id",
+    "empty item id",
+    "non-numeric rating",
+    "non-numeric timestamp",
+)
 
 
-def read_interactions(spark: SparkSession, cfg: DatasetConfig, path: Path, *,
-                      quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
+def read_interactions(
+    spark: SparkSession, cfg: DatasetConfig, path: Path, *, quarantine: bool = False
+) -> DataFrame | tuple[DataFrame, DataFrame]:
     """Read the raw log at ``path`` (a file or a data set folder) in ``cfg.format``. With
     ``quarantine``, return (good rows, malformed rows as ``reason, row``) instead of failing."""
     if cfg.format in _LINE_FORMATS:
@@ -63,10 +80,22 @@ def read_interactions(spark: SparkSession, cfg: DatasetConfig, path: Path, *,
         return read_amazon_json(spark, _locate(path, None, cfg.format), quarantine=quarantine)
     if cfg.format in _LOG_PRESETS:
         name, sep, columns, ts_format = _LOG_PRESETS[cfg.format]
-        return read_log(spark, _locate(path, name, cfg.format), columns=columns, separator=sep,
-                        timestamp_format=ts_format, quarantine=quarantine)
-    return read_log(spark, path, columns=cfg.columns, separator=cfg.separator,
-                    timestamp_format=cfg.timestamp_format, quarantine=quarantine)
+        return read_log(
+            spark,
+            _locate(path, name, cfg.format),
+            columns=columns,
+            separator=sep,
+            timestamp_format=ts_format,
+            quarantine=quarantine,
+        )
+    return read_log(
+        spark,
+        path,
+        columns=cfg.columns,
+        separator=cfg.separator,
+        timestamp_format=cfg.timestamp_format,
+        quarantine=quarantine,
+    )
 
 
 def _locate(path: Path, name: str | None, fmt: str) -> Path:
@@ -74,15 +103,18 @@ def _locate(path: Path, name: str | None, fmt: str) -> Path:
     (``name`` None: the whole folder)."""
     target = path
     if path.is_dir() and name:
-        target = next((c for c in (path / name, path / f"{name}.gz", path / f"{name}.bz2") if c.exists()),
-                      path / name)
+        target = next(
+            (c for c in (path / name, path / f"{name}.gz", path / f"{name}.bz2") if c.exists()),
+            path / name,
+        )
     if not target.exists():
         raise DataError(f"{fmt} file {target} does not exist")
     return target
 
 
-def _read_delimited(spark: SparkSession, fmt: str, path: Path, *,
-                    quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
+def _read_delimited(
+    spark: SparkSession, fmt: str, path: Path, *, quarantine: bool = False
+) -> DataFrame | tuple[DataFrame, DataFrame]:
     from pyspark.sql import functions as F
 
     name, sep, header, fields = _LINE_FORMATS[fmt]
@@ -93,47 +125,77 @@ def _read_delimited(spark: SparkSession, fmt: str, path: Path, *,
         # Spark's text reader has no header option: drop the first line by its value.
         first = lines.first()
         lines = lines.where(F.col("value") != (first["value"] if first else ""))
-    df = lines.where(F.trim("value") != "").select(F.split(F.col("value"), sep).alias("p"), F.col("value"))
+    df = lines.where(F.trim("value") != "").select(
+        F.split(F.col("value"), sep).alias("p"), F.col("value")
+    )
     # get() is null past the end of the array (p[i] raises in ANSI mode).
     at = {f: i for i, f in enumerate(fields)}
     cols = {f: F.trim(F.get(F.col("p"), i)) for f, i in at.items()}
     out = df.select(
-        cols["raw_user"].alias("raw_user"), cols["item_id"].alias("item_id"),
+        cols["raw_user"].alias("raw_user"),
+        cols["item_id"].alias("item_id"),
         (cols["rating"].try_cast("double") if "rating" in at else F.lit(1.0)).alias("rating"),
         (cols["ts"].try_cast("bigint") if "ts" in at else F.lit(0).cast("bigint")).alias("ts"),
-        F.size("p").alias("_n"), F.col("value").alias("_row"))
-    return _separate(out, _reason(n_fields=len(fields)), source=target, fmt=fmt, quarantine=quarantine)
+        F.size("p").alias("_n"),
+        F.col("value").alias("_row"),
+    )
+    return _separate(
+        out, _reason(n_fields=len(fields)), source=target, fmt=fmt, quarantine=quarantine
+    )
 
 
-def read_amazon_json(spark: SparkSession, path: Path, *,
-                     quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
+def read_amazon_json(
+    spark: SparkSession, path: Path, *, quarantine: bool = False
+) -> DataFrame | tuple[DataFrame, DataFrame]:
     """Amazon reviews as JSON lines (``.gz``/``.bz2`` read directly), 2014/2018 or 2023 field
     names (see ``AMAZON_JSON_SCHEMA``): the item is ``parent_asin`` where given, else ``asin``;
     2023 timestamps are milliseconds. A line that is not a JSON object is a malformed record."""
     from pyspark.sql import functions as F
 
     with engine_errors(str(path), "JSON lines"):
-        df = (spark.read.schema(AMAZON_JSON_SCHEMA).option("mode", "PERMISSIVE")
-              .option("columnNameOfCorruptRecord", "_corrupt_record").json(str(path)))
+        df = (
+            spark.read.schema(AMAZON_JSON_SCHEMA)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", "_corrupt_record")
+            .json(str(path))
+        )
     rating_src = F.coalesce(F.col("rating"), F.col("overall"))
     fields = [c for c in df.columns if c != "_corrupt_record"]
     out = df.select(
         F.trim(F.coalesce(F.col("user_id"), F.col("reviewerID"))).alias("raw_user"),
         F.trim(F.coalesce(F.col("parent_asin"), F.col("asin"))).alias("item_id"),
-        F.when(rating_src.isNull(), F.lit(1.0)).otherwise(rating_src.try_cast("double")).alias("rating"),
-        F.when(F.col("timestamp").isNotNull(), F.floor(F.col("timestamp").try_cast("double") / 1000))
+        F.when(rating_src.isNull(), F.lit(1.0))
+        .otherwise(rating_src.try_cast("double"))
+        .alias("rating"),
+        F.when(
+            F.col("timestamp").isNotNull(), F.floor(F.col("timestamp").try_cast("double") / 1000)
+        )
         .when(F.col("unixReviewTime").isNotNull(), F.col("unixReviewTime").try_cast("bigint"))
-        .otherwise(F.lit(0)).cast("bigint").alias("ts"),
+        .otherwise(F.lit(0))
+        .cast("bigint")
+        .alias("ts"),
         F.col("_corrupt_record"),
         # the record as text, for the quarantine's fingerprint (never stored as such)
-        F.coalesce(F.col("_corrupt_record"), F.to_json(F.struct(*fields))).alias("_row"))
-    return _separate(out, _reason(corrupt=F.col("_corrupt_record")), source=path, fmt="amazon-json",
-                     quarantine=quarantine)
+        F.coalesce(F.col("_corrupt_record"), F.to_json(F.struct(*fields))).alias("_row"),
+    )
+    return _separate(
+        out,
+        _reason(corrupt=F.col("_corrupt_record")),
+        source=path,
+        fmt="amazon-json",
+        quarantine=quarantine,
+    )
 
 
-def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str], separator: str = ",",
-             timestamp_format: str | None = None,
-             quarantine: bool = False) -> DataFrame | tuple[DataFrame, DataFrame]:
+def read_log(
+    spark: SparkSession,
+    path: Path,
+    *,
+    columns: dict[str, str],
+    separator: str = ",",
+    timestamp_format: str | None = None,
+    quarantine: bool = False,
+) -> DataFrame | tuple[DataFrame, DataFrame]:
     """A generic CSV (with a header; ``.gz``/``.bz2`` read directly) or Parquet log;
     ``columns`` maps user, item and optional rating/weight and timestamp to the file's column
     names. A text timestamp is epoch seconds, or, with ``timestamp_format`` (Spark's datetime
@@ -169,8 +231,10 @@ def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str], separa
         roles["timestamp"] = columns["timestamp"]
     for role, col in roles.items():
         if types[col] not in _SOURCE_TYPES[role]:
-            raise DataError(f"log {path}: column {col!r} ({role}) has type {types[col]}; a {role} "
-                            f"column must be one of {sorted(_SOURCE_TYPES[role])}")
+            raise DataError(
+                f"log {path}: column {col!r} ({role}) has type {types[col]}; a {role} "
+                f"column must be one of {sorted(_SOURCE_TYPES[role])}"
+            )
 
     def optional(name: str | None, default: Any, convert: Any) -> Any:
         if not name:
@@ -181,11 +245,15 @@ def read_log(spark: SparkSession, path: Path, *, columns: dict[str, str], separa
         F.trim(F.col(columns["user"]).try_cast("string")).alias("raw_user"),
         F.trim(F.col(columns["item"]).try_cast("string")).alias("item_id"),
         optional(rating_src, F.lit(1.0), lambda c, t: c.try_cast("double")).alias("rating"),
-        optional(columns.get("timestamp"), F.lit(0).cast("bigint"),
-                 lambda c, t: _to_seconds(c, t, timestamp_format)).alias("ts"),
+        optional(
+            columns.get("timestamp"),
+            F.lit(0).cast("bigint"),
+            lambda c, t: _to_seconds(c, t, timestamp_format),
+        ).alias("ts"),
         # the row as text, for the quarantine's fingerprint (never stored as such)
-        F.concat_ws(separator, *[F.coalesce(F.col(c).try_cast("string"), F.lit("")) for c in df.columns]
-                    ).alias("_row"),
+        F.concat_ws(
+            separator, *[F.coalesce(F.col(c).try_cast("string"), F.lit("")) for c in df.columns]
+        ).alias("_row"),
     )
     return _separate(out, _reason(), source=path, fmt="log", quarantine=quarantine)
 
@@ -206,7 +274,9 @@ def _to_seconds(col: Any, type_name: str, text_format: str | None = None) -> Any
     from pyspark.sql import functions as F
 
     if type_name == "string" and text_format:
-        return F.coalesce(col.try_cast("bigint"), F.unix_seconds(F.try_to_timestamp(col, F.lit(text_format))))
+        return F.coalesce(
+            col.try_cast("bigint"), F.unix_seconds(F.try_to_timestamp(col, F.lit(text_format)))
+        )
     if type_name in ("timestamp", "timestamp_ntz"):
         return F.unix_seconds(col.try_cast("timestamp"))
     if type_name == "date":
@@ -226,8 +296,9 @@ def engine_errors(what: str, kind: str) -> Iterator[None]:
     except Exception as exc:  # pyspark's errors and py4j's; ours pass through
         if isinstance(exc, RecUnlearnError):
             raise
-        raise DataError(f"{what} could not be read as {kind} ({spark_error_class(exc)}); "
-                        "nothing was ingested") from None
+        raise DataError(
+            f"{what} could not be read as {kind} ({spark_error_class(exc)}); nothing was ingested"
+        ) from None
 
 
 def spark_error_class(exc: BaseException) -> str:
@@ -247,10 +318,12 @@ def _reason(*, n_fields: int | None = None, corrupt: Any = None) -> Any:
     """Why a row is malformed (the first of ``REASONS`` that applies), null for a good row."""
     from pyspark.sql import functions as F
 
-    reason = (F.when(F.col("raw_user").isNull() | (F.col("raw_user") == ""), "empty user id")
-              .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "empty item id")
-              .when(F.col("rating").isNull() | F.isnan("rating"), "non-numeric rating")
-              .when(F.col("ts").isNull(), "non-numeric timestamp"))
+    reason = (
+        F.when(F.col("raw_user").isNull() | (F.col("raw_user") == ""), "empty user id")
+        .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "empty item id")
+        .when(F.col("rating").isNull() | F.isnan("rating"), "non-numeric rating")
+        .when(F.col("ts").isNull(), "non-numeric timestamp")
+    )
     if n_fields is not None:
         reason = F.when(F.col("_n") != n_fields, "wrong field count").otherwise(reason)
     if corrupt is not None:
@@ -258,8 +331,9 @@ def _reason(*, n_fields: int | None = None, corrupt: Any = None) -> Any:
     return reason
 
 
-def _separate(out: DataFrame, reason: Any, *, source: Path, fmt: str,
-              quarantine: bool) -> DataFrame | tuple[DataFrame, DataFrame]:
+def _separate(
+    out: DataFrame, reason: Any, *, source: Path, fmt: str, quarantine: bool
+) -> DataFrame | tuple[DataFrame, DataFrame]:
     """The canonical good rows of ``out`` (``raw_user, item_id, rating, ts`` and the row's
     text ``_row``) and, with ``quarantine``, the others as ``reason, row``; without it, a
     ``DataError`` when there is any other."""
@@ -282,5 +356,7 @@ def _fail_on_bad(bad: DataFrame, path: Path, fmt: str) -> None:
     if n_bad == 0:
         return
     detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    raise DataError(f"{path}: {n_bad} malformed {fmt} row(s) ({detail}); nothing was ingested. "
-                    "Fix or drop them and re-run.")
+    raise DataError(
+        f"{path}: {n_bad} malformed {fmt} row(s) ({detail}); nothing was ingested. "
+        "Fix or drop them and re-run."
+    )

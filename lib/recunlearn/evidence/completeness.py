@@ -26,8 +26,9 @@ class Scorer(Protocol):
     def knows(self, keys: np.ndarray) -> np.ndarray: ...
 
 
-def bootstrap_mean_ci(x: np.ndarray, *, resamples: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> list[float] | None:
+def bootstrap_mean_ci(
+    x: np.ndarray, *, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[float] | None:
     """Percentile bootstrap interval of the mean of ``x`` (None for fewer than two values)."""
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
@@ -38,21 +39,31 @@ def bootstrap_mean_ci(x: np.ndarray, *, resamples: int = 1000, seed: int = 0,
     return [round(float(lo), 5), round(float(hi), 5)]
 
 
-def functional(model: Scorer, keys: np.ndarray, history: sp.csr_matrix, truth: sp.csr_matrix,
-               *, k: int = 20) -> dict[str, np.ndarray]:
+def functional(
+    model: Scorer, keys: np.ndarray, history: sp.csr_matrix, truth: sp.csr_matrix, *, k: int = 20
+) -> dict[str, np.ndarray]:
     """Per-row NDCG/Recall/HR@K of ``truth`` when ``model`` serves users ``keys`` with
     interaction rows ``history`` (never recommended). For forgotten users: history = their
     training rows, truth = their held-out rows; for forgotten interactions: history = what the
     user keeps, truth = the forgotten pairs (a model that forgot them recovers them no better
     than the retrain)."""
     keys = np.asarray(keys).astype(str)
-    return per_user_metrics(lambda r: model.score_users(keys[r], history[r]), np.arange(len(keys)),
-                            history, truth, k=k)
+    return per_user_metrics(
+        lambda r: model.score_users(keys[r], history[r]), np.arange(len(keys)), history, truth, k=k
+    )
 
 
-def functional_gap(unlearned: Scorer, retrained: Scorer, keys: np.ndarray, history: sp.csr_matrix,
-                   truth: sp.csr_matrix, *, original: Scorer | None = None, k: int = 20,
-                   seed: int = 0) -> dict[str, Any]:
+def functional_gap(
+    unlearned: Scorer,
+    retrained: Scorer,
+    keys: np.ndarray,
+    history: sp.csr_matrix,
+    truth: sp.csr_matrix,
+    *,
+    original: Scorer | None = None,
+    k: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Mean NDCG@K of the forget set under each model and the paired unlearned - retrained
     difference with a bootstrap interval: exact unlearning puts 0 inside it."""
     has = np.diff(truth.indptr) > 0
@@ -60,8 +71,10 @@ def functional_gap(unlearned: Scorer, retrained: Scorer, keys: np.ndarray, histo
     if len(keys) == 0:
         return {"users": 0}
     out: dict[str, Any] = {"users": int(len(keys))}
-    per = {"unlearned": functional(unlearned, keys, history, truth, k=k)["ndcg"],
-           "retrained": functional(retrained, keys, history, truth, k=k)["ndcg"]}
+    per = {
+        "unlearned": functional(unlearned, keys, history, truth, k=k)["ndcg"],
+        "retrained": functional(retrained, keys, history, truth, k=k)["ndcg"],
+    }
     if original is not None:
         per["original"] = functional(original, keys, history, truth, k=k)["ndcg"]
     for name, v in per.items():
@@ -77,8 +90,14 @@ def parameters(model: Any) -> list[tuple[str, torch.Tensor, np.ndarray | None]]:
     """(name, tensor, user keys or None) of every parameter block of a model or ensemble."""
     shards = getattr(model, "shards", None)
     if shards is not None:
-        return [(f"shard{k}.{n}", t, keys) for k, m in enumerate(shards) for n, t, keys in parameters(m)]
-    return [("user", model.user, model.user_keys), ("item", model.item, None), ("bias", model.bias, None)]
+        return [
+            (f"shard{k}.{n}", t, keys) for k, m in enumerate(shards) for n, t, keys in parameters(m)
+        ]
+    return [
+        ("user", model.user, model.user_keys),
+        ("item", model.item, None),
+        ("bias", model.bias, None),
+    ]
 
 
 def parameter_distance(a: Any, b: Any) -> dict[str, float]:
@@ -90,16 +109,18 @@ def parameter_distance(a: Any, b: Any) -> dict[str, float]:
         raise ValueError("parameter_distance: the models have different structures")
     num = den = 0.0
     common = 0
-    for (_, ta, ka), (_, tb, kb) in zip(pa, pb):
+    for (_, ta, ka), (_, tb, kb) in zip(pa, pb, strict=True):
         if ka is not None:
             both, ia, ib = np.intersect1d(ka, kb, return_indices=True)
             common += len(both)
             ta, tb = ta[torch.from_numpy(ia)], tb[torch.from_numpy(ib)]
         if ta.shape != tb.shape:
-            raise ValueError(f"parameter_distance: shapes differ {tuple(ta.shape)} vs {tuple(tb.shape)}")
+            raise ValueError(
+                f"parameter_distance: shapes differ {tuple(ta.shape)} vs {tuple(tb.shape)}"
+            )
         num += float((ta.double() - tb.double()).pow(2).sum())
         den += float(tb.double().pow(2).sum())
-    return {"relative_l2": num ** 0.5 / max(den ** 0.5, 1e-12), "common_users": int(common)}
+    return {"relative_l2": num**0.5 / max(den**0.5, 1e-12), "common_users": int(common)}
 
 
 def parametric_evidence(unlearned: Any, retrained: Any, other_seeds: list[Any]) -> dict[str, Any]:
@@ -107,12 +128,17 @@ def parametric_evidence(unlearned: Any, retrained: Any, other_seeds: list[Any]) 
     the retrain and retrains with other seeds. Exact unlearning gives distance 0; an
     approximate method is credible when it falls well inside the seed spread."""
     d = parameter_distance(unlearned, retrained)["relative_l2"]
-    return _against_spread(d, [parameter_distance(o, retrained)["relative_l2"] for o in other_seeds])
+    return _against_spread(
+        d, [parameter_distance(o, retrained)["relative_l2"] for o in other_seeds]
+    )
 
 
 def _against_spread(d: float, spread: list[float]) -> dict[str, Any]:
-    return {"distance_to_retrain": round(d, 6), "seed_spread": [round(s, 6) for s in spread],
-            "within_seed_spread": bool(spread) and d <= min(spread)}
+    return {
+        "distance_to_retrain": round(d, 6),
+        "seed_spread": [round(s, 6) for s in spread],
+        "within_seed_spread": bool(spread) and d <= min(spread),
+    }
 
 
 def score_distance(a: Scorer, b: Scorer, keys: np.ndarray, history: sp.csr_matrix) -> float:
@@ -127,8 +153,15 @@ def score_distance(a: Scorer, b: Scorer, keys: np.ndarray, history: sp.csr_matri
     return float((sa - sb).norm() / sb.norm().clamp(min=1e-12))
 
 
-def score_evidence(unlearned: Scorer, retrained: Scorer, other_seeds: list[Scorer],
-                   keys: np.ndarray, history: sp.csr_matrix) -> dict[str, Any]:
+def score_evidence(
+    unlearned: Scorer,
+    retrained: Scorer,
+    other_seeds: list[Scorer],
+    keys: np.ndarray,
+    history: sp.csr_matrix,
+) -> dict[str, Any]:
     """:func:`parametric_evidence` in score space (see :func:`score_distance`)."""
-    return _against_spread(score_distance(unlearned, retrained, keys, history),
-                           [score_distance(o, retrained, keys, history) for o in other_seeds])
+    return _against_spread(
+        score_distance(unlearned, retrained, keys, history),
+        [score_distance(o, retrained, keys, history) for o in other_seeds],
+    )

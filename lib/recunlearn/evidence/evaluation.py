@@ -18,11 +18,18 @@ from recunlearn.sharding.ensemble import ShardedEnsemble
 K = 20
 
 
-def per_user(model: Any, data: InteractionData, users: np.ndarray, *, k: int = K) -> dict[str, np.ndarray]:
+def per_user(
+    model: Any, data: InteractionData, users: np.ndarray, *, k: int = K
+) -> dict[str, np.ndarray]:
     """Per-user NDCG/Recall/HR@k of ``users`` under ``model`` (a single model or an ensemble:
     anything with ``score_users``); users a model was not trained on are scored by fold-in."""
-    return per_user_metrics(lambda r: model.score_users(data.user_keys[r], data.train[r]), users,
-                            (data.train + data.valid).tocsr(), data.test, k=k)
+    return per_user_metrics(
+        lambda r: model.score_users(data.user_keys[r], data.train[r]),
+        users,
+        (data.train + data.valid).tocsr(),
+        data.test,
+        k=k,
+    )
 
 
 def with_truth(data: InteractionData, users: np.ndarray | None = None) -> np.ndarray:
@@ -31,14 +38,21 @@ def with_truth(data: InteractionData, users: np.ndarray | None = None) -> np.nda
     return users[np.diff(data.test.indptr)[users] > 0]
 
 
-def evaluate_users(model: Any, data: InteractionData, users: np.ndarray | None = None) -> dict[str, float]:
+def evaluate_users(
+    model: Any, data: InteractionData, users: np.ndarray | None = None
+) -> dict[str, float]:
     """Mean NDCG@20, Recall@20 and HR@20 of ``model`` over ``users`` (default: all)."""
     return summarize(per_user(model, data, with_truth(data, users)), K)
 
 
-def evaluate_with_fairness(model: Any, data: InteractionData, users: np.ndarray, *,
-                           shard_of: np.ndarray | None = None, top_share: float = 0.05
-                           ) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate_with_fairness(
+    model: Any,
+    data: InteractionData,
+    users: np.ndarray,
+    *,
+    shard_of: np.ndarray | None = None,
+    top_share: float = 0.05,
+) -> tuple[dict[str, float], dict[str, Any]]:
     """:func:`evaluate_users` and, from the same scores, A-IGF (the ``top_share`` most active
     users against the rest) and, given ``shard_of`` (a shard per row of ``data``), the spread of
     NDCG@20 over shards."""
@@ -56,8 +70,13 @@ def home_shards(ens: ShardedEnsemble, keys: np.ndarray) -> np.ndarray:
     return np.where(known.any(0), known.argmax(0), -1)
 
 
-def functional_evidence(forgotten: InteractionData, *, original: ShardedEnsemble,
-                        unlearned: ShardedEnsemble, retrained: BPRMF | None) -> dict[str, dict[str, Any]]:
+def functional_evidence(
+    forgotten: InteractionData,
+    *,
+    original: ShardedEnsemble,
+    unlearned: ShardedEnsemble,
+    retrained: BPRMF | None,
+) -> dict[str, dict[str, Any]]:
     """Per forgotten user: does each model still hold a trained vector for them, and how well
     it ranks their held-out items (valid + test) from their training history: the original
     with its trained vector, the unlearned ensemble and the retrained reference by fold-in.
@@ -80,12 +99,15 @@ def functional_evidence(forgotten: InteractionData, *, original: ShardedEnsemble
     with torch.no_grad():
         nd_orig = per_user(original.score(keys, forgotten.train))
         nd_unl = per_user(unlearned.score(keys, forgotten.train))
-        nd_ret = per_user(retrained.score_history(forgotten.train)) if retrained is not None else None
+        nd_ret = (
+            per_user(retrained.score_history(forgotten.train)) if retrained is not None else None
+        )
     known_before = original.knows(keys)
     known_after = unlearned.knows(keys)
     for r in rows:
         out[str(keys[r])] = {
-            "known_to_original": bool(known_before[r]), "known_to_unlearned": bool(known_after[r]),
+            "known_to_original": bool(known_before[r]),
+            "known_to_unlearned": bool(known_after[r]),
             "heldout_items": int(truth[r].nnz),
             f"ndcg@{K}_original": round(float(nd_orig[r]), 5),
             f"ndcg@{K}_unlearned": round(float(nd_unl[r]), 5),

@@ -34,8 +34,13 @@ def a_igf(per_user: np.ndarray, active: np.ndarray) -> dict[str, float]:
     active = np.asarray(active, bool)
     a = float(per_user[active].mean()) if active.any() else float("nan")
     r = float(per_user[~active].mean()) if (~active).any() else float("nan")
-    return {"active": round(a, 5), "inactive": round(r, 5), "gap": round(a - r, 5),
-            "n_active": int(active.sum()), "n_inactive": int((~active).sum())}
+    return {
+        "active": round(a, 5),
+        "inactive": round(r, 5),
+        "gap": round(a - r, 5),
+        "n_active": int(active.sum()),
+        "n_inactive": int((~active).sum()),
+    }
 
 
 def shard_spread(per_user: np.ndarray, shard_of: np.ndarray) -> dict[str, Any]:
@@ -44,13 +49,20 @@ def shard_spread(per_user: np.ndarray, shard_of: np.ndarray) -> dict[str, Any]:
     shard_of = np.asarray(shard_of)
     ids = np.unique(shard_of)
     means = np.array([per_user[shard_of == k].mean() for k in ids])
-    return {"per_shard": {str(int(k)): round(float(m), 5) for k, m in zip(ids, means)},
-            "max_minus_min": round(float(means.max() - means.min()), 5),
-            "std": round(float(means.std()), 5)}
+    return {
+        "per_shard": {str(int(k)): round(float(m), 5) for k, m in zip(ids, means, strict=True)},
+        "max_minus_min": round(float(means.max() - means.min()), 5),
+        "std": round(float(means.std()), 5),
+    }
 
 
-def draw_forget_users(train: sp.csr_matrix, kind: str, n: int, rng: np.random.Generator,
-                      candidates: np.ndarray | None = None) -> np.ndarray:
+def draw_forget_users(
+    train: sp.csr_matrix,
+    kind: str,
+    n: int,
+    rng: np.random.Generator,
+    candidates: np.ndarray | None = None,
+) -> np.ndarray:
     """Sorted rows of ``n`` users to forget among ``candidates`` (default: all rows).
 
     ``random``: uniform; ``core``: the most active; ``edge``: the least active (ties broken

@@ -45,8 +45,15 @@ def item_vectors(attacker_data: sp.csr_matrix, dim: int, seed: int) -> np.ndarra
     return (vt.T * np.sqrt(s)[None, :]).astype(np.float32)
 
 
-def features(model: Scorer, keys: np.ndarray, history: sp.csr_matrix, vecs: np.ndarray,
-             *, n_rec: int = 100, batch: int = 1024) -> np.ndarray:
+def features(
+    model: Scorer,
+    keys: np.ndarray,
+    history: sp.csr_matrix,
+    vecs: np.ndarray,
+    *,
+    n_rec: int = 100,
+    batch: int = 1024,
+) -> np.ndarray:
     """(n, d) difference vectors: interacted-item centroid minus recommended-item centroid."""
     keys = np.asarray(keys).astype(str)
     # never more recommendations than there are unseen items for every user
@@ -75,19 +82,31 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     ends = np.r_[starts[1:], len(allv)]
     avg = (starts + ends + 1) / 2.0
     ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def auc_ci(pos: np.ndarray, neg: np.ndarray, *, resamples: int = 200, seed: int = 0,
-           level: float = 0.95) -> dict[str, Any]:
+def auc_ci(
+    pos: np.ndarray, neg: np.ndarray, *, resamples: int = 200, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """AUC with a percentile bootstrap interval (positives and negatives resampled apart)."""
     rng = np.random.default_rng(seed)
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
     point = auc(pos, neg)
-    boots = [auc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
-             for _ in range(resamples)] if len(pos) and len(neg) else []
-    ci = (np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]).round(4).tolist() if boots else None)
-    return {"auc": round(point, 4), "ci": ci, "positives": int(len(pos)), "negatives": int(len(neg))}
+    boots = (
+        [
+            auc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))])
+            for _ in range(resamples)
+        ]
+        if len(pos) and len(neg)
+        else []
+    )
+    ci = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]).round(4).tolist() if boots else None
+    return {
+        "auc": round(point, 4),
+        "ci": ci,
+        "positives": int(len(pos)),
+        "negatives": int(len(neg)),
+    }
 
 
 def has_power(ci: list[float] | tuple[float, ...] | None) -> bool:
@@ -110,20 +129,35 @@ class MembershipAttack:
         x = features(model, keys, history, self.vecs, n_rec=self.n_rec)
         return self.clf.predict_proba(self.scaler.transform(x))[:, 1]
 
-    def evidence(self, model: Scorer, pos: tuple[np.ndarray, sp.csr_matrix],
-                 neg: tuple[np.ndarray, sp.csr_matrix], *, resamples: int = 200,
-                 seed: int = 0) -> dict[str, Any]:
+    def evidence(
+        self,
+        model: Scorer,
+        pos: tuple[np.ndarray, sp.csr_matrix],
+        neg: tuple[np.ndarray, sp.csr_matrix],
+        *,
+        resamples: int = 200,
+        seed: int = 0,
+    ) -> dict[str, Any]:
         """AUC of users ``pos`` (e.g. the forgotten ones) against ``neg`` (never seen)."""
         sp_, sn = self.scores(model, *pos), self.scores(model, *neg)
-        return {**auc_ci(sp_, sn, resamples=resamples, seed=seed),
-                "mean_score_pos": round(float(sp_.mean()), 4) if len(sp_) else None,
-                "mean_score_neg": round(float(sn.mean()), 4) if len(sn) else None}
+        return {
+            **auc_ci(sp_, sn, resamples=resamples, seed=seed),
+            "mean_score_pos": round(float(sp_.mean()), 4) if len(sp_) else None,
+            "mean_score_neg": round(float(sn.mean()), 4) if len(sn) else None,
+        }
 
 
-def fit_attack(shadow_model: Scorer, members: tuple[np.ndarray, sp.csr_matrix],
-               nonmembers: tuple[np.ndarray, sp.csr_matrix], vecs: np.ndarray, *,
-               n_rec: int = 100, seed: int = 0, hidden: tuple[int, ...] = (32, 8),
-               resamples: int = 200) -> MembershipAttack:
+def fit_attack(
+    shadow_model: Scorer,
+    members: tuple[np.ndarray, sp.csr_matrix],
+    nonmembers: tuple[np.ndarray, sp.csr_matrix],
+    vecs: np.ndarray,
+    *,
+    n_rec: int = 100,
+    seed: int = 0,
+    hidden: tuple[int, ...] = (32, 8),
+    resamples: int = 200,
+) -> MembershipAttack:
     """Train the attack on the shadow model's members and non-members (70/30 split of each,
     the 30% scoring the attacker's strength)."""
     xm = features(shadow_model, *members, vecs, n_rec=n_rec)
@@ -135,10 +169,12 @@ def fit_attack(shadow_model: Scorer, members: tuple[np.ndarray, sp.csr_matrix],
     for c in (0, 1):
         idx = np.flatnonzero(y == c)
         test[rng.choice(idx, max(int(0.3 * len(idx)), 1), replace=False)] = True
+
     def fit(rows: np.ndarray) -> tuple[StandardScaler, MLPClassifier]:
         scaler = StandardScaler().fit(x[rows])
-        clf = MLPClassifier(hidden_layer_sizes=hidden, alpha=1e-3, max_iter=600,
-                            random_state=int(seed % 2**31))
+        clf = MLPClassifier(
+            hidden_layer_sizes=hidden, alpha=1e-3, max_iter=600, random_state=int(seed % 2**31)
+        )
         with warnings.catch_warnings():  # a capped, seeded fit: not converging is not an error
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(scaler.transform(x[rows]), y[rows])
@@ -152,8 +188,14 @@ def fit_attack(shadow_model: Scorer, members: tuple[np.ndarray, sp.csr_matrix],
     return MembershipAttack(vecs, scaler, clf, n_rec, shadow)
 
 
-def shadow_recommender(pool: InteractionData, *, n_shards: int, model_cfg: ModelConfig, seed: int,
-                       fold_in_reg: float = 1.0) -> Scorer:
+def shadow_recommender(
+    pool: InteractionData,
+    *,
+    n_shards: int,
+    model_cfg: ModelConfig,
+    seed: int,
+    fold_in_reg: float = 1.0,
+) -> Scorer:
     """A shadow of the served model's structure, trained on ``pool``: one BPR-MF, or (for a
     sharded ensemble) ``n_shards`` BPR-MF shards over a seeded random split with the mean
     aggregator. Fewer shards when the pool is too small for 10 users a shard."""
@@ -168,9 +210,17 @@ def shadow_recommender(pool: InteractionData, *, n_shards: int, model_cfg: Model
     return shards[0] if k == 1 else ShardedEnsemble(shards, MeanAggregator())
 
 
-def membership_audit(original: Scorer, unlearned: Scorer, forgotten: tuple[np.ndarray, sp.csr_matrix],
-                     pool: InteractionData, *, n_shards: int, model_cfg: ModelConfig, seed: int,
-                     fold_in_reg: float = 1.0) -> list[dict[str, Any]]:
+def membership_audit(
+    original: Scorer,
+    unlearned: Scorer,
+    forgotten: tuple[np.ndarray, sp.csr_matrix],
+    pool: InteractionData,
+    *,
+    n_shards: int,
+    model_cfg: ModelConfig,
+    seed: int,
+    fold_in_reg: float = 1.0,
+) -> list[dict[str, Any]]:
     """Per forgotten user, the membership evidence an unlearning job can give on its own:
 
     - the attack: a shadow of the served structure trained on half of ``pool`` (retained
@@ -184,19 +234,42 @@ def membership_audit(original: Scorer, unlearned: Scorer, forgotten: tuple[np.nd
     perm = rng.permutation(pool.n_users)
     half = pool.n_users // 2
     members, others = np.sort(perm[:half]), np.sort(perm[half:])
-    shadow = shadow_recommender(pool.subset(members), n_shards=n_shards, model_cfg=model_cfg, seed=seed,
-                                fold_in_reg=fold_in_reg)
+    shadow = shadow_recommender(
+        pool.subset(members),
+        n_shards=n_shards,
+        model_cfg=model_cfg,
+        seed=seed,
+        fold_in_reg=fold_in_reg,
+    )
     vecs = item_vectors(pool.train, 32, seed)
-    attack = fit_attack(shadow, (pool.user_keys[members], pool.train[members]),
-                        (pool.user_keys[others], pool.train[others]), vecs, seed=seed % 2**31)
+    attack = fit_attack(
+        shadow,
+        (pool.user_keys[members], pool.train[members]),
+        (pool.user_keys[others], pool.train[others]),
+        vecs,
+        seed=seed % 2**31,
+    )
     ref = (pool.user_keys[others], pool.train[others])
     out = []
     before, after = attack.scores(original, *forgotten), attack.scores(unlearned, *forgotten)
-    ref_before, ref_after = np.sort(attack.scores(original, *ref)), np.sort(attack.scores(unlearned, *ref))
-    for b, a in zip(before, after):
-        out.append({"original": round(float(b), 4), "unlearned": round(float(a), 4),
-                    "percentile_original": round(float(np.searchsorted(ref_before, b) / len(ref_before)), 4),
-                    "percentile_unlearned": round(float(np.searchsorted(ref_after, a) / len(ref_after)), 4),
-                    "attack_shadow_auc": attack.shadow["auc"], "attack_shadow_ci": attack.shadow["ci"],
-                    "shadow_shards": len(getattr(shadow, "shards", [shadow]))})
+    ref_before, ref_after = (
+        np.sort(attack.scores(original, *ref)),
+        np.sort(attack.scores(unlearned, *ref)),
+    )
+    for b, a in zip(before, after, strict=True):
+        out.append(
+            {
+                "original": round(float(b), 4),
+                "unlearned": round(float(a), 4),
+                "percentile_original": round(
+                    float(np.searchsorted(ref_before, b) / len(ref_before)), 4
+                ),
+                "percentile_unlearned": round(
+                    float(np.searchsorted(ref_after, a) / len(ref_after)), 4
+                ),
+                "attack_shadow_auc": attack.shadow["auc"],
+                "attack_shadow_ci": attack.shadow["ci"],
+                "shadow_shards": len(getattr(shadow, "shards", [shadow])),
+            }
+        )
     return out

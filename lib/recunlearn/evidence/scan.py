@@ -31,7 +31,11 @@ def folder_bytes(root: Path) -> int:
 
 def storage_bytes(root: Path) -> dict[str, int]:
     """Bytes on disk under each direct sub-folder of ``root`` (one per Delta table, ...)."""
-    return {d.name: folder_bytes(d) for d in sorted(root.iterdir()) if d.is_dir()} if root.is_dir() else {}
+    return (
+        {d.name: folder_bytes(d) for d in sorted(root.iterdir()) if d.is_dir()}
+        if root.is_dir()
+        else {}
+    )
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -50,7 +54,9 @@ def rows_with_keys(root: Path, keys: Iterable[str]) -> dict[str, int]:
             continue
         if "user_key" not in pq.read_schema(path).names:
             continue
-        col = pq.read_table(path, columns=["user_key"]).column("user_key").cast(pa.string())  # or a view
+        col = (
+            pq.read_table(path, columns=["user_key"]).column("user_key").cast(pa.string())
+        )  # or a view
         hits = pc.filter(col, pc.is_in(col, value_set=pa.array(keys)))
         found.update(hits.to_pylist())
     return {k: found.get(k, 0) for k in keys}
@@ -62,7 +68,9 @@ def rows_with_items(root: Path, items: Iterable[int]) -> dict[int, int]:
     found: Counter[int] = Counter()
     for path in _data_files(root, ("item_idx", "user_key")) if items else []:
         col = pq.read_table(path, columns=["item_idx"]).column("item_idx").cast(pa.int64())
-        found.update(pc.filter(col, pc.is_in(col, value_set=pa.array(items, pa.int64()))).to_pylist())
+        found.update(
+            pc.filter(col, pc.is_in(col, value_set=pa.array(items, pa.int64()))).to_pylist()
+        )
     return {i: found.get(i, 0) for i in items}
 
 
@@ -73,15 +81,22 @@ def rows_with_pairs(root: Path, pairs: Iterable[tuple[str, int]]) -> dict[tuple[
     found: Counter[str] = Counter()
     for path in _data_files(root, ("item_idx", "user_key")) if pairs else []:
         t = pq.read_table(path, columns=["user_key", "item_idx"])
-        joined = pc.binary_join_element_wise(t.column("user_key").cast(pa.string()),
-                                             pc.cast(t.column("item_idx"), pa.string()), "\x00")
+        joined = pc.binary_join_element_wise(
+            t.column("user_key").cast(pa.string()),
+            pc.cast(t.column("item_idx"), pa.string()),
+            "\x00",
+        )
         found.update(pc.filter(joined, pc.is_in(joined, value_set=wanted)).to_pylist())
     return {p: found.get(f"{p[0]}\x00{p[1]}", 0) for p in pairs}
 
 
 def _data_files(root: Path, columns: tuple[str, ...]) -> list[Path]:
-    return [p for p in parquet_files(root) if not any(t in p.parts for t in EVIDENCE_TABLES)
-            and set(columns) <= set(pq.read_schema(p).names)]
+    return [
+        p
+        for p in parquet_files(root)
+        if not any(t in p.parts for t in EVIDENCE_TABLES)
+        and set(columns) <= set(pq.read_schema(p).names)
+    ]
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -144,14 +159,18 @@ def _hadoop_checksum(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".crc")
 
 
-def delta_log_hits(root: Path, *, keys: Iterable[str],
-                   raw_ids: Iterable[str] | dict[str, str] = ()) -> dict[str, list[str]]:
+def delta_log_hits(
+    root: Path, *, keys: Iterable[str], raw_ids: Iterable[str] | dict[str, str] = ()
+) -> dict[str, list[str]]:
     """Log files that mention a forgotten ``user_key`` (outside the evidence tables) or a raw
     id (anywhere). ``raw_ids`` may map each raw id to the label reported for it (never the id
     itself). Returns {file: [what matched]}."""
     keys = set(keys)
-    raw = raw_ids if isinstance(raw_ids, dict) else {
-        str(r): f"raw id #{i}" for i, r in enumerate(sorted(map(str, raw_ids)))}
+    raw = (
+        raw_ids
+        if isinstance(raw_ids, dict)
+        else {str(r): f"raw id #{i}" for i, r in enumerate(sorted(map(str, raw_ids)))}
+    )
     hits: dict[str, list[str]] = {}
     for path in sorted(p for d in root.rglob("_delta_log") for p in d.rglob("*")):
         if not path.is_file() or _hadoop_checksum(path):
@@ -165,7 +184,9 @@ def delta_log_hits(root: Path, *, keys: Iterable[str],
         for action in _log_actions(path):
             values, parts = _action_values(action)
             if keys and not evidence and not text:
-                found += [f"user_key {k[:8]}..." for k in keys if any(k in v for v in values + parts)]
+                found += [
+                    f"user_key {k[:8]}..." for k in keys if any(k in v for v in values + parts)
+                ]
             if raw:
                 tokens = {t for v in values for t in _TOKEN.findall(v)}
                 found += [label for r, label in raw.items() if r in tokens]

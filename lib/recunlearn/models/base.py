@@ -57,7 +57,9 @@ class Recommender(ABC):
             out = torch.empty(len(rows), self.n_items)
             if known.any():
                 out[torch.from_numpy(np.flatnonzero(known))] = self.score(rows[known])
-            out[torch.from_numpy(np.flatnonzero(~known))] = self.score_history(history[np.flatnonzero(~known)])
+            out[torch.from_numpy(np.flatnonzero(~known))] = self.score_history(
+                history[np.flatnonzero(~known)]
+            )
             return out
 
     @abstractmethod
@@ -68,8 +70,9 @@ class Recommender(ABC):
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
         """Scores for users given only their interaction rows (fold-in)."""
 
-    def recommend(self, rows: np.ndarray, n: int, seen: sp.csr_matrix | None = None,
-                  exclude_seen: bool = True) -> np.ndarray:
+    def recommend(
+        self, rows: np.ndarray, n: int, seen: sp.csr_matrix | None = None, exclude_seen: bool = True
+    ) -> np.ndarray:
         """Top-``n`` item indices per user row; ``seen`` rows are excluded when asked."""
         from recunlearn.metrics import topk_excluding
 

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class BPRModule(nn.Module):
-    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, init_std: float, generator: torch.Generator
+    ) -> None:
         super().__init__()
         self.user = nn.Parameter(torch.empty(n_users, dim))
         self.item = nn.Parameter(torch.empty(n_items, dim))
@@ -52,9 +53,15 @@ class BPRModule(nn.Module):
 class BPRMF(Recommender):
     """Trained BPR-MF factors for the users in ``user_keys``."""
 
-    def __init__(self, user_keys: np.ndarray, user: torch.Tensor, item: torch.Tensor,
-                 bias: torch.Tensor, meta: dict[str, Any] | None = None,
-                 fold_in_reg: float = 1.0) -> None:
+    def __init__(
+        self,
+        user_keys: np.ndarray,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        bias: torch.Tensor,
+        meta: dict[str, Any] | None = None,
+        fold_in_reg: float = 1.0,
+    ) -> None:
         self.user_keys = np.asarray(user_keys).astype(str)
         self.user = user.detach().float().contiguous()
         self.item = item.detach().float().contiguous()
@@ -65,7 +72,9 @@ class BPRMF(Recommender):
         self._fold = None
 
     def score(self, rows: np.ndarray) -> torch.Tensor:
-        return self.user[torch.as_tensor(np.asarray(rows), dtype=torch.long)] @ self.item.T + self.bias
+        return (
+            self.user[torch.as_tensor(np.asarray(rows), dtype=torch.long)] @ self.item.T + self.bias
+        )
 
     def fold_in(self, history: sp.csr_matrix, *, chunk: int = 4096) -> torch.Tensor:
         """User vectors from interaction rows alone; the model's parameters never change.
@@ -83,13 +92,24 @@ class BPRMF(Recommender):
         return self.fold_in(history) @ self.item.T + self.bias
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "bpr", "user_keys": self.user_keys.tolist(), "user": self.user,
-                "item": self.item, "bias": self.bias, "meta": self.meta}
+        return {
+            "kind": "bpr",
+            "user_keys": self.user_keys.tolist(),
+            "user": self.user,
+            "item": self.item,
+            "bias": self.bias,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BPRMF:
-        return cls(np.asarray(state["user_keys"], dtype=str), state["user"], state["item"],
-                   state["bias"], state.get("meta"))
+        return cls(
+            np.asarray(state["user_keys"], dtype=str),
+            state["user"],
+            state["item"],
+            state["bias"],
+            state.get("meta"),
+        )
 
 
 def fold_matrix(item: torch.Tensor, reg: float) -> torch.Tensor:
@@ -100,21 +120,33 @@ def fold_matrix(item: torch.Tensor, reg: float) -> torch.Tensor:
     return torch.linalg.solve(gram, q.T).T.float()
 
 
-def linear_fold_in(history: sp.csr_matrix, item: torch.Tensor, bias: torch.Tensor, fold: torch.Tensor,
-                   *, chunk: int = 4096) -> torch.Tensor:
+def linear_fold_in(
+    history: sp.csr_matrix,
+    item: torch.Tensor,
+    bias: torch.Tensor,
+    fold: torch.Tensor,
+    *,
+    chunk: int = 4096,
+) -> torch.Tensor:
     """User vectors for a model scoring ``p . item[i] + bias[i]``, from history rows alone:
     the least-squares direction (``fold``, see :func:`fold_matrix`), scaled per user onto the
     trained users' logit scale (:func:`_logit_scale`)."""
     direction = torch.from_numpy(np.asarray(history.astype(np.float32) @ fold.numpy()))
     out = torch.empty_like(direction)
     for s in range(0, history.shape[0], chunk):
-        p = direction[s:s + chunk]
-        out[s:s + chunk] = p * _logit_scale(p @ item.T, history[s:s + chunk], bias)[:, None]
+        p = direction[s : s + chunk]
+        out[s : s + chunk] = p * _logit_scale(p @ item.T, history[s : s + chunk], bias)[:, None]
     return out
 
 
-def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *, steps: int = 30,
-                 tol: float = 1e-3) -> torch.Tensor:
+def _logit_scale(
+    s0: torch.Tensor,
+    history: sp.csr_matrix,
+    bias: torch.Tensor,
+    *,
+    steps: int = 30,
+    tol: float = 1e-3,
+) -> torch.Tensor:
     """Per-row a >= 0 maximising the class-balanced log-likelihood of the rows of ``history``
     (positives weighted 1/n_pos, the other items 1/n_neg) under sigmoid(a * s0 + bias).
 
@@ -140,7 +172,9 @@ def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *
         m, aa = len(active), a[active]
         ss = torch.sigmoid(torch.addcmul(bias, aa[:, None], s_act)).mul_(s_act)  # sig * s0
         all_g = ss.sum(1)
-        all_h = torch.einsum("ni,ni->n", ss, s_act) - torch.einsum("ni,ni->n", ss, ss)  # sig(1-sig)s0^2
+        all_h = torch.einsum("ni,ni->n", ss, s_act) - torch.einsum(
+            "ni,ni->n", ss, ss
+        )  # sig(1-sig)s0^2
         sig = torch.sigmoid(aa[r] * ps + pb)
         pos_g = torch.zeros(m).index_add_(0, r, (1 - sig) * ps)
         pos_s = torch.zeros(m).index_add_(0, r, sig * ps)
@@ -152,7 +186,9 @@ def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *
         lo[active], hi[active] = la, ha
         new = aa + grad / hess
         outside = (new <= la) | (new >= ha)
-        new = torch.where(outside, torch.where(torch.isinf(ha), 2 * aa.clamp(min=0.5), (la + ha) / 2), new)
+        new = torch.where(
+            outside, torch.where(torch.isinf(ha), 2 * aa.clamp(min=0.5), (la + ha) / 2), new
+        )
         a[active] = new
         moving = (new - aa).abs() > tol * new.clamp(min=1.0)
         if not moving.any():
@@ -167,10 +203,17 @@ def _logit_scale(s0: torch.Tensor, history: sp.csr_matrix, bias: torch.Tensor, *
     return a
 
 
-def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
-            adversary: nn.Module | None = None,
-            module: Callable[[torch.Generator], nn.Module] | None = None, init: BPRMF | None = None,
-            max_epochs: int | None = None, batch_size: int | None = None) -> tuple[BPRMF, dict[str, Any]]:
+def fit_bpr(
+    data: InteractionData,
+    cfg: ModelConfig,
+    *,
+    seed: int,
+    adversary: nn.Module | None = None,
+    module: Callable[[torch.Generator], nn.Module] | None = None,
+    init: BPRMF | None = None,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+) -> tuple[BPRMF, dict[str, Any]]:
     """Train BPR-MF on ``data.train``, early-stopping on ``data.valid`` (never on test).
 
     Deterministic for a given seed and data: every random draw comes from one generator.
@@ -179,8 +222,8 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
     ``module(generator)`` builds another module in place of BPR-MF's (LightGCN, NCF), drawing
     its initial values from the fit's generator: it has ``loss(u, i, j, reg)`` (j holds
     ``module.negatives`` negatives per positive, default 1), and ``embeddings()`` or
-    ``score_rows(rows)`` for validation; ``init`` warm-starts the users it knows and every item from a
-    trained model's parameters (sequential training); ``max_epochs`` and ``batch_size``
+    ``score_rows(rows)`` for validation; ``init`` warm-starts the users it knows and every item
+    from a trained model's parameters (sequential training); ``max_epochs`` and ``batch_size``
     override the config's.
     """
     t0 = time.perf_counter()
@@ -191,7 +234,9 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
     n_neg = getattr(module, "negatives", 1)  # negatives per positive (NCF's log loss takes several)
     if init is not None:
         _warm_start(module, data.user_keys, init)
-    params = list(module.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    params = list(module.parameters()) + (
+        list(adversary.parameters()) if adversary is not None else []
+    )
     opt = torch.optim.Adam(params, lr=cfg.lr)
     coo = data.train.tocoo()
     pos_u = torch.from_numpy(coo.row.astype(np.int64))
@@ -214,6 +259,7 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
 
                 def score(r: np.ndarray) -> torch.Tensor:
                     return users[torch.from_numpy(r)] @ items.T + bias
+
             m = evaluate(score, valid_users, data.train, data.valid, k=cfg.eval_k)
         return m[f"ndcg@{cfg.eval_k}"]
 
@@ -224,7 +270,7 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
         perm = torch.randperm(nnz, generator=g)
         total = 0.0
         for s in range(0, nnz, batch):
-            idx = perm[s:s + batch]
+            idx = perm[s : s + batch]
             u, i = pos_u[idx], pos_i[idx]
             j = torch.randint(n_items, (len(idx) * n_neg,), generator=g)
             uj = u if n_neg == 1 else u.repeat_interleave(n_neg)
@@ -255,9 +301,15 @@ def fit_bpr(data: InteractionData, cfg: ModelConfig, *, seed: int,
                     break
     if best_state is not None:
         module.load_state_dict(best_state)
-    stats = {"epochs": epochs, "best_epoch": best_epoch, "valid_ndcg": best,
-             "fit_seconds": time.perf_counter() - t0, "n_users": n_users, "n_train": nnz,
-             "curve": history}
+    stats = {
+        "epochs": epochs,
+        "best_epoch": best_epoch,
+        "valid_ndcg": best,
+        "fit_seconds": time.perf_counter() - t0,
+        "n_users": n_users,
+        "n_train": nnz,
+        "curve": history,
+    }
     if hasattr(module, "model"):  # a module that builds its own Recommender (LightGCN, NCF)
         return module.model(data.user_keys), stats
     return BPRMF(data.user_keys, module.user, module.item, module.bias), stats

@@ -56,13 +56,23 @@ def _inverse(gram: np.ndarray, lam: float) -> np.ndarray:
 
 
 class EASE(Recommender):
-    def __init__(self, user_keys: np.ndarray, x: sp.csr_matrix, *, lam: float,
-                 max_items: int = 20000, refresh_share: float = 0.25, p: np.ndarray | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        user_keys: np.ndarray,
+        x: sp.csr_matrix,
+        *,
+        lam: float,
+        max_items: int = 20000,
+        refresh_share: float = 0.25,
+        p: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         n_items = int(x.shape[1])
         if n_items > max_items:
-            raise ConfigError(f"EASE keeps two dense {n_items} x {n_items} float64 matrices "
-                              f"({16 * n_items**2 / 2**30:.1f} GiB); model.ease_max_items is {max_items}")
+            raise ConfigError(
+                f"EASE keeps two dense {n_items} x {n_items} float64 matrices "
+                f"({16 * n_items**2 / 2**30:.1f} GiB); model.ease_max_items is {max_items}"
+            )
         self.user_keys = np.asarray(user_keys).astype(str)
         self.x = binary_csr(x)
         self.n_items = n_items
@@ -71,7 +81,11 @@ class EASE(Recommender):
         self.refresh_share = float(refresh_share)
         self.meta = dict(meta or {})
         self.gram = np.asarray((self.x.T @ self.x).toarray(), dtype=np.float64)
-        self.p = _inverse(self.gram, self.lam) if p is None else np.ascontiguousarray(p, dtype=np.float64)
+        self.p = (
+            _inverse(self.gram, self.lam)
+            if p is None
+            else np.ascontiguousarray(p, dtype=np.float64)
+        )
         self._b: np.ndarray | None = None
 
     # ---- the weights
@@ -86,9 +100,10 @@ class EASE(Recommender):
     # ---- exact unlearning
     def _update(self, idx: np.ndarray | None, u: np.ndarray, s_inv: np.ndarray) -> dict[str, Any]:
         """``P`` for ``G + U S U^T`` (``G`` already updated), from ``S^-1``, where ``U`` is zero
-        outside the rows ``idx`` (None: every row) and ``u = U[idx]``: Woodbury, or a new inverse when the rank
-        makes that cheaper. ``P U`` reads only the rows ``idx`` of ``P`` (it is symmetric); the
-        rank-r correction is one in-place BLAS ``dgemm`` over ``P`` (no I x I temporary)."""
+        outside the rows ``idx`` (None: every row) and ``u = U[idx]``: Woodbury, or a new inverse
+        when the rank makes that cheaper. ``P U`` reads only the rows ``idx`` of ``P`` (it is
+        symmetric); the rank-r correction is one in-place BLAS ``dgemm`` over ``P`` (no I x I
+        temporary)."""
         from scipy.linalg.blas import dgemm
 
         t0 = time.perf_counter()
@@ -130,11 +145,13 @@ class EASE(Recommender):
         return {**stats, "users_removed": int(len(rows))}
 
     def forget_pairs(self, user_rows: np.ndarray, items: np.ndarray) -> dict[str, Any]:
-        """Remove single interactions (user row, item); pairs the model does not hold are ignored."""
+        """Remove single interactions (user row, item); pairs the model does not hold are
+        ignored."""
         rows, old, new = without_pairs(self.x, user_rows, items)
         d = (old - new).tocsr()
         idx = self._gram_block_update(old, new)
-        # two columns per user, [x_u, d_u], with S = [[0, -1], [-1, 1]] and S^-1 = [[-1, -1], [-1, 0]]
+        # two columns per user, [x_u, d_u], with S = [[0, -1], [-1, 1]]
+        # and S^-1 = [[-1, -1], [-1, 0]]
         m = len(rows)
         u = np.empty((len(idx), 2 * m))
         u[:, 0::2], u[:, 1::2] = old[:, idx].T.toarray(), d[:, idx].T.toarray()
@@ -178,26 +195,41 @@ class EASE(Recommender):
         return self.score_history(self.x[np.asarray(rows)])
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "ease", "user_keys": self.user_keys.tolist(), "lam": self.lam,
-                "max_items": self.max_items, "refresh_share": self.refresh_share, **csr_state(self.x),
-                "p": torch.from_numpy(self.p), "meta": self.meta}
+        return {
+            "kind": "ease",
+            "user_keys": self.user_keys.tolist(),
+            "lam": self.lam,
+            "max_items": self.max_items,
+            "refresh_share": self.refresh_share,
+            **csr_state(self.x),
+            "p": torch.from_numpy(self.p),
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EASE:
-        return cls(np.asarray(state["user_keys"], dtype=str), csr_from_state(state), lam=state["lam"],
-                   max_items=state["max_items"], refresh_share=state["refresh_share"],
-                   p=state["p"].numpy(), meta=state.get("meta"))
+        return cls(
+            np.asarray(state["user_keys"], dtype=str),
+            csr_from_state(state),
+            lam=state["lam"],
+            max_items=state["max_items"],
+            refresh_share=state["refresh_share"],
+            p=state["p"].numpy(),
+            meta=state.get("meta"),
+        )
 
 
-def fit_ease(user_keys: np.ndarray, x: sp.csr_matrix, *, lam: float,
-             max_items: int = 20000) -> tuple[EASE, dict[str, Any]]:
+def fit_ease(
+    user_keys: np.ndarray, x: sp.csr_matrix, *, lam: float, max_items: int = 20000
+) -> tuple[EASE, dict[str, Any]]:
     t0 = time.perf_counter()
     model = EASE(user_keys, x, lam=lam, max_items=max_items)
     return model, {"fit_seconds": time.perf_counter() - t0}
 
 
-def fit(data: Any, cfg: Any, *, seed: int, init: Any = None,
-        max_epochs: int | None = None) -> tuple[EASE, dict[str, Any]]:
+def fit(
+    data: Any, cfg: Any, *, seed: int, init: Any = None, max_epochs: int | None = None
+) -> tuple[EASE, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: the closed form from ``model.ease_*`` (no seed, no
     warm start: a function of the data alone)."""
     return fit_ease(data.user_keys, data.train, lam=cfg.ease_lambda, max_items=cfg.ease_max_items)

@@ -39,8 +39,17 @@ DENSE_ITEMS = 6000  # up to this many items the counts are a dense array (6000^2
 
 
 class ItemKNN(Recommender):
-    def __init__(self, user_keys: np.ndarray, x: sp.csr_matrix, *, k: int = 50, shrink: float = 0.0,
-                 chunk: int = 1024, dense_items: int = DENSE_ITEMS, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        user_keys: np.ndarray,
+        x: sp.csr_matrix,
+        *,
+        k: int = 50,
+        shrink: float = 0.0,
+        chunk: int = 1024,
+        dense_items: int = DENSE_ITEMS,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.user_keys = np.asarray(user_keys).astype(str)
         self.x = binary_csr(x)
         self.n_items = int(x.shape[1])
@@ -52,7 +61,9 @@ class ItemKNN(Recommender):
         cooc = (self.x.T @ self.x).tocsr().astype(np.float64)
         # Small catalogues keep the counts dense (row and block reads, in-place updates);
         # large ones sparse. Either way the values are the same integers.
-        self.cooc: np.ndarray | sp.csr_matrix = cooc.toarray() if self.n_items <= dense_items else cooc
+        self.cooc: np.ndarray | sp.csr_matrix = (
+            cooc.toarray() if self.n_items <= dense_items else cooc
+        )
         self.counts = cooc.diagonal().copy()  # C_ii: each item's number of users
         self.neighbours = np.full((self.n_items, self.k), -1, dtype=np.int64)
         self.sims = np.zeros((self.n_items, self.k))  # float64: exactly what a rebuild computes
@@ -63,7 +74,7 @@ class ItemKNN(Recommender):
         """Top-k neighbours of ``items`` from the current counts (one code path for build and
         update, so both give identical rows), in chunks of rows."""
         for s in range(0, len(items), self.chunk):
-            rows = np.asarray(items[s:s + self.chunk])
+            rows = np.asarray(items[s : s + self.chunk])
             self._store_top(rows, self._sim_rows(rows))
 
     def _store_top(self, rows: np.ndarray, sim: np.ndarray) -> None:
@@ -95,8 +106,10 @@ class ItemKNN(Recommender):
         if self._matrix is None:
             keep = self.neighbours >= 0
             rows = np.repeat(np.arange(self.n_items), keep.sum(1))
-            self._matrix = sp.csr_matrix((self.sims[keep].astype(np.float32), (rows, self.neighbours[keep])),
-                                         shape=(self.n_items, self.n_items))
+            self._matrix = sp.csr_matrix(
+                (self.sims[keep].astype(np.float32), (rows, self.neighbours[keep])),
+                shape=(self.n_items, self.n_items),
+            )
         return self._matrix
 
     def update_rows(self, rows: np.ndarray, new_rows: sp.csr_matrix) -> dict[str, int]:
@@ -143,8 +156,11 @@ class ItemKNN(Recommender):
             self._recompute(moved)
         if len(fallback):
             self._recompute(fallback)
-        return {"counts_changed": changed, "index_rows_recomputed": int(len(moved) + len(fallback)),
-                "index_rows_merged": int(merged)}
+        return {
+            "counts_changed": changed,
+            "index_rows_recomputed": int(len(moved) + len(fallback)),
+            "index_rows_merged": int(merged),
+        }
 
     def _merge_untouched(self, moved: np.ndarray, sim: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Repair the lists of the items whose own counts did not change, without scanning
@@ -227,8 +243,11 @@ class ItemKNN(Recommender):
         top[plain], out[plain] = pc, pv
         vals = out
         last = last[rows]
-        risky = (last > 0) & (vals[:, -1] == last) & ((vals == vals[:, -1:]) & is_moved[np.maximum(top, 0)]
-                                                      & (top >= 0)).any(1)
+        risky = (
+            (last > 0)
+            & (vals[:, -1] == last)
+            & ((vals == vals[:, -1:]) & is_moved[np.maximum(top, 0)] & (top >= 0)).any(1)
+        )
         ok = ~risky
         top[vals <= 0] = -1
         self.neighbours[rows[ok]] = top[ok]
@@ -253,7 +272,9 @@ class ItemKNN(Recommender):
     def forget_users(self, keys: np.ndarray) -> dict[str, int]:
         """Remove users entirely: their rows and keys leave the model."""
         rows = self.held_rows(keys)
-        stats = self._repair(self.x[rows], sp.csr_matrix((len(rows), self.n_items), dtype=np.float32))
+        stats = self._repair(
+            self.x[rows], sp.csr_matrix((len(rows), self.n_items), dtype=np.float32)
+        )
         self.user_keys, self.x = drop_rows(self.user_keys, self.x, rows)
         return {**stats, "users_removed": int(len(rows))}
 
@@ -282,16 +303,31 @@ class ItemKNN(Recommender):
         return self.score_history(self.x[np.asarray(rows)])
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "itemknn", "user_keys": self.user_keys.tolist(), "k": self.k,
-                "shrink": self.shrink, "dense_items": self.dense_items, **csr_state(self.x), "meta": self.meta}
+        return {
+            "kind": "itemknn",
+            "user_keys": self.user_keys.tolist(),
+            "k": self.k,
+            "shrink": self.shrink,
+            "dense_items": self.dense_items,
+            **csr_state(self.x),
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ItemKNN:
-        return cls(np.asarray(state["user_keys"], dtype=str), csr_from_state(state), k=state["k"], shrink=state["shrink"],
-                   dense_items=state.get("dense_items", DENSE_ITEMS), meta=state.get("meta"))
+        return cls(
+            np.asarray(state["user_keys"], dtype=str),
+            csr_from_state(state),
+            k=state["k"],
+            shrink=state["shrink"],
+            dense_items=state.get("dense_items", DENSE_ITEMS),
+            meta=state.get("meta"),
+        )
 
 
-def _sorted_top(cand: np.ndarray, vals: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _sorted_top(
+    cand: np.ndarray, vals: np.ndarray, k: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` candidates of largest value, ties to the lower index (padding,
     cand -1, after everything), in that order. A stable sort by value (fast on the nearly
     sorted rows the merge gives it) is already right unless two equal positive values came
@@ -302,7 +338,10 @@ def _sorted_top(cand: np.ndarray, vals: np.ndarray, k: int, n: int) -> tuple[np.
     if wrong.any():
         cw = cand[wrong]
         order[wrong] = np.lexsort((np.where(cw >= 0, cw, n), -vals[wrong]), axis=1)
-        v[wrong], c[wrong] = np.take_along_axis(vals[wrong], order[wrong], 1), np.take_along_axis(cw, order[wrong], 1)
+        v[wrong], c[wrong] = (
+            np.take_along_axis(vals[wrong], order[wrong], 1),
+            np.take_along_axis(cw, order[wrong], 1),
+        )
     return c[:, :k], v[:, :k]
 
 
@@ -310,7 +349,7 @@ def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
     """Columns of the k largest values per row; ties at the k-th value go to the lowest
     column index, so the choice depends on the values alone (never on how a selection
     algorithm happens to visit them), which keeps incremental rows equal to rebuilt ones."""
-    kth = np.take_along_axis(sim, np.argpartition(-sim, k - 1, axis=1)[:, k - 1:k], axis=1)
+    kth = np.take_along_axis(sim, np.argpartition(-sim, k - 1, axis=1)[:, k - 1 : k], axis=1)
     above = sim > kth
     tied = sim == kth
     need = k - above.sum(1, keepdims=True)
@@ -322,8 +361,9 @@ def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(chosen)[1].reshape(sim.shape[0], k)
 
 
-def fit(data: Any, cfg: Any, *, seed: int, init: Any = None,
-        max_epochs: int | None = None) -> tuple[ItemKNN, dict[str, Any]]:
+def fit(
+    data: Any, cfg: Any, *, seed: int, init: Any = None, max_epochs: int | None = None
+) -> tuple[ItemKNN, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: the index from ``model.knn_*`` (a function of the
     data alone)."""
     t0 = time.perf_counter()

@@ -37,9 +37,12 @@ def normalised_adjacency(train: sp.csr_matrix) -> torch.Tensor:
     a.sort_indices()
     with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is what we use
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(a.indptr.astype(np.int64)),
-                                       torch.from_numpy(a.indices.astype(np.int64)),
-                                       torch.from_numpy(a.data), size=a.shape)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(a.indptr.astype(np.int64)),
+            torch.from_numpy(a.indices.astype(np.int64)),
+            torch.from_numpy(a.data),
+            size=a.shape,
+        )
 
 
 class _SymmetricProduct(torch.autograd.Function):
@@ -56,8 +59,14 @@ class _SymmetricProduct(torch.autograd.Function):
 
 
 class LightGCNModule(nn.Module):
-    def __init__(self, train: sp.csr_matrix, dim: int, layers: int, init_std: float,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        dim: int,
+        layers: int,
+        init_std: float,
+        generator: torch.Generator,
+    ) -> None:
         super().__init__()
         self.n_users, n_items = train.shape
         self.layers = layers
@@ -75,7 +84,7 @@ class LightGCNModule(nn.Module):
             e = _SymmetricProduct.apply(self.adj, e)
             total = total + e
         total = total / (self.layers + 1)
-        return total[:self.n_users], total[self.n_users:]
+        return total[: self.n_users], total[self.n_users :]
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         users, items = self.propagate()
@@ -87,23 +96,45 @@ class LightGCNModule(nn.Module):
         x = (pu * (qi - qj)).sum(1)
         # L2 on the layer-0 embeddings of the batch, as in the paper
         emb = nn.functional.embedding
-        penalty = emb(u, self.user).pow(2).sum() + emb(i, self.item).pow(2).sum() + emb(j, self.item).pow(2).sum()
+        penalty = (
+            emb(u, self.user).pow(2).sum()
+            + emb(i, self.item).pow(2).sum()
+            + emb(j, self.item).pow(2).sum()
+        )
         return -nn.functional.logsigmoid(x).mean() + reg * penalty / len(u)
 
     def model(self, user_keys: np.ndarray) -> LightGCN:
         with torch.no_grad():
             users, items = self.propagate()
-        return LightGCN(user_keys, users, items, self.bias.detach(),
-                        base=(self.user.detach().clone(), self.item.detach().clone(), self.bias.detach().clone()),
-                        layers=self.layers)
+        return LightGCN(
+            user_keys,
+            users,
+            items,
+            self.bias.detach(),
+            base=(
+                self.user.detach().clone(),
+                self.item.detach().clone(),
+                self.bias.detach().clone(),
+            ),
+            layers=self.layers,
+        )
 
 
 class LightGCN(BPRMF):
     """A trained LightGCN: propagated embeddings served as a factor model (see module doc)."""
 
-    def __init__(self, user_keys: np.ndarray, user: torch.Tensor, item: torch.Tensor, bias: torch.Tensor,
-                 meta: dict[str, Any] | None = None, fold_in_reg: float = 1.0, *,
-                 base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, layers: int = 3) -> None:
+    def __init__(
+        self,
+        user_keys: np.ndarray,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        bias: torch.Tensor,
+        meta: dict[str, Any] | None = None,
+        fold_in_reg: float = 1.0,
+        *,
+        base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        layers: int = 3,
+    ) -> None:
         super().__init__(user_keys, user, item, bias, meta, fold_in_reg)
         self.base = base
         self.layers = layers
@@ -117,17 +148,37 @@ class LightGCN(BPRMF):
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LightGCN:
         b = state.get("base")
-        return cls(np.asarray(state["user_keys"], dtype=str), state["user"], state["item"], state["bias"],
-                   state.get("meta"), base=(b["user"], b["item"], b["bias"]) if b else None,
-                   layers=int(state.get("layers", 3)))
+        return cls(
+            np.asarray(state["user_keys"], dtype=str),
+            state["user"],
+            state["item"],
+            state["bias"],
+            state.get("meta"),
+            base=(b["user"], b["item"], b["bias"]) if b else None,
+            layers=int(state.get("layers", 3)),
+        )
 
 
-def fit_lightgcn(data: InteractionData, cfg: ModelConfig, *, seed: int, init: BPRMF | None = None,
-                 max_epochs: int | None = None) -> tuple[LightGCN, dict[str, Any]]:
+def fit_lightgcn(
+    data: InteractionData,
+    cfg: ModelConfig,
+    *,
+    seed: int,
+    init: BPRMF | None = None,
+    max_epochs: int | None = None,
+) -> tuple[LightGCN, dict[str, Any]]:
     """Train LightGCN on ``data.train`` with ``fit_bpr``'s loop (sampling, early stopping on
     ``data.valid``, one seeded generator), the graph being the shard's own training pairs."""
+
     def build(g: torch.Generator) -> LightGCNModule:
         return LightGCNModule(data.train, cfg.dim, cfg.lightgcn_layers, cfg.init_std, g)
 
-    return fit_bpr(data, cfg, seed=seed, module=build, init=init, max_epochs=max_epochs,
-                   batch_size=cfg.lightgcn_batch_size)
+    return fit_bpr(
+        data,
+        cfg,
+        seed=seed,
+        module=build,
+        init=init,
+        max_epochs=max_epochs,
+        batch_size=cfg.lightgcn_batch_size,
+    )

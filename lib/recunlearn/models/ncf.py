@@ -36,8 +36,16 @@ if TYPE_CHECKING:
 
 
 class NCFModule(nn.Module):
-    def __init__(self, n_users: int, n_items: int, dim: int, layers: list[int], init_std: float,
-                 generator: torch.Generator, negatives: int = 4) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        layers: list[int],
+        init_std: float,
+        generator: torch.Generator,
+        negatives: int = 4,
+    ) -> None:
         super().__init__()
         self.negatives = negatives
         self.gmf_user = nn.Parameter(torch.empty(n_users, dim))
@@ -47,20 +55,26 @@ class NCFModule(nn.Module):
         for p in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
             nn.init.normal_(p, std=init_std, generator=generator)
         widths = [2 * dim, *layers]
-        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.mlp = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         self.out = nn.Linear(dim + widths[-1], 1)
         for lin in [*self.mlp, self.out]:
             bound = 1.0 / np.sqrt(lin.in_features)
             nn.init.uniform_(lin.weight, -bound, bound, generator=generator)
             nn.init.zeros_(lin.bias)
 
-    def logits(self, gu: torch.Tensor, mu: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self, gu: torch.Tensor, mu: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (n, m) of n users (their GMF and MLP vectors) against items (all if None)."""
         gi = self.gmf_item if items is None else self.gmf_item[items]
         mi = self.mlp_item if items is None else self.mlp_item[items]
         d = gu.shape[1]
         first = self.mlp[0]
-        h = (mu @ first.weight[:, :d].T)[:, None, :] + (mi @ first.weight[:, d:].T + first.bias)[None, :, :]
+        h = (mu @ first.weight[:, :d].T)[:, None, :] + (mi @ first.weight[:, d:].T + first.bias)[
+            None, :, :
+        ]
         h = torch.relu(h)
         for lin in self.mlp[1:]:
             h = torch.relu(lin(h))
@@ -79,17 +93,34 @@ class NCFModule(nn.Module):
         uj = u.repeat_interleave(self.negatives)
         pos, neg = self.pair_logits(u, i), self.pair_logits(uj, j)
         bce = nn.functional.binary_cross_entropy_with_logits
-        data = (bce(pos, torch.ones_like(pos), reduction="sum")
-                + bce(neg, torch.zeros_like(neg), reduction="sum")) / (len(pos) + len(neg))
+        data = (
+            bce(pos, torch.ones_like(pos), reduction="sum")
+            + bce(neg, torch.zeros_like(neg), reduction="sum")
+        ) / (len(pos) + len(neg))
         emb = nn.functional.embedding
-        penalty = sum(emb(x, t).pow(2).sum() for x, t in ((u, self.gmf_user), (u, self.mlp_user),
-                                                          (i, self.gmf_item), (i, self.mlp_item)))
+        penalty = sum(
+            emb(x, t).pow(2).sum()
+            for x, t in (
+                (u, self.gmf_user),
+                (u, self.mlp_user),
+                (i, self.gmf_item),
+                (i, self.mlp_item),
+            )
+        )
         return data + reg * penalty / len(u)
 
     def score_rows(self, rows: np.ndarray, chunk: int = 128) -> torch.Tensor:
         r = torch.as_tensor(np.asarray(rows), dtype=torch.long)
-        return torch.cat([self.logits(self.gmf_user[r[s:s + chunk]], self.mlp_user[r[s:s + chunk]])
-                          for s in range(0, len(r), chunk)]) if len(r) else torch.empty(0, self.gmf_item.shape[0])
+        return (
+            torch.cat(
+                [
+                    self.logits(self.gmf_user[r[s : s + chunk]], self.mlp_user[r[s : s + chunk]])
+                    for s in range(0, len(r), chunk)
+                ]
+            )
+            if len(r)
+            else torch.empty(0, self.gmf_item.shape[0])
+        )
 
     def warm_start(self, keys: np.ndarray, init: NCF) -> None:
         src = init.module
@@ -101,7 +132,7 @@ class NCFModule(nn.Module):
                 getattr(self, name).copy_(getattr(src, name))
             for name in ("gmf_user", "mlp_user"):
                 getattr(self, name)[known] = getattr(src, name)[at]
-            for a, b in zip([*self.mlp, self.out], [*src.mlp, src.out]):
+            for a, b in zip([*self.mlp, self.out], [*src.mlp, src.out], strict=True):
                 a.load_state_dict(b.state_dict())
 
     def model(self, user_keys: np.ndarray) -> NCF:
@@ -111,9 +142,16 @@ class NCFModule(nn.Module):
 class NCF(Recommender):
     """A trained NeuMF for the users in ``user_keys`` (see module doc)."""
 
-    def __init__(self, user_keys: np.ndarray, module: NCFModule, meta: dict[str, Any] | None = None,
-                 fold_in_steps: int = 30, fold_in_lr: float = 0.05, fold_in_mode: str = "linear",
-                 fold_in_reg: float = 1.0) -> None:
+    def __init__(
+        self,
+        user_keys: np.ndarray,
+        module: NCFModule,
+        meta: dict[str, Any] | None = None,
+        fold_in_steps: int = 30,
+        fold_in_lr: float = 0.05,
+        fold_in_mode: str = "linear",
+        fold_in_reg: float = 1.0,
+    ) -> None:
         self.user_keys = np.asarray(user_keys).astype(str)
         self.module = module.eval()
         for p in self.module.parameters():
@@ -146,7 +184,9 @@ class NCF(Recommender):
         item, term, fold = self.linear_view()
         return linear_fold_in(history, item, term, fold)
 
-    def fold_in(self, history: sp.csr_matrix, *, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def fold_in(
+        self, history: sp.csr_matrix, *, chunk: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """GMF and MLP user vectors for ``history`` rows, everything else frozen (see the
         module doc for the two modes)."""
         m = self.module
@@ -156,21 +196,27 @@ class NCF(Recommender):
             return self._linear_fold_in(history), mu0.repeat(n, 1)
         out_g, out_m = m.gmf_user.mean(0).repeat(n, 1), mu0.repeat(n, 1)
         for s in range(0, n, chunk):
-            x = torch.from_numpy(history[s:s + chunk].toarray() > 0).float()
+            x = torch.from_numpy(history[s : s + chunk].toarray() > 0).float()
             n_pos = x.sum(1, keepdim=True)
-            w = torch.where(x > 0, 1.0 / n_pos.clamp(min=1), 1.0 / (self.n_items - n_pos).clamp(min=1))
-            gu = out_g[s:s + chunk].clone().requires_grad_(True)
-            mu = out_m[s:s + chunk].clone().requires_grad_(True)
+            w = torch.where(
+                x > 0, 1.0 / n_pos.clamp(min=1), 1.0 / (self.n_items - n_pos).clamp(min=1)
+            )
+            gu = out_g[s : s + chunk].clone().requires_grad_(True)
+            mu = out_m[s : s + chunk].clone().requires_grad_(True)
             opt = torch.optim.Adam([gu, mu], lr=self.fold_in_lr)
             with torch.enable_grad():
                 for _ in range(self.fold_in_steps):
                     # a sum of per-user losses: each user's vectors move on their own history only
-                    loss = (w * nn.functional.binary_cross_entropy_with_logits(
-                        m.logits(gu, mu), x, reduction="none")).sum()
+                    loss = (
+                        w
+                        * nn.functional.binary_cross_entropy_with_logits(
+                            m.logits(gu, mu), x, reduction="none"
+                        )
+                    ).sum()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-            out_g[s:s + chunk], out_m[s:s + chunk] = gu.detach(), mu.detach()
+            out_g[s : s + chunk], out_m[s : s + chunk] = gu.detach(), mu.detach()
         return out_g, out_m
 
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
@@ -179,35 +225,75 @@ class NCF(Recommender):
             return self._linear_fold_in(history) @ item.T + term
         gu, mu = self.fold_in(history)
         with torch.no_grad():
-            return torch.cat([self.module.logits(gu[s:s + 128], mu[s:s + 128])
-                              for s in range(0, len(gu), 128)]) if len(gu) else torch.empty(0, self.n_items)
+            return (
+                torch.cat(
+                    [
+                        self.module.logits(gu[s : s + 128], mu[s : s + 128])
+                        for s in range(0, len(gu), 128)
+                    ]
+                )
+                if len(gu)
+                else torch.empty(0, self.n_items)
+            )
 
     def state(self) -> dict[str, Any]:
         m = self.module
-        return {"kind": "ncf", "user_keys": self.user_keys.tolist(), "params": m.state_dict(),
-                "shape": [m.gmf_user.shape[0], self.n_items, m.gmf_user.shape[1]],
-                "layers": [lin.out_features for lin in m.mlp], "negatives": m.negatives,
-                "meta": self.meta, "fold_in": [self.fold_in_steps, self.fold_in_lr],
-                "fold_in_mode": self.fold_in_mode}
+        return {
+            "kind": "ncf",
+            "user_keys": self.user_keys.tolist(),
+            "params": m.state_dict(),
+            "shape": [m.gmf_user.shape[0], self.n_items, m.gmf_user.shape[1]],
+            "layers": [lin.out_features for lin in m.mlp],
+            "negatives": m.negatives,
+            "meta": self.meta,
+            "fold_in": [self.fold_in_steps, self.fold_in_lr],
+            "fold_in_mode": self.fold_in_mode,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> NCF:
         n_users, n_items, dim = state["shape"]
-        module = NCFModule(n_users, n_items, dim, list(state["layers"]), 0.1,
-                           torch.Generator().manual_seed(0), negatives=int(state["negatives"]))
+        module = NCFModule(
+            n_users,
+            n_items,
+            dim,
+            list(state["layers"]),
+            0.1,
+            torch.Generator().manual_seed(0),
+            negatives=int(state["negatives"]),
+        )
         module.load_state_dict(state["params"])
         steps, lr = state.get("fold_in", [30, 0.05])
-        return cls(np.asarray(state["user_keys"], dtype=str), module, state.get("meta"),
-                   fold_in_steps=int(steps), fold_in_lr=float(lr),
-                   fold_in_mode=state.get("fold_in_mode", "linear"))
+        return cls(
+            np.asarray(state["user_keys"], dtype=str),
+            module,
+            state.get("meta"),
+            fold_in_steps=int(steps),
+            fold_in_lr=float(lr),
+            fold_in_mode=state.get("fold_in_mode", "linear"),
+        )
 
 
-def fit_ncf(data: InteractionData, cfg: ModelConfig, *, seed: int, init: NCF | None = None,
-            max_epochs: int | None = None) -> tuple[NCF, dict[str, Any]]:
+def fit_ncf(
+    data: InteractionData,
+    cfg: ModelConfig,
+    *,
+    seed: int,
+    init: NCF | None = None,
+    max_epochs: int | None = None,
+) -> tuple[NCF, dict[str, Any]]:
     """Train NeuMF on ``data.train`` with ``fit_bpr``'s loop (see module doc)."""
+
     def build(g: torch.Generator) -> NCFModule:
-        return NCFModule(data.n_users, data.n_items, cfg.dim, list(cfg.ncf_layers), cfg.init_std, g,
-                         negatives=cfg.ncf_negatives)
+        return NCFModule(
+            data.n_users,
+            data.n_items,
+            cfg.dim,
+            list(cfg.ncf_layers),
+            cfg.init_std,
+            g,
+            negatives=cfg.ncf_negatives,
+        )
 
     model, stats = fit_bpr(data, cfg, seed=seed, module=build, init=init, max_epochs=max_epochs)
     model.fold_in_steps, model.fold_in_mode = cfg.ncf_fold_in_steps, cfg.ncf_fold_in

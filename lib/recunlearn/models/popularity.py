@@ -27,7 +27,9 @@ from recunlearn.models.base import Recommender
 
 
 class Popularity(Recommender):
-    def __init__(self, user_keys: np.ndarray, x: sp.csr_matrix, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, user_keys: np.ndarray, x: sp.csr_matrix, meta: dict[str, Any] | None = None
+    ) -> None:
         self.user_keys = np.asarray(user_keys).astype(str)
         self.x = binary_csr(x)
         self.n_items = int(x.shape[1])
@@ -71,15 +73,23 @@ class Popularity(Recommender):
         return self.score(np.arange(history.shape[0]))
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "popularity", "user_keys": self.user_keys.tolist(), **csr_state(self.x), "meta": self.meta}
+        return {
+            "kind": "popularity",
+            "user_keys": self.user_keys.tolist(),
+            **csr_state(self.x),
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Popularity:
-        return cls(np.asarray(state["user_keys"], dtype=str), csr_from_state(state), meta=state.get("meta"))
+        return cls(
+            np.asarray(state["user_keys"], dtype=str), csr_from_state(state), meta=state.get("meta")
+        )
 
 
-def fit(data: Any, cfg: Any, *, seed: int, init: Any = None,
-        max_epochs: int | None = None) -> tuple[Popularity, dict[str, Any]]:
+def fit(
+    data: Any, cfg: Any, *, seed: int, init: Any = None, max_epochs: int | None = None
+) -> tuple[Popularity, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: counts of ``data.train`` (no seed, no warm start)."""
     t0 = time.perf_counter()
     model = Popularity(data.user_keys, data.train)

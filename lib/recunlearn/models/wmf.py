@@ -5,7 +5,8 @@ Objective, over every user-item cell: sum c_ui (p_ui - x_u . y_i)^2 + reg (|X|^2
 p_ui = 1 and c_ui = 1 + alpha on observed pairs, p_ui = 0 and c_ui = 1 elsewhere. A user's
 normal equations, the items fixed, are
 
-    A_u x_u = b_u,  A_u = Y^T Y + alpha sum_{i in I_u} y_i y_i^T + reg I,  b_u = (1 + alpha) sum_{i in I_u} y_i
+    A_u x_u = b_u,  A_u = Y^T Y + alpha sum_{i in I_u} y_i y_i^T + reg I,
+                    b_u = (1 + alpha) sum_{i in I_u} y_i
 
 and symmetrically for items. *Converged* means one thing everywhere in this module: every row,
 on both sides, satisfies its normal equations to a relative residual |A x - b| / |b| <= tol (a
@@ -39,6 +40,7 @@ from recunlearn.models.base import Recommender
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
+
 @dataclass
 class _Side:
     """One side of the factorisation: its factors, its rows of the binary matrix, and the
@@ -54,10 +56,21 @@ class _Side:
 class WMF(Recommender):
     """Implicit-ALS factors for the users in ``user_keys`` and every item."""
 
-    def __init__(self, user_keys: np.ndarray, x: np.ndarray, y: np.ndarray, r: sp.csr_matrix, *,
-                 alpha: float = 10.0, reg: float = 0.1, tol: float = 1e-3, cg_steps: int = 12,
-                 max_rounds: int = 500, meta: dict[str, Any] | None = None,
-                 fresh: bool = False) -> None:
+    def __init__(
+        self,
+        user_keys: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        r: sp.csr_matrix,
+        *,
+        alpha: float = 10.0,
+        reg: float = 0.1,
+        tol: float = 1e-3,
+        cg_steps: int = 12,
+        max_rounds: int = 500,
+        meta: dict[str, Any] | None = None,
+        fresh: bool = False,
+    ) -> None:
         self.user_keys = np.asarray(user_keys).astype(str)
         self.n_items = int(y.shape[0])
         self.alpha, self.reg, self.tol = float(alpha), float(reg), float(tol)
@@ -83,12 +96,22 @@ class WMF(Recommender):
     def _gram(self, side: _Side) -> np.ndarray:
         return side.f.T @ side.f
 
-    def _apply(self, m: sp.csr_matrix, v: np.ndarray, other: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    def _apply(
+        self, m: sp.csr_matrix, v: np.ndarray, other: np.ndarray, gram: np.ndarray
+    ) -> np.ndarray:
         """A v for the rows of ``m`` (one vector per row): v (G + reg I) + alpha sum y (y . v)."""
         return v @ gram + self.reg * v + _spmm(m, self.alpha * _sddmm(m, v, other), other)
 
-    def _cg(self, m: sp.csr_matrix, other: np.ndarray, gram: np.ndarray, x: np.ndarray,
-            r: np.ndarray, goal: np.ndarray, steps: int) -> np.ndarray:
+    def _cg(
+        self,
+        m: sp.csr_matrix,
+        other: np.ndarray,
+        gram: np.ndarray,
+        x: np.ndarray,
+        r: np.ndarray,
+        goal: np.ndarray,
+        steps: int,
+    ) -> np.ndarray:
         """Conjugate gradient, one system per row of ``m`` (vectorised), from ``x`` with
         residual ``r`` = b - A x; a row stops once its squared residual is <= ``goal``."""
         p, rr = r.copy(), (r * r).sum(1)
@@ -126,7 +149,9 @@ class WMF(Recommender):
         r = -side.res[rows]  # b - A x, from the tracked residual
         empty = np.diff(m.indptr) == 0
         x[empty], r[empty] = 0.0, 0.0  # no interactions: the solution is exactly 0
-        x = self._cg(m, other.f, gram, x, r, (self.tol * self.INNER) ** 2 * (b * b).sum(1), self.cg_steps)
+        x = self._cg(
+            m, other.f, gram, x, r, (self.tol * self.INNER) ** 2 * (b * b).sum(1), self.cg_steps
+        )
         old = side.f[rows].copy()
         side.f[rows] = x
         b[empty] = 0.0  # exactly, not the rounding left by incremental updates
@@ -134,7 +159,9 @@ class WMF(Recommender):
         side.res[rows] = self._apply(m, x, other.f, gram) - b  # exact, not CG's running residual
         self._moved(side, other, rows, old, x)
 
-    def _moved(self, side: _Side, other: _Side, rows: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
+    def _moved(
+        self, side: _Side, other: _Side, rows: np.ndarray, old: np.ndarray, new: np.ndarray
+    ) -> None:
         """Rows of ``side`` moved from ``old`` to ``new``: update the other side's r and b.
 
         Every row of the other side sees the Gram change; the rows sharing an interaction with
@@ -152,7 +179,9 @@ class WMF(Recommender):
         s_new = _sddmm(sub, g, new)
         s_old = _sddmm(sub, g, old)
         d_b = (1.0 + self.alpha) * (sub @ (new - old))
-        other.res[nz] += (_spmm(sub, self.alpha * s_new, new) - _spmm(sub, self.alpha * s_old, old) - d_b)
+        other.res[nz] += (
+            _spmm(sub, self.alpha * s_new, new) - _spmm(sub, self.alpha * s_old, old) - d_b
+        )
         other.b[nz] += d_b
 
     def _converge(self) -> int:
@@ -195,11 +224,15 @@ class WMF(Recommender):
             # the exact change of each pair's two rows: alpha f(f.g) - (1 + alpha) g leaves r,
             # (1 + alpha) g leaves b
             s = np.einsum("ij,ij->i", x, y)
-            np.add.at(self.users.res, user_rows, -(self.alpha * s[:, None] * y - (1 + self.alpha) * y))
+            np.add.at(
+                self.users.res, user_rows, -(self.alpha * s[:, None] * y - (1 + self.alpha) * y)
+            )
             np.add.at(self.users.b, user_rows, -(1 + self.alpha) * y)
             np.add.at(self.items.res, items, -(self.alpha * s[:, None] * x - (1 + self.alpha) * x))
             np.add.at(self.items.b, items, -(1 + self.alpha) * x)
-            gone = sp.csr_matrix((np.ones(len(user_rows)), (user_rows, items)), shape=self.users.m.shape)
+            gone = sp.csr_matrix(
+                (np.ones(len(user_rows)), (user_rows, items)), shape=self.users.m.shape
+            )
             self.users.m = _bin(self.users.m - gone.multiply(self.users.m))
             self.items.m = self.users.m.T.tocsr()
         rounds = self._converge()
@@ -221,7 +254,9 @@ class WMF(Recommender):
         keep = np.ones(len(self.user_keys), dtype=bool)
         keep[rows] = False
         self.user_keys = self.user_keys[keep]
-        self.users = _Side(self.users.f[keep], self.users.m[keep], self.users.res[keep], self.users.b[keep])
+        self.users = _Side(
+            self.users.f[keep], self.users.m[keep], self.users.res[keep], self.users.b[keep]
+        )
         self.items.m = self.users.m.T.tocsr()
         out["users"] = int(len(rows))
         return out
@@ -250,33 +285,66 @@ class WMF(Recommender):
         m = _bin(sp.csr_matrix(history))
         gram = self._gram(self.items)
         b = (1.0 + self.alpha) * (m @ self.items.f)
-        return self._cg(m, self.items.f, gram, np.zeros_like(b), b.copy(),
-                        (self.tol / 4) ** 2 * (b * b).sum(1), 4 * self.cg_steps)
+        return self._cg(
+            m,
+            self.items.f,
+            gram,
+            np.zeros_like(b),
+            b.copy(),
+            (self.tol / 4) ** 2 * (b * b).sum(1),
+            4 * self.cg_steps,
+        )
 
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
         return torch.from_numpy(self.fold_in(history) @ self.items.f.T).float()
 
     def state(self) -> dict[str, Any]:
         m = self.users.m
-        return {"kind": "wmf", "user_keys": self.user_keys.tolist(),
-                "x": torch.from_numpy(self.users.f), "y": torch.from_numpy(self.items.f),
-                "indptr": torch.from_numpy(m.indptr.astype(np.int64)),
-                "indices": torch.from_numpy(m.indices.astype(np.int64)),
-                "alpha": self.alpha, "reg": self.reg, "tol": self.tol, "cg_steps": self.cg_steps,
-                "meta": self.meta}
+        return {
+            "kind": "wmf",
+            "user_keys": self.user_keys.tolist(),
+            "x": torch.from_numpy(self.users.f),
+            "y": torch.from_numpy(self.items.f),
+            "indptr": torch.from_numpy(m.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(m.indices.astype(np.int64)),
+            "alpha": self.alpha,
+            "reg": self.reg,
+            "tol": self.tol,
+            "cg_steps": self.cg_steps,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> WMF:
         x, y = state["x"].numpy(), state["y"].numpy()
         indptr, indices = state["indptr"].numpy(), state["indices"].numpy()
         r = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(x.shape[0], y.shape[0]))
-        return cls(np.asarray(state["user_keys"], dtype=str), x, y, r, alpha=state["alpha"],
-                   reg=state["reg"], tol=state["tol"], cg_steps=state["cg_steps"], meta=state.get("meta"))
+        return cls(
+            np.asarray(state["user_keys"], dtype=str),
+            x,
+            y,
+            r,
+            alpha=state["alpha"],
+            reg=state["reg"],
+            tol=state["tol"],
+            cg_steps=state["cg_steps"],
+            meta=state.get("meta"),
+        )
 
 
-def fit_wmf(user_keys: np.ndarray, train: sp.csr_matrix, *, dim: int = 64, alpha: float = 10.0,
-            reg: float = 0.1, tol: float = 1e-3, cg_steps: int = 12, seed: int = 0,
-            init_std: float = 0.01, init: WMF | None = None) -> tuple[WMF, dict[str, Any]]:
+def fit_wmf(
+    user_keys: np.ndarray,
+    train: sp.csr_matrix,
+    *,
+    dim: int = 64,
+    alpha: float = 10.0,
+    reg: float = 0.1,
+    tol: float = 1e-3,
+    cg_steps: int = 12,
+    seed: int = 0,
+    init_std: float = 0.01,
+    init: WMF | None = None,
+) -> tuple[WMF, dict[str, Any]]:
     """Train from seeded random factors until converged (see the module docstring); ``init``
     warm-starts every item and the users it knows from its factors (sequential training)."""
     t0 = time.perf_counter()
@@ -288,9 +356,15 @@ def fit_wmf(user_keys: np.ndarray, train: sp.csr_matrix, *, dim: int = 64, alpha
         y = init.items.f.copy()
         rows = init.rows_of(user_keys)
         x[rows >= 0] = init.users.f[rows[rows >= 0]]
-    model = WMF(user_keys, x, y, train, alpha=alpha, reg=reg, tol=tol, cg_steps=cg_steps, fresh=True)
-    stats = {"fit_seconds": time.perf_counter() - t0, "rounds": model.rounds, "n_users": n_users,
-             "n_train": int(train.nnz)}
+    model = WMF(
+        user_keys, x, y, train, alpha=alpha, reg=reg, tol=tol, cg_steps=cg_steps, fresh=True
+    )
+    stats = {
+        "fit_seconds": time.perf_counter() - t0,
+        "rounds": model.rounds,
+        "n_users": n_users,
+        "n_train": int(train.nnz),
+    }
     model.meta.update(stats)
     return model, stats
 
@@ -300,8 +374,13 @@ def _csr(m: sp.csr_matrix, values: np.ndarray) -> torch.Tensor:
     indptr, indices = m.indptr, m.indices
     if indptr.dtype != indices.dtype:
         indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
-    return torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices),
-                                   torch.from_numpy(values), size=m.shape, check_invariants=False)
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(indptr),
+        torch.from_numpy(indices),
+        torch.from_numpy(values),
+        size=m.shape,
+        check_invariants=False,
+    )
 
 
 def _sddmm(m: sp.csr_matrix, f: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -309,8 +388,12 @@ def _sddmm(m: sp.csr_matrix, f: np.ndarray, g: np.ndarray) -> np.ndarray:
     kernel, about 5x faster than gathering both sides in numpy, and no (nnz, d) temporaries)."""
     if m.nnz == 0:
         return np.zeros(0)
-    out = torch.sparse.sampled_addmm(_csr(m, np.zeros(m.nnz)), torch.from_numpy(np.ascontiguousarray(f)),
-                                     torch.from_numpy(np.ascontiguousarray(g)).T, beta=0.0)
+    out = torch.sparse.sampled_addmm(
+        _csr(m, np.zeros(m.nnz)),
+        torch.from_numpy(np.ascontiguousarray(f)),
+        torch.from_numpy(np.ascontiguousarray(g)).T,
+        beta=0.0,
+    )
     return out.values().numpy()
 
 
@@ -318,17 +401,29 @@ def _spmm(m: sp.csr_matrix, values: np.ndarray, g: np.ndarray) -> np.ndarray:
     """(m with ``values``) @ g."""
     if m.nnz == 0:
         return np.zeros((m.shape[0], g.shape[1]))
-    return (_csr(m, np.ascontiguousarray(values, dtype=np.float64)) @ torch.from_numpy(np.ascontiguousarray(g))).numpy()
+    return (
+        _csr(m, np.ascontiguousarray(values, dtype=np.float64))
+        @ torch.from_numpy(np.ascontiguousarray(g))
+    ).numpy()
 
 
 def _bin(m: sp.spmatrix) -> sp.csr_matrix:
     return binary_csr(m, np.float64)
 
 
-def fit(data: Any, cfg: Any, *, seed: int, init: WMF | None = None,
-        max_epochs: int | None = None) -> tuple[WMF, dict[str, Any]]:
+def fit(
+    data: Any, cfg: Any, *, seed: int, init: WMF | None = None, max_epochs: int | None = None
+) -> tuple[WMF, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: WMF from ``model.*`` (converges to its tolerance;
     ``max_epochs`` does not apply)."""
-    model, stats = fit_wmf(data.user_keys, data.train, dim=cfg.dim, alpha=cfg.wmf_alpha, reg=cfg.wmf_reg,
-                           tol=cfg.wmf_tol, seed=seed, init=init)
+    model, stats = fit_wmf(
+        data.user_keys,
+        data.train,
+        dim=cfg.dim,
+        alpha=cfg.wmf_alpha,
+        reg=cfg.wmf_reg,
+        tol=cfg.wmf_tol,
+        seed=seed,
+        init=init,
+    )
     return model, {**stats, "epochs": stats["rounds"]}

@@ -33,8 +33,9 @@ from recunlearn.metrics import evaluate
 from recunlearn.models.bpr import BPRMF
 
 
-def shard_views(shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix,
-                *, trained: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def shard_views(
+    shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix, *, trained: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """User vectors (K, n, d) in every shard's space and the home mask (K, n).
 
     With ``trained=False`` every vector is a fold-in, even in the home shard.
@@ -66,7 +67,9 @@ class Aggregator(Protocol):
 
     def weights(self, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor: ...
 
-    def combine(self, scores: torch.Tensor, vecs: torch.Tensor, home: torch.Tensor) -> torch.Tensor: ...
+    def combine(
+        self, scores: torch.Tensor, vecs: torch.Tensor, home: torch.Tensor
+    ) -> torch.Tensor: ...
 
     def state(self) -> dict[str, Any]: ...
 
@@ -120,8 +123,12 @@ class AttentionAggregator:
         return torch.einsum("nk,kni->ni", w, scores)
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "attention", "params": self.module.state_dict(), "meta": self.meta,
-                "shape": list(self.module.w.shape)}
+        return {
+            "kind": "attention",
+            "params": self.module.state_dict(),
+            "meta": self.meta,
+            "shape": list(self.module.w.shape),
+        }
 
 
 def _attention_from_state(state: dict[str, Any]) -> AttentionAggregator:
@@ -139,7 +146,7 @@ def load_aggregator(state: dict[str, Any]) -> Aggregator:
 class ShardedEnsemble:
     """K shard models plus an aggregator, scoring users from their keys and histories."""
 
-    def __init__(self, shards: list[BPRMF], aggregator: Aggregator, overlay: Any = None):
+    def __init__(self, shards: list[BPRMF], aggregator: Aggregator, overlay: Any = None) -> None:
         self.shards = shards
         self.aggregator = aggregator
         self.n_items = shards[0].n_items
@@ -192,23 +199,34 @@ class _PairData:
     def validate(self, weights: Any) -> float:
         """Validation NDCG@20 with ``weights(vecs, home) -> (n, K)``."""
         with torch.no_grad():
+
             def rows(r: np.ndarray) -> torch.Tensor:
                 p = torch.from_numpy(np.searchsorted(self.valid_users, r))
-                return torch.einsum("nk,kni->ni", weights(self.vecs_v[:, p], self.home_v[:, p]),
-                                    self.scores_v[:, p])
-            return evaluate(rows, self.valid_users, self.data.train, self.data.valid, k=20,
-                            batch=256)["ndcg@20"]
+                return torch.einsum(
+                    "nk,kni->ni", weights(self.vecs_v[:, p], self.home_v[:, p]), self.scores_v[:, p]
+                )
+
+            return evaluate(
+                rows, self.valid_users, self.data.train, self.data.valid, k=20, batch=256
+            )["ndcg@20"]
 
 
-def _pair_data(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, g: torch.Generator,
-               rng: np.random.Generator) -> _PairData:
+def _pair_data(
+    shards: list[BPRMF],
+    data: InteractionData,
+    cfg: AggregatorConfig,
+    g: torch.Generator,
+    rng: np.random.Generator,
+) -> _PairData:
     k = len(shards)
     for m in shards:
         m.fold_in_reg = cfg.fold_in_reg
     home = torch.stack([torch.from_numpy(m.rows_of(data.user_keys) >= 0) for m in shards])
     coo = data.train.tocoo()
     held = rng.random(coo.nnz) < cfg.holdout
-    shown = sp.csr_matrix((coo.data[~held], (coo.row[~held], coo.col[~held])), shape=data.train.shape)
+    shown = sp.csr_matrix(
+        (coo.data[~held], (coo.row[~held], coo.col[~held])), shape=data.train.shape
+    )
     fold, _ = shard_views(shards, data.user_keys, shown, trained=False)
     items = torch.stack([m.item for m in shards])  # (K, n_items, d)
     bias = torch.stack([m.bias for m in shards])  # (K, n_items)
@@ -226,10 +244,10 @@ def _pair_data(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig
     pos, neg = torch.empty(k, len(pos_u)), torch.empty(k, len(pos_u))
     with torch.no_grad():
         for s in range(0, len(pos_u), cfg.batch_size):
-            u = pos_u[s:s + cfg.batch_size]
+            u = pos_u[s : s + cfg.batch_size]
             for out, it in ((pos, pos_i), (neg, pos_j)):
-                i = it[s:s + cfg.batch_size][None, :]
-                out[:, s:s + len(u)] = (fold[:, u] * items[kk, i]).sum(-1) + bias[kk, i]
+                i = it[s : s + cfg.batch_size][None, :]
+                out[:, s : s + len(u)] = (fold[:, u] * items[kk, i]).sum(-1) + bias[kk, i]
     valid_users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
     if len(valid_users) > cfg.max_valid_users:
         valid_users = np.sort(rng.choice(valid_users, cfg.max_valid_users, replace=False))
@@ -242,8 +260,14 @@ def _pair_data(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig
     return _PairData(fold, home, pos_u, pos, neg, valid_users, vecs_v, home_v, scores_v, data)
 
 
-def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, *, seed: int,
-                  rng: np.random.Generator) -> tuple[AttentionAggregator, dict[str, Any]]:
+def fit_attention(
+    shards: list[BPRMF],
+    data: InteractionData,
+    cfg: AggregatorConfig,
+    *,
+    seed: int,
+    rng: np.random.Generator,
+) -> tuple[AttentionAggregator, dict[str, Any]]:
     """Train the attention aggregator on ``data.train`` (retained data only), shard models
     frozen, with the BPR loss on held pairs (``_PairData``); early-stop on validation NDCG@20
     of at most ``cfg.max_valid_users`` users."""
@@ -261,7 +285,7 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
         epochs = epoch
         perm = torch.randperm(len(pos_u), generator=g)
         for s in range(0, len(pos_u), cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
+            idx = perm[s : s + cfg.batch_size]
             # attention depends on the user only: compute it once per distinct user in the batch
             uniq, inv = torch.unique(pos_u[idx], return_inverse=True)
             w = module.weights(pd_.fold[:, uniq], pd_.home[:, uniq])[inv]  # (B, K)
@@ -278,8 +302,13 @@ def fit_attention(shards: list[BPRMF], data: InteractionData, cfg: AggregatorCon
             if bad >= cfg.patience:
                 break
     module.load_state_dict(best_state)
-    stats = {"epochs": epochs, "valid_ndcg": best, "fit_seconds": time.perf_counter() - t0,
-             "n_train": int(len(pos_u)), "curve": curve}
+    stats = {
+        "epochs": epochs,
+        "valid_ndcg": best,
+        "fit_seconds": time.perf_counter() - t0,
+        "n_train": int(len(pos_u)),
+        "curve": curve,
+    }
     return AttentionAggregator(module, {"stats": stats}), stats
 
 
@@ -289,7 +318,9 @@ class LearnedWeights:
 
     kind = "learned"
 
-    def __init__(self, w: torch.Tensor, home_weight: float, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, w: torch.Tensor, home_weight: float, meta: dict[str, Any] | None = None
+    ) -> None:
         self.w = w.detach().clone().float()
         self.home_weight = float(home_weight)
         self.meta = dict(meta or {})
@@ -304,8 +335,14 @@ class LearnedWeights:
         return {"kind": "learned", "w": self.w, "home_weight": self.home_weight, "meta": self.meta}
 
 
-def fit_learned(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfig, *, seed: int,
-                rng: np.random.Generator) -> tuple[LearnedWeights, dict[str, Any]]:
+def fit_learned(
+    shards: list[BPRMF],
+    data: InteractionData,
+    cfg: AggregatorConfig,
+    *,
+    seed: int,
+    rng: np.random.Generator,
+) -> tuple[LearnedWeights, dict[str, Any]]:
     """Logistic regression (L-BFGS, full batch, L2 ``cfg.learned_l2``) of held pair vs negative
     on the K shard scores and the home shard's score, from the plain mean. The fit is kept
     only if validation NDCG@20 is at least the mean's (it is recorded either way)."""
@@ -314,33 +351,48 @@ def fit_learned(shards: list[BPRMF], data: InteractionData, cfg: AggregatorConfi
     pd_ = _pair_data(shards, data, cfg, g, rng)
     k = len(shards)
     home_p = pd_.home[:, pd_.pos_u].float()  # (K, P)
-    x = torch.cat([torch.cat([pd_.pos.T, (home_p * pd_.pos).sum(0)[:, None]], 1),
-                   torch.cat([pd_.neg.T, (home_p * pd_.neg).sum(0)[:, None]], 1)]).double()
+    x = torch.cat(
+        [
+            torch.cat([pd_.pos.T, (home_p * pd_.pos).sum(0)[:, None]], 1),
+            torch.cat([pd_.neg.T, (home_p * pd_.neg).sum(0)[:, None]], 1),
+        ]
+    ).double()
     y = torch.cat([torch.ones(len(pd_.pos_u)), torch.zeros(len(pd_.pos_u))]).double()
     scale = x.std(0).clamp_min(1e-12)  # standardised features: a well-conditioned problem
     theta = torch.zeros(k + 2, dtype=torch.float64, requires_grad=True)  # k weights, home, bias
     with torch.no_grad():
         theta[:k] = scale[:k] / k  # the mean, in standardised units
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=cfg.learned_iterations, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [theta], lr=1.0, max_iter=cfg.learned_iterations, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        z = (x / scale) @ theta[:k + 1] + theta[k + 1]
-        loss = (nn.functional.binary_cross_entropy_with_logits(z, y)
-                + cfg.learned_l2 * (theta[:k + 1] ** 2).sum())
+        z = (x / scale) @ theta[: k + 1] + theta[k + 1]
+        loss = (
+            nn.functional.binary_cross_entropy_with_logits(z, y)
+            + cfg.learned_l2 * (theta[: k + 1] ** 2).sum()
+        )
         loss.backward()
         return loss
 
     opt.step(closure)
-    raw = (theta.detach()[:k + 1] / scale).float()
+    raw = (theta.detach()[: k + 1] / scale).float()
     learned = LearnedWeights(raw[:k], float(raw[k]))
     mean = LearnedWeights(torch.full((k,), 1.0 / k), 0.0)
     ndcg_learned, ndcg_mean = pd_.validate(learned.weights), pd_.validate(mean.weights)
     chosen = learned if ndcg_learned >= ndcg_mean else mean
-    stats = {"epochs": 1, "valid_ndcg": max(ndcg_learned, ndcg_mean), "valid_ndcg_learned": ndcg_learned,
-             "valid_ndcg_mean": ndcg_mean, "kept": "learned" if chosen is learned else "mean",
-             "weights": [round(float(v), 5) for v in chosen.w], "home_weight": round(chosen.home_weight, 5),
-             "fit_seconds": time.perf_counter() - t0, "n_train": int(len(pd_.pos_u))}
+    stats = {
+        "epochs": 1,
+        "valid_ndcg": max(ndcg_learned, ndcg_mean),
+        "valid_ndcg_learned": ndcg_learned,
+        "valid_ndcg_mean": ndcg_mean,
+        "kept": "learned" if chosen is learned else "mean",
+        "weights": [round(float(v), 5) for v in chosen.w],
+        "home_weight": round(chosen.home_weight, 5),
+        "fit_seconds": time.perf_counter() - t0,
+        "n_train": int(len(pd_.pos_u)),
+    }
     chosen.meta = {"stats": stats}
     return chosen, stats
 
@@ -356,17 +408,32 @@ class AggregatorKind:
     summary: str
 
 
-AGGREGATORS: dict[str, AggregatorKind] = {a.name: a for a in (
-    AggregatorKind("mean", lambda state: MeanAggregator(), None, "the plain mean of the shards' scores"),
-    AggregatorKind("attention", _attention_from_state, fit_attention,
-                   "RecEraser's attention over the shards' user vectors, fit on retained data"),
-    AggregatorKind("learned", lambda state: LearnedWeights(state["w"], state["home_weight"], state.get("meta")),
-                   fit_learned, "UltraRE's learned weights (logistic regression over shard scores)"),
-)}
+AGGREGATORS: dict[str, AggregatorKind] = {
+    a.name: a
+    for a in (
+        AggregatorKind(
+            "mean", lambda state: MeanAggregator(), None, "the plain mean of the shards' scores"
+        ),
+        AggregatorKind(
+            "attention",
+            _attention_from_state,
+            fit_attention,
+            "RecEraser's attention over the shards' user vectors, fit on retained data",
+        ),
+        AggregatorKind(
+            "learned",
+            lambda state: LearnedWeights(state["w"], state["home_weight"], state.get("meta")),
+            fit_learned,
+            "UltraRE's learned weights (logistic regression over shard scores)",
+        ),
+    )
+}
 
 
 def aggregator_kind(name: str) -> AggregatorKind:
     try:
         return AGGREGATORS[name]
     except KeyError:
-        raise ValueError(f"unknown aggregator kind {name!r}: one of {', '.join(AGGREGATORS)}") from None
+        raise ValueError(
+            f"unknown aggregator kind {name!r}: one of {', '.join(AGGREGATORS)}"
+        ) from None

@@ -52,8 +52,9 @@ def sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def sinkhorn(cost: np.ndarray, eps: float, iters: int = 200, tol: float = 1e-6
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sinkhorn(
+    cost: np.ndarray, eps: float, iters: int = 200, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Entropic OT between uniform marginals over rows and columns (log domain).
 
     Returns the plan (n, K) and the dual potentials (f, g); the plan's column sums are 1/K.
@@ -114,8 +115,15 @@ def capacity_round(cost: np.ndarray, cap: np.ndarray) -> np.ndarray:
     return labels
 
 
-def rebalance_rows(labels: np.ndarray, cost: np.ndarray, rows: np.ndarray, *, tolerance: float,
-                   max_swaps: int = 10_000, candidates: int = 256) -> np.ndarray:
+def rebalance_rows(
+    labels: np.ndarray,
+    cost: np.ndarray,
+    rows: np.ndarray,
+    *,
+    tolerance: float,
+    max_swaps: int = 10_000,
+    candidates: int = 256,
+) -> np.ndarray:
     """Swap users between the heaviest and the lightest shard until no shard holds more than
     (1 + tolerance) x the mean number of rows (interactions), keeping every shard's user count.
 
@@ -139,8 +147,12 @@ def rebalance_rows(labels: np.ndarray, cost: np.ndarray, rows: np.ndarray, *, to
         in_lo = in_lo[np.argsort(rows[in_lo], kind="stable")[:candidates]]
         moved = rows[in_hi][:, None] - rows[in_lo][None, :]  # rows that leave the heavy shard
         gain = np.minimum(moved, gap - moved)  # how much the pair narrows the gap
-        extra = (cost[in_hi, lo][:, None] + cost[in_lo, hi][None, :]
-                 - cost[in_hi, hi][:, None] - cost[in_lo, lo][None, :])
+        extra = (
+            cost[in_hi, lo][:, None]
+            + cost[in_lo, hi][None, :]
+            - cost[in_hi, hi][:, None]
+            - cost[in_lo, lo][None, :]
+        )
         score = np.where(gain > 0, (extra - extra.min()) / np.maximum(gain, 1e-12), np.inf)
         a, b = np.unravel_index(np.argmin(score), score.shape)
         if not np.isfinite(score[a, b]):
@@ -152,9 +164,16 @@ def rebalance_rows(labels: np.ndarray, cost: np.ndarray, rows: np.ndarray, *, to
     return labels
 
 
-def balanced_kmeans_ot(x: np.ndarray, k: int, rng: np.random.Generator, *, iterations: int = 20,
-                       epsilon: float = 0.05, rows: np.ndarray | None = None,
-                       row_tolerance: float | None = None) -> Partition:
+def balanced_kmeans_ot(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    iterations: int = 20,
+    epsilon: float = 0.05,
+    rows: np.ndarray | None = None,
+    row_tolerance: float | None = None,
+) -> Partition:
     """Balanced clustering: OT k-means with uniform marginals, then exact-capacity rounding;
     with ``rows`` (interactions per user) and ``row_tolerance``, rows are then balanced too."""
     _check(len(x), k)
@@ -179,8 +198,9 @@ def balanced_kmeans_ot(x: np.ndarray, k: int, rng: np.random.Generator, *, itera
     return Partition(labels, c, np.bincount(labels, minlength=k))
 
 
-def balanced_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, *, iterations: int = 20,
-                    capacity: float = 1.2) -> Partition:
+def balanced_kmeans(
+    x: np.ndarray, k: int, rng: np.random.Generator, *, iterations: int = 20, capacity: float = 1.2
+) -> Partition:
     """RecEraser's balanced k-means, for any rows: users (UBP), items (IBP) or interactions
     (InBP, ``interaction_embeddings``).
 
@@ -210,8 +230,9 @@ def balanced_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, *, iteratio
     return Partition(labels, c, np.bincount(labels, minlength=k))
 
 
-def interaction_embeddings(user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray,
-                           items: np.ndarray) -> np.ndarray:
+def interaction_embeddings(
+    user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray, items: np.ndarray
+) -> np.ndarray:
     """InBP's rows: one per interaction, its user's and its item's embeddings side by side."""
     return np.hstack([user_emb[users], item_emb[items]])
 

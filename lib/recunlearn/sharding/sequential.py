@@ -64,9 +64,17 @@ class SequentialModel:
         return int(position[groups].min())
 
 
-def fit_sequential(data: InteractionData, labels: np.ndarray, order: np.ndarray, cfg: ModelConfig, *,
-                   seed: int, group_epochs: int, start: int = 0,
-                   init: Recommender | None = None) -> tuple[list[Recommender], list[dict]]:
+def fit_sequential(
+    data: InteractionData,
+    labels: np.ndarray,
+    order: np.ndarray,
+    cfg: ModelConfig,
+    *,
+    seed: int,
+    group_epochs: int,
+    start: int = 0,
+    init: Recommender | None = None,
+) -> tuple[list[Recommender], list[dict]]:
     """The stage models from curriculum position ``start`` on, and their fit stats, trained on
     ``data`` whose user ``labels`` give the groups; ``init`` is stage ``start - 1``'s model
     (required when ``start > 0``)."""
@@ -78,22 +86,43 @@ def fit_sequential(data: InteractionData, labels: np.ndarray, order: np.ndarray,
     for pos in range(start, len(order)):
         t0 = time.perf_counter()
         seen |= labels == order[pos]
-        model, st = fit_model(data.subset(seen), cfg, seed=make_seed(seed, "group", pos),
-                              init=stages[-1] if stages else init, max_epochs=group_epochs)
+        model, st = fit_model(
+            data.subset(seen),
+            cfg,
+            seed=make_seed(seed, "group", pos),
+            init=stages[-1] if stages else init,
+            max_epochs=group_epochs,
+        )
         stages.append(model)
-        stats.append({**st, "fit_seconds": time.perf_counter() - t0, "stage": pos, "group": int(order[pos])})
+        stats.append(
+            {**st, "fit_seconds": time.perf_counter() - t0, "stage": pos, "group": int(order[pos])}
+        )
     return stages, stats
 
 
-def train_sequential(data: InteractionData, labels: np.ndarray, n_groups: int, cfg: ModelConfig, *,
-                     seed: int, group_epochs: int) -> SequentialModel:
+def train_sequential(
+    data: InteractionData,
+    labels: np.ndarray,
+    n_groups: int,
+    cfg: ModelConfig,
+    *,
+    seed: int,
+    group_epochs: int,
+) -> SequentialModel:
     order = curriculum(np.diff(data.train.indptr), labels, n_groups)
     stages, stats = fit_sequential(data, labels, order, cfg, seed=seed, group_epochs=group_epochs)
     return SequentialModel(stages, data.user_keys, labels, order, [s["fit_seconds"] for s in stats])
 
 
-def unlearn_sequential(fitted: SequentialModel, retained: InteractionData, forget_keys: np.ndarray,
-                       cfg: ModelConfig, *, seed: int, group_epochs: int) -> tuple[SequentialModel, int]:
+def unlearn_sequential(
+    fitted: SequentialModel,
+    retained: InteractionData,
+    forget_keys: np.ndarray,
+    cfg: ModelConfig,
+    *,
+    seed: int,
+    group_epochs: int,
+) -> tuple[SequentialModel, int]:
     """Forget ``forget_keys``: restart from the stage before their earliest group. Returns the
     new run and the number of stages retrained. ``retained`` must hold only users the run was
     trained on (its groups are frozen)."""
@@ -104,7 +133,23 @@ def unlearn_sequential(fitted: SequentialModel, retained: InteractionData, forge
     start = fitted.restart_position(forget_keys)
     if start is None:
         return fitted, 0
-    stages, stats = fit_sequential(retained, labels, fitted.order, cfg, seed=seed, group_epochs=group_epochs,
-                                   start=start, init=fitted.stages[start - 1] if start else None)
-    return (SequentialModel(fitted.stages[:start] + stages, retained.user_keys, labels, fitted.order,
-                            [s["fit_seconds"] for s in stats]), len(fitted.order) - start)
+    stages, stats = fit_sequential(
+        retained,
+        labels,
+        fitted.order,
+        cfg,
+        seed=seed,
+        group_epochs=group_epochs,
+        start=start,
+        init=fitted.stages[start - 1] if start else None,
+    )
+    return (
+        SequentialModel(
+            fitted.stages[:start] + stages,
+            retained.user_keys,
+            labels,
+            fitted.order,
+            [s["fit_seconds"] for s in stats],
+        ),
+        len(fitted.order) - start,
+    )

@@ -27,8 +27,9 @@ def shard_component(shard_id: int) -> str:
     return f"shard-{shard_id:03d}"
 
 
-def save(root: Path, component: str, run_id: str, state: dict[str, Any],
-         meta: CheckpointMeta) -> dict[str, Any]:
+def save(
+    root: Path, component: str, run_id: str, state: dict[str, Any], meta: CheckpointMeta
+) -> dict[str, Any]:
     """Write ``state`` and its sidecar atomically; returns the sidecar's fields with the
     checkpoint's absolute ``path``."""
     folder = component_dir(root, component)
@@ -37,9 +38,14 @@ def save(root: Path, component: str, run_id: str, state: dict[str, Any],
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
-    record = {**meta.to_json(), "component": component, "run_id": run_id,
-              "path": path.relative_to(root).as_posix(),
-              "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    record = {
+        **meta.to_json(),
+        "component": component,
+        "run_id": run_id,
+        "path": path.relative_to(root).as_posix(),
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+    }
     side = path.with_suffix(".json")
     side.with_suffix(".json.tmp").write_text(json.dumps(record, indent=2, sort_keys=True))
     side.with_suffix(".json.tmp").replace(side)

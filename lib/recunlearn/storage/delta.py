@@ -22,15 +22,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 from recunlearn.errors import LedgerConflictError
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _CONFLICTS = (
-    "ConcurrentAppendException", "ConcurrentDeleteReadException",
-    "ConcurrentDeleteDeleteException", "ConcurrentTransactionException",
-    "MetadataChangedException", "ProtocolChangedException", "ConcurrentWriteException",
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "ConcurrentWriteException",
     "CommitFailedError",  # delta-rs: a concurrent commit conflicted with this transaction
 )
 
@@ -46,7 +51,9 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5) -> T:
             if not any(c == name or c in text for c in _CONFLICTS):
                 raise
             if i == attempts - 1:
-                raise LedgerConflictError(f"{what}: still conflicting after {attempts} tries") from exc
+                raise LedgerConflictError(
+                    f"{what}: still conflicting after {attempts} tries"
+                ) from exc
             delay = 0.2 * 2**i
             log.warning("%s: concurrent Delta write (%s), retry in %.1fs", what, name, delay)
             time.sleep(delay)
@@ -67,8 +74,14 @@ def table_properties(stats_columns: list[str]) -> dict[str, str]:
     }
 
 
-def write_delta(df: DataFrame, path: str, *, mode: str = "overwrite",
-                partition_by: list[str] | None = None, stats_columns: list[str] | None = None) -> int:
+def write_delta(
+    df: DataFrame,
+    path: str,
+    *,
+    mode: str = "overwrite",
+    partition_by: list[str] | None = None,
+    stats_columns: list[str] | None = None,
+) -> int:
     """Write ``df`` as a Delta table; return the new table version."""
     w = df.write.format("delta").mode(mode)
     if mode == "overwrite":
@@ -100,20 +113,34 @@ def arrow_schema(ddl: str) -> Any:
     boolean, timestamp (UTC), arrays and structs of those)."""
     import pyarrow as pa
 
-    scalars = {"string": pa.string(), "int": pa.int32(), "long": pa.int64(), "boolean": pa.bool_(),
-               "double": pa.float64(), "timestamp": pa.timestamp("us", tz="UTC")}
+    scalars = {
+        "string": pa.string(),
+        "int": pa.int32(),
+        "long": pa.int64(),
+        "boolean": pa.bool_(),
+        "double": pa.float64(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
 
     def tp(text: str) -> Any:
         text = text.strip()
         if text.startswith("array<"):
             return pa.list_(tp(text[6:-1]))
         if text.startswith("struct<"):
-            return pa.struct([pa.field(n.strip(), tp(t)) for n, t in
-                              (f.split(":", 1) for f in split_schema(text[7:-1]))])
+            return pa.struct(
+                [
+                    pa.field(n.strip(), tp(t))
+                    for n, t in (f.split(":", 1) for f in split_schema(text[7:-1]))
+                ]
+            )
         return scalars[text]
 
-    return pa.schema([pa.field(name, tp(rest)) for name, rest in
-                      (col.split(None, 1) for col in split_schema(ddl))])
+    return pa.schema(
+        [
+            pa.field(name, tp(rest))
+            for name, rest in (col.split(None, 1) for col in split_schema(ddl))
+        ]
+    )
 
 
 def create_table(path: str, ddl: str, *, stats_columns: list[str]) -> None:
@@ -125,8 +152,12 @@ def create_table(path: str, ddl: str, *, stats_columns: list[str]) -> None:
     if table_exists(None, path):
         return
     try:
-        write_deltalake(path, arrow_schema(ddl).empty_table(), mode="append",
-                        configuration=table_properties(stats_columns))
+        write_deltalake(
+            path,
+            arrow_schema(ddl).empty_table(),
+            mode="append",
+            configuration=table_properties(stats_columns),
+        )
     except Exception as exc:  # two writers created it at once: the other one's table stands
         if not table_exists(None, path):
             raise
@@ -144,7 +175,7 @@ def table_exists(spark: SparkSession | None, path: str) -> bool:
     return bool(DeltaTable.is_deltatable(str(path)))
 
 
-def open_delta(path: str):  # noqa: ANN202 - deltalake.DeltaTable, imported lazily
+def open_delta(path: str) -> DeltaTable:
     from deltalake import DeltaTable
 
     return DeltaTable(str(path))
@@ -170,12 +201,20 @@ def _plain_table(tbl: Any, naive_timestamps: bool) -> Any:
     """``tbl`` cast to the types of ``_plain``."""
     import pyarrow as pa
 
-    return tbl.cast(pa.schema([pa.field(f.name, _plain(f.type, naive_timestamps)) for f in tbl.schema]))
+    return tbl.cast(
+        pa.schema([pa.field(f.name, _plain(f.type, naive_timestamps)) for f in tbl.schema])
+    )
 
 
-def read_table(path: str, *, version: int | None = None, columns: list[str] | None = None,
-               partitions: list[tuple[str, str, Any]] | None = None, where: Any = None,
-               naive_timestamps: bool = False) -> Any:
+def read_table(
+    path: str,
+    *,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    partitions: list[tuple[str, str, Any]] | None = None,
+    where: Any = None,
+    naive_timestamps: bool = False,
+) -> Any:
     """A Delta table (at ``version``, default the current one) as an Arrow table, read by
     delta-rs: only the files of ``partitions`` (delta-rs partition filters, e.g.
     ``[("shard_id", "in", ["3"])]``), then the rows matching ``where`` (a
@@ -193,8 +232,14 @@ def read_table(path: str, *, version: int | None = None, columns: list[str] | No
     return tbl if where is None else tbl.filter(where)
 
 
-def scan_table(path: str, *, columns: list[str], partitions: list[tuple[str, str, Any]] | None = None,
-               where: Any = None, batch_rows: int = 1 << 20) -> Iterator[Any]:
+def scan_table(
+    path: str,
+    *,
+    columns: list[str],
+    partitions: list[tuple[str, str, Any]] | None = None,
+    where: Any = None,
+    batch_rows: int = 1 << 20,
+) -> Iterator[Any]:
     """``read_table`` (current version) in Arrow tables of at most ``batch_rows`` rows, each
     filtered by ``where``: memory bounded by the batch, not by the table."""
     import pyarrow as pa
@@ -206,7 +251,9 @@ def scan_table(path: str, *, columns: list[str], partitions: list[tuple[str, str
         yield tbl if where is None else tbl.filter(where)
 
 
-def read_rows(path: str, where: Any = None, columns: list[str] | None = None) -> list[dict[str, Any]]:
+def read_rows(
+    path: str, where: Any = None, columns: list[str] | None = None
+) -> list[dict[str, Any]]:
     """The rows of a small Delta table at its current version, as Python dicts like Spark's
     ``Row.asDict(recursive=True)`` (timestamps naive UTC), read by delta-rs; ``where`` as
     in ``read_table``."""
@@ -235,10 +282,14 @@ def append_rows(path: str, rows: list[dict[str, Any]], *, what: str) -> None:
     on a concurrent commit."""
     from deltalake import write_deltalake
 
-    with_retries(lambda: write_deltalake(path, _source(open_delta(path), rows), mode="append"), what=what)
+    with_retries(
+        lambda: write_deltalake(path, _source(open_delta(path), rows), mode="append"), what=what
+    )
 
 
-def merge_into(path: str, rows: list[dict[str, Any]], on: str, extra: list[tuple[str, Any]] = ()) -> Any:
+def merge_into(
+    path: str, rows: list[dict[str, Any]], on: str, extra: list[tuple[str, Any]] = ()
+) -> Any:
     """A delta-rs MERGE builder of ``rows`` (source ``s``, in the table's schema plus ``extra``
     columns) into the table at ``path`` (``t``) on the predicate ``on``; the table is opened
     once, at its current version (call it inside ``with_retries``)."""
@@ -246,8 +297,14 @@ def merge_into(path: str, rows: list[dict[str, Any]], on: str, extra: list[tuple
     return dt.merge(_source(dt, rows, extra), on, source_alias="s", target_alias="t")
 
 
-def delete_keys(spark: SparkSession | None, path: str, keys: list[Any], *,
-                on: str | tuple[str, ...] = "user_key", partition_filter: str | None = None) -> int:
+def delete_keys(
+    spark: SparkSession | None,
+    path: str,
+    keys: list[Any],
+    *,
+    on: str | tuple[str, ...] = "user_key",
+    partition_filter: str | None = None,
+) -> int:
     """Delete rows whose ``on`` column(s) equal one of ``keys`` (values, or tuples for
     several columns) through a MERGE with a batch table (delta-rs); return the new version.
 
@@ -270,8 +327,12 @@ def delete_keys(spark: SparkSession | None, path: str, keys: list[Any], *,
     def run() -> int:
         dt = open_delta(path)
         schema = table_arrow_schema(dt)
-        batch = pa.table({c: pa.array([v[i] for v in values], type=schema.field(c).type)
-                          for i, c in enumerate(cols)})
+        batch = pa.table(
+            {
+                c: pa.array([v[i] for v in values], type=schema.field(c).type)
+                for i, c in enumerate(cols)
+            }
+        )
         dt.merge(batch, cond, source_alias="b", target_alias="t").when_matched_delete().execute()
         return int(dt.version())
 
@@ -289,8 +350,9 @@ def vacuum_now(spark: SparkSession, path: str) -> list[str]:
     The Hadoop checksum files (``.name.crc``) of removed data files go too."""
     from deltalake import DeltaTable
 
-    removed = DeltaTable(path).vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False,
-                                      full=True)
+    removed = DeltaTable(path).vacuum(
+        retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True
+    )
     root = Path(path)
     for crc in root.rglob(".*.crc"):  # Spark's side files: remove those whose data file is gone
         if "_delta_log" not in crc.parts and not (crc.parent / crc.name[1:-4]).exists():

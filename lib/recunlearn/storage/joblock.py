@@ -36,8 +36,10 @@ from recunlearn.storage.layout import Layout, now_utc
 
 log = logging.getLogger(__name__)
 
-LOCK_SCHEMA = ("name string, job_id string, host string, pid long, acquired_at timestamp, "
-               "expires_at timestamp, released_at timestamp")
+LOCK_SCHEMA = (
+    "name string, job_id string, host string, pid long, acquired_at timestamp, "
+    "expires_at timestamp, released_at timestamp"
+)
 TABLES = "tables"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _held = threading.local()  # lock path -> job id held by this thread
@@ -60,7 +62,9 @@ def _alive(pid: int) -> bool:
 
 
 class JobLock:
-    def __init__(self, spark: Any, path: str, *, name: str = TABLES, ttl_hours: float = 12.0) -> None:
+    def __init__(
+        self, spark: Any, path: str, *, name: str = TABLES, ttl_hours: float = 12.0
+    ) -> None:
         self.spark, self.path, self.name, self.ttl = spark, path, name, timedelta(hours=ttl_hours)
         self.host, self.pid = socket.gethostname(), os.getpid()
 
@@ -77,39 +81,77 @@ class JobLock:
         now = now_utc()
         cur = self.holder()
         stale = None
-        if cur and cur["released_at"] is None and cur["host"] == self.host and not _alive(int(cur["pid"])):
+        if (
+            cur
+            and cur["released_at"] is None
+            and cur["host"] == self.host
+            and not _alive(int(cur["pid"]))
+        ):
             stale = cur["job_id"]  # its process is gone (killed): the lease is free
-            log.warning("job lock: taking over the lease of %s (pid %s ended without releasing it)",
-                        stale, cur["pid"])
-        row = {"name": self.name, "job_id": job_id, "host": self.host, "pid": self.pid,
-               "acquired_at": now, "expires_at": now + self.ttl, "released_at": None}
+            log.warning(
+                "job lock: taking over the lease of %s (pid %s ended without releasing it)",
+                stale,
+                cur["pid"],
+            )
+        row = {
+            "name": self.name,
+            "job_id": job_id,
+            "host": self.host,
+            "pid": self.pid,
+            "acquired_at": now,
+            "expires_at": now + self.ttl,
+            "released_at": None,
+        }
         if cur is None and not table_exists(self.spark, self.path):
-            with_retries(lambda: self.spark.createDataFrame([], LOCK_SCHEMA).write.format("delta")
-                         .mode("append").save(self.path), what="create job lock table")
+            with_retries(
+                lambda: (
+                    self.spark.createDataFrame([], LOCK_SCHEMA)
+                    .write.format("delta")
+                    .mode("append")
+                    .save(self.path)
+                ),
+                what="create job lock table",
+            )
         free = "t.released_at IS NOT NULL OR t.expires_at < s.acquired_at"
         if stale:
             free += f" OR t.job_id = '{stale}'"
 
         # one delta-rs MERGE: a racing taker's commit conflicts and retries
-        with_retries(lambda: merge_into(self.path, [row], "t.name = s.name")
-                     .when_matched_update_all(predicate=free).when_not_matched_insert_all().execute(),
-                     what="take the job lock")
+        with_retries(
+            lambda: (
+                merge_into(self.path, [row], "t.name = s.name")
+                .when_matched_update_all(predicate=free)
+                .when_not_matched_insert_all()
+                .execute()
+            ),
+            what="take the job lock",
+        )
         got = self.holder()
         if not got or got["job_id"] != job_id:
             h = got or {}
             raise JobConflictError(
                 f"another job ({h.get('job_id')}, pid {h.get('pid')} on {h.get('host')}, since "
-                f"{h.get('acquired_at')}) is working on the tables; this job ({job_id}) changed nothing "
+                f"{h.get('acquired_at')}) is working on the tables; this job ({job_id}) changed "
+                f"nothing "
                 f"and stops. Run it again when that one has finished (its lease expires at "
-                f"{h.get('expires_at')}).")
+                f"{h.get('expires_at')})."
+            )
         log.info("job lock: %s holds the tables", job_id)
 
     def release(self, job_id: str) -> None:
         row = {"name": self.name, "job_id": job_id, "released_at": now_utc()}
-        with_retries(lambda: merge_into(self.path, [row], "t.name = s.name AND t.job_id = s.job_id "
-                                        "AND t.released_at IS NULL")
-                     .when_matched_update(updates={"released_at": "s.released_at"}).execute(),
-                     what="release the job lock")
+        with_retries(
+            lambda: (
+                merge_into(
+                    self.path,
+                    [row],
+                    "t.name = s.name AND t.job_id = s.job_id AND t.released_at IS NULL",
+                )
+                .when_matched_update(updates={"released_at": "s.released_at"})
+                .execute()
+            ),
+            what="release the job lock",
+        )
 
 
 @contextmanager
@@ -134,6 +176,7 @@ def holding(spark: Any, layout: Layout, job_id: str, *, ttl_hours: float = 12.0)
 
 def holds_tables(kind: str) -> Callable[[J], J]:
     """Decorate a job function ``fn(spark, *, cfg, layout, ...)`` to hold the tables' lease."""
+
     def wrap(fn: J) -> J:
         @functools.wraps(fn)
         def inner(spark: Any, *args: Any, **kwargs: Any) -> Any:
@@ -141,5 +184,7 @@ def holds_tables(kind: str) -> Callable[[J], J]:
             job_id = f"{kind}-{now_utc().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
             with holding(spark, layout, job_id, ttl_hours=cfg.unlearn.lock_ttl_hours):
                 return fn(spark, *args, **kwargs)
+
         return inner  # type: ignore[return-value]
+
     return wrap

@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 # attribute edit moves received -> planned -> applied, and to reverted when undone. A failed job
 # leaves the state where it was, with the error in ``reason``: the rerun goes on from there.
 RECEIVED, PLANNED, DELETED, APPROXIMATE, RETRAINED, VERIFIED = (
-    "received", "planned", "deleted", "approximate", "retrained", "verified")
+    "received",
+    "planned",
+    "deleted",
+    "approximate",
+    "retrained",
+    "verified",
+)
 REJECTED, APPLIED, REVERTED = "rejected", "applied", "reverted"
 STATES = (RECEIVED, PLANNED, DELETED, APPROXIMATE, RETRAINED, VERIFIED, REJECTED, APPLIED, REVERTED)
 # the states each state is entered from (a state entered from itself: by a later job run)
@@ -70,7 +76,12 @@ EXACT = "exact"
 # target_type of the ledger's rows: a whole user, an item (every interaction with it), one
 # interaction (user_key + item_idx), an attribute edit or its undo
 USER, ITEM, INTERACTION, ATTRIBUTE, ATTRIBUTE_UNDO = (
-    "user", "item", "interaction", "attribute", "attribute-undo")
+    "user",
+    "item",
+    "interaction",
+    "attribute",
+    "attribute-undo",
+)
 DATA_TARGETS = (USER, ITEM, INTERACTION)  # requests that delete rows and retrain shards
 
 
@@ -100,7 +111,9 @@ class ForgetLedger:
         if self._ready:
             return
         if not table_exists(None, self.path):
-            create_table(self.path, LEDGER_SCHEMA, stats_columns=["status", "received_at", "updated_at"])
+            create_table(
+                self.path, LEDGER_SCHEMA, stats_columns=["status", "received_at", "updated_at"]
+            )
         else:
             dt = open_delta(self.path)
             have = set(table_arrow_schema(dt).names)
@@ -108,10 +121,14 @@ class ForgetLedger:
             if missing:  # a ledger from an older release: add the new columns (null for old rows)
                 from deltalake import Schema
 
-                dt.alter.add_columns(list(Schema.from_arrow(arrow_schema(", ".join(missing))).fields))
+                dt.alter.add_columns(
+                    list(Schema.from_arrow(arrow_schema(", ".join(missing))).fields)
+                )
                 if "history" in {f.split()[0] for f in missing}:  # its statuses predate the states
-                    with_retries(lambda: open_delta(self.path).update(updates={"status": _LEGACY_STATUS}),
-                                 what="ledger upgrade")
+                    with_retries(
+                        lambda: open_delta(self.path).update(updates={"status": _LEGACY_STATUS}),
+                        what="ledger upgrade",
+                    )
         self._ready = True
 
     def _merge(self, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
@@ -124,13 +141,27 @@ class ForgetLedger:
             return
         self.ensure()
         stamp = now_utc()
-        src = [{**r, "history": r.get("history") or [
-            {"state": r["status"], "job_id": r.get("job_id") or "intake", "at": r.get("updated_at") or stamp}]}
-            for r in rows]
-        with_retries(lambda: self._merge(src).when_not_matched_insert_all().execute(), what="ledger append")
+        src = [
+            {
+                **r,
+                "history": r.get("history")
+                or [
+                    {
+                        "state": r["status"],
+                        "job_id": r.get("job_id") or "intake",
+                        "at": r.get("updated_at") or stamp,
+                    }
+                ],
+            }
+            for r in rows
+        ]
+        with_retries(
+            lambda: self._merge(src).when_not_matched_insert_all().execute(), what="ledger append"
+        )
 
-    def transition(self, rows: list[dict[str, Any]], state: str, *, job_id: str,
-                   strict: bool = True) -> int:
+    def transition(
+        self, rows: list[dict[str, Any]], state: str, *, job_id: str, strict: bool = True
+    ) -> int:
         """Move the requests of ``rows`` (each names ``request_id`` and the same other fields)
         to ``state`` in one Delta MERGE, keyed by request and job run: a request moves only from
         a state ``TRANSITIONS`` allows, and a transition this job run made already is not made
@@ -151,13 +182,17 @@ class ForgetLedger:
             raise ValueError(f"unknown request state {state!r}")
         self.ensure()
         stamp = now_utc()
-        rows = [{**r, "updated_at": r.get("updated_at", stamp), "status": state, "job_id": job_id}
-                for r in rows]
+        rows = [
+            {**r, "updated_at": r.get("updated_at", stamp), "status": state, "job_id": job_id}
+            for r in rows
+        ]
         fields = sorted(set(rows[0]) - {"request_id"})
         sets = {k: f"s.{k}" for k in fields} | {"history": "s.history"}
         if "reason" not in sets:  # an error of an earlier run goes; a reason of record stays
-            sets["reason"] = (f"CASE WHEN t.reason LIKE '{_ERROR_PREFIX}%' OR t.reason LIKE '{_AUDIT_PREFIX}%' "
-                              "THEN NULL ELSE t.reason END")
+            sets["reason"] = (
+                f"CASE WHEN t.reason LIKE '{_ERROR_PREFIX}%' OR t.reason LIKE '{_AUDIT_PREFIX}%' "
+                "THEN NULL ELSE t.reason END"
+            )
         cond = "t.status = s.from_status AND coalesce(array_length(t.history), 0) = s.from_length"
 
         def run() -> int:
@@ -170,31 +205,56 @@ class ForgetLedger:
                 history = cur["history"] or []
                 if any(h["state"] == state and h["job_id"] == job_id for h in history):
                     continue  # this job run made it already
-                moves.append({**r, "from_status": cur["status"], "from_length": len(history),
-                              "history": [*history, {"state": state, "job_id": job_id, "at": r["updated_at"]}]})
+                moves.append(
+                    {
+                        **r,
+                        "from_status": cur["status"],
+                        "from_length": len(history),
+                        "history": [
+                            *history,
+                            {"state": state, "job_id": job_id, "at": r["updated_at"]},
+                        ],
+                    }
+                )
             if not moves:
                 return 0
-            metrics = self._merge(moves, [("from_status", pa.string()), ("from_length", pa.int64())]) \
-                .when_matched_update(updates=sets, predicate=cond).execute()
+            metrics = (
+                self._merge(moves, [("from_status", pa.string()), ("from_length", pa.int64())])
+                .when_matched_update(updates=sets, predicate=cond)
+                .execute()
+            )
             return int(metrics["num_target_rows_updated"])
 
         moved = with_retries(run, what=f"ledger -> {state}")
         if strict and moved < len(rows):
             ids = [r["request_id"] for r in rows]
             now = {r["request_id"]: r for r in self.rows_for(ids)}
-            stuck = [rid for rid in ids if not (now.get(rid, {}).get("status") == state and any(
-                h["state"] == state and h["job_id"] == job_id for h in now[rid]["history"] or []))]
+            stuck = [
+                rid
+                for rid in ids
+                if not (
+                    now.get(rid, {}).get("status") == state
+                    and any(
+                        h["state"] == state and h["job_id"] == job_id
+                        for h in now[rid]["history"] or []
+                    )
+                )
+            ]
             if stuck:
                 raise LedgerConflictError(
                     f"ledger: {len(stuck)} request(s) could not move to {state} "
                     f"(now {sorted({now.get(r, {}).get('status', 'missing') for r in stuck})}; "
-                    f"e.g. {stuck[0][:12]}): another job changed them")
+                    f"e.g. {stuck[0][:12]}): another job changed them"
+                )
         return moved
 
     def note_error(self, request_ids: list[str], *, job_id: str, error: BaseException) -> None:
         """Record a failed job run's error on its requests; their state stays where it was."""
         if request_ids:
-            self.update(request_ids, reason=f"{_ERROR_PREFIX}{job_id}: {type(error).__name__}: {str(error)[:400]}")
+            self.update(
+                request_ids,
+                reason=f"{_ERROR_PREFIX}{job_id}: {type(error).__name__}: {str(error)[:400]}",
+            )
 
     def note_audit_failure(self, request_ids: list[str], *, job_id: str, version: int) -> None:
         """Record a failed audit on its requests; their state stays where it was."""
@@ -217,8 +277,10 @@ class ForgetLedger:
         stamp = now_utc()
         rows = [{**r, "updated_at": r.get("updated_at", stamp)} for r in rows]
         sets = {k: f"s.{k}" for k in sorted(set(rows[0]) - {"request_id"})}
-        with_retries(lambda: self._merge(rows).when_matched_update(updates=sets).execute(),
-                     what="ledger update")
+        with_retries(
+            lambda: self._merge(rows).when_matched_update(updates=sets).execute(),
+            what="ledger update",
+        )
 
     def rows(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """The requests (in ``statuses``), oldest first."""
@@ -227,8 +289,14 @@ class ForgetLedger:
         self.ensure()
         out = read_rows(self.path, ds.field("status").isin(list(statuses)) if statuses else None)
         # Spark's order: received_at ascending, nulls first, then the request id
-        return sorted(out, key=lambda r: (r["received_at"] is not None, r["received_at"] or datetime.min,
-                                          r["request_id"] or ""))
+        return sorted(
+            out,
+            key=lambda r: (
+                r["received_at"] is not None,
+                r["received_at"] or datetime.min,
+                r["request_id"] or "",
+            ),
+        )
 
     def rows_for(self, request_ids: list[str]) -> list[dict[str, Any]]:
         import pyarrow.dataset as ds
@@ -240,19 +308,29 @@ class ForgetLedger:
         """Requests not yet through: data requests before ``retrained``, attribute requests
         before ``applied``."""
         rows = self.rows((RECEIVED, PLANNED, DELETED))
-        return [r for r in rows if target_types is None or (r["target_type"] or USER) in target_types]
+        return [
+            r for r in rows if target_types is None or (r["target_type"] or USER) in target_types
+        ]
 
 
-def request_ages(rows: list[dict[str, Any]], *, deadline_days: float,
-                 now: datetime | None = None) -> list[dict[str, Any]]:
+def request_ages(
+    rows: list[dict[str, Any]], *, deadline_days: float, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """Each request still awaiting its answer (``AWAITING_STATUSES``), oldest first: its id,
     state, age in days since receipt and whether that is past ``deadline_days``. ``rows`` as
     ``ForgetLedger.rows`` gives them (naive UTC timestamps)."""
     now = (now or now_utc()).replace(tzinfo=None)
-    out = [{"request_id": r["request_id"], "target_type": r["target_type"] or USER, "status": r["status"],
+    out = [
+        {
+            "request_id": r["request_id"],
+            "target_type": r["target_type"] or USER,
+            "status": r["status"],
             "received_at": r["received_at"],
-            "age_days": round((now - r["received_at"]).total_seconds() / 86400, 3)}
-           for r in rows if r["status"] in AWAITING_STATUSES and r["received_at"] is not None]
+            "age_days": round((now - r["received_at"]).total_seconds() / 86400, 3),
+        }
+        for r in rows
+        if r["status"] in AWAITING_STATUSES and r["received_at"] is not None
+    ]
     for r in out:
         r["overdue"] = r["age_days"] > deadline_days
     return sorted(out, key=lambda r: -r["age_days"])

@@ -70,9 +70,15 @@ class ModelRegistry:
         tmp.write_text(json.dumps(version.to_json(self.layout.root), indent=2, sort_keys=True))
         tmp.replace(final)
         self.ensure()
-        row = {"version": version.version, "created_at": now_utc(), "status": PUBLISHED,
-               "manifest": relative_to(final, self.layout.root), "parent": version.parent,
-               "request_ids": request_ids, "note": note}
+        row = {
+            "version": version.version,
+            "created_at": now_utc(),
+            "status": PUBLISHED,
+            "manifest": relative_to(final, self.layout.root),
+            "parent": version.parent,
+            "request_ids": request_ids,
+            "note": note,
+        }
         append_rows(self.path, [row], what="publish model version")
 
     def retire(self, versions: list[int], note: str) -> None:
@@ -80,9 +86,14 @@ class ModelRegistry:
             return
         self.ensure()
         rows = [{"version": int(v), "note": note} for v in versions]
-        with_retries(lambda: merge_into(self.path, rows, "t.version = s.version")
-                     .when_matched_update(updates={"status": f"'{RETIRED}'", "note": "s.note"}).execute(),
-                     what="retire model versions")
+        with_retries(
+            lambda: (
+                merge_into(self.path, rows, "t.version = s.version")
+                .when_matched_update(updates={"status": f"'{RETIRED}'", "note": "s.note"})
+                .execute()
+            ),
+            what="retire model versions",
+        )
 
 
 @dataclass
@@ -98,17 +109,25 @@ def trained_on(touched: list[int], delete_version: int) -> Callable[[dict[str, A
     """The prune rule after a delete: a checkpoint of a touched shard, or of a component trained
     on every shard (reference, aggregator), held the forgotten rows (or is an orphan of an
     earlier failed attempt) and goes. Returns the label it is removed under, or None to keep."""
+
     def rule(meta: dict[str, Any]) -> str | None:
         if meta.get("shard_id") is not None and meta["shard_id"] not in touched:
             return None
         orphan = "" if meta["delta_version"] < delete_version else " (orphan)"
         return f"{meta['component']}/{meta['run_id']}{orphan}"
+
     return rule
 
 
-def publish_version(registry: ModelRegistry, version: ModelVersion, *, request_ids: list[str], note: str,
-                    prune: Callable[[dict[str, Any]], str | None] | None = None,
-                    retire: str | None = None) -> Published:
+def publish_version(
+    registry: ModelRegistry,
+    version: ModelVersion,
+    *,
+    request_ids: list[str],
+    note: str,
+    prune: Callable[[dict[str, Any]], str | None] | None = None,
+    retire: str | None = None,
+) -> Published:
     """Publish ``version``; then delete each checkpoint on disk it does not use that ``prune``
     names (``trained_on`` after a delete); then, with ``retire`` (the note), retire every
     older published version."""
@@ -125,9 +144,17 @@ def publish_version(registry: ModelRegistry, version: ModelVersion, *, request_i
                 removed.append(label)
     retired: list[int] = []
     if retire is not None:
-        retired = [v["version"] for v in registry.versions()
-                   if v["status"] == PUBLISHED and v["version"] < version.version]
+        retired = [
+            v["version"]
+            for v in registry.versions()
+            if v["status"] == PUBLISHED and v["version"] < version.version
+        ]
         registry.retire(retired, note=retire)
-    log.info("published v%d (%s); %d checkpoint(s) removed, %d version(s) retired",
-             version.version, note, len(removed), len(retired))
+    log.info(
+        "published v%d (%s); %d checkpoint(s) removed, %d version(s) retired",
+        version.version,
+        note,
+        len(removed),
+        len(retired),
+    )
     return Published(published_at, removed, retired)

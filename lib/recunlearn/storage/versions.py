@@ -19,8 +19,20 @@ from pathlib import Path
 from typing import Any
 
 # the fields a model version keeps of a component's checkpoint metadata
-COMPONENT_FIELDS = ("path", "sha256", "delta_version", "run_id", "fit_seconds", "n_users", "n_train",
-                    "config_fingerprint", "seed", "valid_ndcg", "epochs", "kind")
+COMPONENT_FIELDS = (
+    "path",
+    "sha256",
+    "delta_version",
+    "run_id",
+    "fit_seconds",
+    "n_users",
+    "n_train",
+    "config_fingerprint",
+    "seed",
+    "valid_ndcg",
+    "epochs",
+    "kind",
+)
 
 
 def _now() -> str:
@@ -67,7 +79,9 @@ class CheckpointMeta:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         clash = set(out) & set(self.extra)
         if clash:
-            raise ValueError(f"checkpoint meta: extra fields {sorted(clash)} shadow the record's own")
+            raise ValueError(
+                f"checkpoint meta: extra fields {sorted(clash)} shadow the record's own"
+            )
         return {**out, **self.extra}
 
 
@@ -136,8 +150,10 @@ class ModelVersion:
 
     def __post_init__(self) -> None:
         if sorted(self.shards) != list(range(self.n_shards)):
-            raise ValueError(f"model version {self.version}: shards {sorted(self.shards)} do not "
-                             f"cover 0..{self.n_shards - 1}")
+            raise ValueError(
+                f"model version {self.version}: shards {sorted(self.shards)} do not "
+                f"cover 0..{self.n_shards - 1}"
+            )
 
     @property
     def sequential(self) -> bool:
@@ -151,7 +167,7 @@ class ModelVersion:
         """Sequential training: the groups retrained for ``touched``, every group from the
         earliest touched one on, in curriculum order."""
         order = list(self.order or [])
-        return order[min(order.index(k) for k in touched):] if touched else []
+        return order[min(order.index(k) for k in touched) :] if touched else []
 
     def shard_paths(self) -> list[str]:
         return [self.shards[k].path for k in range(self.n_shards)]
@@ -170,15 +186,22 @@ class ModelVersion:
             return c.to_json(root) if c is not None else None
 
         return {
-            "version": self.version, "created_at": self.created_at,
-            "config_fingerprint": self.config_fingerprint, "table_version": self.table_version,
-            "n_items": self.n_items, "n_shards": self.n_shards,
+            "version": self.version,
+            "created_at": self.created_at,
+            "config_fingerprint": self.config_fingerprint,
+            "table_version": self.table_version,
+            "n_items": self.n_items,
+            "n_shards": self.n_shards,
             "shards": {str(k): comp(self.shards[k]) for k in sorted(self.shards)},
-            "aggregator": comp(self.aggregator), "reference": comp(self.reference),
-            "partition": self.partition, "guarantee": self.guarantee,
+            "aggregator": comp(self.aggregator),
+            "reference": comp(self.reference),
+            "partition": self.partition,
+            "guarantee": self.guarantee,
             "sequential": {"order": list(self.order)} if self.order is not None else None,
-            "parent": self.parent, "job_id": self.job_id,
-            "attribute_overlay": comp(self.attribute_overlay), "pending_exact": self.pending_exact,
+            "parent": self.parent,
+            "job_id": self.job_id,
+            "attribute_overlay": comp(self.attribute_overlay),
+            "pending_exact": self.pending_exact,
         }
 
     @classmethod
@@ -189,14 +212,20 @@ class ModelVersion:
         aggregator = comp(data["aggregator"])
         assert aggregator is not None
         return cls(
-            version=int(data["version"]), n_shards=int(data["n_shards"]), n_items=int(data["n_items"]),
+            version=int(data["version"]),
+            n_shards=int(data["n_shards"]),
+            n_items=int(data["n_items"]),
             table_version=int(data["table_version"]),
             shards={int(k): Component.from_json(v, root) for k, v in data["shards"].items()},
-            aggregator=aggregator, reference=comp(data.get("reference")),
-            guarantee=data.get("guarantee") or "", config_fingerprint=data.get("config_fingerprint") or "",
-            created_at=data.get("created_at") or _now(), partition=data.get("partition"),
+            aggregator=aggregator,
+            reference=comp(data.get("reference")),
+            guarantee=data.get("guarantee") or "",
+            config_fingerprint=data.get("config_fingerprint") or "",
+            created_at=data.get("created_at") or _now(),
+            partition=data.get("partition"),
             order=list((data.get("sequential") or {}).get("order") or []) or None,
             parent=data.get("parent"),
             job_id=data.get("job_id") or data.get("unlearn_job") or data.get("attribute_job"),
             attribute_overlay=comp(data.get("attribute_overlay")),
-            pending_exact=data.get("pending_exact"))
+            pending_exact=data.get("pending_exact"),
+        )

@@ -55,11 +55,21 @@ class _Terms:
 class BPRUnlearner:
     """Applies fast unlearning requests to ``model`` (trained on ``train``, rows = model rows)."""
 
-    def __init__(self, model: BPRMF, train: sp.csr_matrix, cfg: FastSettings, *,
-                 reg: float = 1e-4, holdout: sp.csr_matrix | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: BPRMF,
+        train: sp.csr_matrix,
+        cfg: FastSettings,
+        *,
+        reg: float = 1e-4,
+        holdout: sp.csr_matrix | None = None,
+        seed: int = 0,
+    ) -> None:
         if train.shape != (len(model.user_keys), model.n_items):
-            raise ValueError(f"train {train.shape} does not match the model "
-                             f"({len(model.user_keys)} users x {model.n_items} items)")
+            raise ValueError(
+                f"train {train.shape} does not match the model "
+                f"({len(model.user_keys)} users x {model.n_items} items)"
+            )
         self.model = model
         self.cfg = cfg
         self.reg = reg  # the model's training L2, per term as in fit_bpr
@@ -90,8 +100,9 @@ class BPRUnlearner:
         return self._forget(user_rows[hit], items[hit], method)
 
     # ------------------------------------------------------------------ the update
-    def _forget(self, fu: np.ndarray, fi: np.ndarray, method: str,
-                drop: np.ndarray | None = None) -> dict[str, Any]:
+    def _forget(
+        self, fu: np.ndarray, fi: np.ndarray, method: str, drop: np.ndarray | None = None
+    ) -> dict[str, Any]:
         if method not in METHODS:
             raise ValueError(f"unknown fast method {method!r}; one of {METHODS}")
         t0 = time.perf_counter()
@@ -114,15 +125,19 @@ class BPRUnlearner:
                 info.update(self._descend(p_users, p_items, local, g, forget=None))
             else:
                 info.update(self._descend(p_users, p_items, local, g, forget=forget))
-            info.update(block_users=int(len(p_users)), block_items=int(len(p_items)),
-                        terms=int(len(local.u)))
+            info.update(
+                block_users=int(len(p_users)),
+                block_items=int(len(p_items)),
+                terms=int(len(local.u)),
+            )
         if len(drop):
             self._drop_users(drop)
         info["seconds"] = time.perf_counter() - t0
         return info
 
-    def _block(self, fu: np.ndarray, fi: np.ndarray, drop: np.ndarray, *, full: bool
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _block(
+        self, fu: np.ndarray, fi: np.ndarray, drop: np.ndarray, *, full: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         n_users = self.train.shape[0]
         if full:
             return np.setdiff1d(np.arange(n_users), drop), np.arange(self.model.n_items)
@@ -137,8 +152,14 @@ class BPRUnlearner:
                 users = np.union1d(users, np.argpartition(-co, k - 1)[:k])
         return users, items
 
-    def _expand(self, u: torch.Tensor, i: torch.Tensor, g: torch.Generator,
-                avoid: np.ndarray | None = None, weight: torch.Tensor | None = None) -> _Terms:
+    def _expand(
+        self,
+        u: torch.Tensor,
+        i: torch.Tensor,
+        g: torch.Generator,
+        avoid: np.ndarray | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> _Terms:
         """Each pair with ``negatives`` uniform negatives (outside ``avoid``), weight 1/S each."""
         s = self.cfg.negatives
         n_items = self.model.n_items
@@ -150,14 +171,18 @@ class BPRUnlearner:
             j = torch.randint(n_items, (len(u) * s,), generator=g)
         return _Terms(u.repeat(s), i.repeat(s), j, w.repeat(s))
 
-    def _local_terms(self, p_users: np.ndarray, p_items: np.ndarray, g: torch.Generator, *,
-                     full: bool) -> _Terms:
+    def _local_terms(
+        self, p_users: np.ndarray, p_items: np.ndarray, g: torch.Generator, *, full: bool
+    ) -> _Terms:
         """Retained terms touching the block, reweighted to an unbiased estimate of their sum."""
         cfg, n_items = self.cfg, self.model.n_items
         if full:
             coo = self.train.tocoo()
-            return self._expand(torch.from_numpy(coo.row.astype(np.int64)),
-                                torch.from_numpy(coo.col.astype(np.int64)), g)
+            return self._expand(
+                torch.from_numpy(coo.row.astype(np.int64)),
+                torch.from_numpy(coo.col.astype(np.int64)),
+                g,
+            )
         us, its, ws = [], [], []
         rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
         for m, rows, is_user in ((self.train, p_users, True), (self.csc.T.tocsr(), p_items, False)):
@@ -182,8 +207,13 @@ class BPRUnlearner:
         # a pair sampled from both its user and its item row counts once, at the larger weight
         lin, first = np.unique(u * n_items + i, return_index=True)
         u, i, w = u[first], i[first], w[first]
-        pos_terms = self._expand(torch.from_numpy(u), torch.from_numpy(i), g, avoid=p_items,
-                                 weight=torch.from_numpy(w).float())
+        pos_terms = self._expand(
+            torch.from_numpy(u),
+            torch.from_numpy(i),
+            g,
+            avoid=p_items,
+            weight=torch.from_numpy(w).float(),
+        )
         # retained terms whose negative lands on a selected item: expected count nnz S |I| / n
         expected = self.train.nnz * cfg.negatives * len(p_items) / n_items
         n_neg = int(min(cfg.negative_terms, max(1, round(expected))))
@@ -193,8 +223,12 @@ class BPRUnlearner:
         ni = torch.from_numpy(self.train.indices[pick.numpy()].astype(np.int64))
         nj = torch.from_numpy(p_items)[torch.randint(len(p_items), (n_neg,), generator=g)]
         nw = torch.full((n_neg,), expected / n_neg / cfg.negatives)
-        return _Terms(torch.cat([pos_terms.u, nu]), torch.cat([pos_terms.i, ni]),
-                      torch.cat([pos_terms.j, nj]), torch.cat([pos_terms.w, nw]))
+        return _Terms(
+            torch.cat([pos_terms.u, nu]),
+            torch.cat([pos_terms.i, ni]),
+            torch.cat([pos_terms.j, nj]),
+            torch.cat([pos_terms.w, nw]),
+        )
 
     def _loss_fn(self, p_users: np.ndarray, p_items: np.ndarray):  # noqa: ANN202
         m, reg = self.model, self.reg
@@ -204,9 +238,9 @@ class BPRUnlearner:
         n_i = len(p_items)
 
         def loss(theta: torch.Tensor, t: _Terms) -> torch.Tensor:
-            pu = theta[:n_u * d].view(n_u, d)
-            qi = theta[n_u * d:(n_u + n_i) * d].view(n_i, d)
-            bi = theta[(n_u + n_i) * d:]
+            pu = theta[: n_u * d].view(n_u, d)
+            qi = theta[n_u * d : (n_u + n_i) * d].view(n_i, d)
+            bi = theta[(n_u + n_i) * d :]
             user = m.user.index_put((pu_idx,), pu)
             item = m.item.index_put((pi_idx,), qi)
             bias = m.bias.index_put((pi_idx,), bi)
@@ -225,13 +259,14 @@ class BPRUnlearner:
         m.user = m.user.clone()
         m.item = m.item.clone()
         m.bias = m.bias.clone()
-        m.user[torch.from_numpy(p_users)] = theta[:n_u * d].view(n_u, d)
-        m.item[torch.from_numpy(p_items)] = theta[n_u * d:(n_u + n_i) * d].view(n_i, d)
-        m.bias[torch.from_numpy(p_items)] = theta[(n_u + n_i) * d:]
+        m.user[torch.from_numpy(p_users)] = theta[: n_u * d].view(n_u, d)
+        m.item[torch.from_numpy(p_items)] = theta[n_u * d : (n_u + n_i) * d].view(n_i, d)
+        m.bias[torch.from_numpy(p_items)] = theta[(n_u + n_i) * d :]
         m._fold = None
 
-    def _newton(self, p_users: np.ndarray, p_items: np.ndarray, forget: _Terms, local: _Terms
-                ) -> dict[str, Any]:
+    def _newton(
+        self, p_users: np.ndarray, p_items: np.ndarray, forget: _Terms, local: _Terms
+    ) -> dict[str, Any]:
         """theta + (G_r + damping I)^-1 grad F on the block, G_r the Gauss-Newton Hessian of the
         retained terms (J^T diag(w s (1 - s)) J plus the L2 term): positive definite, unlike
         BPR's full Hessian, whose bilinear cross terms make it indefinite away from an exact
@@ -252,7 +287,7 @@ class BPRUnlearner:
         p = zr.clone()
         rz = float(r @ zr)
         bb = float(b @ b)
-        goal = (cfg.cg_tol ** 2) * bb
+        goal = (cfg.cg_tol**2) * bb
         iters = 0
         rr = bb
         while iters < cfg.cg_iters and rr > goal:  # preconditioned conjugate gradient
@@ -269,8 +304,11 @@ class BPRUnlearner:
         theta0 = lin_r.theta0()
         step = self._cap(x, theta0, len(p_users), len(p_items))
         self._write(p_users, p_items, theta0 + step)
-        return {"cg_iterations": iters, "cg_residual": (rr / max(bb, 1e-30)) ** 0.5,
-                "step_norm": float(step.norm())}
+        return {
+            "cg_iterations": iters,
+            "cg_residual": (rr / max(bb, 1e-30)) ** 0.5,
+            "step_norm": float(step.norm()),
+        }
 
     def _cap(self, step: torch.Tensor, theta0: torch.Tensor, n_u: int, n_i: int) -> torch.Tensor:
         """Scale each embedding row's step to at most max_step x the row's norm (biases: x1)."""
@@ -284,8 +322,15 @@ class BPRUnlearner:
         out[:emb] = (rows_s * scale[:, None]).reshape(-1)
         return out
 
-    def _descend(self, p_users: np.ndarray, p_items: np.ndarray, local: _Terms, g: torch.Generator,
-                 *, forget: _Terms | None) -> dict[str, Any]:
+    def _descend(
+        self,
+        p_users: np.ndarray,
+        p_items: np.ndarray,
+        local: _Terms,
+        g: torch.Generator,
+        *,
+        forget: _Terms | None,
+    ) -> dict[str, Any]:
         cfg = self.cfg
         loss, theta0 = self._loss_fn(p_users, p_items)
         theta = theta0.clone().requires_grad_(True)
@@ -297,7 +342,8 @@ class BPRUnlearner:
         forget_w = float(forget.w.sum()) if forget is not None else 1.0
         stopped = "steps"
         done = 0
-        for done in range(1, steps + 1):
+        for step in range(1, steps + 1):
+            done = step
             idx = torch.randint(n, (min(cfg.batch, n),), generator=g)
             batch = _Terms(local.u[idx], local.i[idx], local.j[idx], local.w[idx])
             obj = loss(theta, batch) * (total_w / float(batch.w.sum())) / max(total_w, 1.0)
@@ -328,7 +374,10 @@ class BPRUnlearner:
         else:
             coo = src.tocoo()
             pick = torch.randint(coo.nnz, (min(2048, coo.nnz),), generator=g).numpy()
-            u, i = torch.from_numpy(coo.row[pick].astype(np.int64)), torch.from_numpy(coo.col[pick].astype(np.int64))
+            u, i = (
+                torch.from_numpy(coo.row[pick].astype(np.int64)),
+                torch.from_numpy(coo.col[pick].astype(np.int64)),
+            )
         t = self._expand(u, i, g)
         with torch.no_grad():
             x = (m.user[t.u] * (m.item[t.i] - m.item[t.j])).sum(1) + m.bias[t.i] - m.bias[t.j]
@@ -351,7 +400,9 @@ class Linearisation:
     (p_users' vectors, p_items' vectors and biases) at the current model; vectors of the block
     are flat: users' d-vectors, items' d-vectors, items' biases."""
 
-    def __init__(self, m: BPRMF, p_users: np.ndarray, p_items: np.ndarray, t: _Terms, reg: float) -> None:
+    def __init__(
+        self, m: BPRMF, p_users: np.ndarray, p_items: np.ndarray, t: _Terms, reg: float
+    ) -> None:
         self.n_u, self.n_i, self.d = len(p_users), len(p_items), m.user.shape[1]
         self.m, self.p_users, self.p_items, self.t, self.reg = m, p_users, p_items, t, reg
         self.lu = _local(p_users, t.u.numpy(), m.user.shape[0])
@@ -362,16 +413,22 @@ class Linearisation:
         self.x = (self.pu * self.qd).sum(1) + m.bias[t.i] - m.bias[t.j]
         # L2 on the block: 2 reg x (weighted number of terms each row appears in)
         cu = torch.zeros(self.n_u + 1).index_add_(0, self.lu, t.w)[:-1]
-        ci = (torch.zeros(self.n_i + 1).index_add_(0, self.li, t.w)
-              .index_add_(0, self.lj, t.w))[:-1]
+        ci = (torch.zeros(self.n_i + 1).index_add_(0, self.li, t.w).index_add_(0, self.lj, t.w))[
+            :-1
+        ]
         self.counts = (cu, ci)
-        self.reg_diag = torch.cat([(2 * reg * cu).repeat_interleave(self.d),
-                                   (2 * reg * ci).repeat_interleave(self.d), torch.zeros(self.n_i)])
+        self.reg_diag = torch.cat(
+            [
+                (2 * reg * cu).repeat_interleave(self.d),
+                (2 * reg * ci).repeat_interleave(self.d),
+                torch.zeros(self.n_i),
+            ]
+        )
         self._touching()
 
     def _split(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nu, ni, d = self.n_u, self.n_i, self.d
-        return v[:nu * d].view(nu, d), v[nu * d:(nu + ni) * d].view(ni, d), v[(nu + ni) * d:]
+        return v[: nu * d].view(nu, d), v[nu * d : (nu + ni) * d].view(ni, d), v[(nu + ni) * d :]
 
     def _touching(self) -> None:
         """For each role (user, positive item, negative item), the terms whose row in that role
@@ -395,8 +452,11 @@ class Linearisation:
         nu, ni, d = self.n_u, self.n_i, self.d
         zu, zi, zj = z[self.su], z[self.si], z[self.sj]
         gp = torch.zeros(nu, d).index_add_(0, self.lu_s, zu[:, None] * self.qd_u)
-        gq = (torch.zeros(ni, d).index_add_(0, self.li_s, zi[:, None] * self.pu_i)
-              .index_add_(0, self.lj_s, -zj[:, None] * self.pu_j))
+        gq = (
+            torch.zeros(ni, d)
+            .index_add_(0, self.li_s, zi[:, None] * self.pu_i)
+            .index_add_(0, self.lj_s, -zj[:, None] * self.pu_j)
+        )
         gb = torch.zeros(ni).index_add_(0, self.li_s, zi).index_add_(0, self.lj_s, -zj)
         return torch.cat([gp.reshape(-1), gq.reshape(-1), gb])
 
@@ -418,19 +478,24 @@ class Linearisation:
             return out[:-1]
 
         bu = blocks(self.lu, self.qd, curv, self.n_u)
-        bi = blocks(torch.cat([self.li, self.lj]), torch.cat([self.pu, self.pu]), torch.cat([curv, curv]), self.n_i)
+        bi = blocks(
+            torch.cat([self.li, self.lj]),
+            torch.cat([self.pu, self.pu]),
+            torch.cat([curv, curv]),
+            self.n_i,
+        )
         diag = self.reg_diag + damping
         eye = torch.eye(d)
         nu, ni = self.n_u, self.n_i
-        inv_u = torch.linalg.inv(bu + diag[:nu * d].view(nu, d)[:, :, None] * eye)
-        inv_i = torch.linalg.inv(bi + diag[nu * d:(nu + ni) * d].view(ni, d)[:, :, None] * eye)
+        inv_u = torch.linalg.inv(bu + diag[: nu * d].view(nu, d)[:, :, None] * eye)
+        inv_i = torch.linalg.inv(bi + diag[nu * d : (nu + ni) * d].view(ni, d)[:, :, None] * eye)
         bias = (torch.zeros(ni + 1).index_add_(0, self.li, curv).index_add_(0, self.lj, curv))[:-1]
-        inv_b = 1.0 / (bias + diag[(nu + ni) * d:])
+        inv_b = 1.0 / (bias + diag[(nu + ni) * d :])
 
         def apply(v: torch.Tensor) -> torch.Tensor:
-            vu = torch.bmm(inv_u, v[:nu * d].view(nu, d, 1)).reshape(-1)
-            vi = torch.bmm(inv_i, v[nu * d:(nu + ni) * d].view(ni, d, 1)).reshape(-1)
-            return torch.cat([vu, vi, inv_b * v[(nu + ni) * d:]])
+            vu = torch.bmm(inv_u, v[: nu * d].view(nu, d, 1)).reshape(-1)
+            vi = torch.bmm(inv_i, v[nu * d : (nu + ni) * d].view(ni, d, 1)).reshape(-1)
+            return torch.cat([vu, vi, inv_b * v[(nu + ni) * d :]])
 
         return apply
 

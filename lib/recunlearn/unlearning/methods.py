@@ -66,7 +66,9 @@ class UpdateContext(Protocol):
     cfg: RunConfig
     job_id: str
     delete_version: int  # the interactions version right after the delete
-    train_version: int  # the version a retrain reads (later than delete_version after a repartition)
+    train_version: (
+        int  # the version a retrain reads (later than delete_version after a repartition)
+    )
     exact_guarantee: str  # what an exact retrain under the job's partition mode guarantees
 
     def load(self, component: Component) -> Recommender: ...
@@ -99,21 +101,53 @@ class UnlearningMethod(Protocol):
     def update(self, version: ModelVersion, targets: Targets, ctx: UpdateContext) -> Update: ...
 
 
-def _updated_meta(base: Component, shard: int | None, ctx: UpdateContext, *, n_users: int, pairs: int,
-                  seconds: float, delta_version: int, extra: dict[str, Any]) -> CheckpointMeta:
+def _updated_meta(
+    base: Component,
+    shard: int | None,
+    ctx: UpdateContext,
+    *,
+    n_users: int,
+    pairs: int,
+    seconds: float,
+    delta_version: int,
+    extra: dict[str, Any],
+) -> CheckpointMeta:
     """The sidecar of a component updated in place from ``base``."""
     return CheckpointMeta(
-        shard_id=shard, delta_version=delta_version, job_id=ctx.job_id,
-        config_fingerprint=base.config_fingerprint, seed=base.seed, fit_seconds=seconds, epochs=0,
-        valid_ndcg=base.valid_ndcg, n_users=n_users, n_train=int(base.n_train or 0) - pairs,
-        extra={"update_of": base.sha256, **extra})
+        shard_id=shard,
+        delta_version=delta_version,
+        job_id=ctx.job_id,
+        config_fingerprint=base.config_fingerprint,
+        seed=base.seed,
+        fit_seconds=seconds,
+        epochs=0,
+        valid_ndcg=base.valid_ndcg,
+        n_users=n_users,
+        n_train=int(base.n_train or 0) - pairs,
+        extra={"update_of": base.sha256, **extra},
+    )
 
 
 def _step_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    fields = ("kind", "pairs", "users", "rounds", "index_rows_recomputed", "cg_iterations", "cg_residual",
-              "steps", "stopped", "block_users", "block_items", "terms")
-    return {"pairs": sum(i["pairs"] for i in infos), "seconds": round(sum(i["seconds"] for i in infos), 4),
-            "steps": [{f: i.get(f) for f in fields if f in i} for i in infos]}
+    fields = (
+        "kind",
+        "pairs",
+        "users",
+        "rounds",
+        "index_rows_recomputed",
+        "cg_iterations",
+        "cg_residual",
+        "steps",
+        "stopped",
+        "block_users",
+        "block_items",
+        "terms",
+    )
+    return {
+        "pairs": sum(i["pairs"] for i in infos),
+        "seconds": round(sum(i["seconds"] for i in infos), 4),
+        "steps": [{f: i.get(f) for f in fields if f in i} for i in infos],
+    }
 
 
 # --------------------------------------------------------------------------- exact retrain
@@ -141,23 +175,33 @@ class ShardRetrain:
             retrain = version.groups_from(retrain)
         # a fast-tier version dropped the reference (trained on what it forgot): retrain it too
         reference = ctx.cfg.unlearn.retrain_reference and (
-            version.reference is not None or bool(version.pending_exact))
+            version.reference is not None or bool(version.pending_exact)
+        )
         trained = ctx.retrain(retrain, reference=reference)
         shards = {**version.shards, **trained["shards"]}
         agg = ctx.refit_aggregator(shards)
         compute = {
             "shard_fit_seconds": {str(k): c.fit_seconds for k, c in trained["shards"].items()},
             "aggregator_fit_seconds": agg.fit_seconds,
-            "reference_fit_seconds": trained["reference"].fit_seconds if trained["reference"] else None,
+            "reference_fit_seconds": trained["reference"].fit_seconds
+            if trained["reference"]
+            else None,
             "train_wall_seconds": trained["wall_seconds"],
         }
-        return Update(shards=trained["shards"], reference=trained["reference"], changed=retrain,
-                      guarantee=ctx.exact_guarantee, aggregator=agg, compute=compute)
+        return Update(
+            shards=trained["shards"],
+            reference=trained["reference"],
+            changed=retrain,
+            guarantee=ctx.exact_guarantee,
+            aggregator=agg,
+            compute=compute,
+        )
 
 
 # --------------------------------------------------------------------------- exact in place
 EXACT_UPDATE_GUARANTEE = (
-    "exact ({method}, model-specific): the forgotten rows are deleted and vacuumed, and every shard "
+    "exact ({method}, model-specific): the forgotten rows are deleted and vacuumed, and every "
+    "shard "
     "that held them, and the reference, was updated to the model of the retained data: {detail}"
 )
 
@@ -179,7 +223,9 @@ class ModelExact:
     def models(self) -> frozenset[str]:
         from recunlearn.models import MODELS
 
-        return frozenset({self.model} if self.model else {k for k, m in MODELS.items() if m.forgets})
+        return frozenset(
+            {self.model} if self.model else {k for k, m in MODELS.items() if m.forgets}
+        )
 
     @property
     def summary(self) -> str:
@@ -201,21 +247,33 @@ class ModelExact:
             assert base is not None
             model = ctx.load(base)
             if not isinstance(model, Forgettable):
-                raise TypeError(f"unlearn --method {self.name}: the {k} model ({type(model).__name__}) "
-                                "does not forget exactly in place")
+                raise TypeError(
+                    f"unlearn --method {self.name}: the {k} model ({type(model).__name__}) "
+                    "does not forget exactly in place"
+                )
             info = _step_info(apply_exact(model, targets))
-            meta = _updated_meta(base, None if k == "reference" else int(k), ctx,
-                                 n_users=len(model.user_keys), pairs=info["pairs"], seconds=info["seconds"],
-                                 delta_version=ctx.delete_version,  # as a retrain at the delete would be
-                                 extra={"exact_update": self.name})
+            meta = _updated_meta(
+                base,
+                None if k == "reference" else int(k),
+                ctx,
+                n_users=len(model.user_keys),
+                pairs=info["pairs"],
+                seconds=info["seconds"],
+                delta_version=ctx.delete_version,  # as a retrain at the delete would be
+                extra={"exact_update": self.name},
+            )
             saved = ctx.save(None if k == "reference" else int(k), model, meta)
             if k == "reference":
                 reference = saved
             else:
                 shards[int(k)], details[int(k)] = saved, info
-        return Update(shards=shards, reference=reference, changed=list(targets.touched),
-                      guarantee=EXACT_UPDATE_GUARANTEE.format(method=self.name, detail=self.detail),
-                      details=details)
+        return Update(
+            shards=shards,
+            reference=reference,
+            changed=list(targets.touched),
+            guarantee=EXACT_UPDATE_GUARANTEE.format(method=self.name, detail=self.detail),
+            details=details,
+        )
 
 
 def apply_exact(model: Any, targets: Targets) -> list[dict[str, Any]]:
@@ -228,15 +286,23 @@ def apply_exact(model: Any, targets: Targets) -> list[dict[str, Any]]:
         held = rows >= 0
         return model.forget_pairs(rows[held], items[held])
 
-    steps = (("users", targets.users, lambda: model.forget_users(np.array(targets.users))),
-             ("items", targets.items, lambda: model.forget_items(np.array(targets.items))),
-             ("interactions", targets.pairs, pairs))
+    steps = (
+        ("users", targets.users, lambda: model.forget_users(np.array(targets.users))),
+        ("items", targets.items, lambda: model.forget_items(np.array(targets.items))),
+        ("interactions", targets.pairs, pairs),
+    )
     for kind, wanted, call in steps:
         if wanted:
             t0, before = time.perf_counter(), model.n_train
             info = dict(call())
-            out.append({"kind": kind, **info, "pairs": before - model.n_train,
-                        "seconds": time.perf_counter() - t0})
+            out.append(
+                {
+                    "kind": kind,
+                    **info,
+                    "pairs": before - model.n_train,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
     return out
 
 
@@ -250,9 +316,9 @@ APPROXIMATE_GUARANTEE = (
 
 @dataclass(frozen=True)
 class Approximate:
-    """The fast tier over BPR-MF shards (``recunlearn.unlearning.fast_bpr``): each touched shard model is
-    updated in place from the rows it was trained on (read before the delete, held in memory
-    only). The reference held the forgotten rows and is dropped; the version records what the
+    """The fast tier over BPR-MF shards (``recunlearn.unlearning.fast_bpr``): each touched shard
+    model is updated in place from the rows it was trained on (read before the delete, held in
+    memory only). The reference held the forgotten rows and is dropped; the version records what the
     exact tier has to retrain (``pending_exact``)."""
 
     name: str
@@ -281,29 +347,52 @@ class Approximate:
             base = version.shards[k]
             model = ctx.load(base)
             data = ctx.rows_before(k)
-            un = BPRUnlearner(model, _aligned(model.user_keys, data.train, data), cfg.unlearn.fast,  # type: ignore[arg-type]
-                              reg=cfg.model.reg, holdout=_aligned(model.user_keys, data.valid, data),
-                              seed=make_seed(cfg.seed, "fast", ctx.job_id, k) % 2**31)
+            un = BPRUnlearner(
+                model,
+                _aligned(model.user_keys, data.train, data),
+                cfg.unlearn.fast,  # type: ignore[arg-type]
+                reg=cfg.model.reg,
+                holdout=_aligned(model.user_keys, data.valid, data),
+                seed=make_seed(cfg.seed, "fast", ctx.job_id, k) % 2**31,
+            )
             info = _step_info(_apply_approximate(un, targets, self.name))
             removed_rows[k] = removed_rows.get(k, 0) + info["pairs"]
             # trained on the rows at its delta_version, then had the forgotten rows taken out
             # approximately: the audit treats it as trained at that version
-            meta = _updated_meta(base, k, ctx, n_users=len(model.user_keys), pairs=info["pairs"],
-                                 seconds=info["seconds"], delta_version=int(base.delta_version or 0),
-                                 extra={"approximate": {"method": self.name,
-                                                        "applied_at_version": ctx.delete_version,
-                                                        "fast_config": fingerprint(cfg.unlearn.fast)}})
+            meta = _updated_meta(
+                base,
+                k,
+                ctx,
+                n_users=len(model.user_keys),
+                pairs=info["pairs"],
+                seconds=info["seconds"],
+                delta_version=int(base.delta_version or 0),
+                extra={
+                    "approximate": {
+                        "method": self.name,
+                        "applied_at_version": ctx.delete_version,
+                        "fast_config": fingerprint(cfg.unlearn.fast),
+                    }
+                },
+            )
             shards[k], details[k] = ctx.save(k, model, meta), info
         pend_shards = sorted(set(pending.get("shards", [])) | set(targets.touched))
         pending_exact = {
-            "shards": pend_shards, "aggregator": version.aggregator.kind != "mean",
+            "shards": pend_shards,
+            "aggregator": version.aggregator.kind != "mean",
             "requests": sorted(set(pending.get("requests", [])) | set(targets.shards_of)),
             "removed_rows": {str(k): v for k, v in sorted(removed_rows.items())},
             "since": pending.get("since") or now_utc().isoformat(),
-            "method": self.name}
-        return Update(shards=shards, reference=None, changed=list(targets.touched),
-                      guarantee=APPROXIMATE_GUARANTEE.format(method=self.name, shards=pend_shards),
-                      details=details, pending_exact=pending_exact)
+            "method": self.name,
+        }
+        return Update(
+            shards=shards,
+            reference=None,
+            changed=list(targets.touched),
+            guarantee=APPROXIMATE_GUARANTEE.format(method=self.name, shards=pend_shards),
+            details=details,
+            pending_exact=pending_exact,
+        )
 
 
 def _aligned(keys: np.ndarray, m: Any, data: InteractionData) -> Any:
@@ -314,7 +403,9 @@ def _aligned(keys: np.ndarray, m: Any, data: InteractionData) -> Any:
 
     pos = lookup_rows(data.user_keys, keys)
     have = np.flatnonzero(pos >= 0)
-    sel = sp.csr_matrix((np.ones(len(have), np.float32), (have, pos[have])), shape=(len(keys), data.n_users))
+    sel = sp.csr_matrix(
+        (np.ones(len(have), np.float32), (have, pos[have])), shape=(len(keys), data.n_users)
+    )
     return (sel @ m).tocsr()
 
 
@@ -335,36 +426,65 @@ def _apply_approximate(un: Any, targets: Targets, method: str) -> list[dict[str,
 
 
 # --------------------------------------------------------------------------- the registry
-METHODS: dict[str, UnlearningMethod] = {m.name: m for m in (
-    ShardRetrain(),
-    Approximate("scif", "BPR fast tier: one Newton step with a stochastic conjugate-gradient "
-                "inverse Hessian-vector product (SCIF)"),
-    Approximate("influence", "BPR fast tier: a first-order influence update of the touched rows"),
-    Approximate("finetune", "BPR fast tier: fine-tune the touched shard on its retained rows"),
-    Approximate("ascent", "BPR fast tier: gradient ascent on the forgotten pairs, stopped at the "
-                "held-out level"),
-    ModelExact("als", "wmf", "the WMF factors re-converged from the current ones until every row's "
-               "normal equations on the retained data hold to the training tolerance (a retrain "
-               "from scratch meets the same test; it differs from this model as much as a retrain "
-               "with another seed does)"),
-    ModelExact("knn", "itemknn", "the item-kNN index equals, bit for bit, the index rebuilt "
-               "without the rows"),
-    ModelExact("ease", "ease", "EASE's Gram matrix counts only the retained rows and its inverse "
-               "was updated by Woodbury to the refit's to float64 round-off"),
-    ModelExact("inplace", None, "the model's own exact update (recunlearn.models.base.Forgettable), "
-               "equal to a refit on the retained rows to the tolerance its contract test states"),
-)}
+METHODS: dict[str, UnlearningMethod] = {
+    m.name: m
+    for m in (
+        ShardRetrain(),
+        Approximate(
+            "scif",
+            "BPR fast tier: one Newton step with a stochastic conjugate-gradient "
+            "inverse Hessian-vector product (SCIF)",
+        ),
+        Approximate(
+            "influence", "BPR fast tier: a first-order influence update of the touched rows"
+        ),
+        Approximate("finetune", "BPR fast tier: fine-tune the touched shard on its retained rows"),
+        Approximate(
+            "ascent",
+            "BPR fast tier: gradient ascent on the forgotten pairs, stopped at the held-out level",
+        ),
+        ModelExact(
+            "als",
+            "wmf",
+            "the WMF factors re-converged from the current ones until every row's "
+            "normal equations on the retained data hold to the training tolerance (a retrain "
+            "from scratch meets the same test; it differs from this model as much as a retrain "
+            "with another seed does)",
+        ),
+        ModelExact(
+            "knn",
+            "itemknn",
+            "the item-kNN index equals, bit for bit, the index rebuilt without the rows",
+        ),
+        ModelExact(
+            "ease",
+            "ease",
+            "EASE's Gram matrix counts only the retained rows and its inverse "
+            "was updated by Woodbury to the refit's to float64 round-off",
+        ),
+        ModelExact(
+            "inplace",
+            None,
+            "the model's own exact update (recunlearn.models.base.Forgettable), "
+            "equal to a refit on the retained rows to the tolerance its contract test states",
+        ),
+    )
+}
 
 
 def get_method(name: str) -> UnlearningMethod:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown unlearning method {name!r}: one of {', '.join(METHODS)}") from None
+        raise ValueError(
+            f"unknown unlearning method {name!r}: one of {', '.join(METHODS)}"
+        ) from None
 
 
 def check_model(method: UnlearningMethod, kind: str) -> None:
     """Raise when ``method`` cannot update sub-models of ``kind``."""
     if method.models is not None and kind not in method.models:
-        raise ValueError(f"unlearn.method={method.name} updates {' / '.join(sorted(method.models))} "
-                         f"models, but model.kind={kind}")
+        raise ValueError(
+            f"unlearn.method={method.name} updates {' / '.join(sorted(method.models))} "
+            f"models, but model.kind={kind}"
+        )

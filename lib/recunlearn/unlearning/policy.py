@@ -12,8 +12,13 @@ if TYPE_CHECKING:
     from recunlearn.storage.versions import ModelVersion
 
 
-def exact_due(approximate: list[dict[str, Any]], version: ModelVersion | None, policy: PolicyConfig, *,
-              now: datetime | None = None) -> tuple[bool, str]:
+def exact_due(
+    approximate: list[dict[str, Any]],
+    version: ModelVersion | None,
+    policy: PolicyConfig,
+    *,
+    now: datetime | None = None,
+) -> tuple[bool, str]:
     """Whether the exact retrain of the fast-answered requests (``approximate``: their ledger
     rows) is due, and why: enough of them, the oldest past its deadline, or a shard whose
     approximately removed rows exceed a share of its training rows (the drift of a model that
@@ -32,5 +37,12 @@ def exact_due(approximate: list[dict[str, Any]], version: ModelVersion | None, p
         n_train = (version.shards[int(k)].n_train if version is not None else 0) or 0
         share = n / max(n + n_train, 1)
         if share >= policy.max_share:
-            return True, f"shard {k}: {share:.3f} of its rows removed approximately >= max_share {policy.max_share}"
-    return False, f"{len(approximate)} approximate request(s), within max_pending, deadline and max_share"
+            return (
+                True,
+                f"shard {k}: {share:.3f} of its rows removed approximately >= max_share "
+                f"{policy.max_share}",
+            )
+    return (
+        False,
+        f"{len(approximate)} approximate request(s), within max_pending, deadline and max_share",
+    )
