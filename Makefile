@@ -16,8 +16,13 @@ test: setup browser
 test-all: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The habits CI keeps: the import contracts (layers, no cycles), ruff (pyflakes, pycodestyle,
+# isort, bugbear, annotations; formatting) and mypy on the library, pipelines and jobs.
 lint: setup
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check lib pipelines jobs tests
+	$(VENV)/bin/ruff format --check lib pipelines jobs tests
+	$(VENV)/bin/mypy lib pipelines jobs
 
 setup: $(STAMP) $(JARS)
 

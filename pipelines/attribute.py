@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,8 @@ def submit_attribute_requests(
     existing = {r["request_id"]: r for r in ledger.rows()}
     outcomes, new_rows, updates, reopened = [], [], [], []
     targets: list[tuple[int, str | None, str | None]] = []  # (position, key, reason)
-    for pos, raw in enumerate([ALL_USERS] if raw_ids is None else raw_ids):
+    given = [ALL_USERS] if raw_ids is None else raw_ids
+    for pos, raw in enumerate(given):
         text = str(raw).strip()
         if raw_ids is None:
             targets.append((pos, ALL_USERS, None))
@@ -104,7 +106,7 @@ def submit_attribute_requests(
     for pos, key, reason in targets:
         if key is None or (key != ALL_USERS and key not in known):
             reason = reason or "unknown user: no interactions under this key"
-            key = key or user_key(secret, f"malformed:{str(raw_ids[pos]).strip()}")
+            key = key or user_key(secret, f"malformed:{str(given[pos]).strip()}")
             rid = request_id_for(f"{ATTRIBUTE}:{name}:rejected", key)
             if rid not in existing and rid not in seen:  # recorded once, with its reason
                 new_rows.append(
@@ -235,7 +237,7 @@ def _undone_apply_id(row: dict[str, Any]) -> str:
 
 
 def active_edits(
-    rows: list[dict[str, Any]], *, forgotten: set[str] = frozenset()
+    rows: list[dict[str, Any]], *, forgotten: Set[str] = frozenset()
 ) -> list[dict[str, Any]]:
     """The attribute requests that the next published version must carry: live apply
     requests, less those an open undo takes back and those of users being forgotten."""

@@ -14,6 +14,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from recunlearn import faults
 from recunlearn.data.pseudonym import user_key
 from recunlearn.evidence.mia import has_power
@@ -97,7 +99,7 @@ def audit(
         if m["exists"] and not (m.get("component") == "aggregator" and m.get("kind") == "mean")
     ]
     ens = load_ensemble(version)
-    still_known = dict(zip(keys, ens.knows(keys), strict=True))
+    still_known = dict(zip(keys, ens.knows(np.asarray(keys, dtype=str)), strict=True))
     reference_keys = set()
     if version.reference is not None:
         reference_keys = set(checkpoints.load_state(version.reference.path)["user_keys"])

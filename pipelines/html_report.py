@@ -89,9 +89,10 @@ def _cell(c: Any) -> str:
 def _bars(
     ax: plt.Axes,
     labels: list[str],
-    series: dict[str, list[float]],
-    errors: dict[str, list[tuple[float, float]]] | None = None,
+    series: dict[str, list[float | None]],
+    errors: dict[str, list[tuple[float, ...] | None]] | None = None,
 ) -> None:
+    """Grouped bars, one group per label; a missing value (None) draws no bar."""
     x = np.arange(len(labels))
     width = 0.8 / max(len(series), 1)
     for i, (name, vals) in enumerate(series.items()):

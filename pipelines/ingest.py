@@ -94,7 +94,8 @@ def stable_item_index(
         if table_exists(spark, layout.items)
         else spark.createDataFrame([], "item_id string, item_idx int")
     )
-    start = old.agg(F.max("item_idx")).first()[0]
+    top = old.agg(F.max("item_idx")).first()
+    start = top[0] if top is not None else None
     start = 0 if start is None else int(start) + 1
     new = (
         item_ids.join(old, "item_id", "left_anti")

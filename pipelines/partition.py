@@ -61,7 +61,7 @@ def _als(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     inter = spark.read.format("delta").load(layout.interactions)
     train = inter.where(F.col("split") == "train").select("user_key", "item_idx")
-    counts = train.groupBy("user_key").count().toPandas().sort_values("user_key")
+    counts = frame(train.groupBy("user_key").count()).sort_values("user_key")
     keys = counts["user_key"].to_numpy().astype(str)
     rows = counts["count"].to_numpy()
     if len(keys) == 0:
@@ -82,13 +82,20 @@ def _als(
         coldStartStrategy="drop",
     )
     model = als.fit(train.join(index, "user_key").withColumn("w", F.lit(1.0)))
-    factors = model.userFactors.toPandas().sort_values("id")
+    factors = frame(model.userFactors).sort_values("id")
     x = np.zeros((len(keys), s.embedding_rank))
     x[factors["id"].to_numpy()] = np.stack(factors["features"].to_numpy())
     return keys, x, rows, model
 
 
-def assign(x: np.ndarray, rows: np.ndarray, *, cfg: RunConfig) -> Partition:
+def frame(df: Any) -> pd.DataFrame:
+    """A Spark DataFrame collected to the driver as pandas. (The item and interaction partitions
+    still collect every interaction here: the scale issue moves that step into Spark.)"""
+    out: pd.DataFrame = df.toPandas()
+    return out
+
+
+def assign(x: np.ndarray, rows: np.ndarray | None, *, cfg: RunConfig) -> Partition:
     rng = numpy_rng(cfg.seed, "partition")
     s = cfg.sharding
     if s.method == "random":
@@ -188,8 +195,8 @@ def repartition_strict(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -
     (what a fresh run would compute), keep shard names where users stay, write it, and report
     which shards' members changed (they must be retrained) and how many users moved."""
     t0 = time.perf_counter()
-    old_map = (
-        spark.read.format("delta").load(layout.shard_map).select("user_key", "shard_id").toPandas()
+    old_map = frame(
+        spark.read.format("delta").load(layout.shard_map).select("user_key", "shard_id")
     )
     keys, rows, part, t_emb = compute_partition(spark, cfg=cfg, layout=layout)
     old = old_map.set_index("user_key")["shard_id"].reindex(keys).to_numpy()
@@ -264,13 +271,13 @@ def partition_rows(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> di
     t0 = time.perf_counter()
     unit, k = cfg.sharding.unit, cfg.sharding.n_shards
     keys, ux, _, model = _als(spark, cfg=cfg, layout=layout)
-    ifac = model.itemFactors.toPandas()
+    ifac = frame(model.itemFactors)
     n_items = int(max(ifac["id"].max(), 0)) + 1
     vx = np.zeros((n_items, cfg.sharding.embedding_rank))
     vx[ifac["id"].to_numpy()] = np.stack(ifac["features"].to_numpy())
     t_emb = time.perf_counter() - t0
     inter = spark.read.format("delta").load(layout.interactions).drop("shard_id")
-    pairs = inter.select("user_key", "item_idx", "split").toPandas()
+    pairs = frame(inter.select("user_key", "item_idx", "split"))
     train = pairs["split"].to_numpy() == "train"
     urow = np.searchsorted(keys, pairs["user_key"].to_numpy().astype(str))
     item = pairs["item_idx"].to_numpy().astype(np.int64)

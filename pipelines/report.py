@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 SCHEMA_VERSION = 1
 
@@ -52,8 +52,8 @@ def _unlearn_summary(unl: dict[str, Any], full_fit: float | None) -> dict[str, A
     functional = list(unl.get("functional", {}).values())
 
     def mean(vals: list[float | None]) -> float | None:
-        vals = [v for v in vals if v is not None]
-        return round(sum(vals) / len(vals), 5) if vals else None
+        have = [v for v in vals if v is not None]
+        return round(sum(have) / len(have), 5) if have else None
 
     return {
         "job_id": unl["job_id"],
@@ -269,7 +269,7 @@ def _distinct(report: dict[str, Any], status: str) -> int:
     return len({q["request_id"] for q in report["requests"] if q["status"] == status})
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
     return [fmt(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows[1:])]

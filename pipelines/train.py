@@ -13,8 +13,9 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -270,7 +271,9 @@ def run_tasks(
     from tqdm import tqdm
 
     limit = 2 * ray_cpus()
-    pending, results, order = [], {}, {}
+    pending: list[Any] = []
+    results: dict[int, dict[str, Any]] = {}
+    order: dict[Any, int] = {}
     queue = list(enumerate(calls))
     bar = tqdm(total=len(calls), desc=label, disable=not sys.stderr.isatty(), leave=False)
     try:
@@ -312,7 +315,7 @@ def train_models(
     cfg_json = cfg.model_dump_json()
     table, root = layout.interactions, str(layout.checkpoints)
     sequential = cfg.train.mode == "sequential"
-    calls = (
+    calls: list[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = (
         []
         if sequential
         else [
@@ -394,7 +397,7 @@ def build_version(
     *,
     version: int,
     cfg: RunConfig,
-    shards: dict[int, Component | dict[str, Any]],
+    shards: Mapping[int, Component | dict[str, Any]],
     aggregator: Component | dict[str, Any],
     reference: Component | dict[str, Any] | None,
     table_version: int,

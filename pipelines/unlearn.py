@@ -297,10 +297,10 @@ def determine_targets(
     if (
         users
     ):  # one row per user with user shards, one per (user, shard) with item or interaction shards
-        for row in read_rows(
+        for mapped in read_rows(
             layout.shard_map, ds.field("user_key").isin(users), ["user_key", "shard_id"]
         ):
-            by_user.setdefault(row["user_key"], set()).add(int(row["shard_id"]))
+            by_user.setdefault(mapped["user_key"], set()).add(int(mapped["shard_id"]))
     inter = spark.read.format("delta").load(layout.interactions)
     if items:
         probe = spark.createDataFrame([(i,) for i in items], "item_idx int")
@@ -666,6 +666,7 @@ def _run(
                 if update.reference
                 else None
             )
+            assert original is not None  # captured with the forgotten rows, before the delete
             evidence = functional_evidence(
                 forgotten, original=original, unlearned=unlearned, retrained=retrained
             )

@@ -21,10 +21,10 @@ def load_ensemble(
     """The ensemble of a model version, with its attribute edits applied: the edited
     users' home vectors are stamped into the shard models and their other views come from the
     overlay. ``with_overlay=False`` gives the unedited ensemble."""
-    shards = []
+    shards: list[Any] = []
     # sequential training (LASER) serves one model: the last group's stage
     for k in version.serving_shards():
-        m = load_model(checkpoints.load_state(version.shards[k].path))
+        m: Any = load_model(checkpoints.load_state(version.shards[k].path))
         if hasattr(m, "fold_in_reg"):
             m.fold_in_reg = fold_in_reg
         shards.append(m)
@@ -47,6 +47,6 @@ def load_reference(version: ModelVersion, *, fold_in_reg: float = 1.0) -> Any:
     """The version's full reference model (None when it has none)."""
     if version.reference is None:
         return None
-    m = load_model(checkpoints.load_state(version.reference.path))
+    m: Any = load_model(checkpoints.load_state(version.reference.path))
     m.fold_in_reg = fold_in_reg
     return m

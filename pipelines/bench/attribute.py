@@ -223,9 +223,9 @@ def run(
     if n_shards > 1:
         shard_of = np.random.default_rng(seed + 1).integers(0, n_shards, data.n_users)
         shards, fit_s = [], []
-        for k in range(n_shards):
-            r = np.flatnonzero(shard_of == k)
-            m, s = fit_bpr(data.subset(r), cfg.model, seed=make_seed(seed, "shard", k))
+        for shard in range(n_shards):
+            r = np.flatnonzero(shard_of == shard)
+            m, s = fit_bpr(data.subset(r), cfg.model, seed=make_seed(seed, "shard", shard))
             m.fold_in_reg = cfg.aggregator.fold_in_reg
             shards.append(m)
             fit_s.append(s["fit_seconds"])
@@ -278,8 +278,8 @@ def run(
             ens_rows[-1]["per_shard_mlp_balanced_accuracy"] = per_shard
             targets = np.flatnonzero(y >= 0)
             overlay, st = edit_ensemble(ens, data.user_keys, hist, y, targets, cfg=ecfg, seed=seed)
-            edited = ShardedEnsemble(shards, MeanAggregator(), overlay=overlay)
-            util = ens_util(edited)
+            edited_ens = ShardedEnsemble(shards, MeanAggregator(), overlay=overlay)
+            util = ens_util(edited_ens)
             ens_rows.append(
                 _row(
                     "ensemble",
@@ -287,12 +287,12 @@ def run(
                     a,
                     util,
                     ens_base,
-                    _attacks(views(edited), y, n_cls, seed, bootstrap),
+                    _attacks(views(edited_ens), y, n_cls, seed, bootstrap),
                     st["seconds"],
                     edited_users=int(len(targets)),
                 )
             )
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "attribute",
         "dataset": dataset,
         "seed": seed,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -137,7 +138,7 @@ def _model(
     for method in methods:
         for k in ks:
             m = make_method(method, cfg, k)
-            fitted, fit_wall = _timed(lambda m=m: m.fit(data, seed))
+            fitted, fit_wall = _timed(partial(m.fit, data, seed))
             cell: dict[str, Any] = {
                 "method": method,
                 "n_shards": k,
@@ -155,9 +156,7 @@ def _model(
             }
             cell["unlearn"] = {}
             for tag, fs in sets.items():
-                un, wall = _timed(
-                    lambda fs=fs, m=m, fitted=fitted: m.unlearn(fitted, fs.retained, fs.keys, seed)
-                )
+                un, wall = _timed(partial(m.unlearn, fitted, fs.retained, fs.keys, seed))
                 cell["unlearn"][tag] = {
                     "users": int(len(fs.keys)),
                     "seconds": round(wall, 3),

@@ -64,8 +64,8 @@ FAMILY = {
     "knn": "knn",
     "ease": "ease",
 }
-WMF_PARAMS = {"dim": 64, "alpha": 10.0, "reg": 5.0, "tol": 1e-3}
-KNN_PARAMS = {"k": 50}
+WMF_PARAMS: dict[str, Any] = {"dim": 64, "alpha": 10.0, "reg": 5.0, "tol": 1e-3}
+KNN_PARAMS: dict[str, Any] = {"k": 50}
 
 
 def _fit(family: str, data: InteractionData, cfg: RunConfig, seed: int) -> tuple[Any, float]:
@@ -132,7 +132,7 @@ def run_dataset(
     data_dir: str | None,
     methods: list[str],
     stream: dict[str, int],
-    done: Callable[[dict[str, Any]], None] = lambda r: None,
+    done: Callable[[dict[str, Any]], Any] = lambda r: None,
 ) -> dict[str, Any]:
     """One data set; ``done`` gets the result so far after every method (written to disk)."""
     torch.set_num_threads(1)

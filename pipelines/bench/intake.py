@@ -112,7 +112,7 @@ def run(
         }
 
     codes = Counter(str(f[1]) for f in forget)
-    out = {
+    out: dict[str, Any] = {
         "dataset": cfg.dataset.name,
         "n_shards": cfg.sharding.n_shards,
         "prepare_seconds": round(prepare_s, 1),

@@ -47,6 +47,20 @@ class Fitted:
     shards_touched: list[int] | None = None
     run: SequentialModel | None = None  # sequential training: every stage's checkpoint
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The shard of each key (sharded methods only)."""
+        if self.shard_of is None:
+            raise ValueError("not a sharded model")
+        return self.shard_of
+
+    @property
+    def sequential(self) -> SequentialModel:
+        """Every stage's checkpoint (sequential training only)."""
+        if self.run is None:
+            raise ValueError("not a sequential model")
+        return self.run
+
     def storage_bytes(self) -> int:
         buf = io.BytesIO()
         torch.save(_state(self), buf)
@@ -245,13 +259,13 @@ class Sharded(Method):
         rows = lookup_rows(fitted.keys, retained.user_keys)
         if (rows < 0).any():
             raise ValueError("retained users that the fitted model never saw")
-        return fitted.shard_of[rows]
+        return fitted.labels[rows]
 
     def unlearn(
         self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray, seed: int
     ) -> Fitted:
         hit = lookup_rows(fitted.keys, forget_keys)
-        touched = set(np.unique(fitted.shard_of[hit[hit >= 0]]).tolist())
+        touched = set(np.unique(fitted.labels[hit[hit >= 0]]).tolist())
         keep = {k: m for k, m in enumerate(fitted.model.shards) if k not in touched}
         return self._train(retained, self._retained_labels(fitted, retained), seed, keep=keep)
 
@@ -329,7 +343,7 @@ class Sequential(Method):
         self, fitted: Fitted, retained: InteractionData, forget_keys: np.ndarray, seed: int
     ) -> Fitted:
         run, n = unlearn_sequential(
-            fitted.run,
+            fitted.sequential,
             retained,
             forget_keys,
             self.cfg.model,
@@ -341,17 +355,21 @@ class Sequential(Method):
 
     def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
         # every stage from scratch, with the groups and their curriculum order frozen
-        labels = fitted.run.labels[lookup_rows(fitted.keys, retained.user_keys)]
+        labels = fitted.sequential.labels[lookup_rows(fitted.keys, retained.user_keys)]
         stages, stats = fit_sequential(
             retained,
             labels,
-            fitted.run.order,
+            fitted.sequential.order,
             self.cfg.model,
             seed=seed,
             group_epochs=self.cfg.sharding.group_epochs,
         )
         run = SequentialModel(
-            stages, retained.user_keys, labels, fitted.run.order, [s["fit_seconds"] for s in stats]
+            stages,
+            retained.user_keys,
+            labels,
+            fitted.sequential.order,
+            [s["fit_seconds"] for s in stats],
         )
         return self._fitted(run, list(range(self.k)), {})
 

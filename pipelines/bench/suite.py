@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -301,13 +302,15 @@ def run_cell(ctx: DatasetContext, cell: Cell) -> dict[str, Any]:
     )
     spread = [
         ctx.cached(
-            f"{replay_spec}-s{s}-{ftag}-replay", lambda s=s: method.replay(original, retained, s)
+            f"{replay_spec}-s{s}-{ftag}-replay",
+            partial(method.replay, original, retained, s),
         )[0].model
         for s in (make_seed(seed, "spread", i) for i in range(suite.parametric_seeds))
     ]
 
     # ---- utility and fairness on the retained users
-    util, per_user = {}, {}
+    util: dict[str, Any] = {}
+    per_user: dict[str, np.ndarray] = {}
     for name, m in (
         ("original", original.model),
         ("unlearned", unlearned.model),
@@ -321,7 +324,7 @@ def run_cell(ctx: DatasetContext, cell: Cell) -> dict[str, Any]:
     active = active_mask(retained.train, suite.top_share)
     fairness: dict[str, Any] = {name: a_igf(v[has], active[has]) for name, v in per_user.items()}
     if method.sharded:
-        shard_of = unlearned.shard_of[lookup_rows(unlearned.keys, retained.user_keys)]
+        shard_of = unlearned.labels[lookup_rows(unlearned.keys, retained.user_keys)]
         fairness["shard_spread_unlearned"] = shard_spread(per_user["unlearned"][has], shard_of[has])
         fairness["shard_spread_retrained"] = shard_spread(per_user["retrained"][has], shard_of[has])
 
@@ -423,7 +426,7 @@ def _mia(
     b = ctx.suite.mia.bootstrap
     pos = (fs.keys, fs.history)
     neg = ctx.rows_of(ctx.never_seen)
-    mia = {
+    mia: dict[str, Any] = {
         "attacker_shadow": attack.shadow,
         "members_vs_never_seen_original": attack.evidence(
             original.model,

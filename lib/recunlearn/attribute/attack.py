@@ -94,7 +94,7 @@ def score_attacker(
     full = np.zeros((len(y), n_classes))
     full[:, clf.classes_] = proba
     pred = full.argmax(1)
-    out = {
+    out: dict[str, Any] = {
         "n": int(len(y)),
         "balanced_accuracy": balanced_accuracy(y, pred, n_classes),
         "auc": auc(y, full),

@@ -97,6 +97,7 @@ def edit_embeddings(
     with torch.no_grad():
         ref_scores = None
         if cfg.space == "function":
+            assert score_fn is not None  # checked above
             ref_scores = torch.cat(
                 [
                     torch.log_softmax(
@@ -154,6 +155,7 @@ def edit_embeddings(
             other = (per_class.sum(1) - same) / (len(classes) - 1)
             l_u2u = torch.relu(other - same).mean() / scale  # closer to its own class: pull across
         if cfg.space == "function":
+            assert score_fn is not None and ref_scores is not None
             logp = torch.log_softmax(score_fn(v[batch], batch) / cfg.temperature, 1)
             l_reg = torch.nn.functional.kl_div(
                 logp, ref_scores[batch], reduction="batchmean", log_target=True

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Literal, overload
 
 from recunlearn.errors import DataError, RecUnlearnError
 
@@ -67,6 +67,18 @@ REASONS = (
     "non-numeric rating",
     "non-numeric timestamp",
 )
+
+
+@overload
+def read_interactions(
+    spark: SparkSession, cfg: DatasetConfig, path: Path, *, quarantine: Literal[False] = False
+) -> DataFrame: ...
+
+
+@overload
+def read_interactions(
+    spark: SparkSession, cfg: DatasetConfig, path: Path, *, quarantine: Literal[True]
+) -> tuple[DataFrame, DataFrame]: ...
 
 
 def read_interactions(

@@ -110,7 +110,7 @@ def parameter_distance(a: Any, b: Any) -> dict[str, float]:
     num = den = 0.0
     common = 0
     for (_, ta, ka), (_, tb, kb) in zip(pa, pb, strict=True):
-        if ka is not None:
+        if ka is not None and kb is not None:
             both, ia, ib = np.intersect1d(ka, kb, return_indices=True)
             common += len(both)
             ta, tb = ta[torch.from_numpy(ia)], tb[torch.from_numpy(ib)]

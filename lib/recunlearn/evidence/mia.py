@@ -111,7 +111,7 @@ def auc_ci(
 
 def has_power(ci: list[float] | tuple[float, ...] | None) -> bool:
     """Whether an attack's AUC interval excludes 0.5: it tells the two groups apart at all."""
-    return bool(ci) and not (ci[0] <= 0.5 <= ci[1])
+    return ci is not None and len(ci) > 0 and not (ci[0] <= 0.5 <= ci[1])
 
 
 @dataclass

@@ -126,7 +126,7 @@ def fit_model(
     the trained kinds and ``max_epochs`` caps the gradient-trained ones' epochs (sequential
     training); WMF converges from ``init`` to its tolerance; the closed-form kinds are
     functions of their data alone and ignore both."""
-    base = {
+    base: dict[str, Any] = {
         "epochs": 0,
         "best_epoch": 0,
         "valid_ndcg": None,

@@ -69,7 +69,7 @@ class BPRMF(Recommender):
         self.n_items = int(item.shape[0])
         self.meta = dict(meta or {})
         self.fold_in_reg = fold_in_reg
-        self._fold = None
+        self._fold: torch.Tensor | None = None
 
     def score(self, rows: np.ndarray) -> torch.Tensor:
         return (
@@ -86,7 +86,8 @@ class BPRMF(Recommender):
         """
         if self._fold is None:
             self._fold = fold_matrix(self.item, self.fold_in_reg)
-        return linear_fold_in(history, self.item, self.bias, self._fold, chunk=chunk)
+        fold: torch.Tensor = self._fold
+        return linear_fold_in(history, self.item, self.bias, fold, chunk=chunk)
 
     def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
         return self.fold_in(history) @ self.item.T + self.bias
@@ -208,12 +209,12 @@ def fit_bpr(
     cfg: ModelConfig,
     *,
     seed: int,
-    adversary: nn.Module | None = None,
+    adversary: Any = None,
     module: Callable[[torch.Generator], nn.Module] | None = None,
-    init: BPRMF | None = None,
+    init: Any = None,
     max_epochs: int | None = None,
     batch_size: int | None = None,
-) -> tuple[BPRMF, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any]]:
     """Train BPR-MF on ``data.train``, early-stopping on ``data.valid`` (never on test).
 
     Deterministic for a given seed and data: every random draw comes from one generator.
@@ -229,12 +230,16 @@ def fit_bpr(
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     n_users, n_items = data.train.shape
-    module = BPRModule(n_users, n_items, cfg.dim, cfg.init_std, g) if module is None else module(g)
+    # duck-typed: loss(); user/item/bias or embeddings() or score_rows(); optionally model()
+    # and warm_start() (LightGCN, NCF and the attribute adversary's module provide them)
+    net: Any = (
+        BPRModule(n_users, n_items, cfg.dim, cfg.init_std, g) if module is None else module(g)
+    )
     batch = cfg.batch_size if batch_size is None else batch_size
-    n_neg = getattr(module, "negatives", 1)  # negatives per positive (NCF's log loss takes several)
+    n_neg = getattr(net, "negatives", 1)  # negatives per positive (NCF's log loss takes several)
     if init is not None:
-        _warm_start(module, data.user_keys, init)
-    params = list(module.parameters()) + (
+        _warm_start(net, data.user_keys, init)
+    params = list(net.parameters()) + (
         list(adversary.parameters()) if adversary is not None else []
     )
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -252,10 +257,11 @@ def fit_bpr(
 
     def validate() -> float:
         with torch.no_grad():
-            if hasattr(module, "score_rows"):
-                score = module.score_rows
+            score: Callable[[np.ndarray], torch.Tensor]
+            if hasattr(net, "score_rows"):
+                score = net.score_rows
             else:
-                users, items, bias = module.embeddings()
+                users, items, bias = net.embeddings()
 
                 def score(r: np.ndarray) -> torch.Tensor:
                     return users[torch.from_numpy(r)] @ items.T + bias
@@ -280,9 +286,9 @@ def fit_bpr(
                     break
                 j[clash] = torch.randint(n_items, (len(clash),), generator=g)
                 clash = clash[is_positive(uj[clash], j[clash])]
-            loss = module.loss(u, i, j, cfg.reg)
+            loss = net.loss(u, i, j, cfg.reg)
             if adversary is not None:
-                loss = loss + adversary.loss(module.user, u)
+                loss = loss + adversary.loss(net.user, u)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -294,13 +300,13 @@ def fit_bpr(
             history.append((epoch, round(total / max(nnz, 1), 5), round(score, 5)))
             if score > best:
                 best, best_epoch, bad = score, epoch, 0
-                best_state = copy.deepcopy(module.state_dict())
+                best_state = copy.deepcopy(net.state_dict())
             else:
                 bad += 1
                 if bad >= cfg.patience:
                     break
     if best_state is not None:
-        module.load_state_dict(best_state)
+        net.load_state_dict(best_state)
     stats = {
         "epochs": epochs,
         "best_epoch": best_epoch,
@@ -310,12 +316,12 @@ def fit_bpr(
         "n_train": nnz,
         "curve": history,
     }
-    if hasattr(module, "model"):  # a module that builds its own Recommender (LightGCN, NCF)
-        return module.model(data.user_keys), stats
-    return BPRMF(data.user_keys, module.user, module.item, module.bias), stats
+    if hasattr(net, "model"):  # a net that builds its own Recommender (LightGCN, NCF)
+        return net.model(data.user_keys), stats
+    return BPRMF(data.user_keys, net.user, net.item, net.bias), stats
 
 
-def _warm_start(module: nn.Module, keys: np.ndarray, init: BPRMF) -> None:
+def _warm_start(module: Any, keys: np.ndarray, init: Any) -> None:
     """Copy ``init``'s item parameters and the rows of the users it knows into ``module``
     (its trainable parameters: a LightGCN's layer-0 embeddings, ``init.base``). A module
     with its own ``warm_start(keys, init)`` (NCF) does it itself."""

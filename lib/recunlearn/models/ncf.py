@@ -71,7 +71,7 @@ class NCFModule(nn.Module):
         gi = self.gmf_item if items is None else self.gmf_item[items]
         mi = self.mlp_item if items is None else self.mlp_item[items]
         d = gu.shape[1]
-        first = self.mlp[0]
+        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
         h = (mu @ first.weight[:, :d].T)[:, None, :] + (mi @ first.weight[:, d:].T + first.bias)[
             None, :, :
         ]

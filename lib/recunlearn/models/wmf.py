@@ -48,9 +48,10 @@ class _Side:
 
     f: np.ndarray  # (n, d) float64 factors
     m: sp.csr_matrix  # (n, n_other) binary, this side's rows
-    res: np.ndarray = field(default=None)  # (n, d)
-    b: np.ndarray = field(default=None)  # (n, d)
-    gram: np.ndarray = field(default=None)  # (d, d) f^T f, kept up to date by the solver
+    # set by the solver before any use
+    res: np.ndarray = field(default=None)  # type: ignore[arg-type]  # (n, d)
+    b: np.ndarray = field(default=None)  # type: ignore[arg-type]  # (n, d)
+    gram: np.ndarray = field(default=None)  # type: ignore[arg-type]  # (d, d) f^T f, kept current
 
 
 class WMF(Recommender):

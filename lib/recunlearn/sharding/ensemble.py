@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,7 +34,7 @@ from recunlearn.models.bpr import BPRMF
 
 
 def shard_views(
-    shards: list[BPRMF], keys: np.ndarray, history: sp.csr_matrix, *, trained: bool = True
+    shards: Sequence[Any], keys: np.ndarray, history: sp.csr_matrix, *, trained: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """User vectors (K, n, d) in every shard's space and the home mask (K, n).
 
@@ -52,7 +52,7 @@ def shard_views(
     return torch.stack(vecs), torch.stack(home)
 
 
-def shard_scores(shards: list[BPRMF], vecs: torch.Tensor) -> torch.Tensor:
+def shard_scores(shards: Sequence[Any], vecs: torch.Tensor) -> torch.Tensor:
     """Scores (K, n, n_items) from user vectors (K, n, d)."""
     return torch.stack([vecs[k] @ m.item.T + m.bias for k, m in enumerate(shards)])
 
@@ -146,8 +146,8 @@ def load_aggregator(state: dict[str, Any]) -> Aggregator:
 class ShardedEnsemble:
     """K shard models plus an aggregator, scoring users from their keys and histories."""
 
-    def __init__(self, shards: list[BPRMF], aggregator: Aggregator, overlay: Any = None) -> None:
-        self.shards = shards
+    def __init__(self, shards: Sequence[Any], aggregator: Aggregator, overlay: Any = None) -> None:
+        self.shards = list(shards)
         self.aggregator = aggregator
         self.n_items = shards[0].n_items
         # attribute edits (recunlearn.attribute.edit.AttributeOverlay) over the unedited shards

@@ -266,7 +266,7 @@ def table_arrow_schema(dt: Any) -> Any:
     return pa.schema(dt.schema().to_arrow())
 
 
-def _source(dt: Any, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
+def _source(dt: Any, rows: list[dict[str, Any]], extra: tuple[tuple[str, Any], ...] = ()) -> Any:
     """``rows`` as an Arrow table with the Delta table's own schema (missing fields null),
     plus ``extra`` (name, Arrow type) columns."""
     import pyarrow as pa
@@ -288,7 +288,7 @@ def append_rows(path: str, rows: list[dict[str, Any]], *, what: str) -> None:
 
 
 def merge_into(
-    path: str, rows: list[dict[str, Any]], on: str, extra: list[tuple[str, Any]] = ()
+    path: str, rows: list[dict[str, Any]], on: str, extra: tuple[tuple[str, Any], ...] = ()
 ) -> Any:
     """A delta-rs MERGE builder of ``rows`` (source ``s``, in the table's schema plus ``extra``
     columns) into the table at ``path`` (``t``) on the predicate ``on``; the table is opened

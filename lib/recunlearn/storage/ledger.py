@@ -131,7 +131,7 @@ class ForgetLedger:
                     )
         self._ready = True
 
-    def _merge(self, rows: list[dict[str, Any]], extra: list[tuple[str, Any]] = ()) -> Any:
+    def _merge(self, rows: list[dict[str, Any]], extra: tuple[tuple[str, Any], ...] = ()) -> Any:
         return merge_into(self.path, rows, "t.request_id = s.request_id", extra)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
@@ -219,7 +219,7 @@ class ForgetLedger:
             if not moves:
                 return 0
             metrics = (
-                self._merge(moves, [("from_status", pa.string()), ("from_length", pa.int64())])
+                self._merge(moves, (("from_status", pa.string()), ("from_length", pa.int64())))
                 .when_matched_update(updates=sets, predicate=cond)
                 .execute()
             )

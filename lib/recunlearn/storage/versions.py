@@ -106,7 +106,8 @@ class Component:
     @classmethod
     def of(cls, meta: dict[str, Any], **extra: Any) -> Component:
         """The entry for a saved checkpoint's metadata (``checkpoints.save``'s answer)."""
-        return cls(**{f: meta.get(f) for f in COMPONENT_FIELDS}, extra=dict(extra))
+        fields: dict[str, Any] = {f: meta.get(f) for f in COMPONENT_FIELDS}
+        return cls(**fields, extra=dict(extra))
 
     def to_json(self, root: Path) -> dict[str, Any]:
         out = {f: getattr(self, f) for f in COMPONENT_FIELDS}
@@ -117,7 +118,7 @@ class Component:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], root: Path) -> Component:
-        known = {f: data.get(f) for f in COMPONENT_FIELDS}
+        known: dict[str, Any] = {f: data.get(f) for f in COMPONENT_FIELDS}
         known["path"] = resolve(data["path"], root)
         return cls(**known, extra={k: v for k, v in data.items() if k not in COMPONENT_FIELDS})
 

@@ -200,7 +200,9 @@ class BPRUnlearner:
             other = sub.indices[chosen].astype(np.int64)
             weight = (deg / np.maximum(take, 1))[r]
             a, b = (rows[r], other) if is_user else (other, rows[r])
-            us.append(a), its.append(b), ws.append(weight)
+            us.append(a)
+            its.append(b)
+            ws.append(weight)
         u = np.concatenate(us)
         i = np.concatenate(its)
         w = np.concatenate(ws)
@@ -349,7 +351,7 @@ class BPRUnlearner:
             obj = loss(theta, batch) * (total_w / float(batch.w.sum())) / max(total_w, 1.0)
             if forget is not None:
                 f_loss = loss(theta, forget) / forget_w
-                if float(f_loss.detach()) >= level:
+                if level is not None and float(f_loss.detach()) >= level:
                     stopped = "forget loss reached the held-out level"
                     break
                 obj = obj - f_loss

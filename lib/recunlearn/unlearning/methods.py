@@ -86,13 +86,27 @@ class UpdateContext(Protocol):
 
 
 class UnlearningMethod(Protocol):
-    name: str
-    guarantee: Guarantee
-    models: frozenset[str] | None
-    needs_rows: bool
-    completes: tuple[str, ...]
-    retrains: bool
-    summary: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def guarantee(self) -> Guarantee: ...
+
+    @property
+    def models(self) -> frozenset[str] | None:
+        """The sub-model kinds it updates (None: every kind)."""
+
+    @property
+    def needs_rows(self) -> bool: ...
+
+    @property
+    def completes(self) -> tuple[str, ...]: ...
+
+    @property
+    def retrains(self) -> bool: ...
+
+    @property
+    def summary(self) -> str: ...
 
     @property
     def ledger_guarantee(self) -> str:
@@ -242,19 +256,22 @@ class ModelExact:
         shards: dict[int, Component] = {}
         details: dict[int, dict[str, Any]] = {}
         reference = version.reference
-        for k in [*targets.touched, *(["reference"] if reference is not None else [])]:
-            base = reference if k == "reference" else version.shards[int(k)]
+        # each touched shard, then the reference (None) when the version has one
+        todo: list[int | None] = [*targets.touched, *([None] if reference is not None else [])]
+        for k in todo:
+            base = reference if k is None else version.shards[k]
             assert base is not None
             model = ctx.load(base)
             if not isinstance(model, Forgettable):
                 raise TypeError(
-                    f"unlearn --method {self.name}: the {k} model ({type(model).__name__}) "
+                    f"unlearn --method {self.name}: the "
+                    f"{k if k is not None else 'reference'} model ({type(model).__name__}) "
                     "does not forget exactly in place"
                 )
             info = _step_info(apply_exact(model, targets))
             meta = _updated_meta(
                 base,
-                None if k == "reference" else int(k),
+                k,
                 ctx,
                 n_users=len(model.user_keys),
                 pairs=info["pairs"],
@@ -262,11 +279,11 @@ class ModelExact:
                 delta_version=ctx.delete_version,  # as a retrain at the delete would be
                 extra={"exact_update": self.name},
             )
-            saved = ctx.save(None if k == "reference" else int(k), model, meta)
-            if k == "reference":
+            saved = ctx.save(k, model, meta)
+            if k is None:
                 reference = saved
             else:
-                shards[int(k)], details[int(k)] = saved, info
+                shards[k], details[k] = saved, info
         return Update(
             shards=shards,
             reference=reference,
@@ -335,6 +352,7 @@ class Approximate:
 
     def update(self, version: ModelVersion, targets: Targets, ctx: UpdateContext) -> Update:
         from recunlearn.hashing import fingerprint
+        from recunlearn.models.bpr import BPRMF
         from recunlearn.seeding import make_seed
         from recunlearn.unlearning.fast_bpr import BPRUnlearner
 
@@ -346,11 +364,16 @@ class Approximate:
         for k in targets.touched:
             base = version.shards[k]
             model = ctx.load(base)
+            if not isinstance(model, BPRMF):
+                raise TypeError(
+                    f"unlearn --method {self.name} updates BPR-MF shards, not "
+                    f"{type(model).__name__}"
+                )
             data = ctx.rows_before(k)
             un = BPRUnlearner(
                 model,
                 _aligned(model.user_keys, data.train, data),
-                cfg.unlearn.fast,  # type: ignore[arg-type]
+                cfg.unlearn.fast,
                 reg=cfg.model.reg,
                 holdout=_aligned(model.user_keys, data.valid, data),
                 seed=make_seed(cfg.seed, "fast", ctx.job_id, k) % 2**31,
@@ -426,50 +449,46 @@ def _apply_approximate(un: Any, targets: Targets, method: str) -> list[dict[str,
 
 
 # --------------------------------------------------------------------------- the registry
-METHODS: dict[str, UnlearningMethod] = {
-    m.name: m
-    for m in (
-        ShardRetrain(),
-        Approximate(
-            "scif",
-            "BPR fast tier: one Newton step with a stochastic conjugate-gradient "
-            "inverse Hessian-vector product (SCIF)",
-        ),
-        Approximate(
-            "influence", "BPR fast tier: a first-order influence update of the touched rows"
-        ),
-        Approximate("finetune", "BPR fast tier: fine-tune the touched shard on its retained rows"),
-        Approximate(
-            "ascent",
-            "BPR fast tier: gradient ascent on the forgotten pairs, stopped at the held-out level",
-        ),
-        ModelExact(
-            "als",
-            "wmf",
-            "the WMF factors re-converged from the current ones until every row's "
-            "normal equations on the retained data hold to the training tolerance (a retrain "
-            "from scratch meets the same test; it differs from this model as much as a retrain "
-            "with another seed does)",
-        ),
-        ModelExact(
-            "knn",
-            "itemknn",
-            "the item-kNN index equals, bit for bit, the index rebuilt without the rows",
-        ),
-        ModelExact(
-            "ease",
-            "ease",
-            "EASE's Gram matrix counts only the retained rows and its inverse "
-            "was updated by Woodbury to the refit's to float64 round-off",
-        ),
-        ModelExact(
-            "inplace",
-            None,
-            "the model's own exact update (recunlearn.models.base.Forgettable), "
-            "equal to a refit on the retained rows to the tolerance its contract test states",
-        ),
-    )
-}
+_ALL: tuple[UnlearningMethod, ...] = (
+    ShardRetrain(),
+    Approximate(
+        "scif",
+        "BPR fast tier: one Newton step with a stochastic conjugate-gradient "
+        "inverse Hessian-vector product (SCIF)",
+    ),
+    Approximate("influence", "BPR fast tier: a first-order influence update of the touched rows"),
+    Approximate("finetune", "BPR fast tier: fine-tune the touched shard on its retained rows"),
+    Approximate(
+        "ascent",
+        "BPR fast tier: gradient ascent on the forgotten pairs, stopped at the held-out level",
+    ),
+    ModelExact(
+        "als",
+        "wmf",
+        "the WMF factors re-converged from the current ones until every row's "
+        "normal equations on the retained data hold to the training tolerance (a retrain "
+        "from scratch meets the same test; it differs from this model as much as a retrain "
+        "with another seed does)",
+    ),
+    ModelExact(
+        "knn",
+        "itemknn",
+        "the item-kNN index equals, bit for bit, the index rebuilt without the rows",
+    ),
+    ModelExact(
+        "ease",
+        "ease",
+        "EASE's Gram matrix counts only the retained rows and its inverse "
+        "was updated by Woodbury to the refit's to float64 round-off",
+    ),
+    ModelExact(
+        "inplace",
+        None,
+        "the model's own exact update (recunlearn.models.base.Forgettable), "
+        "equal to a refit on the retained rows to the tolerance its contract test states",
+    ),
+)
+METHODS: dict[str, UnlearningMethod] = {m.name: m for m in _ALL}
 
 
 def get_method(name: str) -> UnlearningMethod:
