@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import ray
 
+from recunlearn import training
 from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
 from recunlearn.engines import ray_cpus
@@ -32,11 +33,9 @@ from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout, new_job_id
 from recunlearn.storage.registry import ModelRegistry, publish_version
 from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion, relative_to
+from recunlearn.training import AGGREGATOR, component_meta, component_name, fit_component
 
 log = logging.getLogger(__name__)
-
-REFERENCE = "reference"
-AGGREGATOR = "aggregator"
 
 
 def read_split_data(
@@ -92,8 +91,6 @@ def train_component(
 ) -> dict[str, Any]:
     """Train one sub-model (``model.kind``; a shard, or the reference when ``shard_id`` is
     None); save it."""
-    from recunlearn.models import fit_model
-
     cfg = RunConfig.model_validate_json(cfg_json)
     torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
     t0 = time.perf_counter()
@@ -101,22 +98,16 @@ def train_component(
     t_read = time.perf_counter() - t0
     if data.n_users == 0:
         raise PipelineError(f"shard {shard_id}: no training rows at table version {version}")
-    component = REFERENCE if shard_id is None else checkpoints.shard_component(shard_id)
-    seed = make_seed(cfg.seed, "model", component)
-    model, stats = fit_model(data, cfg.model, seed=seed)
-    meta = CheckpointMeta(
-        shard_id=shard_id,
-        delta_version=version,
-        job_id=job_id,
+    component = component_name(shard_id)
+    model, stats, seed = fit_component(cfg, data, shard_id)
+    meta = component_meta(
+        cfg,
+        shard_id,
+        stats,
+        seed,
+        version,
+        job_id,
         table=Path(table).name,
-        config_fingerprint=fingerprint(cfg.model),
-        seed=seed,
-        fit_seconds=round(stats["fit_seconds"], 3),
-        epochs=stats["epochs"],
-        valid_ndcg=stats["valid_ndcg"],
-        n_users=stats["n_users"],
-        n_train=stats["n_train"],
-        kind=cfg.model.kind,
         extra={
             "read_seconds": round(t_read, 3),
             "best_epoch": stats["best_epoch"],
@@ -169,19 +160,14 @@ def train_sequential_component(
     )
     metas = []
     for model, st in zip(stages, stats, strict=True):
-        meta = CheckpointMeta(
-            shard_id=st["group"],
-            delta_version=version,
-            job_id=job_id,
+        meta = component_meta(
+            cfg,
+            st["group"],
+            st,
+            seed,
+            version,
+            job_id,
             table=Path(table).name,
-            config_fingerprint=fingerprint(cfg.model),
-            seed=seed,
-            fit_seconds=round(st["fit_seconds"], 3),
-            epochs=st["epochs"],
-            valid_ndcg=st["valid_ndcg"],
-            n_users=st["n_users"],
-            n_train=st["n_train"],
-            kind=cfg.model.kind,
             extra={
                 "stage": st["stage"],
                 "order": order,
@@ -215,27 +201,17 @@ def fit_aggregator_component(
 ) -> dict[str, Any]:
     """Fit the aggregator on retained training data at ``version``, shard models frozen."""
     from recunlearn.models import load_model
-    from recunlearn.seeding import numpy_rng
     from recunlearn.sharding.ensemble import aggregator_kind
 
     cfg = RunConfig.model_validate_json(cfg_json)
     torch_setup(cfg.train.threads_per_task, cfg.train.deterministic)
     t0 = time.perf_counter()
-    seed = make_seed(cfg.seed, "aggregator")
-    n_train = None
-    kind = aggregator_kind(cfg.aggregator.kind)
-    if kind.fit is not None:
-        data = read_split_data(table, version, n_items, None)
-        shards = [load_model(checkpoints.load_state(p)) for p in shard_paths]
-        agg, stats = kind.fit(
-            shards, data, cfg.aggregator, seed=seed, rng=numpy_rng(cfg.seed, "aggregator-sample")
-        )
-        state, n_train = agg.state(), int(data.train.nnz)
-    else:  # the mean has no parameters: nothing to fit, nothing trained on anyone's data
-        stats, state = (
-            {"fit_seconds": 0.0, "epochs": 0, "valid_ndcg": None},
-            kind.load({"kind": kind.name}).state(),
-        )
+    # the mean has no parameters: nothing is read, nothing trained on anyone's data
+    fitted = aggregator_kind(cfg.aggregator.kind).fit is not None
+    data = read_split_data(table, version, n_items, None) if fitted else None
+    shards = [load_model(checkpoints.load_state(p)) for p in shard_paths] if fitted else []
+    agg, stats, seed, n_train = training.fit_aggregator(cfg, shards, data)
+    state = agg.state()
     meta = CheckpointMeta(
         shard_id=None,
         delta_version=version,

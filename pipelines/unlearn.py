@@ -33,7 +33,6 @@ from pyspark.sql import SparkSession
 
 from pipelines.partition import PARTITION_GUARANTEE, STRICT_GUARANTEE, repartition_strict
 from pipelines.train import (
-    REFERENCE,
     build_version,
     fit_aggregator,
     n_items_of,
@@ -72,6 +71,7 @@ from recunlearn.storage.ledger import (
 )
 from recunlearn.storage.registry import ModelRegistry, publish_version, trained_on
 from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
+from recunlearn.training import component_name
 from recunlearn.unlearning.methods import Guarantee, UnlearningMethod, check_model, get_method
 from recunlearn.unlearning.policy import exact_due
 from recunlearn.unlearning.targets import Targets
@@ -458,7 +458,7 @@ class _Context:
         return self.shard_rows[shard]
 
     def save(self, shard: int | None, model: Recommender, meta: CheckpointMeta) -> Component:
-        component = REFERENCE if shard is None else checkpoints.shard_component(shard)
+        component = component_name(shard)
         saved = checkpoints.save(
             self.layout.checkpoints,
             component,

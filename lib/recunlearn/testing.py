@@ -229,3 +229,63 @@ class AggregatorContract:
         assert scores.shape == (8, data.n_items)
         again = ShardedEnsemble(shards, load_aggregator(agg.state())).score(keys, hist)
         assert torch.allclose(scores, again)
+
+
+class UnlearningMethodContract:
+    """An unlearning method (``recunlearn.unlearning.methods.METHODS``) on a sharded
+    checkerboard deployment held in memory (``recunlearn.training.LocalDeployment``), through
+    the method's own ``update``, the code the unlearn job runs: two users of shard 0 are
+    forgotten; only shard 0 changes; nothing of theirs is left in it; an exact method's shard
+    equals the shard refit on the retained rows (a retrain bit for bit, with the job's seeds;
+    an in-place update to ``tolerance``), an approximate one records what the exact tier still
+    owes. Subclass with ``method`` (and ``kind``, the sub-model it runs on)."""
+
+    method: ClassVar[str]
+    kind: ClassVar[str] = "bpr"
+    n_shards: ClassVar[int] = 3
+    tolerance: ClassVar[float] = 0.0  # an in-place exact update: max |scores - refit| / max |refit|
+    equals_refit: ClassVar[bool] = True  # False: exact by a convergence test, not by equality
+
+    def deployment(self) -> tuple[Any, Any]:
+        from recunlearn.config import RunConfig
+        from recunlearn.training import LocalDeployment
+
+        torch.use_deterministic_algorithms(True)
+        cfg = RunConfig(
+            model={**SubModelContract.settings, "kind": self.kind},
+            sharding={"n_shards": self.n_shards},
+            unlearn={"method": self.method},
+        )
+        data = checkerboard()
+        return LocalDeployment.train(cfg, data, np.arange(data.n_users) % self.n_shards)
+
+    def test_update_forgets_and_changes_only_the_touched_shard(self) -> None:
+        from recunlearn.training import fit_component
+        from recunlearn.unlearning.methods import Guarantee, get_method
+
+        method = get_method(self.method)
+        dep, version = self.deployment()
+        gone = dep.shards[0].user_keys[:2].tolist()
+        targets = dep.forget(users=gone)
+        assert targets.touched == [0]
+        update = method.update(version, targets, dep)
+        assert update.changed == [0] and set(update.shards) == {0}
+        shard = dep.models[update.shards[0].path]
+        assert not shard.knows(np.array(gone)).any()
+        assert list(shard.user_keys) == list(dep.shards[0].user_keys)
+        if method.guarantee is Guarantee.APPROXIMATE:
+            assert update.reference is None  # it held the forgotten rows
+            assert update.pending_exact is not None and update.pending_exact["shards"] == [0]
+            return
+        if update.reference is not None:
+            assert not dep.models[update.reference.path].knows(np.array(gone)).any()
+        if not self.equals_refit:
+            return
+        refit, _, _ = fit_component(dep.cfg, dep.shards[0], 0)
+        if method.retrains:
+            assert same_state(shard, refit), "a retrained shard must equal its replay"
+        else:
+            rows = np.arange(len(refit.user_keys))
+            a, b = shard.score(rows), refit.score(rows)
+            scale = float(b.abs().max()) or 1.0
+            assert float((a - b).abs().max()) / scale <= self.tolerance
