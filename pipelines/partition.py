@@ -27,13 +27,7 @@ from recunlearn.config import RunConfig
 from recunlearn.errors import PipelineError
 from recunlearn.hashing import fingerprint
 from recunlearn.seeding import make_seed, numpy_rng
-from recunlearn.sharding.partition import (
-    Partition,
-    balanced_kmeans,
-    balanced_kmeans_ot,
-    interaction_embeddings,
-    random_partition,
-)
+from recunlearn.sharding.partition import Partition, interaction_embeddings, partition_with
 from recunlearn.storage.delta import vacuum_now, write_delta
 from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout, now_utc
@@ -96,23 +90,8 @@ def frame(df: Any) -> pd.DataFrame:
 
 
 def assign(x: np.ndarray, rows: np.ndarray | None, *, cfg: RunConfig) -> Partition:
-    rng = numpy_rng(cfg.seed, "partition")
     s = cfg.sharding
-    if s.method == "random":
-        return random_partition(len(x), s.n_shards, rng)
-    if s.method == "kmeans":
-        return balanced_kmeans(
-            x, s.n_shards, rng, iterations=s.kmeans_iterations, capacity=s.capacity
-        )
-    return balanced_kmeans_ot(
-        x,
-        s.n_shards,
-        rng,
-        iterations=s.kmeans_iterations,
-        epsilon=s.sinkhorn_epsilon,
-        rows=rows,
-        row_tolerance=s.row_tolerance,
-    )
+    return partition_with(s.method, x, s.n_shards, numpy_rng(cfg.seed, "partition"), s, rows)
 
 
 STRICT_GUARANTEE = (

@@ -4,13 +4,15 @@ here."""
 
 from typing import get_args
 
+import numpy as np
 import pytest
 
-from recunlearn.config import AggregatorConfig, load_config
+from recunlearn.config import AggregatorConfig, ShardingConfig, load_config
 from recunlearn.engines import PROJECT_ROOT
 from recunlearn.errors import ConfigError
 from recunlearn.models import MODELS, load_model, model_kind
 from recunlearn.sharding.ensemble import AGGREGATORS, aggregator_kind, load_aggregator
+from recunlearn.sharding.partition import PARTITIONERS, partition_with
 from recunlearn.testing import (
     AggregatorContract,
     ForgettableContract,
@@ -94,8 +96,12 @@ def test_registries_refuse_unknown_names():
         load_config(conf, ["model.kind=nope"])
     with pytest.raises(ConfigError, match="unknown unlearning method 'nope'"):
         load_config(conf, ["unlearn.method=nope"])
-    # the config's aggregator choices are the registry's (the config module stays torch-free)
+    with pytest.raises(ValueError, match="unknown partitioner 'nope'"):
+        partition_with("nope", np.zeros((4, 2)), 2, np.random.default_rng(0), None)
+    # the config's aggregator and partitioner choices are the registries' (the config module
+    # stays torch-free)
     assert set(get_args(AggregatorConfig.model_fields["kind"].annotation)) == set(AGGREGATORS)
+    assert set(get_args(ShardingConfig.model_fields["method"].annotation)) == set(PARTITIONERS)
     assert aggregator_kind("mean").fit is None
 
 

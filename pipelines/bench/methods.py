@@ -29,7 +29,7 @@ from recunlearn.models import FACTOR_MODELS, fit_model, load_model
 from recunlearn.models.base import Recommender, lookup_rows
 from recunlearn.seeding import make_seed
 from recunlearn.sharding.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator
-from recunlearn.sharding.partition import balanced_kmeans, balanced_kmeans_ot, random_partition
+from recunlearn.sharding.partition import partition_with
 from recunlearn.sharding.sequential import (
     SequentialModel,
     fit_sequential,
@@ -279,28 +279,19 @@ def user_groups(
     """K user groups: random (SISA), RecEraser's capacity-capped k-means ("kmeans") or
     UltraRE's OT k-means ("ot") of SVD user factors of the training matrix."""
     rng = np.random.default_rng(make_seed(seed, "partition"))
-    if partition == "random":
-        return random_partition(data.n_users, k, rng).labels
-    s = cfg.sharding
-    x = data.train.astype(np.float64)
-    u, sig, _ = svds(
-        x,
-        k=min(s.embedding_rank, min(x.shape) - 1),
-        v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(x.shape)),
-    )
-    if partition == "kmeans":
-        return balanced_kmeans(
-            u * sig, k, rng, iterations=s.kmeans_iterations, capacity=s.capacity
-        ).labels
-    return balanced_kmeans_ot(
-        u * sig,
-        k,
-        rng,
-        iterations=s.kmeans_iterations,
-        epsilon=s.sinkhorn_epsilon,
-        rows=np.diff(data.train.indptr),
-        row_tolerance=s.row_tolerance,
-    ).labels
+    method = {"ot": "sinkhorn"}.get(partition, partition)  # the field's name for it
+    if method == "random":
+        x = np.empty((data.n_users, 0))
+    else:  # the partition job embeds users with Spark ALS; in memory, SVD of the matrix
+        s = cfg.sharding
+        train = data.train.astype(np.float64)
+        u, sig, _ = svds(
+            train,
+            k=min(s.embedding_rank, min(train.shape) - 1),
+            v0=np.random.default_rng(make_seed(seed, "svd")).standard_normal(min(train.shape)),
+        )
+        x = u * sig
+    return partition_with(method, x, k, rng, cfg.sharding, rows=np.diff(data.train.indptr)).labels
 
 
 class Sequential(Method):

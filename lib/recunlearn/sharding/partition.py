@@ -13,6 +13,7 @@ centroid that still has room (public code sorts the other way round).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -228,6 +229,50 @@ def balanced_kmeans(
         counts = np.asarray(member.sum(1)).ravel()
         c = np.where(counts[:, None] > 0, (member @ x) / np.maximum(counts, 1)[:, None], c)
     return Partition(labels, c, np.bincount(labels, minlength=k))
+
+
+def _random(x: np.ndarray, k: int, rng: np.random.Generator, s: Any, rows: Any) -> Partition:
+    return random_partition(len(x), k, rng)
+
+
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, s: Any, rows: Any) -> Partition:
+    return balanced_kmeans(x, k, rng, iterations=s.kmeans_iterations, capacity=s.capacity)
+
+
+def _sinkhorn(x: np.ndarray, k: int, rng: np.random.Generator, s: Any, rows: Any) -> Partition:
+    return balanced_kmeans_ot(
+        x,
+        k,
+        rng,
+        iterations=s.kmeans_iterations,
+        epsilon=s.sinkhorn_epsilon,
+        rows=rows,
+        row_tolerance=s.row_tolerance,
+    )
+
+
+# the partitioners by ``sharding.method``: (embeddings, K, rng, sharding settings, training rows
+# per embedded row or None) -> Partition; random ignores the embeddings but their count
+PARTITIONERS: dict[str, Callable[..., Partition]] = {
+    "random": _random,
+    "kmeans": _kmeans,
+    "sinkhorn": _sinkhorn,
+}
+
+
+def partition_with(
+    method: str,
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    settings: Any,
+    rows: np.ndarray | None = None,
+) -> Partition:
+    """Partition the rows of ``x`` into ``k`` shards with ``method`` (the one dispatch the
+    partition job and the benchmarks share); an unknown name is refused."""
+    if method not in PARTITIONERS:
+        raise ValueError(f"unknown partitioner {method!r}: one of {', '.join(PARTITIONERS)}")
+    return PARTITIONERS[method](x, k, rng, settings, rows)
 
 
 def interaction_embeddings(
