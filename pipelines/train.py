@@ -26,14 +26,19 @@ from recunlearn.data.interactions import InteractionData
 from recunlearn.engines import ray_cpus
 from recunlearn.errors import PipelineError
 from recunlearn.hashing import fingerprint
-from recunlearn.seeding import make_seed
 from recunlearn.storage import checkpoints
 from recunlearn.storage.delta import read_table
 from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout, new_job_id
 from recunlearn.storage.registry import ModelRegistry, publish_version
 from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion, relative_to
-from recunlearn.training import AGGREGATOR, component_meta, component_name, fit_component
+from recunlearn.training import (
+    AGGREGATOR,
+    component_meta,
+    component_name,
+    fit_component,
+    sequential_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +152,7 @@ def train_sequential_component(
     if order is None:
         order = curriculum(np.diff(data.train.indptr), labels, cfg.sharding.n_shards).tolist()
     init = load_model(checkpoints.load_state(init_path)) if init_path else None
-    seed = make_seed(cfg.seed, "model", "sequential")
+    seed = sequential_seed(cfg.seed)
     stages, stats = fit_sequential(
         data,
         labels,

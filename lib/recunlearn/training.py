@@ -50,6 +50,11 @@ def component_seed(seed: int, shard_id: int | None) -> int:
     return make_seed(seed, "model", component_name(shard_id))
 
 
+def sequential_seed(seed: int) -> int:
+    """The seed of a sequential (LASER) run: every stage draws from it in curriculum order."""
+    return make_seed(seed, "model", "sequential")
+
+
 def fit_component(
     cfg: RunConfig, data: InteractionData, shard_id: int | None
 ) -> tuple[Recommender, dict[str, Any], int]:

@@ -35,12 +35,16 @@ from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
 from recunlearn.evidence.completeness import functional
 from recunlearn.evidence.evaluation import evaluate_users
-from recunlearn.models.bpr import fit_bpr
-from recunlearn.models.ease import EASE
-from recunlearn.models.itemknn import ItemKNN
-from recunlearn.models.wmf import fit_wmf
+from recunlearn.models import fit_model
 from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.unlearning.fast_bpr import BPRUnlearner
+from recunlearn.unlearning.methods import (
+    Guarantee,
+    apply_approximate,
+    apply_exact,
+    get_method,
+)
+from recunlearn.unlearning.targets import Targets
 
 log = logging.getLogger(__name__)
 
@@ -55,46 +59,40 @@ STREAM = {
     "ascent": 200,
     "influence": 20,
 }
-FAMILY = {
-    "scif": "bpr",
-    "influence": "bpr",
-    "finetune": "bpr",
-    "ascent": "bpr",
-    "als": "wmf",
-    "knn": "knn",
-    "ease": "ease",
-}
-WMF_PARAMS: dict[str, Any] = {"dim": 64, "alpha": 10.0, "reg": 5.0, "tol": 1e-3}
-KNN_PARAMS: dict[str, Any] = {"k": 50}
+
+
+def family_of(method: str) -> str:
+    """The sub-model kind a fast method updates (``METHODS``: the registry the job reads)."""
+    kinds = get_method(method).models
+    if kinds is None or len(kinds) != 1:
+        raise ValueError(f"bench fast: {method} is not a fast method of one sub-model kind")
+    return next(iter(kinds))
 
 
 def _fit(family: str, data: InteractionData, cfg: RunConfig, seed: int) -> tuple[Any, float]:
+    """The full model of ``family`` with the job's trainer and ``model.*`` settings."""
     t0 = time.perf_counter()
-    if family == "bpr":
-        model, _ = fit_bpr(data, cfg.model, seed=seed)
-    elif family == "wmf":
-        model, _ = fit_wmf(data.user_keys, data.train, seed=seed, **WMF_PARAMS)
-    elif family == "ease":
-        model = EASE(
-            data.user_keys,
-            data.train,
-            lam=cfg.model.ease_lambda,
-            max_items=cfg.model.ease_max_items,
-        )
-    else:
-        model = ItemKNN(data.user_keys, data.train, **KNN_PARAMS)
+    model, _ = fit_model(data, cfg.model.model_copy(update={"kind": family}), seed=seed)
     return model, time.perf_counter() - t0
 
 
 def _forgetter(
     method: str, model: Any, data: InteractionData, cfg: RunConfig, seed: int
 ) -> Callable[[np.ndarray], dict]:
-    if FAMILY[method] == "bpr":
+    """One request's update of ``model`` through the code the unlearn job runs
+    (``recunlearn.unlearning.methods``): the exact in-place update, or the fast tier's
+    approximate one. The approximate methods keep one ``BPRUnlearner`` over the stream (the
+    job builds one per run from the touched shard's rows)."""
+
+    def targets(keys: np.ndarray) -> Targets:
+        return Targets(users=[str(k) for k in keys], items=[], pairs=[], touched=[0], shards_of={})
+
+    if get_method(method).guarantee is Guarantee.APPROXIMATE:
         un = BPRUnlearner(
             model, data.train, cfg.unlearn.fast, reg=cfg.model.reg, holdout=data.valid, seed=seed
         )
-        return lambda keys: un.forget_users(keys, method)
-    return model.forget_users
+        return lambda keys: apply_approximate(un, targets(keys), method)[-1]
+    return lambda keys: apply_exact(model, targets(keys))[-1]
 
 
 def _checkpoint(
@@ -150,8 +148,8 @@ def run_dataset(
         "methods": {},
         "families": {},
     }
-    for family in dict.fromkeys(FAMILY[m] for m in methods):
-        fam_methods = [m for m in methods if FAMILY[m] == family]
+    for family in dict.fromkeys(family_of(m) for m in methods):
+        fam_methods = [m for m in methods if family_of(m) == family]
         need = max(stream[m] for m in fam_methods)
         original, fit_s = _fit(family, data, cfg, seed)
         retrains: dict[int, Any] = {}
@@ -175,7 +173,7 @@ def run_dataset(
                 lat.append(time.perf_counter() - t0)
                 if n in retrains:
                     rows[str(n)] = _checkpoint(model, retrains[n], original, data, users[:n])
-                    if family == "knn":
+                    if family == "itemknn":
                         rb = retrains[n]
                         rows[str(n)]["index_equal_to_rebuild"] = bool(
                             np.array_equal(model.neighbours, rb.neighbours)

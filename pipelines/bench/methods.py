@@ -1,8 +1,9 @@
 """Unlearning methods as the benchmarks run them: in one process, on in-memory data.
 
 The production path is ``recunlearn unlearn`` (Spark + Delta + Ray). The benchmarks run the
-same library code (``fit_model``, the partitioners, the aggregators, sequential training)
-without the engines, so a
+same library code without the engines: the train job's component and aggregator trainers with
+its per-component seeds (``recunlearn.training``), its partitioner dispatch
+(``partition_with``) and sequential training, so a
 matrix of cells fits one machine and every method is timed on the same footing (compute, no
 I/O). Each method answers three questions:
 - ``fit``: train on the data;
@@ -25,7 +26,7 @@ from scipy.sparse.linalg import svds
 
 from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
-from recunlearn.models import FACTOR_MODELS, fit_model, load_model
+from recunlearn.models import FACTOR_MODELS, load_model
 from recunlearn.models.base import Recommender, lookup_rows
 from recunlearn.seeding import make_seed
 from recunlearn.sharding.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator
@@ -36,6 +37,7 @@ from recunlearn.sharding.sequential import (
     train_sequential,
     unlearn_sequential,
 )
+from recunlearn.training import fit_aggregator, fit_component, sequential_seed
 
 
 @dataclass
@@ -145,8 +147,17 @@ class Method:
     def replay(self, fitted: Fitted, retained: InteractionData, seed: int) -> Fitted:
         return self.fit(retained, seed)
 
-    def _fit(self, data: InteractionData, seed: int) -> tuple[Recommender, float]:
-        m, st = fit_model(data, self.cfg.model, seed=seed)
+    def _seeded(self, seed: int, **aggregator: Any) -> RunConfig:
+        """The config with the bench's seed as the run's seed (and aggregator settings)."""
+        agg = self.cfg.aggregator.model_copy(update=aggregator)
+        return self.cfg.model_copy(update={"seed": seed, "aggregator": agg})
+
+    def _fit(
+        self, data: InteractionData, seed: int, shard: int | None = None
+    ) -> tuple[Recommender, float]:
+        """The train job's component trainer, seed per component (the shard's, or the full
+        reference's for ``shard=None``)."""
+        m, st, _ = fit_component(self._seeded(seed), data, shard)
         return _with_fold_in(m, self.cfg.aggregator.fold_in_reg), st["fit_seconds"]
 
     def _single(self, data: InteractionData, seed: int) -> Fitted:
@@ -204,20 +215,14 @@ class Sharded(Method):
     def _fit_shard(
         self, data: InteractionData, rows: np.ndarray, k: int, seed: int
     ) -> tuple[Recommender, float]:
-        return self._fit(data.subset(rows), make_seed(seed, "shard", k))
+        return self._fit(data.subset(rows), seed, k)
 
     def _aggregate(
         self, shards: list[Recommender], data: InteractionData, seed: int
     ) -> tuple[Any, float]:
-        kind = aggregator_kind(self.aggregator)
-        if kind.fit is None:
-            return kind.load({"kind": kind.name}), 0.0
-        agg, st = kind.fit(
-            shards,
-            data,
-            self.cfg.aggregator,
-            seed=make_seed(seed, "aggregator"),
-            rng=np.random.default_rng(make_seed(seed, "aggregator")),
+        fitted = aggregator_kind(self.aggregator).fit is not None
+        agg, st, _, _ = fit_aggregator(
+            self._seeded(seed, kind=self.aggregator), shards, data if fitted else None
         )
         return agg, st["fit_seconds"]
 
@@ -315,7 +320,7 @@ class Sequential(Method):
             labels,
             self.k,
             self.cfg.model,
-            seed=seed,
+            seed=sequential_seed(seed),
             group_epochs=self.cfg.sharding.group_epochs,
         )
         return self._fitted(run, list(range(self.k)), {"partition": t_part})
@@ -338,7 +343,7 @@ class Sequential(Method):
             retained,
             forget_keys,
             self.cfg.model,
-            seed=seed,
+            seed=sequential_seed(seed),
             group_epochs=self.cfg.sharding.group_epochs,
         )
         # "shards touched": the groups whose stages were retrained
@@ -352,7 +357,7 @@ class Sequential(Method):
             labels,
             fitted.sequential.order,
             self.cfg.model,
-            seed=seed,
+            seed=sequential_seed(seed),
             group_epochs=self.cfg.sharding.group_epochs,
         )
         run = SequentialModel(

@@ -378,7 +378,7 @@ class Approximate:
                 holdout=_aligned(model.user_keys, data.valid, data),
                 seed=make_seed(cfg.seed, "fast", ctx.job_id, k) % 2**31,
             )
-            info = _step_info(_apply_approximate(un, targets, self.name))
+            info = _step_info(apply_approximate(un, targets, self.name))
             removed_rows[k] = removed_rows.get(k, 0) + info["pairs"]
             # trained on the rows at its delta_version, then had the forgotten rows taken out
             # approximately: the audit treats it as trained at that version
@@ -432,7 +432,7 @@ def _aligned(keys: np.ndarray, m: Any, data: InteractionData) -> Any:
     return (sel @ m).tocsr()
 
 
-def _apply_approximate(un: Any, targets: Targets, method: str) -> list[dict[str, Any]]:
+def apply_approximate(un: Any, targets: Targets, method: str) -> list[dict[str, Any]]:
     """The targets' updates to one shard model: users, then items, then single interactions
     (a target the shard does not hold changes nothing)."""
     out = []
