@@ -168,12 +168,10 @@ class LocalDeployment:
             after = rows.without_users(keys)
             if len(items):
                 after = after.without_items(np.asarray(list(items)))
-            if len(pairs):
-                mine = [(u, i) for u, i in pairs if u in set(after.user_keys.tolist())]
-                if mine:
-                    after = after.without_pairs(
-                        np.array([u for u, _ in mine]), np.array([i for _, i in mine])
-                    )
+            if len(pairs):  # pairs of users the shard does not hold are ignored
+                after = after.without_pairs(
+                    np.array([u for u, _ in pairs]), np.array([i for _, i in pairs])
+                )
             if after.train.nnz != rows.train.nnz or after.n_users != rows.n_users:
                 touched.append(k)
             self.shards[k] = after

@@ -29,7 +29,7 @@ from recunlearn.data.interactions import InteractionData
 from recunlearn.models import FACTOR_MODELS, load_model
 from recunlearn.models.base import Recommender, lookup_rows
 from recunlearn.seeding import make_seed
-from recunlearn.sharding.ensemble import ShardedEnsemble, aggregator_kind, load_aggregator
+from recunlearn.sharding.ensemble import ShardedEnsemble, load_aggregator
 from recunlearn.sharding.partition import partition_with
 from recunlearn.sharding.sequential import (
     SequentialModel,
@@ -220,10 +220,7 @@ class Sharded(Method):
     def _aggregate(
         self, shards: list[Recommender], data: InteractionData, seed: int
     ) -> tuple[Any, float]:
-        fitted = aggregator_kind(self.aggregator).fit is not None
-        agg, st, _, _ = fit_aggregator(
-            self._seeded(seed, kind=self.aggregator), shards, data if fitted else None
-        )
+        agg, st, _, _ = fit_aggregator(self._seeded(seed, kind=self.aggregator), shards, data)
         return agg, st["fit_seconds"]
 
     def _train(

@@ -42,6 +42,15 @@ def without_pairs(
     return rows[held], old, new
 
 
+def without_columns(x: sp.csr_matrix, items: np.ndarray) -> sp.csr_matrix:
+    """``x`` with every entry in the columns ``items`` removed (rows kept, also when emptied)."""
+    mask = np.ones(x.shape[1], np.float32)
+    mask[np.asarray(items, np.int64)] = 0.0
+    out = (x @ sp.diags(mask)).tocsr()
+    out.eliminate_zeros()
+    return out
+
+
 def csr_state(x: sp.csr_matrix) -> dict[str, Any]:
     """A binary matrix as checkpoint state: its shape and its entries' (row, column)."""
     coo = x.tocoo()
@@ -151,21 +160,17 @@ class InteractionData:
 
     def without_items(self, items: np.ndarray) -> InteractionData:
         """Every training interaction with ``items`` removed (users kept, also when emptied)."""
-        mask = np.ones(self.n_items, np.float32)
-        mask[np.asarray(items, np.int64)] = 0.0
-        train = (self.train @ sp.diags(mask)).tocsr()
-        train.eliminate_zeros()
-        return InteractionData(self.user_keys, train, self.valid, self.test)
+        return InteractionData(
+            self.user_keys, without_columns(self.train, items), self.valid, self.test
+        )
 
     def without_pairs(self, keys: np.ndarray, items: np.ndarray) -> InteractionData:
         """The training interactions (key, item) removed (absent pairs ignored; users kept)."""
-        rows = np.searchsorted(self.user_keys, np.asarray(keys).astype(str))
-        gone = sp.csr_matrix(
-            (np.ones(len(rows), np.float32), (rows, np.asarray(items, np.int64))),
-            shape=self.train.shape,
-        )
-        train = (self.train - self.train.multiply(gone > 0)).tocsr()
-        train.eliminate_zeros()
+        keys, items = np.asarray(keys).astype(str), np.asarray(items, np.int64)
+        pos = np.clip(np.searchsorted(self.user_keys, keys), 0, max(self.n_users - 1, 0))
+        held = self.user_keys[pos] == keys if self.n_users else np.zeros(len(keys), bool)
+        rows, _, new = without_pairs(self.train, pos[held], items[held])
+        train = replace_rows(self.train, rows, new)
         return InteractionData(self.user_keys, train, self.valid, self.test)
 
 

@@ -40,6 +40,7 @@ from recunlearn.data.interactions import (
     csr_state,
     drop_rows,
     replace_rows,
+    without_columns,
     without_pairs,
 )
 from recunlearn.errors import ConfigError
@@ -180,10 +181,7 @@ class EASE(Recommender):
         self.p[:, items] = 0.0
         self.p[items, items] = 1.0 / self.lam
         n_before = self.x.nnz
-        mask = np.ones(self.n_items, np.float32)
-        mask[items] = 0.0
-        self.x = (self.x @ sp.diags(mask)).tocsr()
-        self.x.eliminate_zeros()
+        self.x = without_columns(self.x, items)
         return {**stats, "items_removed": int(t), "pairs_removed": int(n_before - self.x.nnz)}
 
     # ---- the Recommender interface

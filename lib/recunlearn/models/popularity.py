@@ -21,6 +21,7 @@ from recunlearn.data.interactions import (
     csr_state,
     drop_rows,
     replace_rows,
+    without_columns,
     without_pairs,
 )
 from recunlearn.models.base import Recommender
@@ -58,10 +59,7 @@ class Popularity(Recommender):
 
     def forget_items(self, items: np.ndarray) -> dict[str, Any]:
         before = self.x.nnz
-        mask = np.ones(self.n_items, np.float32)
-        mask[np.asarray(items, np.int64)] = 0.0
-        self.x = (self.x @ sp.diags(mask)).tocsr()
-        self.x.eliminate_zeros()
+        self.x = without_columns(self.x, items)
         return {"pairs_removed": int(before - self.x.nnz)}
 
     # ---- Recommender

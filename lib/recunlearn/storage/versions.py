@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from recunlearn.storage.layout import now_utc
 
 # the fields a model version keeps of a component's checkpoint metadata
 COMPONENT_FIELDS = (
@@ -36,7 +37,7 @@ COMPONENT_FIELDS = (
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return now_utc().isoformat()
 
 
 def relative_to(path: str | Path, root: Path) -> str:
@@ -170,12 +171,9 @@ class ModelVersion:
         order = list(self.order or [])
         return order[min(order.index(k) for k in touched) :] if touched else []
 
-    def shard_paths(self) -> list[str]:
-        return [self.shards[k].path for k in range(self.n_shards)]
-
     def paths(self) -> set[str]:
         """Every checkpoint this version uses."""
-        out = set(self.shard_paths()) | {self.aggregator.path}
+        out = {c.path for c in self.shards.values()} | {self.aggregator.path}
         out |= {c.path for c in (self.reference, self.attribute_overlay) if c is not None}
         return out
 

@@ -82,8 +82,7 @@ class BPRUnlearner:
 
     # ------------------------------------------------------------------ requests
     def forget_users(self, keys: np.ndarray, method: str) -> dict[str, Any]:
-        rows = self.model.rows_of(keys)
-        rows = np.unique(rows[rows >= 0])
+        rows = self.model.held_rows(keys)
         sub = self.train[rows].tocoo()
         out = self._forget(rows[sub.row], sub.col.astype(np.int64), method, drop=rows)
         out["users"] = int(len(rows))
