@@ -19,6 +19,8 @@ from recunlearn.storage.layout import Layout
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from recunlearn.storage.requests import Request
+
 DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "default.yaml"
 T = TypeVar("T")
 
@@ -101,12 +103,10 @@ def secret_for(cfg: RunConfig, layout: Layout) -> bytes:
     return secret_from_config(cfg.pseudonym, layout.root)
 
 
-def request_by_prefix(
-    rows: list[dict[str, Any]], prefix: str, command: str
-) -> dict[str, Any] | None:
-    """The one ledger row whose request id starts with ``prefix``; None (after saying how many
-    matched, on stderr) when not exactly one does."""
-    match = [r for r in rows if r["request_id"].startswith(prefix)]
+def request_by_prefix(requests: list[Request], prefix: str, command: str) -> Request | None:
+    """The one request whose id starts with ``prefix``; None (after saying how many matched,
+    on stderr) when not exactly one does."""
+    match = [r for r in requests if r.request_id.startswith(prefix)]
     if len(match) != 1:
         print(f"recunlearn {command}: {len(match)} requests match {prefix!r}", file=sys.stderr)
         return None

@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     request_ids = None
     if args.request:
-        rows = ForgetLedger(None, layout.ledger).rows()
-        found = [request_by_prefix(rows, prefix, "audit") for prefix in args.request]
+        requests = ForgetLedger(None, layout.ledger).requests()
+        found = [request_by_prefix(requests, prefix, "audit") for prefix in args.request]
         if any(r is None for r in found):
             return 2
-        request_ids = [r["request_id"] for r in found if r is not None]
+        request_ids = [r.request_id for r in found if r is not None]
     raw = list(args.user) + (read_ids(args.file) if args.file else [])
     report = audit(
         None, layout=layout, secret=secret_for(cfg, layout), raw_ids=raw, request_ids=request_ids

@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     from recunlearn.storage.registry import ModelRegistry
 
     # delta-rs reads, no engine
-    rows, current = ForgetLedger(None, layout.ledger).rows(), ModelRegistry(layout).current()
+    requests = ForgetLedger(None, layout.ledger).requests()
+    current = ModelRegistry(layout).current()
     deadline = cfg.unlearn.request_deadline_days
-    ages = request_ages(rows, deadline_days=deadline)
+    ages = request_ages(requests, deadline_days=deadline)
     overdue = [a for a in ages if a["overdue"]]
     if args.overdue:
         if args.json:
@@ -52,29 +53,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no request past the {deadline:g}-day deadline ({len(ages)} open)")
         return EXIT_OVERDUE if overdue else 0
     if args.request:
-        r = request_by_prefix(rows, args.request, "status")
+        r = request_by_prefix(requests, args.request, "status")
         if r is None:
             return 2
         if args.json:
-            print_json(r)
+            print_json(r.to_row())
             return 0
         print(
-            f"request {r['request_id']}  {r['target_type'] or 'user'}  "
-            f"key {(r['user_key'] or '-')[:8]}...  "
-            f"now {r['status']}  shards={r['shards'] or []}  v={r['model_version'] or '-'}"
+            f"request {r.request_id}  {r.target}  key {(r.user_key or '-')[:8]}...  "
+            f"now {r.state}  shards={list(r.shards)}  v={r.model_version or '-'}"
         )
-        for h in r["history"] or []:
-            print(f"  {h['at']}  {h['state']:<11} {h['job_id']}")
-        if r["reason"]:
-            print(f"  reason: {r['reason']}")
+        for h in r.history:
+            print(f"  {h.at}  {h.state:<11} {h.job_id}")
+        if r.reason:
+            print(f"  reason: {r.reason}")
         return 0
-    counts = Counter(r["status"] for r in rows)
+    counts = Counter(r.state for r in requests)
     age_of = {a["request_id"]: a["age_days"] for a in ages}
     if args.json:
         print_json(
             {
                 "model_version": current["version"] if current else None,
-                "requests": {s: counts.get(s, 0) for s in STATES if counts.get(s)},
+                "requests": {str(s): counts[s] for s in STATES if counts.get(s)},
                 "deadline_days": deadline,
                 "open": len(ages),
                 "oldest_open_age_days": ages[0]["age_days"] if ages else None,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 "latest": [
                     {
                         **{
-                            k: r[k]
+                            k: row[k]
                             for k in (
                                 "request_id",
                                 "target_type",
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "updated_at",
                             )
                         },
-                        "age_days": age_of.get(r["request_id"]),
+                        "age_days": age_of.get(row["request_id"]),
                     }
-                    for r in rows[-args.last :]
+                    for row in (r.to_row() for r in requests[-args.last :])
                 ],
             }
         )
@@ -111,16 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         + (f", oldest {ages[0]['age_days']:.1f} days" if ages else "")
         + f"; deadline {deadline:g} days; overdue: {len(overdue)}"
     )
-    for r in rows[-args.last :]:
-        when = r["completed_at"] or r["updated_at"] or r["received_at"]
-        kind = (r["target_type"] or "user") + (f":{r['attribute']}" if r.get("attribute") else "")
-        age = f"open {age_of[r['request_id']]:.1f} d" if r["request_id"] in age_of else ""
+    for r in requests[-args.last :]:
+        when = r.completed_at or r.updated_at or r.received_at
+        kind = str(r.target) + (f":{r.attribute}" if r.attribute else "")
+        age = f"open {age_of[r.request_id]:.1f} d" if r.request_id in age_of else ""
         print(
-            f"  {r['request_id'][:12]}  {kind:<21} key {(r['user_key'] or '-')[:8]}...  "
-            f"{r['status']:<11} "
-            f"shards={r['shards'] or []}  v={r['model_version'] or '-'}  "
-            f"{r.get('guarantee') or '-':<18} "
-            f"{when}  {age:<11} {r['reason'] or ''}"
+            f"  {r.request_id[:12]}  {kind:<21} key {(r.user_key or '-')[:8]}...  "
+            f"{r.state:<11} "
+            f"shards={list(r.shards)}  v={r.model_version or '-'}  "
+            f"{r.guarantee or '-':<18} "
+            f"{when}  {age:<11} {r.reason or ''}"
         )
     return 0
 

@@ -45,14 +45,15 @@ from recunlearn.storage.ledger import (
     APPLIED,
     ATTRIBUTE,
     ATTRIBUTE_UNDO,
-    FORGOTTEN_STATUSES,
     PLANNED,
     RECEIVED,
     REJECTED,
     REVERTED,
+    USER,
     ForgetLedger,
 )
 from recunlearn.storage.registry import ModelRegistry, publish_version
+from recunlearn.storage.requests import FORGOTTEN_STATES, Request
 from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def submit_attribute_requests(
     ledger = ForgetLedger(spark, layout.ledger)
     ledger.ensure()
     stamp = now_utc()
-    existing = {r["request_id"]: r for r in ledger.rows()}
+    existing = {r.request_id: r for r in ledger.requests()}
     outcomes, new_rows, updates, reopened = [], [], [], []
     targets: list[tuple[int, str | None, str | None]] = []  # (position, key, reason)
     given = [ALL_USERS] if raw_ids is None else raw_ids
@@ -135,13 +136,13 @@ def submit_attribute_requests(
         apply_id = request_id_for(f"{ATTRIBUTE}:{name}", key)
         current = existing.get(apply_id)
         if not undo:
-            if apply_id in seen or (current and current["status"] in LIVE):
+            if apply_id in seen or (current and current.state in LIVE):
                 outcomes.append(
                     {
                         "position": pos,
                         "request_id": apply_id,
                         "outcome": "duplicate",
-                        "status": current["status"] if current else RECEIVED,
+                        "status": current.state if current else RECEIVED,
                     }
                 )
             else:
@@ -169,7 +170,7 @@ def submit_attribute_requests(
                 )
             seen.add(apply_id)
             continue
-        if not current or current["status"] not in LIVE:
+        if not current or current.state not in LIVE:
             outcomes.append(
                 {
                     "position": pos,
@@ -178,19 +179,19 @@ def submit_attribute_requests(
                 }
             )
             continue
-        undo_id = request_id_for(ATTRIBUTE_UNDO, f"{apply_id}:{current['received_at']}")
+        undo_id = request_id_for(ATTRIBUTE_UNDO, f"{apply_id}:{current.received_at}")
         if undo_id in existing or undo_id in seen:
             outcomes.append(
                 {
                     "position": pos,
                     "request_id": undo_id,
                     "outcome": "duplicate",
-                    "status": existing.get(undo_id, {}).get("status", RECEIVED),
+                    "status": existing[undo_id].state if undo_id in existing else RECEIVED,
                 }
             )
             continue
         seen.add(undo_id)
-        if current["status"] in OPEN:  # never applied: nothing to take back from a model
+        if current.state in OPEN:  # never applied: nothing to take back from a model
             updates.append({"request_id": apply_id, "reason": "undone before it was applied"})
             new_rows.append(
                 {
@@ -232,33 +233,27 @@ def submit_attribute_requests(
 
 
 # --------------------------------------------------------------------------- what is in effect
-def _undone_apply_id(row: dict[str, Any]) -> str:
-    return (row["reason"] or "").removeprefix("undo of ")
+def _undone_apply_id(request: Request) -> str:
+    return (request.reason or "").removeprefix("undo of ")
 
 
-def active_edits(
-    rows: list[dict[str, Any]], *, forgotten: Set[str] = frozenset()
-) -> list[dict[str, Any]]:
+def active_edits(requests: list[Request], *, forgotten: Set[str] = frozenset()) -> list[Request]:
     """The attribute requests that the next published version must carry: live apply
     requests, less those an open undo takes back and those of users being forgotten."""
     undoing = {
-        _undone_apply_id(r)
-        for r in rows
-        if r["target_type"] == ATTRIBUTE_UNDO and r["status"] in OPEN
+        _undone_apply_id(r) for r in requests if r.target == ATTRIBUTE_UNDO and r.state in OPEN
     }
     forgotten_done = {
-        r["user_key"]
-        for r in rows
-        if (r["target_type"] or "user") == "user" and r["status"] in FORGOTTEN_STATUSES
+        r.user_key for r in requests if r.target == USER and r.state in FORGOTTEN_STATES
     }
     return [
         r
-        for r in rows
-        if r["target_type"] == ATTRIBUTE
-        and r["status"] in LIVE
-        and r["request_id"] not in undoing
-        and r["user_key"] not in forgotten
-        and r["user_key"] not in forgotten_done
+        for r in requests
+        if r.target == ATTRIBUTE
+        and r.state in LIVE
+        and r.request_id not in undoing
+        and r.user_key not in forgotten
+        and r.user_key not in forgotten_done
     ]
 
 
@@ -266,7 +261,7 @@ def build_overlay(
     cfg: RunConfig,
     layout: Layout,
     version: ModelVersion,
-    edits: list[dict[str, Any]],
+    edits: list[Request],
     *,
     job_id: str,
 ) -> tuple[Component | None, dict[str, str]]:
@@ -284,20 +279,20 @@ def build_overlay(
     secret = secret_from_config(cfg.pseudonym, layout.root)
     unusable: dict[str, str] = {}
     stats: dict[str, Any] = {}
-    for name in sorted({e["attribute"] for e in edits}):
+    for name in sorted({e.attribute for e in edits if e.attribute}):
         labels = labels_for_keys(people, name, data.user_keys, lambda r: user_key(secret, r))
-        mine = [e for e in edits if e["attribute"] == name]
-        if any(e["user_key"] == ALL_USERS for e in mine):
+        mine = [e for e in edits if e.attribute == name]
+        if any(e.user_key == ALL_USERS for e in mine):
             targets = np.flatnonzero(labels >= 0)
         else:
-            rows = np.searchsorted(data.user_keys, [e["user_key"] for e in mine])
+            rows = np.searchsorted(data.user_keys, [e.user_key or "" for e in mine])
             rows = np.clip(rows, 0, len(data.user_keys) - 1)
             ok = []
             for e, r in zip(mine, rows, strict=True):
-                if data.user_keys[r] == e["user_key"] and labels[r] >= 0:
+                if data.user_keys[r] == e.user_key and labels[r] >= 0:
                     ok.append(r)
                 else:
-                    unusable[e["request_id"]] = f"no {name} value for this user in the user file"
+                    unusable[e.request_id] = f"no {name} value for this user in the user file"
             targets = np.unique(np.array(ok, dtype=np.int64))
         if len(targets) == 0:
             continue
@@ -318,7 +313,7 @@ def build_overlay(
         }
     if ens.overlay is None:
         return None, unusable
-    applied = sorted(e["request_id"] for e in edits if e["request_id"] not in unusable)
+    applied = sorted(e.request_id for e in edits if e.request_id not in unusable)
     meta = CheckpointMeta(
         shard_id=None,
         delta_version=version.table_version,
@@ -362,14 +357,14 @@ def process_attribute_requests(
             "attribute unlearning: no published model version; run `recunlearn train` first"
         )
     open_rows = ledger.open_requests((ATTRIBUTE, ATTRIBUTE_UNDO))
-    ids = [r["request_id"] for r in open_rows]
+    ids = [r.request_id for r in open_rows]
     job_id = new_job_id("attribute")
     t0 = time.perf_counter()
     ledger.transition(
         [{"request_id": rid, "started_at": now_utc()} for rid in ids], PLANNED, job_id=job_id
     )
     try:
-        rows = ledger.rows()
+        rows = ledger.requests()
         edits = active_edits(rows)
         entry, unusable = build_overlay(cfg, layout, current, edits, job_id=job_id)
         version = registry.next_version()
@@ -392,8 +387,8 @@ def process_attribute_requests(
         ledger.note_error(ids, job_id=job_id, error=exc)
         raise
     done = now_utc()
-    by_id = {r["request_id"]: r for r in rows}
-    updates = []
+    by_id = {r.request_id: r for r in rows}
+    updates: list[dict[str, Any]] = []
     for rid in ids:
         r = by_id[rid]
         if rid in unusable:
@@ -410,26 +405,28 @@ def process_attribute_requests(
             continue
         overlay = entry.extra if entry is not None else {}
         evidence = {
-            "edit": overlay.get("edits", {}).get(r["attribute"]),
+            "edit": overlay.get("edits", {}).get(r.attribute),
             "overlay_users": overlay.get("users", 0),
         }
         updates.append(
             {
                 "request_id": rid,
                 "state": APPLIED,
-                "reason": r["reason"],
+                "reason": r.reason,
                 "completed_at": done,
                 "model_version": version,
                 "evidence": json.dumps(evidence),
             }
         )
-        if r["target_type"] == ATTRIBUTE_UNDO:
+        if r.target == ATTRIBUTE_UNDO:
             updates.append(
                 {
                     "request_id": _undone_apply_id(r),
                     "state": REVERTED,
                     "reason": f"undone by {rid} in v{version}",
-                    "completed_at": by_id.get(_undone_apply_id(r), {}).get("completed_at"),
+                    "completed_at": (
+                        undone.completed_at if (undone := by_id.get(_undone_apply_id(r))) else None
+                    ),
                     "model_version": version,
                     "evidence": json.dumps({"undone_by": rid}),
                 }

@@ -31,7 +31,6 @@ from recunlearn.storage import checkpoints
 from recunlearn.storage.audit_table import append_audit
 from recunlearn.storage.layout import Layout, new_job_id, now_utc
 from recunlearn.storage.ledger import (
-    DATA_TARGETS,
     INTERACTION,
     ITEM,
     RETRAINED,
@@ -64,9 +63,8 @@ def audit(
     wanted = None if request_ids is None else set(request_ids)
     done = [
         r
-        for r in ledger.rows((RETRAINED, VERIFIED))
-        if (r["target_type"] or USER) in DATA_TARGETS
-        and (wanted is None or r["request_id"] in wanted)
+        for r in ledger.requests((RETRAINED, VERIFIED))
+        if r.is_data and (wanted is None or r.request_id in wanted)
     ]
     version = ModelRegistry(layout).current_version()
     if not done or version is None:
@@ -76,16 +74,11 @@ def audit(
             "verified": 0,
             "note": "no retrained requests to audit",
         }
-    keys = [r["user_key"] for r in done if (r["target_type"] or USER) == USER]
+    keys = [r.user_key for r in done if r.target == USER and r.user_key]
     raw_by_key = {user_key(secret, r): r for r in (raw_ids or [])}
     rows_found = rows_with_keys(layout.tables, keys)
-    item_rows = rows_with_items(
-        layout.tables, [r["item_idx"] for r in done if r["target_type"] == ITEM]
-    )
-    pair_rows = rows_with_pairs(
-        layout.tables,
-        [(r["user_key"], r["item_idx"]) for r in done if r["target_type"] == INTERACTION],
-    )
+    item_rows = rows_with_items(layout.tables, [r.item for r in done if r.target == ITEM])
+    pair_rows = rows_with_pairs(layout.tables, [r.pair for r in done if r.target == INTERACTION])
     # raw-id hits are labelled with the key they belong to, never with the id itself
     log_hits = delta_log_hits(
         layout.tables,
@@ -104,10 +97,10 @@ def audit(
     if version.reference is not None:
         reference_keys = set(checkpoints.load_state(version.reference.path)["user_keys"])
     stamp = now_utc()
-    results = []
+    results: list[dict[str, Any]] = []
     for r in done:
-        kind = r["target_type"] or USER
-        key, dv, shards = r["user_key"] or "", r["delete_version"], r["shards"] or []
+        kind = r.target
+        key, dv, shards = r.user_key or "", r.delete_version or 0, list(r.shards)
         stale_published = [k for k in shards if (version.shards[k].delta_version or 0) < dv]
         stale_ckpts = [
             m["component"] + "/" + m["run_id"]
@@ -120,17 +113,17 @@ def audit(
             my_log_hits = {f: h for f, h in log_hits.items() if any(key[:8] in x for x in h)}
             known = bool(still_known[key]) or key in reference_keys
         else:  # the user stays (an item or one interaction goes): count the rows that must go
-            found = item_rows[r["item_idx"]] if kind == ITEM else pair_rows[(key, r["item_idx"])]
+            found = item_rows[r.item] if kind == ITEM else pair_rows[r.pair]
             my_log_hits, known = {}, False
         passed = (
             found == 0 and not my_log_hits and not stale_published and not stale_ckpts and not known
         )
-        evidence = json.loads(r["evidence"]) if r["evidence"] else {}
+        evidence = json.loads(r.evidence) if r.evidence else {}
         membership = evidence.pop("membership", None)
         results.append(
             {
-                "request_id": r["request_id"],
-                "user_key": r["user_key"],
+                "request_id": r.request_id,
+                "user_key": r.user_key,
                 "audited_at": stamp,
                 "model_version": version.version,
                 "passed": passed,
@@ -143,7 +136,7 @@ def audit(
                 "details": json.dumps(
                     {
                         "target_type": kind,
-                        "item_idx": r["item_idx"],
+                        "item_idx": r.item_idx,
                         "shards": shards,
                         "delete_version": dv,
                         "raw_id_checked": bool(raw),
@@ -158,7 +151,7 @@ def audit(
     faults.at("audit_record")  # a kill point after the scans, before anything is written
     append_audit(spark, layout.audit, results)
     job_id = job_id or new_job_id("audit")
-    status = {r["request_id"]: r["status"] for r in done}
+    status = {r.request_id: r.state for r in done}
     verified = [
         {"request_id": x["request_id"], "completed_at": stamp}
         for x in results

@@ -169,20 +169,28 @@ def _record(
     """Record the new requests (a rejected one re-opens in place when valid again) and say,
     per position, accepted / duplicate / rejected."""
     ids = sorted({row["request_id"] for _, row in candidates})
-    existing = {r["request_id"]: r for r in ledger.rows_for(ids)} if ids else {}
+    existing = {r.request_id: r for r in ledger.requests_for(ids)} if ids else {}
     new: dict[str, dict[str, Any]] = {}
     outcomes = []
     for position, row in candidates:
         rid = row["request_id"]
-        old = existing.get(rid) or new.get(rid)
-        if old is not None and not (old["status"] == REJECTED and row["status"] == RECEIVED):
+        old = existing.get(rid)
+        # (state, reason) of the request as the ledger or this intake holds it already
+        recorded = (
+            (old.state, old.reason)
+            if old
+            else (new[rid]["status"], new[rid]["reason"])
+            if rid in new
+            else None
+        )
+        if recorded and not (recorded[0] == REJECTED and row["status"] == RECEIVED):
             outcomes.append(
                 {
                     "position": position,
                     "request_id": rid,
                     "outcome": "duplicate",
-                    "status": old["status"],
-                    "reason": old["reason"],
+                    "status": recorded[0],
+                    "reason": recorded[1],
                 }
             )
             continue

@@ -22,7 +22,8 @@ from recunlearn.errors import DataError
 from recunlearn.storage.delta import table_exists, write_delta
 from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout
-from recunlearn.storage.ledger import FORGOTTEN_STATUSES, USER
+from recunlearn.storage.ledger import USER
+from recunlearn.storage.requests import FORGOTTEN_STATES
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def ingest(
             spark.read.format("delta")
             .load(layout.ledger)
             .where(F.coalesce(F.col("target_type"), F.lit(USER)) == USER)
-            .where(F.col("status").isin(list(FORGOTTEN_STATUSES)))
+            .where(F.col("status").isin(list(FORGOTTEN_STATES)))
             .select("user_key")
             .distinct()
         )

@@ -59,7 +59,6 @@ from recunlearn.storage.ledger import (
     APPROXIMATE,
     ATTRIBUTE,
     ATTRIBUTE_UNDO,
-    DATA_TARGETS,
     DELETED,
     INTERACTION,
     ITEM,
@@ -70,6 +69,7 @@ from recunlearn.storage.ledger import (
     ForgetLedger,
 )
 from recunlearn.storage.registry import ModelRegistry, publish_version, trained_on
+from recunlearn.storage.requests import Request
 from recunlearn.storage.versions import CheckpointMeta, Component, ModelVersion
 from recunlearn.training import component_name
 from recunlearn.unlearning.methods import Guarantee, UnlearningMethod, check_model, get_method
@@ -138,7 +138,7 @@ def unlearn(
     # with nothing new to process: the deadline runs)
     if not m.retrains:
         due, why = exact_due(
-            ledger.rows((APPROXIMATE,)), registry.current_version(), cfg.unlearn.policy
+            ledger.requests((APPROXIMATE,)), registry.current_version(), cfg.unlearn.policy
         )
         result["policy"] = {"exact_due": due, "reason": why}
         if due:
@@ -173,17 +173,16 @@ def _process(
     """One pass of ``method`` over the data requests it takes."""
     clock = Clock()
     with clock.step("read_requests"):
-        ledger_rows = (
-            ledger.rows()
-        )  # read once: the requests to process and the attribute edits in effect
+        # read once: the requests to process and the attribute edits in effect
+        ledger_rows = ledger.requests()
     takes = (RECEIVED, PLANNED, *method.completes)
-    data = [r for r in ledger_rows if (r["target_type"] or USER) in DATA_TARGETS]
+    data = [r for r in ledger_rows if r.is_data]
     # oldest first, a resumed exact run's deleted ones with them, then the fast-answered ones
-    requests = [r for r in data if r["status"] in takes and r["status"] != APPROXIMATE] + [
-        r for r in data if r["status"] == APPROXIMATE and APPROXIMATE in takes
+    requests = [r for r in data if r.state in takes and r.state != APPROXIMATE] + [
+        r for r in data if r.state == APPROXIMATE and APPROXIMATE in takes
     ]
     # published by a run that stopped before its audit: only the audit is left to do
-    to_verify = [r["request_id"] for r in data if r["status"] == RETRAINED]
+    to_verify = [r.request_id for r in data if r.state == RETRAINED]
     if not requests:
         result: dict[str, Any] = {"requests": [], "status": "nothing to do", "method": method.name}
         if to_verify:
@@ -194,7 +193,7 @@ def _process(
                 ),
             )
         elif not any(
-            r["status"] in (RECEIVED, PLANNED) and r["target_type"] in (ATTRIBUTE, ATTRIBUTE_UNDO)
+            r.state in (RECEIVED, PLANNED) and r.target in (ATTRIBUTE, ATTRIBUTE_UNDO)
             for r in ledger_rows
         ):
             log.info("unlearn: no open requests")
@@ -209,7 +208,7 @@ def _process(
             "retrain rebuilds them, run `recunlearn unlearn --method exact`"
         )
     job_id = clock.job_id = new_job_id("unlearn" if method.retrains else f"fast-{method.name}")
-    ids = [r["request_id"] for r in requests]
+    ids = [r.request_id for r in requests]
     try:
         result = _run(
             spark,
@@ -279,18 +278,16 @@ def determine_targets(
     spark: SparkSession,
     layout: Layout,
     ledger: ForgetLedger,
-    requests: list[dict[str, Any]],
+    requests: list[Request],
     job_id: str,
 ) -> Targets:
     """The shards holding each request's data, recorded in the ledger (``planned``) before
     anything is deleted: a user's shards from the shard map, an item's and an interaction's
     from the interactions table. Shards a request recorded earlier count too (a resumed
     request, or one the fast tier answered, whose data is gone already)."""
-    users = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
-    pairs = sorted(
-        {(r["user_key"], int(r["item_idx"])) for r in requests if r["target_type"] == INTERACTION}
-    )
-    items = sorted({int(r["item_idx"]) for r in requests if r["target_type"] == ITEM})
+    users = sorted({r.user_key for r in requests if r.target == USER and r.user_key})
+    pairs = sorted({r.pair for r in requests if r.target == INTERACTION})
+    items = sorted({r.item for r in requests if r.target == ITEM})
     by_user: dict[str, set[int]] = {}
     by_item: dict[int, set[int]] = {}
     by_pair: dict[tuple[str, int], set[int]] = {}
@@ -322,23 +319,22 @@ def determine_targets(
             by_pair.setdefault((row["user_key"], int(row["item_idx"])), set()).add(
                 int(row["shard_id"])
             )
-    per_request = []
+    per_request: list[dict[str, Any]] = []
     for r in requests:
-        t = r["target_type"] or USER
         found = (
-            by_item.get(int(r["item_idx"]), set())
-            if t == ITEM
-            else by_pair.get((r["user_key"], int(r["item_idx"])), set())
-            if t == INTERACTION
-            else by_user.get(r["user_key"], set())
+            by_item.get(r.item, set())
+            if r.target == ITEM
+            else by_pair.get(r.pair, set())
+            if r.target == INTERACTION
+            else by_user.get(r.user_key or "", set())
         )
-        shards = sorted(found | set(r["shards"] or []))
+        shards = sorted(found | set(r.shards))
         per_request.append(
             {
-                "request_id": r["request_id"],
+                "request_id": r.request_id,
                 "shards": shards,
                 "started_at": now_utc(),
-                "plan": r["status"] in (RECEIVED, PLANNED),
+                "plan": r.state in (RECEIVED, PLANNED),
             }
         )
     # requests past planning (deleted, approximate) keep their record
@@ -510,14 +506,14 @@ def _run(
     registry: ModelRegistry,
     method: UnlearningMethod,
     current: ModelVersion,
-    requests: list[dict[str, Any]],
+    requests: list[Request],
     job_id: str,
     clock: Clock,
-    ledger_rows: list[dict[str, Any]],
+    ledger_rows: list[Request],
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
-    ids = [r["request_id"] for r in requests]
-    keys = sorted({r["user_key"] for r in requests if (r["target_type"] or USER) == USER})
+    ids = [r.request_id for r in requests]
+    keys = sorted({r.user_key for r in requests if r.target == USER and r.user_key})
     n_items = n_items_of(layout)
 
     # 1. target determination: which shards hold each request's data (recorded before any delete).
@@ -684,34 +680,36 @@ def _run(
                     n_shards=current.n_shards,
                 )
 
-    def request_evidence(r: dict[str, Any]) -> dict[str, Any]:
+    def request_evidence(r: Request) -> dict[str, Any]:
         if not method.retrains:
             return {
                 "method": method.name,
                 "shards": {
                     str(k): update.details[k]
-                    for k in targets.shards_of[r["request_id"]]
+                    for k in targets.shards_of[r.request_id]
                     if k in update.details
                 },
             }
-        if r["status"] == APPROXIMATE:  # answered by the fast tier, which deleted the rows
+        if r.state == APPROXIMATE:  # answered by the fast tier, which deleted the rows
             return {
                 "note": "rows deleted by the fast tier; its shards are now retrained",
-                "fast": json.loads(r["evidence"]) if r["evidence"] else None,
+                "fast": json.loads(r.evidence) if r.evidence else None,
             }
-        if (r["target_type"] or USER) != USER:
+        if r.target != USER:
             return {
-                "note": f"{r['target_type']} request: rows deleted and shards {r['shards']} "
+                "note": f"{r.target} request: rows deleted and shards {list(r.shards)} "
                 f"retrained; "
                 "the functional and membership checks are per forgotten user"
             }
-        return evidence.get(r["user_key"], {"note": "rows already deleted by an earlier attempt"})
+        return evidence.get(
+            r.user_key or "", {"note": "rows already deleted by an earlier attempt"}
+        )
 
     exact = method.guarantee is Guarantee.EXACT
     ledger.transition(
         [
             {
-                "request_id": r["request_id"],
+                "request_id": r.request_id,
                 "published_at": published.published_at,
                 "model_version": version,
                 "guarantee": method.ledger_guarantee,

@@ -29,7 +29,9 @@ from recunlearn.unlearning.policy import exact_due
 
 
 def _exact_due(ledger, registry, cfg):
-    return exact_due(ledger.rows((APPROXIMATE,)), registry.current_version(), cfg.unlearn.policy)
+    return exact_due(
+        ledger.requests((APPROXIMATE,)), registry.current_version(), cfg.unlearn.policy
+    )
 
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]

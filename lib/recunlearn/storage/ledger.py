@@ -19,6 +19,13 @@ from recunlearn.storage.delta import (
     with_retries,
 )
 from recunlearn.storage.layout import now_utc
+from recunlearn.storage.requests import (
+    AWAITING_STATES,
+    OPEN_STATES,
+    Request,
+    State,
+    Target,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -33,18 +40,22 @@ log = logging.getLogger(__name__)
 # shard models updated in place and published) until the exact retrain of its shards. An
 # attribute edit moves received -> planned -> applied, and to reverted when undone. A failed job
 # leaves the state where it was, with the error in ``reason``: the rerun goes on from there.
-RECEIVED, PLANNED, DELETED, APPROXIMATE, RETRAINED, VERIFIED = (
-    "received",
-    "planned",
-    "deleted",
-    "approximate",
-    "retrained",
-    "verified",
+RECEIVED, PLANNED, DELETED, APPROXIMATE = (
+    State.RECEIVED,
+    State.PLANNED,
+    State.DELETED,
+    State.APPROXIMATE,
 )
-REJECTED, APPLIED, REVERTED = "rejected", "applied", "reverted"
-STATES = (RECEIVED, PLANNED, DELETED, APPROXIMATE, RETRAINED, VERIFIED, REJECTED, APPLIED, REVERTED)
+RETRAINED, VERIFIED, REJECTED, APPLIED, REVERTED = (
+    State.RETRAINED,
+    State.VERIFIED,
+    State.REJECTED,
+    State.APPLIED,
+    State.REVERTED,
+)
+STATES = tuple(State)
 # the states each state is entered from (a state entered from itself: by a later job run)
-TRANSITIONS: dict[str, tuple[str, ...]] = {
+TRANSITIONS: dict[State, tuple[State, ...]] = {
     RECEIVED: (REJECTED, REVERTED),  # a valid resubmission re-opens the request
     PLANNED: (RECEIVED, PLANNED),
     DELETED: (PLANNED,),
@@ -57,10 +68,6 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 # the reasons a job run records without moving the state, cleared by the next transition
 _ERROR_PREFIX, _AUDIT_PREFIX = "failed in ", "audit by "
-OPEN_STATUSES = (RECEIVED, PLANNED, DELETED)  # a data request the exact path has still to retrain
-# not yet answered exactly (an approximate answer leaves the exact retrain due): the deadline runs
-AWAITING_STATUSES = (RECEIVED, PLANNED, DELETED, APPROXIMATE)
-FORGOTTEN_STATUSES = (DELETED, APPROXIMATE, RETRAINED, VERIFIED)  # its rows are gone
 # what an older ledger's statuses become (failed: the state its recorded fields show)
 _LEGACY_STATUS = """CASE status
   WHEN 'pending' THEN 'received'
@@ -73,16 +80,7 @@ _LEGACY_STATUS = """CASE status
   ELSE status END"""
 # the guarantee column: what the published model version answering the request offers
 EXACT = "exact"
-# target_type of the ledger's rows: a whole user, an item (every interaction with it), one
-# interaction (user_key + item_idx), an attribute edit or its undo
-USER, ITEM, INTERACTION, ATTRIBUTE, ATTRIBUTE_UNDO = (
-    "user",
-    "item",
-    "interaction",
-    "attribute",
-    "attribute-undo",
-)
-DATA_TARGETS = (USER, ITEM, INTERACTION)  # requests that delete rows and retrain shards
+USER, ITEM, INTERACTION, ATTRIBUTE, ATTRIBUTE_UNDO = tuple(Target)
 
 
 LEDGER_SCHEMA = (
@@ -180,6 +178,7 @@ class ForgetLedger:
             return 0
         if state not in TRANSITIONS:
             raise ValueError(f"unknown request state {state!r}")
+        state = State(state)
         self.ensure()
         stamp = now_utc()
         rows = [
@@ -283,7 +282,8 @@ class ForgetLedger:
         )
 
     def rows(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        """The requests (in ``statuses``), oldest first."""
+        """The ledger's rows as stored (in ``statuses``), oldest first; ``requests`` gives them
+        as typed records."""
         import pyarrow.dataset as ds
 
         self.ensure()
@@ -304,32 +304,37 @@ class ForgetLedger:
         self.ensure()
         return read_rows(self.path, ds.field("request_id").isin(list(request_ids)))
 
-    def open_requests(self, target_types: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    def requests(self, states: tuple[State, ...] | None = None) -> list[Request]:
+        """The requests (in ``states``) as typed records, oldest first."""
+        return [Request.from_row(r) for r in self.rows(states)]
+
+    def requests_for(self, request_ids: list[str]) -> list[Request]:
+        """The requests with these ids (those the ledger holds), as typed records."""
+        return [Request.from_row(r) for r in self.rows_for(request_ids)]
+
+    def open_requests(self, targets: tuple[Target, ...] | None = None) -> list[Request]:
         """Requests not yet through: data requests before ``retrained``, attribute requests
         before ``applied``."""
-        rows = self.rows((RECEIVED, PLANNED, DELETED))
-        return [
-            r for r in rows if target_types is None or (r["target_type"] or USER) in target_types
-        ]
+        return [r for r in self.requests(OPEN_STATES) if targets is None or r.target in targets]
 
 
 def request_ages(
-    rows: list[dict[str, Any]], *, deadline_days: float, now: datetime | None = None
+    requests: list[Request], *, deadline_days: float, now: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Each request still awaiting its answer (``AWAITING_STATUSES``), oldest first: its id,
-    state, age in days since receipt and whether that is past ``deadline_days``. ``rows`` as
-    ``ForgetLedger.rows`` gives them (naive UTC timestamps)."""
+    """Each request still awaiting its answer (``AWAITING_STATES``), oldest first: its id,
+    target, state, age in days since receipt and whether that is past ``deadline_days``
+    (timestamps as the ledger reads them: naive UTC)."""
     now = (now or now_utc()).replace(tzinfo=None)
-    out = [
+    out: list[dict[str, Any]] = [
         {
-            "request_id": r["request_id"],
-            "target_type": r["target_type"] or USER,
-            "status": r["status"],
-            "received_at": r["received_at"],
-            "age_days": round((now - r["received_at"]).total_seconds() / 86400, 3),
+            "request_id": r.request_id,
+            "target_type": str(r.target),
+            "status": str(r.state),
+            "received_at": r.received_at,
+            "age_days": round((now - r.received_at).total_seconds() / 86400, 3),
         }
-        for r in rows
-        if r["status"] in AWAITING_STATUSES and r["received_at"] is not None
+        for r in requests
+        if r.state in AWAITING_STATES and r.received_at is not None
     ]
     for r in out:
         r["overdue"] = r["age_days"] > deadline_days

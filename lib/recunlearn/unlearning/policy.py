@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from recunlearn.storage.layout import now_utc
 
 if TYPE_CHECKING:
     from recunlearn.config import PolicyConfig
+    from recunlearn.storage.requests import Request
     from recunlearn.storage.versions import ModelVersion
 
 
 def exact_due(
-    approximate: list[dict[str, Any]],
+    approximate: list[Request],
     version: ModelVersion | None,
     policy: PolicyConfig,
     *,
     now: datetime | None = None,
 ) -> tuple[bool, str]:
     """Whether the exact retrain of the fast-answered requests (``approximate``: their ledger
-    rows) is due, and why: enough of them, the oldest past its deadline, or a shard whose
+    ledger records) is due, and why: enough of them, the oldest past its deadline, or a shard whose
     approximately removed rows exceed a share of its training rows (the drift of a model that
     was not retrained)."""
     if not approximate:
@@ -28,7 +29,8 @@ def exact_due(
     if len(approximate) >= policy.max_pending:
         return True, f"{len(approximate)} approximate requests >= max_pending {policy.max_pending}"
     # the ledger hands timestamps back as naive UTC times
-    oldest = min(r["published_at"] or r["updated_at"] for r in approximate)
+    stamps = [r.published_at or r.updated_at for r in approximate]
+    oldest = min(s for s in stamps if s is not None)
     oldest = oldest.replace(tzinfo=timezone.utc) if oldest.tzinfo is None else oldest
     if (now or now_utc()) - oldest >= timedelta(hours=policy.deadline_hours):
         return True, f"oldest approximate request is older than {policy.deadline_hours} h"
