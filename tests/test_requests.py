@@ -44,9 +44,9 @@ def test_an_older_ledgers_row_is_a_user_request():
     r = Request.from_row(_row(target_type=None, item_idx=None, shards=None, history=None))
     assert r.target is Target.USER and r.is_data and r.shards == () and r.history == ()
     with pytest.raises(ValueError, match="not an interaction"):
-        r.pair
+        _ = r.pair
     with pytest.raises(ValueError, match="names no item"):
-        r.item
+        _ = r.item
 
 
 def test_unknown_states_and_targets_are_refused():

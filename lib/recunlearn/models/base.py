@@ -100,6 +100,30 @@ class Recommender(ABC):
         return cls.from_state(torch.load(path, weights_only=True))
 
 
+class FactorModel(Recommender):
+    """A model that serves ``score(u, i) = user[u] . item[i] + bias[i]`` (BPR-MF, LightGCN):
+    its user vectors live in one space with a fold-in into it, so the fitted aggregators
+    (attention, learned weights), the attribute edits and the fast tier work on any of them.
+    ``ModelKind.factor`` marks these kinds in the registry."""
+
+    user: torch.Tensor  # (n_users, d)
+    item: torch.Tensor  # (n_items, d)
+    bias: torch.Tensor  # (n_items,)
+    fold_in_reg: float  # the ridge of the fold-in's least squares
+
+    def score(self, rows: np.ndarray) -> torch.Tensor:
+        return (
+            self.user[torch.as_tensor(np.asarray(rows), dtype=torch.long)] @ self.item.T + self.bias
+        )
+
+    @abstractmethod
+    def fold_in(self, history: sp.csr_matrix) -> torch.Tensor:
+        """User vectors (n, d) from interaction rows alone; the parameters never change."""
+
+    def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
+        return self.fold_in(history) @ self.item.T + self.bias
+
+
 @runtime_checkable
 class Forgettable(Protocol):
     """A sub-model that forgets exactly in place: after ``forget_*`` it equals (to a tolerance

@@ -1,14 +1,15 @@
 """BPR matrix factorisation (Rendle et al., 2009) in torch, with item biases.
 
-The module knows its parameters and loss; the epoch loop lives in :func:`fit_bpr`.
+The module knows its parameters and loss; :func:`fit_bpr` trains any ``PairwiseModule``
+(BPR-MF's, LightGCN's, NCF's) with ``TorchTrainer``'s epoch loop and ``PairSampler``'s batches.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,7 +18,8 @@ from torch import nn
 
 from recunlearn.data.interactions import InteractionData
 from recunlearn.metrics import evaluate
-from recunlearn.models.base import Recommender
+from recunlearn.models.base import FactorModel
+from recunlearn.models.trainer import PairSampler, PairwiseModule, TorchTrainer
 
 if TYPE_CHECKING:
     from recunlearn.config import ModelConfig
@@ -25,14 +27,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class BPRModule(nn.Module):
+class FactorModule(nn.Module):
+    """Trainable user, item and item-bias parameters scored as user . item + bias (BPR-MF's;
+    LightGCN's layer 0, which it propagates before scoring): a ``PairwiseModule`` less its
+    loss and its trained model."""
+
+    negatives = 1
+
     def __init__(
-        self, n_users: int, n_items: int, dim: int, init_std: float, generator: torch.Generator
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        init_std: float,
+        generator: torch.Generator,
+        *,
+        train_bias: bool = True,
     ) -> None:
         super().__init__()
         self.user = nn.Parameter(torch.empty(n_users, dim))
         self.item = nn.Parameter(torch.empty(n_items, dim))
-        self.bias = nn.Parameter(torch.zeros(n_items))
+        self.bias = nn.Parameter(torch.zeros(n_items), requires_grad=train_bias)
         nn.init.normal_(self.user, std=init_std, generator=generator)
         nn.init.normal_(self.item, std=init_std, generator=generator)
 
@@ -40,6 +55,24 @@ class BPRModule(nn.Module):
         """(users, items, item bias) as scored: score(u, i) = users[u] . items[i] + bias[i]."""
         return self.user, self.item, self.bias
 
+    def scorer(self) -> Callable[[np.ndarray], torch.Tensor]:
+        users, items, bias = self.embeddings()
+        return lambda rows: users[torch.from_numpy(rows)] @ items.T + bias
+
+    def warm_start(self, keys: np.ndarray, init: BPRMF) -> None:
+        """Copy ``init``'s item parameters and the rows of the users it knows (a LightGCN's
+        layer-0 embeddings, ``init.base``, where it has them)."""
+        user, item, bias = getattr(init, "base", None) or (init.user, init.item, init.bias)
+        rows = init.rows_of(keys)
+        known = np.flatnonzero(rows >= 0)
+        with torch.no_grad():
+            self.item.copy_(item)
+            self.bias.copy_(bias)
+            if len(known):
+                self.user[torch.from_numpy(known)] = user[torch.from_numpy(rows[known])]
+
+
+class BPRModule(FactorModule):
     def loss(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float) -> torch.Tensor:
         # embedding() rather than indexing: its dense backward is a fast deterministic
         # scatter, where index backward under deterministic mode sorts every step
@@ -49,8 +82,11 @@ class BPRModule(nn.Module):
         penalty = pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()
         return -nn.functional.logsigmoid(x).mean() + reg * penalty / len(u)
 
+    def model(self, user_keys: np.ndarray) -> BPRMF:
+        return BPRMF(user_keys, self.user, self.item, self.bias)
 
-class BPRMF(Recommender):
+
+class BPRMF(FactorModel):
     """Trained BPR-MF factors for the users in ``user_keys``."""
 
     def __init__(
@@ -71,11 +107,6 @@ class BPRMF(Recommender):
         self.fold_in_reg = fold_in_reg
         self._fold: torch.Tensor | None = None
 
-    def score(self, rows: np.ndarray) -> torch.Tensor:
-        return (
-            self.user[torch.as_tensor(np.asarray(rows), dtype=torch.long)] @ self.item.T + self.bias
-        )
-
     def fold_in(self, history: sp.csr_matrix, *, chunk: int = 4096) -> torch.Tensor:
         """User vectors from interaction rows alone; the model's parameters never change.
 
@@ -88,9 +119,6 @@ class BPRMF(Recommender):
             self._fold = fold_matrix(self.item, self.fold_in_reg)
         fold: torch.Tensor = self._fold
         return linear_fold_in(history, self.item, self.bias, fold, chunk=chunk)
-
-    def score_history(self, history: sp.csr_matrix) -> torch.Tensor:
-        return self.fold_in(history) @ self.item.T + self.bias
 
     def state(self) -> dict[str, Any]:
         return {
@@ -204,13 +232,21 @@ def _logit_scale(
     return a
 
 
+class Adversary(Protocol):
+    """An in-training attribute adversary (``recunlearn.attribute.adversarial``)."""
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def loss(self, user: torch.Tensor, users: torch.Tensor) -> torch.Tensor: ...
+
+
 def fit_bpr(
     data: InteractionData,
     cfg: ModelConfig,
     *,
     seed: int,
-    adversary: Any = None,
-    module: Callable[[torch.Generator], nn.Module] | None = None,
+    adversary: Adversary | None = None,
+    module: Callable[[torch.Generator], PairwiseModule] | None = None,
     init: Any = None,
     max_epochs: int | None = None,
     batch_size: int | None = None,
@@ -220,119 +256,63 @@ def fit_bpr(
     Deterministic for a given seed and data: every random draw comes from one generator.
     ``adversary`` (optional) adds ``adversary.loss(user_embeddings, batch_users)`` to every
     step and trains its parameters with the model's (in-training attribute unlearning).
-    ``module(generator)`` builds another module in place of BPR-MF's (LightGCN, NCF), drawing
-    its initial values from the fit's generator: it has ``loss(u, i, j, reg)`` (j holds
-    ``module.negatives`` negatives per positive, default 1), and ``embeddings()`` or
-    ``score_rows(rows)`` for validation; ``init`` warm-starts the users it knows and every item
-    from a trained model's parameters (sequential training); ``max_epochs`` and ``batch_size``
-    override the config's.
+    ``module(generator)`` builds another ``PairwiseModule`` in place of BPR-MF's (LightGCN,
+    NCF), drawing its initial values from the fit's generator; ``init`` warm-starts the users
+    it knows and every item from a trained model's parameters (sequential training);
+    ``max_epochs`` and ``batch_size`` override the config's.
     """
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     n_users, n_items = data.train.shape
-    # duck-typed: loss(); user/item/bias or embeddings() or score_rows(); optionally model()
-    # and warm_start() (LightGCN, NCF and the attribute adversary's module provide them)
-    net: Any = (
+    net: PairwiseModule = (
         BPRModule(n_users, n_items, cfg.dim, cfg.init_std, g) if module is None else module(g)
     )
-    batch = cfg.batch_size if batch_size is None else batch_size
-    n_neg = getattr(net, "negatives", 1)  # negatives per positive (NCF's log loss takes several)
+    if adversary is not None and not isinstance(net, FactorModule):
+        raise TypeError(f"an attribute adversary trains on user factors; {type(net).__name__}")
     if init is not None:
-        _warm_start(net, data.user_keys, init)
+        net.warm_start(data.user_keys, init)
     params = list(net.parameters()) + (
         list(adversary.parameters()) if adversary is not None else []
     )
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    coo = data.train.tocoo()
-    pos_u = torch.from_numpy(coo.row.astype(np.int64))
-    pos_i = torch.from_numpy(coo.col.astype(np.int64))
-    linear = torch.sort(pos_u * n_items + pos_i).values
-    nnz = len(pos_u)
+    sampler = PairSampler(
+        data.train,
+        batch_size=cfg.batch_size if batch_size is None else batch_size,
+        negatives=net.negatives,
+        generator=g,
+    )
     valid_users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
 
-    def is_positive(u: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        lin = u * n_items + j
-        at = torch.searchsorted(linear, lin).clamp(max=nnz - 1)
-        return linear[at] == lin
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, int]]:
+        for u, i, j in sampler.epoch():
+            loss = net.loss(u, i, j, cfg.reg)
+            if adversary is not None:
+                loss = loss + adversary.loss(net.user, u)  # type: ignore[attr-defined]  # FactorModule
+            yield loss, len(u)
 
     def validate() -> float:
         with torch.no_grad():
-            score: Callable[[np.ndarray], torch.Tensor]
-            if hasattr(net, "score_rows"):
-                score = net.score_rows
-            else:
-                users, items, bias = net.embeddings()
-
-                def score(r: np.ndarray) -> torch.Tensor:
-                    return users[torch.from_numpy(r)] @ items.T + bias
-
-            m = evaluate(score, valid_users, data.train, data.valid, k=cfg.eval_k)
+            m = evaluate(net.scorer(), valid_users, data.train, data.valid, k=cfg.eval_k)
         return m[f"ndcg@{cfg.eval_k}"]
 
-    best, best_state, best_epoch, bad, epochs, history = -1.0, None, 0, 0, 0, []
-    last = cfg.max_epochs if max_epochs is None else max_epochs
-    for epoch in range(1, last + 1):
-        epochs = epoch
-        perm = torch.randperm(nnz, generator=g)
-        total = 0.0
-        for s in range(0, nnz, batch):
-            idx = perm[s : s + batch]
-            u, i = pos_u[idx], pos_i[idx]
-            j = torch.randint(n_items, (len(idx) * n_neg,), generator=g)
-            uj = u if n_neg == 1 else u.repeat_interleave(n_neg)
-            clash = torch.nonzero(is_positive(uj, j)).flatten()
-            for _ in range(3):  # resample negatives that are positives (bounded, only those)
-                if len(clash) == 0:
-                    break
-                j[clash] = torch.randint(n_items, (len(clash),), generator=g)
-                clash = clash[is_positive(uj[clash], j[clash])]
-            loss = net.loss(u, i, j, cfg.reg)
-            if adversary is not None:
-                loss = loss + adversary.loss(net.user, u)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        if len(valid_users) == 0:
-            continue
-        if epoch % cfg.eval_every == 0 or epoch == last:
-            score = validate()
-            history.append((epoch, round(total / max(nnz, 1), 5), round(score, 5)))
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
-                best_state = copy.deepcopy(net.state_dict())
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-    if best_state is not None:
-        net.load_state_dict(best_state)
+    trainer = TorchTrainer(
+        lr=cfg.lr,
+        max_epochs=cfg.max_epochs if max_epochs is None else max_epochs,
+        patience=cfg.patience,
+        eval_every=cfg.eval_every,
+    )
+    fit = trainer.fit(
+        net,  # type: ignore[arg-type]  # a PairwiseModule is an nn.Module
+        batches,
+        validate if len(valid_users) else None,
+        params=params,
+    )
     stats = {
-        "epochs": epochs,
-        "best_epoch": best_epoch,
-        "valid_ndcg": best,
+        "epochs": fit.epochs,
+        "best_epoch": fit.best_epoch,
+        "valid_ndcg": fit.best,
         "fit_seconds": time.perf_counter() - t0,
         "n_users": n_users,
-        "n_train": nnz,
-        "curve": history,
+        "n_train": sampler.nnz,
+        "curve": fit.curve,
     }
-    if hasattr(net, "model"):  # a net that builds its own Recommender (LightGCN, NCF)
-        return net.model(data.user_keys), stats
-    return BPRMF(data.user_keys, net.user, net.item, net.bias), stats
-
-
-def _warm_start(module: Any, keys: np.ndarray, init: Any) -> None:
-    """Copy ``init``'s item parameters and the rows of the users it knows into ``module``
-    (its trainable parameters: a LightGCN's layer-0 embeddings, ``init.base``). A module
-    with its own ``warm_start(keys, init)`` (NCF) does it itself."""
-    if hasattr(module, "warm_start"):
-        module.warm_start(keys, init)
-        return
-    user, item, bias = getattr(init, "base", None) or (init.user, init.item, init.bias)
-    rows = init.rows_of(keys)
-    known = np.flatnonzero(rows >= 0)
-    with torch.no_grad():
-        module.item.copy_(item)
-        module.bias.copy_(bias)
-        if len(known):
-            module.user[torch.from_numpy(known)] = user[torch.from_numpy(rows[known])]
+    return net.model(data.user_keys), stats

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from recunlearn.data.interactions import InteractionData
-from recunlearn.models.bpr import BPRMF, fit_bpr
+from recunlearn.models.bpr import BPRMF, FactorModule, fit_bpr
 
 if TYPE_CHECKING:
     from recunlearn.config import ModelConfig
@@ -58,7 +58,9 @@ class _SymmetricProduct(torch.autograd.Function):
         return None, ctx.adj @ grad
 
 
-class LightGCNModule(nn.Module):
+class LightGCNModule(FactorModule):
+    """Layer-0 embeddings (no item bias: LightGCN has none) propagated over the shard's graph."""
+
     def __init__(
         self,
         train: sp.csr_matrix,
@@ -67,15 +69,10 @@ class LightGCNModule(nn.Module):
         init_std: float,
         generator: torch.Generator,
     ) -> None:
-        super().__init__()
         self.n_users, n_items = train.shape
+        super().__init__(self.n_users, n_items, dim, init_std, generator, train_bias=False)
         self.layers = layers
         self.adj = normalised_adjacency(train)
-        self.user = nn.Parameter(torch.empty(self.n_users, dim))
-        self.item = nn.Parameter(torch.empty(n_items, dim))
-        self.bias = nn.Parameter(torch.zeros(n_items), requires_grad=False)  # LightGCN has none
-        nn.init.normal_(self.user, std=init_std, generator=generator)
-        nn.init.normal_(self.item, std=init_std, generator=generator)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         e = torch.cat([self.user, self.item])

@@ -20,6 +20,7 @@ Unseen users are folded in with nothing in the model changing, in one of two way
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -121,6 +122,9 @@ class NCFModule(nn.Module):
             if len(r)
             else torch.empty(0, self.gmf_item.shape[0])
         )
+
+    def scorer(self) -> Callable[[np.ndarray], torch.Tensor]:
+        return self.score_rows
 
     def warm_start(self, keys: np.ndarray, init: NCF) -> None:
         src = init.module

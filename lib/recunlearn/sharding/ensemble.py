@@ -17,8 +17,8 @@ Aggregators combine the K score vectors:
 
 from __future__ import annotations
 
-import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -30,7 +30,8 @@ from torch import nn
 from recunlearn.config import AggregatorConfig
 from recunlearn.data.interactions import InteractionData, has_pairs
 from recunlearn.metrics import evaluate
-from recunlearn.models.bpr import BPRMF
+from recunlearn.models.base import FactorModel
+from recunlearn.models.trainer import TorchTrainer
 
 
 def shard_views(
@@ -160,7 +161,7 @@ class ShardedEnsemble:
     def score(self, keys: np.ndarray, history: sp.csr_matrix) -> torch.Tensor:
         """Aggregated scores of users by key (``history``: their current interaction rows)."""
         with torch.no_grad():
-            if not all(isinstance(m, BPRMF) for m in self.shards):
+            if not all(isinstance(m, FactorModel) for m in self.shards):
                 # other sub-models (WMF, item-kNN): each shard scores as it serves (trained row at
                 # home, its own fold-in elsewhere), and the mean combines them
                 return torch.stack([m.score_users(keys, history) for m in self.shards]).mean(0)
@@ -212,7 +213,7 @@ class _PairData:
 
 
 def _pair_data(
-    shards: list[BPRMF],
+    shards: list[FactorModel],
     data: InteractionData,
     cfg: AggregatorConfig,
     g: torch.Generator,
@@ -261,7 +262,7 @@ def _pair_data(
 
 
 def fit_attention(
-    shards: list[BPRMF],
+    shards: list[FactorModel],
     data: InteractionData,
     cfg: AggregatorConfig,
     *,
@@ -269,45 +270,35 @@ def fit_attention(
     rng: np.random.Generator,
 ) -> tuple[AttentionAggregator, dict[str, Any]]:
     """Train the attention aggregator on ``data.train`` (retained data only), shard models
-    frozen, with the BPR loss on held pairs (``_PairData``); early-stop on validation NDCG@20
-    of at most ``cfg.max_valid_users`` users."""
+    frozen, with the BPR loss on held pairs (``_PairData``), in ``TorchTrainer``'s loop from
+    the initial (near-uniform) weights; early-stop on validation NDCG@20 of at most
+    ``cfg.max_valid_users`` users."""
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     pd_ = _pair_data(shards, data, cfg, g, rng)
     module = AttentionModule(len(shards), pd_.fold.shape[2], cfg.attention_dim, g)
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     diffs = pd_.pos - pd_.neg
     pos_u = pd_.pos_u
-    best, best_state = pd_.validate(module.weights), copy.deepcopy(module.state_dict())
-    bad, epochs, curve = 0, 0, []
-    curve.append((0, round(best, 5)))
-    for epoch in range(1, cfg.max_epochs + 1):
-        epochs = epoch
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, int]]:
         perm = torch.randperm(len(pos_u), generator=g)
         for s in range(0, len(pos_u), cfg.batch_size):
             idx = perm[s : s + cfg.batch_size]
             # attention depends on the user only: compute it once per distinct user in the batch
             uniq, inv = torch.unique(pos_u[idx], return_inverse=True)
             w = module.weights(pd_.fold[:, uniq], pd_.home[:, uniq])[inv]  # (B, K)
-            loss = -nn.functional.logsigmoid((w * diffs[:, idx].T).sum(1)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        score = pd_.validate(module.weights)
-        curve.append((epoch, round(score, 5)))
-        if score > best:
-            best, best_state, bad = score, copy.deepcopy(module.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    module.load_state_dict(best_state)
+            yield -nn.functional.logsigmoid((w * diffs[:, idx].T).sum(1)).mean(), len(idx)
+
+    trainer = TorchTrainer(
+        lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience, validate_first=True
+    )
+    fit = trainer.fit(module, batches, lambda: pd_.validate(module.weights))
     stats = {
-        "epochs": epochs,
-        "valid_ndcg": best,
+        "epochs": fit.epochs,
+        "valid_ndcg": fit.best,
         "fit_seconds": time.perf_counter() - t0,
         "n_train": int(len(pos_u)),
-        "curve": curve,
+        "curve": fit.curve,
     }
     return AttentionAggregator(module, {"stats": stats}), stats
 
@@ -336,7 +327,7 @@ class LearnedWeights:
 
 
 def fit_learned(
-    shards: list[BPRMF],
+    shards: list[FactorModel],
     data: InteractionData,
     cfg: AggregatorConfig,
     *,
