@@ -3,12 +3,12 @@
 import numpy as np
 import torch
 
-from recunlearn.config import ModelConfig
+from recunlearn.config import ModelSettings
 from recunlearn.data.interactions import InteractionData
 from recunlearn.models.bpr import BPRMF, fit_bpr
 from recunlearn.testing import checkerboard
 
-CFG = ModelConfig(dim=8, lr=0.05, max_epochs=30, eval_every=5, patience=3, batch_size=128)
+CFG = ModelSettings(dim=8, lr=0.05, max_epochs=30, eval_every=5, patience=3, batch_size=128)
 
 
 def test_learns_the_checkerboard():

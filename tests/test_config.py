@@ -34,3 +34,27 @@ def test_seeds_are_per_component_and_stable():
     assert make_seed(1, "shard", 3) == make_seed(1, "shard", 3)
     assert make_seed(1, "shard", 3) != make_seed(1, "shard", 4)
     assert make_seed(1, "shard", 3) != make_seed(2, "shard", 3)
+
+
+def test_each_model_kind_has_its_own_settings_class():
+    from recunlearn.config import EASESettings, ModelSettings, WMFSettings, model_settings
+    from recunlearn.models import MODELS
+
+    cfg = load_config(None, ["model.kind=wmf", "model.wmf_alpha=3", "model.dim=16"])
+    assert isinstance(cfg.model, WMFSettings) and cfg.model.wmf_alpha == 3
+    # another kind's setting is refused by name, not silently carried
+    with pytest.raises(ConfigError, match="ease_lambda"):
+        load_config(None, ["model.kind=wmf", "model.ease_lambda=700"])
+    with pytest.raises(ConfigError, match="wmf_alpha"):
+        load_config(None, ["model.wmf_alpha=3"])  # the default kind is bpr
+    # a kind with settings of its own cannot be built as the shared class
+    with pytest.raises(ValueError, match="settings of its own"):
+        ModelSettings(kind="ease")
+    # switching kind keeps the shared fields and drops the old kind's own
+    ease = cfg.model.with_kind("ease", ease_lambda=700)
+    assert isinstance(ease, EASESettings) and ease.dim == 16 and ease.ease_lambda == 700
+    assert type(ease.with_kind("bpr")) is ModelSettings
+    for kind in MODELS:  # every registered kind builds, under its own name
+        assert model_settings(kind=kind).kind == kind
+    with pytest.raises(ConfigError, match="unknown model kind"):
+        model_settings(kind="svd")

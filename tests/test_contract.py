@@ -22,17 +22,14 @@ METHODS = ("sisa", "receraser", "ultrare", "laser")
 
 
 def _cfg(kind: str) -> RunConfig:
-    model = {
-        **CFG.model_dump(),
-        "kind": kind,
-        "dim": 8,
-        "wmf_reg": 0.5,
-        "knn_k": 10,
-        "lightgcn_batch_size": 256,
-        "ncf_layers": [8],
-        "ncf_fold_in_steps": 10,
-        "ease_lambda": 10.0,
+    own = {
+        "wmf": {"wmf_reg": 0.5},
+        "itemknn": {"knn_k": 10},
+        "lightgcn": {"lightgcn_batch_size": 256},
+        "ncf": {"ncf_layers": [8], "ncf_fold_in_steps": 10},
+        "ease": {"ease_lambda": 10.0},
     }
+    model = {**CFG.model_dump(), "kind": kind, "dim": 8, **own.get(kind, {})}
     return RunConfig(
         model=model,
         aggregator={"max_epochs": 2},

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recunlearn.config import FastSettings as FastConfig
-from recunlearn.config import ModelConfig
+from recunlearn.config import ModelSettings
 from recunlearn.data.interactions import InteractionData, split_pairs
 from recunlearn.models.bpr import fit_bpr
 from recunlearn.unlearning.fast_bpr import METHODS, BPRUnlearner, Linearisation
@@ -25,7 +25,7 @@ def trained():
     split = split_pairs(keys, i, valid=0.1, test=0.1, seed=1)
     data = InteractionData.from_columns(keys, i, split, n_items)
     model, _ = fit_bpr(
-        data, ModelConfig(dim=16, max_epochs=60, eval_every=5, patience=3, lr=0.01), seed=3
+        data, ModelSettings(dim=16, max_epochs=60, eval_every=5, patience=3, lr=0.01), seed=3
     )
     return data, model
 

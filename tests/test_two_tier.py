@@ -225,8 +225,10 @@ def test_model_specific_exact_updates(spark, ray_local, cfg, layout, tmp_path, k
 
     cfg = cfg.model_copy(
         update={
-            "model": cfg.model.model_copy(
-                update={"kind": kind, "dim": 8, "wmf_reg": 2.0, "ease_lambda": 20.0}
+            "model": cfg.model.with_kind(
+                kind,
+                dim=8,
+                **{"wmf": {"wmf_reg": 2.0}, "ease": {"ease_lambda": 20.0}}.get(kind, {}),
             ),
             "unlearn": cfg.unlearn.model_copy(update={"method": method, "membership": False}),
         }

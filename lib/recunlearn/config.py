@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from recunlearn.errors import ConfigError
 from recunlearn.models import FACTOR_MODELS, MODELS
@@ -150,7 +160,11 @@ class ShardingConfig(_Frozen):
     )
 
 
-class ModelConfig(_Frozen):
+class ModelSettings(_Frozen):
+    """What every sub-model kind is configured by; the settings of a kind with none of its own
+    (``bpr``, ``popularity``). The kinds with their own settings subclass it, and
+    ``ModelConfig`` picks the class by ``kind``: a setting of another kind is refused by name."""
+
     kind: ModelKindName = Field(
         "bpr",
         json_schema_extra={"enum": list(MODELS)},
@@ -158,7 +172,7 @@ class ModelConfig(_Frozen):
         + "; ".join(f"{k}: {m.summary}" for k, m in MODELS.items())
         + ".",
     )
-    dim: int = Field(64, ge=1, description="Embedding dimension (BPR and WMF).")
+    dim: int = Field(64, ge=1, description="Embedding dimension (the factor models and WMF).")
     lr: float = Field(0.005, gt=0)
     reg: float = Field(1e-4, ge=0, description="L2 on the embeddings touched by a batch.")
     batch_size: int = Field(2048, ge=1)
@@ -167,6 +181,25 @@ class ModelConfig(_Frozen):
     patience: int = Field(4, ge=1, description="Validation checks without improvement before stop.")
     eval_k: int = Field(20, ge=1)
     init_std: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _own_class(self) -> ModelSettings:
+        if type(self) is ModelSettings and self.kind in _OWN_SETTINGS:
+            raise ValueError(
+                f"model.kind={self.kind} has settings of its own: build it with "
+                f"model_settings(kind={self.kind!r}, ...) or from a config file"
+            )
+        return self
+
+    def with_kind(self, kind: str, **update: Any) -> ModelConfig:
+        """The settings of another kind: the shared fields kept, this kind's own dropped,
+        ``update`` applied (validated like a config file)."""
+        shared = self.model_dump(include=set(ModelSettings.model_fields) - {"kind"})
+        return model_settings(**{**shared, **update, "kind": kind})
+
+
+class WMFSettings(ModelSettings):
+    kind: Literal["wmf"] = "wmf"
     wmf_alpha: float = Field(
         10.0, gt=0, description="WMF: confidence 1 + alpha of an observed pair."
     )
@@ -174,8 +207,16 @@ class ModelConfig(_Frozen):
     wmf_tol: float = Field(
         1e-3, gt=0, description="WMF: relative residual of converged normal equations."
     )
+
+
+class ItemKNNSettings(ModelSettings):
+    kind: Literal["itemknn"] = "itemknn"
     knn_k: int = Field(50, ge=1, description="item-kNN: neighbours kept per item.")
     knn_shrink: float = Field(0.0, ge=0, description="item-kNN: cosine shrinkage.")
+
+
+class EASESettings(ModelSettings):
+    kind: Literal["ease"] = "ease"
     ease_lambda: float = Field(
         500.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1."
     )
@@ -185,12 +226,20 @@ class ModelConfig(_Frozen):
         description="EASE: largest catalogue (two dense float64 I x I matrices, "
         "16 I^2 bytes: 6.4 GB at 20K items).",
     )
+
+
+class LightGCNSettings(ModelSettings):
+    kind: Literal["lightgcn"] = "lightgcn"
     lightgcn_layers: int = Field(3, ge=1, description="LightGCN: propagation layers.")
     lightgcn_batch_size: int = Field(
         8192,
         ge=1,
         description="LightGCN: pairs per step (each step propagates the whole shard graph).",
     )
+
+
+class NCFSettings(ModelSettings):
+    kind: Literal["ncf"] = "ncf"
     ncf_layers: list[int] = Field(
         [32, 16, 8], min_length=1, description="NCF: MLP widths after the input."
     )
@@ -201,6 +250,42 @@ class ModelConfig(_Frozen):
         "or by Adam steps on both vectors.",
     )
     ncf_fold_in_steps: int = Field(30, ge=1, description="NCF: Adam steps of an adam fold-in.")
+
+
+# the kinds with settings of their own; any other registered kind is configured by ModelSettings
+_OWN_SETTINGS: dict[str, type[ModelSettings]] = {
+    "wmf": WMFSettings,
+    "itemknn": ItemKNNSettings,
+    "ease": EASESettings,
+    "lightgcn": LightGCNSettings,
+    "ncf": NCFSettings,
+}
+
+
+def _settings_tag(value: Any) -> str:
+    kind = value.get("kind", "bpr") if isinstance(value, dict) else getattr(value, "kind", "bpr")
+    return kind if kind in _OWN_SETTINGS else "shared"
+
+
+# ``model:`` of a config: one settings class per kind, picked by ``kind`` (a discriminated union)
+ModelConfig = Annotated[
+    Annotated[ModelSettings, Tag("shared")]
+    | Annotated[WMFSettings, Tag("wmf")]
+    | Annotated[ItemKNNSettings, Tag("itemknn")]
+    | Annotated[EASESettings, Tag("ease")]
+    | Annotated[LightGCNSettings, Tag("lightgcn")]
+    | Annotated[NCFSettings, Tag("ncf")],
+    Discriminator(_settings_tag),
+]
+_MODEL_CONFIG: TypeAdapter[ModelConfig] = TypeAdapter(ModelConfig)
+
+
+def model_settings(**fields: Any) -> ModelConfig:
+    """The settings class of ``fields["kind"]`` (default bpr), validated like a config file."""
+    try:
+        return _MODEL_CONFIG.validate_python(fields)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid model settings: {exc}") from exc
 
 
 class AggregatorConfig(_Frozen):
@@ -430,7 +515,7 @@ class RunConfig(_Frozen):
     split: SplitConfig = SplitConfig()
     pseudonym: PseudonymConfig = PseudonymConfig()
     sharding: ShardingConfig = ShardingConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = ModelSettings()
     aggregator: AggregatorConfig = AggregatorConfig()
     train: TrainConfig = TrainConfig()
     unlearn: UnlearnConfig = UnlearnConfig()

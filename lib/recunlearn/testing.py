@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from recunlearn.config import AggregatorConfig, ModelConfig
+from recunlearn.config import AggregatorConfig, ModelConfig, ModelSettings, model_settings
 from recunlearn.data.interactions import InteractionData
 from recunlearn.models import fit_model, load_model
 from recunlearn.models.base import Forgettable, Recommender
@@ -73,7 +73,7 @@ def same_state(a: Recommender, b: Recommender) -> bool:
 
 class SubModelContract:
     kind: ClassVar[str]
-    # model.* settings for the checkerboard (small and fast)
+    # model.* settings for the checkerboard (small and fast): shared, and per kind its own
     settings: ClassVar[dict[str, Any]] = {
         "dim": 8,
         "lr": 0.05,
@@ -81,18 +81,24 @@ class SubModelContract:
         "eval_every": 5,
         "patience": 3,
         "batch_size": 128,
-        "wmf_reg": 0.5,
-        "knn_k": 10,
-        "lightgcn_batch_size": 256,
-        "ncf_layers": [8],
-        "ncf_fold_in_steps": 10,
-        "ease_lambda": 10.0,
+    }
+    own_settings: ClassVar[dict[str, dict[str, Any]]] = {
+        "wmf": {"wmf_reg": 0.5},
+        "itemknn": {"knn_k": 10},
+        "lightgcn": {"lightgcn_batch_size": 256},
+        "ncf": {"ncf_layers": [8], "ncf_fold_in_steps": 10},
+        "ease": {"ease_lambda": 10.0},
     }
     personalised: ClassVar[bool] = True  # scores differ by user (a popularity model's do not)
     seed: ClassVar[int] = 3
 
+    @classmethod
+    def settings_for(cls, kind: str) -> dict[str, Any]:
+        """``model.*`` of ``kind`` on the checkerboard."""
+        return {**cls.settings, **cls.own_settings.get(kind, {}), "kind": kind}
+
     def model_config(self) -> ModelConfig:
-        return ModelConfig(**{**self.settings, "kind": self.kind})
+        return model_settings(**self.settings_for(self.kind))
 
     def data(self) -> InteractionData:
         return checkerboard()
@@ -190,7 +196,7 @@ class AggregatorContract:
 
     def shards_and_data(self) -> tuple[list[Recommender], InteractionData]:
         data = checkerboard()
-        cfg = ModelConfig(dim=8, lr=0.05, max_epochs=20, eval_every=5, patience=3, batch_size=128)
+        cfg = ModelSettings(dim=8, lr=0.05, max_epochs=20, eval_every=5, patience=3, batch_size=128)
         rows = np.arange(data.n_users)
         shards = [
             fit_model(data.subset(rows[rows % self.n_shards == k]), cfg, seed=k)[0]
@@ -252,7 +258,7 @@ class UnlearningMethodContract:
 
         torch.use_deterministic_algorithms(True)
         cfg = RunConfig(
-            model={**SubModelContract.settings, "kind": self.kind},
+            model=SubModelContract.settings_for(self.kind),
             sharding={"n_shards": self.n_shards},
             unlearn={"method": self.method},
         )

@@ -93,9 +93,7 @@ def run(
                 data, kind, share, np.random.default_rng(make_seed(seed, "exact", kind))
             )
         for model in models:
-            cfg = run_cfg.model_copy(
-                update={"model": run_cfg.model.model_copy(update={"kind": model})}
-            )
+            cfg = run_cfg.model_copy(update={"model": run_cfg.model.with_kind(model)})
             _model(
                 cfg,
                 res.setdefault("models", {}).setdefault(model, {"cells": {}}),

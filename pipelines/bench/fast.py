@@ -72,7 +72,9 @@ def family_of(method: str) -> str:
 def _fit(family: str, data: InteractionData, cfg: RunConfig, seed: int) -> tuple[Any, float]:
     """The full model of ``family`` with the job's trainer and ``model.*`` settings."""
     t0 = time.perf_counter()
-    model, _ = fit_model(data, cfg.model.model_copy(update={"kind": family}), seed=seed)
+    # the configured kind's own settings; another family's are its defaults
+    settings = cfg.model if cfg.model.kind == family else cfg.model.with_kind(family)
+    model, _ = fit_model(data, settings, seed=seed)
     return model, time.perf_counter() - t0
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recunlearn.config import ModelConfig
+from recunlearn.config import ModelSettings
 from recunlearn.data.interactions import InteractionData
 from recunlearn.models.bpr import BPRMF, fit_bpr
 
@@ -96,7 +96,7 @@ class AttributeAdversary(nn.Module):
 
 def fit_bpr_adversarial(
     data: InteractionData,
-    cfg: ModelConfig,
+    cfg: ModelSettings,
     labels: np.ndarray,
     *,
     n_classes: int,

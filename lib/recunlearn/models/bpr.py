@@ -22,7 +22,7 @@ from recunlearn.models.base import FactorModel
 from recunlearn.models.trainer import PairSampler, PairwiseModule, TorchTrainer
 
 if TYPE_CHECKING:
-    from recunlearn.config import ModelConfig
+    from recunlearn.config import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class Adversary(Protocol):
 
 def fit_bpr(
     data: InteractionData,
-    cfg: ModelConfig,
+    cfg: ModelSettings,
     *,
     seed: int,
     adversary: Adversary | None = None,

@@ -27,7 +27,7 @@ item-item model needs a sparse approximation instead (not built).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -45,6 +45,10 @@ from recunlearn.data.interactions import (
 )
 from recunlearn.errors import ConfigError
 from recunlearn.models.base import Recommender
+
+if TYPE_CHECKING:
+    from recunlearn.config import EASESettings
+    from recunlearn.data.interactions import InteractionData
 
 
 def _inverse(gram: np.ndarray, lam: float) -> np.ndarray:
@@ -226,7 +230,12 @@ def fit_ease(
 
 
 def fit(
-    data: Any, cfg: Any, *, seed: int, init: Any = None, max_epochs: int | None = None
+    data: InteractionData,
+    cfg: EASESettings,
+    *,
+    seed: int,
+    init: Any = None,
+    max_epochs: int | None = None,
 ) -> tuple[EASE, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: the closed form from ``model.ease_*`` (no seed, no
     warm start: a function of the data alone)."""

@@ -18,7 +18,7 @@ bit for bit.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +33,11 @@ from recunlearn.data.interactions import (
     without_pairs,
 )
 from recunlearn.models.base import Recommender
+
+if TYPE_CHECKING:
+    from recunlearn.config import ItemKNNSettings
+    from recunlearn.data.interactions import InteractionData
+
 
 _SMALLEST = np.nextafter(0.0, 1.0)  # the smallest positive float64: x >= it iff x > 0
 DENSE_ITEMS = 6000  # up to this many items the counts are a dense array (6000^2 x 8 B = 288 MB)
@@ -362,7 +367,12 @@ def _topk_lowest_index(sim: np.ndarray, k: int) -> np.ndarray:
 
 
 def fit(
-    data: Any, cfg: Any, *, seed: int, init: Any = None, max_epochs: int | None = None
+    data: InteractionData,
+    cfg: ItemKNNSettings,
+    *,
+    seed: int,
+    init: Any = None,
+    max_epochs: int | None = None,
 ) -> tuple[ItemKNN, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: the index from ``model.knn_*`` (a function of the
     data alone)."""

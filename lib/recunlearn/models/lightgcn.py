@@ -23,7 +23,7 @@ from recunlearn.data.interactions import InteractionData
 from recunlearn.models.bpr import BPRMF, FactorModule, fit_bpr
 
 if TYPE_CHECKING:
-    from recunlearn.config import ModelConfig
+    from recunlearn.config import LightGCNSettings
 
 
 def normalised_adjacency(train: sp.csr_matrix) -> torch.Tensor:
@@ -158,7 +158,7 @@ class LightGCN(BPRMF):
 
 def fit_lightgcn(
     data: InteractionData,
-    cfg: ModelConfig,
+    cfg: LightGCNSettings,
     *,
     seed: int,
     init: BPRMF | None = None,

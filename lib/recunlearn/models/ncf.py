@@ -33,7 +33,7 @@ from recunlearn.models.base import Recommender
 from recunlearn.models.bpr import fit_bpr, fold_matrix, linear_fold_in
 
 if TYPE_CHECKING:
-    from recunlearn.config import ModelConfig
+    from recunlearn.config import NCFSettings
 
 
 class NCFModule(nn.Module):
@@ -280,7 +280,7 @@ class NCF(Recommender):
 
 def fit_ncf(
     data: InteractionData,
-    cfg: ModelConfig,
+    cfg: NCFSettings,
     *,
     seed: int,
     init: NCF | None = None,

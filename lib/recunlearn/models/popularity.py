@@ -9,7 +9,7 @@ It keeps its training rows (binary CSR) to know what a forgotten user contribute
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +25,10 @@ from recunlearn.data.interactions import (
     without_pairs,
 )
 from recunlearn.models.base import Recommender
+
+if TYPE_CHECKING:
+    from recunlearn.config import ModelSettings
+    from recunlearn.data.interactions import InteractionData
 
 
 class Popularity(Recommender):
@@ -86,7 +90,12 @@ class Popularity(Recommender):
 
 
 def fit(
-    data: Any, cfg: Any, *, seed: int, init: Any = None, max_epochs: int | None = None
+    data: InteractionData,
+    cfg: ModelSettings,
+    *,
+    seed: int,
+    init: Any = None,
+    max_epochs: int | None = None,
 ) -> tuple[Popularity, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: counts of ``data.train`` (no seed, no warm start)."""
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,11 @@ import torch
 
 from recunlearn.data.interactions import binary_csr, has_pairs
 from recunlearn.models.base import Recommender
+
+if TYPE_CHECKING:
+    from recunlearn.config import WMFSettings
+    from recunlearn.data.interactions import InteractionData
+
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -413,7 +418,12 @@ def _bin(m: sp.spmatrix) -> sp.csr_matrix:
 
 
 def fit(
-    data: Any, cfg: Any, *, seed: int, init: WMF | None = None, max_epochs: int | None = None
+    data: InteractionData,
+    cfg: WMFSettings,
+    *,
+    seed: int,
+    init: WMF | None = None,
+    max_epochs: int | None = None,
 ) -> tuple[WMF, dict[str, Any]]:
     """``recunlearn.models.MODELS``' entry: WMF from ``model.*`` (converges to its tolerance;
     ``max_epochs`` does not apply)."""
