@@ -10,6 +10,7 @@ import glob
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -133,6 +134,12 @@ def _spark_session(cfg: SparkConfig) -> SparkSession:
         # pandas <-> Spark through Arrow (key lists, shard maps), not row by row through Py4J
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
+    master = submitted.get("spark.master", cfg.master)
+    if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        # Python workers (mapInPandas: the synthetic generator) run this interpreter, with
+        # its packages, not the first python3 on the PATH; PySpark reads the variable when
+        # the context starts. A cluster ships its own environment (spark.pyspark.python).
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     settings.update(cfg.extra)
     for k, v in settings.items():
         if not submitted.contains(k):
