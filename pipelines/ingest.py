@@ -79,6 +79,45 @@ def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
     )
 
 
+def kcore_filter(
+    pairs: DataFrame, *, min_user: int, min_item: int, max_rounds: int
+) -> tuple[DataFrame, dict[str, Any]]:
+    """Drop users with fewer than ``min_user`` rows and items with fewer than ``min_item``,
+    round after round (dropping one side can push the other below its minimum) until a round
+    drops nothing (the k-core) or ``max_rounds`` ran. ``pairs`` has one row per (user_key,
+    item_id). Each round is two aggregations and two semi-joins in Spark; only counts reach
+    the driver. Returns the kept rows (persisted) and what the filter did."""
+    record: dict[str, Any] = {"min_user": min_user, "min_item": min_item}
+    if min_user <= 1 and min_item <= 1:
+        return pairs, {**record, "rounds": 0, "converged": True}
+    cur = pairs.persist()
+    before = n = cur.count()
+    rounds, converged = 0, False
+    while rounds < max_rounds:
+        rounds += 1
+        kept = cur
+        for col, least in (("user_key", min_user), ("item_id", min_item)):
+            if least > 1:
+                big = kept.groupBy(col).count().where(F.col("count") >= least).select(col)
+                kept = kept.join(big, col, "left_semi")
+        kept = kept.persist()
+        m = kept.count()
+        cur.unpersist()
+        cur = kept
+        if m == n:
+            converged = True
+            break
+        n = m
+    log.info("ingest: k-core filter kept %d of %d rows in %d round(s)", n, before, rounds)
+    return cur, {
+        **record,
+        "rounds": rounds,
+        "converged": converged,
+        "rows_before": before,
+        "rows_after": n,
+    }
+
+
 def stable_item_index(
     spark: SparkSession, item_ids: DataFrame, *, layout: Layout, partitions: int
 ) -> tuple[DataFrame, DataFrame]:
@@ -198,6 +237,12 @@ def ingest(
         )
         keyed = keyed.join(gone, "user_key", "left_anti")
     with engine_errors(*what):  # the first actions over the whole log
+        keyed, kcore = kcore_filter(
+            keyed,
+            min_user=cfg.dataset.min_user_interactions,
+            min_item=cfg.dataset.min_item_interactions,
+            max_rounds=cfg.dataset.kcore_rounds,
+        )
         items, new_items = stable_item_index(
             spark,
             keyed.select("item_id").distinct(),
@@ -219,8 +264,14 @@ def ingest(
         new_items, layout.items, mode="append", stats_columns=["item_idx"]
     )  # never renumbers
     version = write_delta(
-        inter, layout.interactions, partition_by=["shard_id"], stats_columns=INTERACTION_STATS
+        inter,
+        layout.interactions,
+        partition_by=["shard_id"],
+        stats_columns=INTERACTION_STATS,
+        user_metadata={"ingest": {"filter": kcore, "rows": n_rows}},
     )
+    if kcore.get("rounds"):
+        keyed.unpersist()
     by_split = (
         inter.groupBy("split")
         .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_key").alias("users"))
@@ -238,6 +289,7 @@ def ingest(
         "split_users": {r["split"]: int(r["users"]) for r in by_split},
         "table_version": version,
         "quarantined": quarantined,
+        "filter": kcore,
     }
     log.info("ingested %s", stats)
     return stats

@@ -27,7 +27,7 @@ from recunlearn.engines import ray_cpus
 from recunlearn.errors import PipelineError
 from recunlearn.hashing import fingerprint
 from recunlearn.storage import checkpoints
-from recunlearn.storage.delta import read_table
+from recunlearn.storage.delta import commit_metadata, read_table
 from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout, new_job_id
 from recunlearn.storage.registry import ModelRegistry, publish_version
@@ -388,6 +388,7 @@ def build_version(
     order: list[int] | None = None,
     parent: int | None = None,
     job_id: str | None = None,
+    ingest: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """The model version of these components (each a ``Component`` or a checkpoint's metadata
     as a training task returns it)."""
@@ -410,6 +411,7 @@ def build_version(
         guarantee=guarantee,
         config_fingerprint=fingerprint(cfg),
         partition=partition,
+        ingest=ingest,
         order=list(order) if order is not None else None,
         parent=parent,
         job_id=job_id,
@@ -462,6 +464,7 @@ def train_all(
         partition=partition,
         guarantee=PARTITION_GUARANTEE,
         order=trained["order"],
+        ingest=commit_metadata(layout.interactions, "ingest", upto=version),
     )
     # a first training supersedes nothing forgotten: no checkpoint is pruned, no version retired
     publish_version(registry, published, request_ids=[], note=f"full training {job_id}")

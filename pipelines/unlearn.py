@@ -636,6 +636,7 @@ def _run(
             order=current.order,
             parent=current.version,
             job_id=job_id,
+            ingest=current.ingest,
         ).replace(attribute_overlay=overlay, pending_exact=update.pending_exact)
     with clock.step("publish"):
         published = publish_version(

@@ -96,3 +96,42 @@ def test_a_reingest_of_a_changed_catalogue_keeps_every_item_index(spark, cfg, la
     assert got["40"] < got["5"]  # new items numbered in item id order (as text: "40" < "5")
     inter = DeltaTable(layout.interactions).to_pandas(columns=["item_idx"])
     assert set(inter["item_idx"]) == {got[k] for k in ("20", "30", "40", "5")}
+
+
+def test_kcore_filter_runs_to_the_core_and_is_recorded(spark, cfg, layout, tmp_path):
+    """min 3 items a user, 2 users an item: dropping the light user 'z' leaves item 'c' with
+    one user, whose drop leaves user 'y' with two items; a third round drops nothing. The kept
+    rows are the 3-2 core a plain computation finds, and the ingest stats and the commit say
+    what the filter did."""
+    from recunlearn.storage.delta import commit_metadata
+
+    rows = [("x", i) for i in "abde"] + [("y", i) for i in "abc"] + [("w", i) for i in "abde"]
+    rows += [("z", "c"), ("z", "e")]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "u.data").write_text("".join(f"{u}\t{i}\t4\t{n}\n" for n, (u, i) in enumerate(rows)))
+
+    def core(pairs, mu, mi):
+        while True:
+            users = {u for u, _ in pairs if sum(1 for v, _ in pairs if v == u) >= mu}
+            kept = [(u, i) for u, i in pairs if u in users]
+            items = {i for _, i in kept if sum(1 for _, j in kept if j == i) >= mi}
+            kept = [(u, i) for u, i in kept if i in items]
+            if kept == pairs:
+                return kept
+            pairs = kept
+
+    expect = core(rows, 3, 2)
+    assert sorted({u for u, _ in expect}) == ["w", "x"] and len(expect) == 8
+    cfg = cfg.model_copy(
+        update={
+            "dataset": cfg.dataset.model_copy(
+                update={"min_user_interactions": 3, "min_item_interactions": 2}
+            )
+        }
+    )
+    stats = ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=b"k-core-secret-0123456")
+    assert (stats["rows"], stats["users"], stats["items"]) == (8, 2, 4)
+    f = stats["filter"]
+    assert (f["rows_before"], f["rows_after"], f["rounds"], f["converged"]) == (13, 8, 3, True)
+    assert commit_metadata(layout.interactions, "ingest")["filter"] == f

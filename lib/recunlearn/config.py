@@ -87,6 +87,23 @@ class DatasetConfig(_Frozen):
     min_rating: float | None = Field(
         None, description="Keep only ratings >= this as positives (None keeps all)."
     )
+    min_user_interactions: int = Field(
+        1,
+        ge=1,
+        description="k-core filter: drop users with fewer distinct items than this (after "
+        "the one-row-per-pair dedup and min_rating). 1 keeps every user.",
+    )
+    min_item_interactions: int = Field(
+        1, ge=1, description="k-core filter: drop items with fewer users than this."
+    )
+    kcore_rounds: int = Field(
+        10,
+        ge=1,
+        description="k-core filter: at most this many rounds of dropping users, then items, "
+        "below their minimum (each drop can push the other side below); it stops at the "
+        "first round that drops nothing, which is the k-core. The ingest stats and the "
+        "interactions table's commit record what it did.",
+    )
     on_malformed: Literal["quarantine", "fail"] = Field(
         "quarantine",
         description="Malformed or truncated rows: quarantine (ingest the good rows; "

@@ -14,6 +14,7 @@ on the log, so their optimistic concurrency control sees each other's commits.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -82,9 +83,13 @@ def write_delta(
     mode: str = "overwrite",
     partition_by: list[str] | None = None,
     stats_columns: list[str] | None = None,
+    user_metadata: dict[str, Any] | None = None,
 ) -> int:
-    """Write ``df`` as a Delta table; return the new table version."""
+    """Write ``df`` as a Delta table; return the new table version. ``user_metadata`` goes
+    into the commit (as JSON; ``DESCRIBE HISTORY`` and ``commit_metadata`` read it back)."""
     w = df.write.format("delta").mode(mode)
+    if user_metadata is not None:
+        w = w.option("userMetadata", json.dumps(user_metadata, sort_keys=True))
     if mode == "overwrite":
         w = w.option("overwriteSchema", "true")
     if partition_by:
@@ -94,6 +99,22 @@ def write_delta(
             w = w.option(k, v)
     with_retries(lambda: w.save(path), what=f"write {Path(path).name}")
     return delta_version(df.sparkSession, path)
+
+
+def commit_metadata(path: str, key: str, *, upto: int | None = None) -> dict[str, Any] | None:
+    """``user_metadata[key]`` of the latest commit (at or before version ``upto``) of a Delta
+    table that recorded one; None if none did, or its commit has left the log."""
+    from deltalake import DeltaTable
+
+    for entry in DeltaTable(str(path)).history():  # newest first
+        if upto is not None and int(entry.get("version", -1)) > upto:
+            continue
+        text = entry.get("userMetadata")
+        if text:
+            found = json.loads(text).get(key)
+            if found is not None:
+                return dict(found)
+    return None
 
 
 def split_schema(schema: str) -> list[str]:

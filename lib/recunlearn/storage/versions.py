@@ -149,6 +149,8 @@ class ModelVersion:
     # set while an approximate update awaits its exact retrain: shards, requests, rows removed
     # per shard, since, method
     pending_exact: dict[str, Any] | None = None
+    # what the ingest of the data did (its k-core filter and row count), from its commit
+    ingest: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if sorted(self.shards) != list(range(self.n_shards)):
@@ -195,6 +197,7 @@ class ModelVersion:
             "aggregator": comp(self.aggregator),
             "reference": comp(self.reference),
             "partition": self.partition,
+            "ingest": self.ingest,
             "guarantee": self.guarantee,
             "sequential": {"order": list(self.order)} if self.order is not None else None,
             "parent": self.parent,
@@ -222,6 +225,7 @@ class ModelVersion:
             config_fingerprint=data.get("config_fingerprint") or "",
             created_at=data.get("created_at") or _now(),
             partition=data.get("partition"),
+            ingest=data.get("ingest"),
             order=list((data.get("sequential") or {}).get("order") or []) or None,
             parent=data.get("parent"),
             job_id=data.get("job_id") or data.get("unlearn_job") or data.get("attribute_job"),
