@@ -1,10 +1,14 @@
 """Shared fixtures: one Spark session and one local Ray instance per test run, synthetic
-data with a known structure, and a config whose data directory is a tmp path."""
+data with a known structure, a config whose data directory is a tmp path, and a trained
+deployment (trained once per run, copied into each test that asks for it)."""
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,3 +87,35 @@ def layout(cfg: RunConfig) -> Layout:
 def shared_data_dir() -> Path | None:
     root = os.environ.get("RECUNLEARN_DATA_DIR")
     return Path(root) if root and Path(root).exists() else None
+
+
+SECRET = b"test-secret-key-0123456789"  # the pseudonymisation key of cfg (and the deployment)
+
+
+@pytest.fixture(scope="session")
+def deployment(spark, ray_local, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
+    """The default pipeline (``write_ml100k``'s log, conf/test.yaml) ingested, partitioned
+    and trained once per test run, in a folder of its own: (that folder, the partition)."""
+    from pipelines.ingest import ingest
+    from pipelines.partition import partition_users
+    from pipelines.train import train_all
+
+    root = tmp_path_factory.mktemp("deployment")
+    cfg = load_config(ROOT / "conf" / "test.yaml", [f"data_dir={root / 'data'}"])
+    layout = Layout(Path(cfg.data_dir))
+    write_ml100k(root / "raw")
+    ingest(spark, cfg=cfg, layout=layout, raw_path=root / "raw", secret=SECRET)
+    part = partition_users(spark, cfg=cfg, layout=layout)
+    train_all(spark, cfg=cfg, layout=layout, partition=part)
+    return root, part
+
+
+@pytest.fixture()
+def trained(deployment, layout: Layout, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """This test's own copy of the trained deployment in ``layout`` (its data directory moves
+    whole: every stored path is relative) and of its raw log: (raw folder, partition), as if
+    the test had ingested ``write_ml100k``'s log, partitioned and trained with ``cfg``."""
+    root, part = deployment
+    shutil.copytree(root / "data", layout.root, dirs_exist_ok=True)
+    shutil.copytree(root / "raw", tmp_path / "raw")
+    return tmp_path / "raw", copy.deepcopy(part)

@@ -111,7 +111,7 @@ def test_unlearn_refused_while_another_job_holds_the_tables(spark, cfg, layout):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_unlearn_racing_intake_and_an_ingest_of_the_user_being_forgotten(
-    spark, ray_local, cfg, layout, tmp_path
+    spark, cfg, layout, trained
 ):
     """While an unlearn job runs: a new forget request is filed (the intake's ledger MERGE races
     the job's transitions; Delta's conflicts are retried by name), and an ingest of a log holding
@@ -120,23 +120,14 @@ def test_unlearn_racing_intake_and_an_ingest_of_the_user_being_forgotten(
     the forgotten user back."""
     import time
 
-    from conftest import write_ml100k
-
     from pipelines.forget import submit_user_requests
     from pipelines.ingest import ingest
-    from pipelines.partition import partition_users
-    from pipelines.train import train_all
     from pipelines.unlearn import unlearn
     from recunlearn.data.pseudonym import user_key
     from recunlearn.evidence.scan import rows_with_keys
 
     secret = b"test-secret-key-0123456789"
-    raw = tmp_path / "raw"
-    write_ml100k(raw)
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=secret)
-    train_all(
-        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
-    )
+    raw, _ = trained
     [first] = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=["5"])
     done: dict = {}
     job = threading.Thread(

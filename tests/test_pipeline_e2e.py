@@ -10,14 +10,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_ml100k
 
 from pipelines import unlearn as unlearn_mod
 from pipelines.audit import audit
 from pipelines.forget import submit_user_requests
 from pipelines.ingest import ingest
-from pipelines.partition import partition_users
-from pipelines.train import n_items_of, read_split_data, torch_setup, train_all
+from pipelines.train import n_items_of, read_split_data, torch_setup
 from recunlearn.data.pseudonym import user_key
 from recunlearn.evidence.scan import delta_log_hits, rows_with_keys
 from recunlearn.models.bpr import BPRMF, fit_bpr
@@ -29,16 +27,6 @@ from recunlearn.storage.registry import ModelRegistry
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"
-
-
-@pytest.fixture()
-def trained(spark, ray_local, cfg, layout, tmp_path):
-    raw = tmp_path / "raw"
-    write_ml100k(raw)
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    part = partition_users(spark, cfg=cfg, layout=layout)
-    train_all(spark, cfg=cfg, layout=layout, partition=part)
-    return raw, part
 
 
 def test_forget_unlearn_audit_and_replay(spark, cfg, layout, trained):

@@ -13,12 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_ml100k
+from conftest import ROOT
 
 from pipelines.forget import submit_user_requests
-from pipelines.ingest import ingest
-from pipelines.partition import partition_users
-from pipelines.train import train_all
 from recunlearn.engines import delta_jars
 from recunlearn.storage.ledger import ForgetLedger
 from recunlearn.storage.registry import ModelRegistry
@@ -28,13 +25,8 @@ SECRET = "test-secret-key-0123456789"
 BIN = Path(sys.executable).parent
 
 
-def _prepare(spark, cfg, layout, tmp_path, raw_id: str) -> None:
-    raw = tmp_path / "raw"
-    write_ml100k(raw)
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET.encode())
-    train_all(
-        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
-    )
+def _prepare(spark, layout, raw_id: str) -> None:
+    """The trained deployment (the ``trained`` fixture) with a request for ``raw_id``."""
     submit_user_requests(spark, layout=layout, secret=SECRET.encode(), raw_ids=[raw_id])
 
 
@@ -97,8 +89,8 @@ def _check(spark, layout, proc: subprocess.CompletedProcess) -> list[dict]:
     return ours
 
 
-def test_unlearn_job_under_spark_submit(spark, ray_local, cfg, layout, tmp_path):
-    _prepare(spark, cfg, layout, tmp_path, "11")
+def test_unlearn_job_under_spark_submit(spark, cfg, layout, tmp_path, trained):
+    _prepare(spark, layout, "11")
     _check(spark, layout, _submit(cfg, "local[2]"))
 
 
@@ -109,8 +101,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_unlearn_job_against_a_standalone_master(spark, ray_local, cfg, layout, tmp_path):
-    _prepare(spark, cfg, layout, tmp_path, "13")
+def test_unlearn_job_against_a_standalone_master(spark, cfg, layout, tmp_path, trained):
+    _prepare(spark, layout, "13")
     port = _free_port()
     url = f"spark://127.0.0.1:{port}"
     env = {**_env(), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path / "spark-logs")}

@@ -38,13 +38,8 @@ pytestmark = [pytest.mark.spark, pytest.mark.ray, pytest.mark.e2e]
 SECRET = b"test-secret-key-0123456789"
 
 
-def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout, tmp_path):
-    raw = tmp_path / "raw"
-    write_ml100k(raw)
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    train_all(
-        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
-    )
+def test_fast_answers_then_policy_schedules_exact(spark, cfg, layout, trained):
+    raw, _ = trained
     cfg = cfg.model_copy(
         update={
             "unlearn": cfg.unlearn.model_copy(
@@ -127,15 +122,10 @@ def test_fast_answers_then_policy_schedules_exact(spark, ray_local, cfg, layout,
     assert report["passed"] and report["n_requests"] == 4
 
 
-def test_item_and_interaction_requests(spark, ray_local, cfg, layout, tmp_path):
+def test_item_and_interaction_requests(spark, cfg, layout, trained):
     """Items and single interactions through the same ledger: intake with rejections, the
     exact path (retrain the shards they touch), the fast path, and the audit's row scans."""
-    raw = tmp_path / "raw"
-    write_ml100k(raw)
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    train_all(
-        spark, cfg=cfg, layout=layout, partition=partition_users(spark, cfg=cfg, layout=layout)
-    )
+    raw, _ = trained
     cfg = cfg.model_copy(update={"unlearn": cfg.unlearn.model_copy(update={"membership": False})})
     lines = [ln.split("\t") for ln in (raw / "u.data").read_text().split("\n") if ln]
     item_a, pair_a = lines[0][1], (lines[3][0], lines[3][1])  # item from user 1; a pair of user 1
