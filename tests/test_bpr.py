@@ -55,3 +55,30 @@ def test_fold_in_recovers_taste_without_training_the_user(tmp_path):
     again = BPRMF.load(path)
     assert torch.equal(again.item, model.item) and list(again.user_keys) == list(model.user_keys)
     assert model.rows_of(np.array(["u001", "nobody"])).tolist() == [1, -1]
+
+
+def test_the_sparse_optimiser_touches_only_the_batch_and_learns_as_well():
+    from recunlearn.models.bpr import SparseBPRModule
+
+    torch.use_deterministic_algorithms(True)
+    g = torch.Generator().manual_seed(0)
+    net = SparseBPRModule(6, 10, 4, 0.1, g)
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.SparseAdam(list(net.parameters()), lr=0.1)
+    loss = net.loss(torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([5, 5]), 1e-4)
+    loss.backward()
+    assert all(p.grad.is_sparse for p in net.parameters())
+    opt.step()
+    moved = {
+        k: (v != before[k]).any(1).nonzero().flatten().tolist() for k, v in net.state_dict().items()
+    }
+    assert moved == {"user": [1, 2], "item": [3, 4, 5], "item_bias": [3, 4, 5]}
+
+    data = checkerboard(n_users=40, n_items=30)
+    sparse = CFG.model_copy(update={"optimizer": "sparse_adam"})
+    a, stats = fit_bpr(data, sparse, seed=1)
+    b, _ = fit_bpr(data, sparse, seed=1)
+    assert torch.equal(a.item, b.item) and torch.equal(a.bias, b.bias)  # seeded
+    _, dense = fit_bpr(data, CFG, seed=1)
+    assert stats["valid_ndcg"] > 0.5 and stats["valid_ndcg"] >= 0.9 * dense["valid_ndcg"]
+    assert isinstance(a, BPRMF) and a.bias.shape == (data.n_items,)

@@ -54,6 +54,11 @@ def test_each_model_kind_has_its_own_settings_class():
     ease = cfg.model.with_kind("ease", ease_lambda=700)
     assert isinstance(ease, EASESettings) and ease.dim == 16 and ease.ease_lambda == 700
     assert type(ease.with_kind("bpr")) is ModelSettings
+    # the sparse optimiser is BPR-MF's: refused elsewhere, dropped by a switch of kind
+    with pytest.raises(ConfigError, match="sparse_adam is BPR-MF's"):
+        load_config(None, ["model.kind=ncf", "model.optimizer=sparse_adam"])
+    sparse = model_settings(kind="bpr", optimizer="sparse_adam")
+    assert sparse.with_kind("wmf").optimizer == "adam"
     for kind in MODELS:  # every registered kind builds, under its own name
         assert model_settings(kind=kind).kind == kind
     with pytest.raises(ConfigError, match="unknown model kind"):

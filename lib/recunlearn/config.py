@@ -198,6 +198,18 @@ class ModelSettings(_Frozen):
     patience: int = Field(4, ge=1, description="Validation checks without improvement before stop.")
     eval_k: int = Field(20, ge=1)
     init_std: float = Field(0.1, gt=0)
+    optimizer: Literal["adam", "sparse_adam"] = Field(
+        "adam",
+        description="BPR-MF's optimiser: adam (every parameter row each step) or sparse_adam "
+        "(sparse embedding gradients, SparseAdam: a step costs the rows its batch touches, "
+        "not the item table; for large catalogues). The other kinds train with adam.",
+    )
+
+    @model_validator(mode="after")
+    def _sparse_is_bpr(self) -> ModelSettings:
+        if self.optimizer == "sparse_adam" and self.kind != "bpr":
+            raise ValueError(f"model.optimizer=sparse_adam is BPR-MF's; model.kind={self.kind}")
+        return self
 
     @model_validator(mode="after")
     def _own_class(self) -> ModelSettings:
@@ -212,6 +224,8 @@ class ModelSettings(_Frozen):
         """The settings of another kind: the shared fields kept, this kind's own dropped,
         ``update`` applied (validated like a config file)."""
         shared = self.model_dump(include=set(ModelSettings.model_fields) - {"kind"})
+        if kind != "bpr":  # the sparse optimiser is BPR-MF's alone
+            shared.pop("optimizer")
         return model_settings(**{**shared, **update, "kind": kind})
 
 

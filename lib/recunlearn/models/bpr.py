@@ -86,6 +86,44 @@ class BPRModule(FactorModule):
         return BPRMF(user_keys, self.user, self.item, self.bias)
 
 
+class SparseBPRModule(BPRModule):
+    """BPR-MF whose step costs what its batch touches (``model.optimizer: sparse_adam``):
+    the loss reads users, items and item biases through sparse embedding lookups, so the
+    gradients are sparse and ``SparseAdam`` updates only the rows of the batch. The dense
+    module's Adam updates every row of every parameter each step (and its embedding backward
+    is a dense scatter over the item table): on an item-heavy log, most of a shard's time.
+
+    The initial values are the dense module's for the same generator; the trajectories differ
+    (Adam's moments of rows a batch does not touch stay where they were)."""
+
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, init_std: float, generator: torch.Generator
+    ) -> None:
+        nn.Module.__init__(self)
+        self.user = nn.Parameter(torch.empty(n_users, dim))
+        self.item = nn.Parameter(torch.empty(n_items, dim))
+        self.item_bias = nn.Parameter(torch.zeros(n_items, 1))  # 2-D: a sparse lookup's table
+        nn.init.normal_(self.user, std=init_std, generator=generator)
+        nn.init.normal_(self.item, std=init_std, generator=generator)
+
+    @property
+    def bias(self) -> torch.Tensor:  # type: ignore[override]  # a view of item_bias
+        return self.item_bias[:, 0]
+
+    def loss(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float) -> torch.Tensor:
+        emb = nn.functional.embedding
+        pu, qi, qj = (
+            emb(x, t, sparse=True) for x, t in ((u, self.user), (i, self.item), (j, self.item))
+        )
+        bi, bj = (
+            emb(i, self.item_bias, sparse=True)[:, 0],
+            emb(j, self.item_bias, sparse=True)[:, 0],
+        )
+        x = (pu * (qi - qj)).sum(1) + bi - bj
+        penalty = pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()
+        return -nn.functional.logsigmoid(x).mean() + reg * penalty / len(u)
+
+
 class BPRMF(FactorModel):
     """Trained BPR-MF factors for the users in ``user_keys``."""
 
@@ -264,8 +302,15 @@ def fit_bpr(
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     n_users, n_items = data.train.shape
+    sparse = cfg.optimizer == "sparse_adam"
+    if sparse and (module is not None or adversary is not None):
+        raise ValueError(
+            "model.optimizer=sparse_adam trains BPR-MF's own module, without an adversary"
+        )
     net: PairwiseModule = (
-        BPRModule(n_users, n_items, cfg.dim, cfg.init_std, g) if module is None else module(g)
+        (SparseBPRModule if sparse else BPRModule)(n_users, n_items, cfg.dim, cfg.init_std, g)
+        if module is None
+        else module(g)
     )
     if adversary is not None and not isinstance(net, FactorModule):
         raise TypeError(f"an attribute adversary trains on user factors; {type(net).__name__}")
@@ -299,6 +344,7 @@ def fit_bpr(
         max_epochs=cfg.max_epochs if max_epochs is None else max_epochs,
         patience=cfg.patience,
         eval_every=cfg.eval_every,
+        optimizer="sparse_adam" if sparse else "adam",
     )
     fit = trainer.fit(
         net,  # type: ignore[arg-type]  # a PairwiseModule is an nn.Module

@@ -50,6 +50,9 @@ class TorchTrainer:
     patience: int
     eval_every: int = 1
     validate_first: bool = False
+    # adam: every parameter's rows each step; sparse_adam: only the rows of the batch (the
+    # module's gradients must be sparse: embedding lookups with sparse=True)
+    optimizer: str = "adam"
 
     def fit(
         self,
@@ -62,7 +65,14 @@ class TorchTrainer:
         """Train ``module`` (Adam over ``params``, default its parameters) on the batches
         ``batches(epoch)`` yields; with ``validate`` (no validation data: None), load the best
         validated state back into ``module`` at the end."""
-        opt = torch.optim.Adam(module.parameters() if params is None else params, lr=self.lr)
+        chosen = list(module.parameters() if params is None else params)
+        opt: torch.optim.Optimizer
+        if self.optimizer == "sparse_adam":
+            opt = torch.optim.SparseAdam(chosen, lr=self.lr)
+        elif self.optimizer == "adam":
+            opt = torch.optim.Adam(chosen, lr=self.lr)
+        else:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: adam or sparse_adam")
         out = TrainResult()
         best_state = None
         bad = 0
