@@ -86,11 +86,14 @@ def kcore_filter(
     round after round (dropping one side can push the other below its minimum) until a round
     drops nothing (the k-core) or ``max_rounds`` ran. ``pairs`` has one row per (user_key,
     item_id). Each round is two aggregations and two semi-joins in Spark; only counts reach
-    the driver. Returns the kept rows (persisted) and what the filter did."""
+    the driver. Returns the kept rows (checkpointed) and what the filter did."""
     record: dict[str, Any] = {"min_user": min_user, "min_item": min_item}
     if min_user <= 1 and min_item <= 1:
         return pairs, {**record, "rounds": 0, "converged": True}
-    cur = pairs.persist()
+    # each round's rows are materialised with their lineage cut (a local checkpoint): a plan
+    # that nests every earlier round's joins under cached relations made each later step of
+    # the ingest several times slower, even on a few rows
+    cur = pairs.localCheckpoint()
     before = n = cur.count()
     rounds, converged = 0, False
     while rounds < max_rounds:
@@ -100,9 +103,8 @@ def kcore_filter(
             if least > 1:
                 big = kept.groupBy(col).count().where(F.col("count") >= least).select(col)
                 kept = kept.join(big, col, "left_semi")
-        kept = kept.persist()
+        kept = kept.localCheckpoint()
         m = kept.count()
-        cur.unpersist()
         cur = kept
         if m == n:
             converged = True
@@ -270,8 +272,6 @@ def ingest(
         stats_columns=INTERACTION_STATS,
         user_metadata={"ingest": {"filter": kcore, "rows": n_rows}},
     )
-    if kcore.get("rounds"):
-        keyed.unpersist()
     by_split = (
         inter.groupBy("split")
         .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_key").alias("users"))
