@@ -14,9 +14,6 @@ from conftest import write_ml100k
 from pipelines import unlearn as unlearn_mod
 from pipelines.attribute import OVERLAY_COMPONENT, submit_attribute_requests
 from pipelines.forget import submit_user_requests
-from pipelines.ingest import ingest
-from pipelines.partition import partition_users
-from pipelines.train import train_all
 from recunlearn.data.pseudonym import user_key
 from recunlearn.serving import load_ensemble
 from recunlearn.storage import checkpoints
@@ -28,9 +25,11 @@ SECRET = b"test-secret-key-0123456789"
 
 
 @pytest.fixture()
-def attr_cfg(cfg, tmp_path):
-    raw = tmp_path / "raw"
-    groups = write_ml100k(raw)
+def attr_cfg(cfg, tmp_path, trained):
+    """The trained deployment, and a u.user file beside its log: group 0 is all F."""
+    raw, _ = trained
+    groups = write_ml100k(tmp_path / "again")  # the same log: its groups
+    assert (tmp_path / "again" / "u.data").read_text() == (raw / "u.data").read_text()
     lines = []
     for g, users in groups.items():
         for u in users:
@@ -55,11 +54,8 @@ def _home_rows_equal(served, base, keys, equal: bool) -> None:
             assert same == equal
 
 
-def test_attribute_requests_apply_undo_and_survive_a_forget(spark, ray_local, attr_cfg, layout):
+def test_attribute_requests_apply_undo_and_survive_a_forget(spark, attr_cfg, layout):
     cfg, raw = attr_cfg
-    ingest(spark, cfg=cfg, layout=layout, raw_path=raw, secret=SECRET)
-    part = partition_users(spark, cfg=cfg, layout=layout)
-    train_all(spark, cfg=cfg, layout=layout, partition=part)
     registry = ModelRegistry(layout)
     ledger = ForgetLedger(spark, layout.ledger)
     asked = ["3", "7", "11", "20"]
