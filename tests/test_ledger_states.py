@@ -150,5 +150,5 @@ def test_reading_the_ledger_leaves_no_thread_that_aborts_the_interpreter(tmp_pat
         "from recunlearn.storage.ledger import ForgetLedger; "
         f"assert len(ForgetLedger(None, {ledger.path!r}).requests()) == 14"
     )
-    codes = [subprocess.run([sys.executable, "-c", code]).returncode for _ in range(8)]
-    assert codes == [0] * 8
+    codes = [subprocess.run([sys.executable, "-c", code]).returncode for _ in range(5)]
+    assert codes == [0] * 5  # five clean exits: 0.3% likely with the old 27-in-40 abort rate

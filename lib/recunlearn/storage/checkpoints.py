@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from recunlearn.hashing import sha256_file
 from recunlearn.storage.versions import CheckpointMeta
 
@@ -36,6 +34,8 @@ def save(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}.pt"
     tmp = path.with_suffix(".pt.tmp")
+    import torch  # here: reading versions and metadata (recunlearn status) needs no torch
+
     torch.save(state, tmp)
     tmp.replace(path)
     record = {
@@ -53,6 +53,8 @@ def save(
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
+    import torch
+
     return torch.load(path, weights_only=True)
 
 
