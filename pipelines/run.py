@@ -121,7 +121,7 @@ def run_all(
         "evaluate_after", evaluate_published, spark, cfg=cfg, layout=layout, label="after"
     )
 
-    ledger_rows = {r.request_id: r.to_row() for r in ForgetLedger(spark, layout.ledger).requests()}
+    ledger_rows = {r["request_id"]: r for r in ForgetLedger(spark, layout.ledger).rows()}
     requests = []
     for o in outcomes:
         row = ledger_rows.get(o["request_id"], {})

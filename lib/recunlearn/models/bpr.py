@@ -312,7 +312,9 @@ def fit_bpr(
         if module is None
         else module(g)
     )
-    if adversary is not None and not isinstance(net, FactorModule):
+    # the adversary reads the user factors: only a FactorModule has them
+    factors = net if isinstance(net, FactorModule) else None
+    if adversary is not None and factors is None:
         raise TypeError(f"an attribute adversary trains on user factors; {type(net).__name__}")
     if init is not None:
         net.warm_start(data.user_keys, init)
@@ -330,8 +332,8 @@ def fit_bpr(
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, int]]:
         for u, i, j in sampler.epoch():
             loss = net.loss(u, i, j, cfg.reg)
-            if adversary is not None:
-                loss = loss + adversary.loss(net.user, u)  # type: ignore[attr-defined]  # FactorModule
+            if adversary is not None and factors is not None:
+                loss = loss + adversary.loss(factors.user, u)
             yield loss, len(u)
 
     def validate() -> float:

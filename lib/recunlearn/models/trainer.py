@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ class TorchTrainer:
     validate_first: bool = False
     # adam: every parameter's rows each step; sparse_adam: only the rows of the batch (the
     # module's gradients must be sparse: embedding lookups with sparse=True)
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "sparse_adam"] = "adam"
 
     def fit(
         self,

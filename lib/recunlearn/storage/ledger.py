@@ -194,23 +194,22 @@ class ForgetLedger:
             )
         cond = "t.status = s.from_status AND coalesce(array_length(t.history), 0) = s.from_length"
 
+        ids = [r["request_id"] for r in rows]
+
         def run() -> int:
-            now = {r["request_id"]: r for r in self.rows_for([r["request_id"] for r in rows])}
+            now = {r.request_id: r for r in self.requests_for(ids)}
             moves = []
             for r in rows:
                 cur = now.get(r["request_id"])
-                if cur is None or cur["status"] not in TRANSITIONS[state]:
-                    continue
-                history = cur["history"] or []
-                if any(h["state"] == state and h["job_id"] == job_id for h in history):
-                    continue  # this job run made it already
+                if cur is None or cur.state not in TRANSITIONS[state] or cur.made(state, job_id):
+                    continue  # not movable from where it is, or this job run moved it already
                 moves.append(
                     {
                         **r,
-                        "from_status": cur["status"],
-                        "from_length": len(history),
+                        "from_status": str(cur.state),
+                        "from_length": len(cur.history),
                         "history": [
-                            *history,
+                            *cur.to_row()["history"],
                             {"state": state, "job_id": job_id, "at": r["updated_at"]},
                         ],
                     }
@@ -226,24 +225,17 @@ class ForgetLedger:
 
         moved = with_retries(run, what=f"ledger -> {state}")
         if strict and moved < len(rows):
-            ids = [r["request_id"] for r in rows]
-            now = {r["request_id"]: r for r in self.rows_for(ids)}
+            now = {r.request_id: r for r in self.requests_for(ids)}
             stuck = [
                 rid
                 for rid in ids
-                if not (
-                    now.get(rid, {}).get("status") == state
-                    and any(
-                        h["state"] == state and h["job_id"] == job_id
-                        for h in now[rid]["history"] or []
-                    )
-                )
+                if not (rid in now and now[rid].state == state and now[rid].made(state, job_id))
             ]
             if stuck:
+                found = sorted({str(now[r].state) if r in now else "missing" for r in stuck})
                 raise LedgerConflictError(
                     f"ledger: {len(stuck)} request(s) could not move to {state} "
-                    f"(now {sorted({now.get(r, {}).get('status', 'missing') for r in stuck})}; "
-                    f"e.g. {stuck[0][:12]}): another job changed them"
+                    f"(now {found}; e.g. {stuck[0][:12]}): another job changed them"
                 )
         return moved
 
