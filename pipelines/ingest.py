@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from recunlearn.config import RunConfig
 from recunlearn.data.pseudonym import spark_user_key
 from recunlearn.data.readers import engine_errors, read_interactions
+from recunlearn.data.split import spark_ops, split_labels
 from recunlearn.errors import DataError
 from recunlearn.storage.delta import table_exists, write_delta
 from recunlearn.storage.joblock import holds_tables
@@ -35,48 +36,31 @@ INTERACTION_STATS = [
 ]  # never user_key: see recunlearn.storage.delta
 
 
-MIN_EVAL_ROWS = 3  # a user with at least this many rows gets a validation and a test row
-
-
 def split_per_user(df: DataFrame, *, valid: float, test: float) -> DataFrame:
-    """Add ``split``: per user, rows ordered by their ``order`` hash; the last ones go to test,
-    the ones before them to validation, the rest to training.
-
-    A user's test count is ``n * test`` rounded up or down at random (up with probability of
-    its fractional part; the coin is the user's own seeded order hash, so the split stays
-    reproducible and independent of the pseudonymisation secret), and the same for
-    validation. So the shares hold in expectation on logs of short histories too, where a
-    plain floor gave most users no held-out row at all. A user with at least
-    ``MIN_EVAL_ROWS`` rows gets at least one validation and one test row and keeps at least
-    one training row; a user with fewer rows trains on all of them."""
+    """Add ``split`` by the library's per-user hold-out rule
+    (:func:`recunlearn.data.split.split_labels`): per user, rows ordered by their ``order``
+    hash (ties by item). The two coins are the user's own seeded order hashes (20 low bits of
+    its smallest and largest), so the split stays reproducible and independent of the
+    pseudonymisation secret."""
     by_user = Window.partitionBy("user_key")
     w = by_user.orderBy(F.col("order"), F.col("item_idx"))
-    n = F.count(F.lit(1)).over(by_user)
-    pos = F.row_number().over(w) - 1
-    # two coins per user in [0, 1): 20 low bits of its smallest and largest order hash
-    coin_test = F.pmod(F.min("order").over(by_user), F.lit(1 << 20)) / float(1 << 20)
-    coin_valid = F.pmod(F.max("order").over(by_user), F.lit(1 << 20)) / float(1 << 20)
-    held_out = n >= MIN_EVAL_ROWS
-    n_test = F.when(
-        held_out, F.least(F.greatest(F.floor(n * test + coin_test), F.lit(1)), n - 2)
-    ).otherwise(0)
-    n_valid = F.when(
-        held_out,
-        F.least(F.greatest(F.floor(n * valid + coin_valid), F.lit(1)), n - 1 - F.col("_n_test")),
-    ).otherwise(0)
-    return (
-        df.withColumn("_n", n)
-        .withColumn("_pos", pos)
-        .withColumn("_n_test", n_test)
-        .withColumn("_n_valid", n_valid)
-        .withColumn(
-            "split",
-            F.when(F.col("_pos") >= F.col("_n") - F.col("_n_test"), "test")
-            .when(F.col("_pos") >= F.col("_n") - F.col("_n_test") - F.col("_n_valid"), "valid")
-            .otherwise("train"),
-        )
-        .drop("order", "_n", "_pos", "_n_test", "_n_valid")
+    unit = float(1 << 20)
+    staged = (
+        df.withColumn("_n", F.count(F.lit(1)).over(by_user))
+        .withColumn("_pos", F.row_number().over(w) - 1)
+        .withColumn("_ct", F.pmod(F.min("order").over(by_user), F.lit(1 << 20)) / unit)
+        .withColumn("_cv", F.pmod(F.max("order").over(by_user), F.lit(1 << 20)) / unit)
     )
+    label = split_labels(
+        F.col("_n"),
+        F.col("_pos"),
+        F.col("_ct"),
+        F.col("_cv"),
+        valid=valid,
+        test=test,
+        ops=spark_ops(),
+    )
+    return staged.withColumn("split", label).drop("order", "_n", "_pos", "_ct", "_cv")
 
 
 def kcore_filter(

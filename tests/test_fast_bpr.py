@@ -9,7 +9,8 @@ import torch
 
 from recunlearn.config import FastSettings as FastConfig
 from recunlearn.config import ModelSettings
-from recunlearn.data.interactions import InteractionData, split_pairs
+from recunlearn.data.interactions import InteractionData
+from recunlearn.data.split import split_pairs
 from recunlearn.models.bpr import fit_bpr
 from recunlearn.unlearning.fast_bpr import METHODS, BPRUnlearner, Linearisation
 

@@ -71,6 +71,33 @@ def test_split_holds_out_a_row_of_every_user_with_three_and_keeps_the_shares(spa
     assert abs(long["test"].mean() - 1.5) < 0.12 and abs(long["valid"].mean() - 1.5) < 0.12
 
 
+def test_the_split_rule_gives_the_same_labels_on_spark_columns_and_numpy_arrays(spark):
+    """The ingest job and the benchmarks apply one rule; on the same sizes, positions and
+    coins its Spark and numpy forms agree row for row (a grid that crosses every rounding
+    and clamping edge: n from 1 to 40, coins at 0, just below each share's fraction, 0.999)."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from recunlearn.data.split import spark_ops, split_labels
+
+    grid = [
+        (n, p, ct, cv)
+        for n in range(1, 41)
+        for p in range(n)
+        for ct, cv in ((0.0, 0.0), (0.49, 0.7), (0.999, 0.999), (0.5, 0.0))
+    ]
+    df = pd.DataFrame(grid, columns=["n", "pos", "ct", "cv"])
+    want = split_labels(
+        df.n.values, df.pos.values, df.ct.values, df.cv.values, valid=0.15, test=0.2
+    )
+    label = split_labels(
+        F.col("n"), F.col("pos"), F.col("ct"), F.col("cv"), valid=0.15, test=0.2, ops=spark_ops()
+    )
+    got = spark.createDataFrame(df).withColumn("split", label).toPandas()
+    assert got["split"].tolist() == list(want)
+    assert {"train", "valid", "test"} == set(want)
+
+
 def test_a_reingest_of_a_changed_catalogue_keeps_every_item_index(spark, cfg, layout, tmp_path):
     """Items get their index once: a second log with some of the old items and new ones keeps
     the old indexes, numbers the new ones after the largest, and the table holds each item once."""

@@ -7,7 +7,8 @@ import scipy.sparse as sp
 import torch
 
 from recunlearn.config import load_config
-from recunlearn.data.interactions import InteractionData, split_pairs
+from recunlearn.data.interactions import InteractionData
+from recunlearn.data.split import split_pairs
 from recunlearn.engines import PROJECT_ROOT
 from recunlearn.errors import ConfigError
 from recunlearn.models import fit_model

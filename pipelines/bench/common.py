@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recunlearn.data.interactions import InteractionData, split_pairs
+from recunlearn.data.interactions import InteractionData
 from recunlearn.data.pseudonym import user_key
+from recunlearn.data.split import split_pairs
 from recunlearn.errors import DataError
+
+OLD_SPLIT = "per-user floor, before the shared split rule (figures not rerun since)"
 
 BENCH_SECRET = b"recunlearn-bench-pseudonyms"  # benchmarks key users too; outputs are aggregates
 

@@ -31,11 +31,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipelines.bench.common import dataset_dir, load_split
+from pipelines.bench.common import OLD_SPLIT, dataset_dir, load_split
 from pipelines.bench.methods import make_method
 from pipelines.bench.suite import forget_set, utility
 from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
+from recunlearn.data.split import SPLIT_RULE
 from recunlearn.evidence.fairness import a_igf, active_mask
 from recunlearn.seeding import make_seed
 
@@ -81,7 +82,12 @@ def run(
         active = active_mask(data.train, 0.05)
         res = out["datasets"].setdefault(name, {})
         res.update(
-            {"users": int(data.n_users), "items": int(data.n_items), "train": int(data.train.nnz)}
+            {
+                "users": int(data.n_users),
+                "items": int(data.n_items),
+                "train": int(data.train.nnz),
+                "split": SPLIT_RULE,
+            }
         )
         sets = {
             "one": forget_set(
@@ -219,6 +225,8 @@ def markdown(result: dict[str, Any]) -> str:
             full = mres.get("full", {})
             lines += [
                 f"## {name}, {model} ({res.get('users')} users, {res.get('items')} items)",
+                "",
+                f"Split: {res.get('split', OLD_SPLIT)}.",
                 "",
                 f"Full model: NDCG@{TOP} {full.get(f'ndcg@{TOP}')}, Recall@{TOP} "
                 f"{full.get(f'recall@{TOP}')}, "

@@ -30,9 +30,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipelines.bench.common import dataset_dir, load_split, write_outputs
+from pipelines.bench.common import OLD_SPLIT, dataset_dir, load_split, write_outputs
 from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
+from recunlearn.data.split import SPLIT_RULE
 from recunlearn.evidence.completeness import functional
 from recunlearn.evidence.evaluation import evaluate_users
 from recunlearn.models import fit_model
@@ -145,6 +146,7 @@ def run_dataset(
     out: dict[str, Any] = {
         "dataset": name,
         "users": int(data.n_users),
+        "split": SPLIT_RULE,
         "items": int(data.n_items),
         "train_interactions": int(data.train.nnz),
         "methods": {},
@@ -223,7 +225,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for res in results:
         lines += [
             f"## {res['dataset']} ({res['users']} users, {res['items']} items, "
-            f"{res['train_interactions']} training interactions)",
+            f"{res['train_interactions']} training interactions; split: "
+            f"{res.get('split', OLD_SPLIT)})",
             "",
             "| method | family | full fit s | requests | p50 s | p90 s | speed-up | "
             "RelEff after 1 / 10 / 100 / 1000 (untouched original's) | forget NDCG after the last "

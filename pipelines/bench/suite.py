@@ -40,6 +40,7 @@ from pipelines.bench.common import dataset_dir, load_split
 from pipelines.bench.methods import Fitted, Method, load_fitted, make_method, save_fitted
 from recunlearn.config import RunConfig, SuiteConfig
 from recunlearn.data.interactions import InteractionData
+from recunlearn.data.split import SPLIT_RULE
 from recunlearn.evidence.completeness import functional_gap, parametric_evidence, score_evidence
 from recunlearn.evidence.evaluation import per_user, with_truth
 from recunlearn.evidence.fairness import a_igf, active_mask, draw_forget_users, shard_spread
@@ -114,7 +115,7 @@ class DatasetContext:
                 "model": run_cfg.model.model_dump(mode="json"),
                 "aggregator": run_cfg.aggregator.model_dump(mode="json"),
                 "sharding": run_cfg.sharding.model_dump(mode="json"),
-                "split": run_cfg.split.model_dump(mode="json"),
+                "split": {**run_cfg.split.model_dump(mode="json"), "rule": SPLIT_RULE},
             }
         )
         # ... and only for the same users: the roles depend on the seed and the shares

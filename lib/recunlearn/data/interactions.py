@@ -172,26 +172,3 @@ class InteractionData:
         rows, _, new = without_pairs(self.train, pos[held], items[held])
         train = replace_rows(self.train, rows, new)
         return InteractionData(self.user_keys, train, self.valid, self.test)
-
-
-def split_pairs(
-    user_key: np.ndarray, item_idx: np.ndarray, *, valid: float, test: float, seed: int
-) -> np.ndarray:
-    """Per-user seeded hold-out, the numpy twin of the ingest job's split: each user's rows in
-    a random order, the last floor(n*test) to test and the floor(n*valid) before them to valid.
-    Returns the split label per row ("train" / "valid" / "test")."""
-    user_key = np.asarray(user_key)
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(user_key)), user_key))
-    u = user_key[order]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    sizes = np.diff(np.r_[starts, len(u)])
-    n = np.repeat(sizes, sizes)
-    pos = np.arange(len(u)) - np.repeat(starts, sizes)
-    n_test, n_valid = np.floor(n * test), np.floor(n * valid)
-    lab = np.where(
-        pos >= n - n_test, "test", np.where(pos >= n - n_test - n_valid, "valid", "train")
-    )
-    out = np.empty(len(user_key), dtype=lab.dtype)
-    out[order] = lab
-    return out
