@@ -13,6 +13,10 @@
 - ``recunlearn bench intake [--config ...] [--set ...] [--runs 20]``: ``recunlearn forget --user
   ID`` from a fresh process per run (and ``status``), after the data set is ingested and
   partitioned once; the operator's wait, p50/p90.
+- ``recunlearn bench scale --interactions 1M,10M,100M [--like lfm-2b|amazon]``: every step
+  (generate, ingest, partition, train, evaluate, forget 1 and 100 users, the fast tier, audit)
+  on synthetic logs of each size through the jobs' functions; time, CPU time and peak memory of
+  the whole process tree per step, the growth exponents; JSON, Markdown and a log-log PNG.
 - ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
   matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
   (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
@@ -31,7 +35,7 @@ from pathlib import Path
 from jobs._common import add_config_args, setup
 from recunlearn.engines import PROJECT_ROOT
 
-BENCHES = ("attribute", "suite", "fast", "exact", "e2e", "intake")
+BENCHES = ("attribute", "suite", "fast", "exact", "e2e", "intake", "scale")
 DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
 
 
@@ -64,6 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--stream", help="bench fast: requests per method, e.g. scif=200,als=100")
     p.add_argument("--runs", type=int, default=20, help="bench intake: forget requests to time")
+    p.add_argument("--interactions", default="1M", help="bench scale: log sizes, e.g. 1M,10M,100M")
+    p.add_argument("--like", default="lfm-2b", help="bench scale: lfm-2b | amazon")
+    p.add_argument(
+        "--many", type=int, default=100, help="bench scale: users in the batch forget step"
+    )
+    p.add_argument(
+        "--fast-requests", type=int, default=5, help="bench scale: single-user fast-tier jobs"
+    )
+    p.add_argument("--fast-method", default="scif", help="bench scale: the fast tier's method")
+    p.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="bench scale: keep each size's tables and models (removed by default)",
+    )
     args = p.parse_args(argv)
     cfg, layout = setup(args)
     if args.bench == "fast":
@@ -76,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return _intake(
             args, cfg, args.out or (layout.root / "bench"), layout.root / "bench" / "intake-state"
         )
+    if args.bench == "scale":
+        return _scale(args, cfg, args.out or (layout.root / "bench" / "scale"), layout)
     if args.bench == "e2e":
         return _e2e(
             args,
@@ -176,6 +196,32 @@ def _e2e(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # noqa:
     paths = write_outputs(out, f"e2e-{cfg.dataset.name}", result, e2e.markdown(result))
     print(e2e.markdown(result))
     print(json.dumps(paths, indent=2))
+    return 0
+
+
+def _scale(args: argparse.Namespace, cfg, out: Path, layout) -> int:  # noqa: ANN001
+    from jobs._common import with_engines
+    from pipelines.bench import scale
+
+    sizes = [scale.parse_size(x) for x in args.interactions.split(",") if x.strip()]
+    result = with_engines(
+        cfg,
+        lambda spark: scale.run(
+            spark,
+            cfg,
+            sizes=sizes,
+            like=args.like,
+            out_dir=out,
+            state_root=layout.root / "bench" / "scale-state",
+            seed=cfg.seed,
+            keep_state=args.keep_state,
+            many=args.many,
+            fast_requests=args.fast_requests,
+            fast_method=args.fast_method,
+        ),
+    )
+    print(scale.markdown(result))
+    print(json.dumps({"out": str(out)}, indent=2))
     return 0
 
 

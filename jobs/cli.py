@@ -50,7 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("jobs.report", "render the HTML report of a pipeline run or a benchmark suite"),
     "bench": (
         "jobs.bench",
-        "benchmarks: exact, fast, e2e, intake, suite, attribute (JSON + Markdown)",
+        "benchmarks: exact, fast, e2e, intake, suite, attribute, scale (JSON + Markdown)",
     ),
 }
 

@@ -13,14 +13,50 @@ from pyspark.sql import SparkSession
 
 from pipelines.train import n_items_of, read_split_data
 from recunlearn.config import RunConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.errors import PipelineError
 from recunlearn.evidence.evaluation import evaluate_users, evaluate_with_fairness, home_shards
+from recunlearn.seeding import numpy_rng
 from recunlearn.serving import load_ensemble, load_reference
 from recunlearn.sharding.ensemble import MeanAggregator, ShardedEnsemble
+from recunlearn.storage.delta import read_table, scan_table
 from recunlearn.storage.layout import Layout
 from recunlearn.storage.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
+
+
+def evaluation_users(
+    cfg: RunConfig, layout: Layout, version: int, exclude_keys: list[str] | None
+) -> tuple[InteractionData, np.ndarray, int]:
+    """The rows to evaluate on, the users (rows of it) to average over, and how many users
+    they were drawn from. Up to ``evaluation.max_users`` users, every user's rows are read;
+    past it, a seeded sample of the shard map's keys is drawn first and only those users'
+    rows are read (streamed and filtered batch by batch), so the driver holds the sample's
+    interactions, not the table's."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    excluded = np.asarray(exclude_keys or [], dtype=str)
+    keys = read_table(layout.shard_map, columns=["user_key"]).column("user_key")
+    keys = np.unique(keys.to_numpy(zero_copy_only=False).astype(str))
+    keys = keys[~np.isin(keys, excluded)]
+    n_items = n_items_of(layout)
+    if len(keys) <= cfg.evaluation.max_users:
+        data = read_split_data(layout.interactions, version, n_items, None)
+        users = np.flatnonzero(~np.isin(data.user_keys, excluded))
+        return data, users, len(users)
+    sample = np.sort(
+        numpy_rng(cfg.seed, "evaluate-users").choice(keys, cfg.evaluation.max_users, replace=False)
+    )
+    batches = scan_table(
+        layout.interactions,
+        version=version,
+        columns=["user_key", "item_idx", "split"],
+        where=ds.field("user_key").isin(pa.array(sample)),
+    )
+    data = InteractionData.from_batches(batches, n_items)
+    return data, np.arange(data.n_users), len(keys)
 
 
 def evaluate_published(
@@ -35,14 +71,12 @@ def evaluate_published(
     if manifest is None:
         raise PipelineError("evaluate: no published model version")
     t0 = time.perf_counter()
-    data = read_split_data(layout.interactions, manifest.table_version, n_items_of(layout), None)
-    users = np.arange(data.n_users)
-    if exclude_keys:
-        users = users[~np.isin(data.user_keys, np.asarray(exclude_keys))]
+    data, users, population = evaluation_users(cfg, layout, manifest.table_version, exclude_keys)
     reg = cfg.aggregator.fold_in_reg
     out: dict[str, Any] = {
         "model_version": manifest.version,
         "users": int(len(users)),
+        "users_sampled_from": int(population),
         "table_version": manifest.table_version,
         "protocol": "full ranking over all items; the user's train and "
         "validation items excluded; test items as truth",

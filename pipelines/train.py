@@ -27,7 +27,7 @@ from recunlearn.engines import ray_cpus
 from recunlearn.errors import PipelineError
 from recunlearn.hashing import fingerprint
 from recunlearn.storage import checkpoints
-from recunlearn.storage.delta import commit_metadata, read_table
+from recunlearn.storage.delta import commit_metadata, read_table, scan_table
 from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout, new_job_id
 from recunlearn.storage.registry import ModelRegistry, publish_version
@@ -46,17 +46,14 @@ log = logging.getLogger(__name__)
 def read_split_data(
     table: str, version: int, n_items: int, shard_id: int | None
 ) -> InteractionData:
-    """A shard's (or, with ``shard_id=None``, every shard's) rows at ``version``."""
+    """A shard's (or, with ``shard_id=None``, every shard's) rows at ``version``, streamed in
+    Arrow batches into the matrices (``InteractionData.from_batches``): memory is one batch
+    and the matrices, whatever the table's size."""
     parts = [("shard_id", "=", str(int(shard_id)))] if shard_id is not None else None
-    tbl = read_table(
+    batches = scan_table(
         table, version=version, columns=["user_key", "item_idx", "split"], partitions=parts
     )
-    return InteractionData.from_columns(
-        tbl.column("user_key").to_numpy(zero_copy_only=False),
-        tbl.column("item_idx").to_numpy(zero_copy_only=False),
-        tbl.column("split").to_numpy(zero_copy_only=False),
-        n_items,
-    )
+    return InteractionData.from_batches(batches, n_items)
 
 
 def read_grouped_data(table: str, version: int, n_items: int) -> tuple[InteractionData, np.ndarray]:

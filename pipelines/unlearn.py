@@ -52,7 +52,14 @@ from recunlearn.models.base import Recommender
 from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.serving import load_ensemble, load_reference
 from recunlearn.storage import checkpoints
-from recunlearn.storage.delta import delete_keys, delta_version, read_rows, read_table, vacuum_now
+from recunlearn.storage.delta import (
+    delete_keys,
+    delta_version,
+    files_changed,
+    read_rows,
+    read_table,
+    vacuum_now,
+)
 from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout, now_utc
 from recunlearn.storage.ledger import (
@@ -547,6 +554,7 @@ def _run(
     # 3. delete through a MERGE with a batch table, 4. vacuum: beside a retraining, which only
     # reads, unless strict mode rewrites the tables first
     strict_mode = cfg.unlearn.partition == "strict"
+    pre_delete = delta_version(spark, layout.interactions)
     delete_version, vacuuming = delete_and_vacuum(
         spark,
         cfg=cfg,
@@ -731,6 +739,8 @@ def _run(
         "partition_mode": cfg.unlearn.partition,
         "partition": partition if strict_mode else None,
         "delete_version": delete_version,
+        # the files the delete rewrote, against the table's size: the layout's cost per request
+        "delete_rewrite": files_changed(layout.interactions, pre_delete, delete_version),
         "table_version_before": version_before,
         "model_version": version,
         "parent_version": current.version,

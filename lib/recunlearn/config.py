@@ -112,6 +112,18 @@ class DatasetConfig(_Frozen):
     )
 
 
+class EvaluationConfig(_Frozen):
+    """How a published version is evaluated (``recunlearn evaluate``, the run report)."""
+
+    max_users: int = Field(
+        20_000,
+        ge=10,
+        description="Test users evaluated at most: past it, a seeded sample of this many (the "
+        "same users for the ensemble and the reference), so evaluation cost stops growing "
+        "with the user count; the sample's size and the population are reported.",
+    )
+
+
 class SplitConfig(_Frozen):
     valid: float = Field(0.1, gt=0, lt=0.5, description="Share of each user's rows in validation.")
     test: float = Field(0.1, gt=0, lt=0.5, description="Share of each user's rows in test.")
@@ -544,6 +556,7 @@ class RunConfig(_Frozen):
     seed: int = Field(2026, description="Root seed; every component derives its own.")
     dataset: DatasetConfig = DatasetConfig()
     split: SplitConfig = SplitConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     pseudonym: PseudonymConfig = PseudonymConfig()
     sharding: ShardingConfig = ShardingConfig()
     model: ModelConfig = ModelSettings()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -107,6 +107,15 @@ def has_pairs(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     return stored[at] == want
 
 
+def _encoded(tbl: Any, name: str) -> Any:
+    """A column of an Arrow table as one dictionary array (distinct values + int indices)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = tbl.column(name).combine_chunks()
+    return col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
+
+
 @dataclass(frozen=True)
 class InteractionData:
     user_keys: np.ndarray  # (n_users,) sorted unique keys: row i of every matrix
@@ -146,6 +155,70 @@ class InteractionData:
             return out
 
         return cls(keys, mat(is_train), mat(split == "valid"), mat(split == "test"))
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[Any], n_items: int) -> InteractionData:
+        """Build from Arrow tables (or record batches) of ``user_key``, ``item_idx`` and
+        ``split``, one at a time: the same result as :meth:`from_columns` on their
+        concatenation, without ever holding the rows' keys as Python or numpy strings.
+
+        Each batch's keys are dictionary-encoded by Arrow and only its distinct keys map to
+        the user numbers; what is kept per row is an int32 user, an int32 item and an int8
+        split. Memory is one batch plus 9 bytes a row plus the distinct keys; the matrices
+        take int32 indices."""
+        import pyarrow as pa
+
+        number: dict[str, int] = {}
+        split_code = {"train": 0, "valid": 1, "test": 2}
+        users: list[np.ndarray] = []
+        items: list[np.ndarray] = []
+        splits: list[np.ndarray] = []
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            tbl = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+
+            keys = _encoded(tbl, "user_key")
+            local = np.fromiter(
+                (number.setdefault(k, len(number)) for k in keys.dictionary.to_pylist()),
+                dtype=np.int32,
+                count=len(keys.dictionary),
+            )
+            users.append(local[keys.indices.to_numpy(zero_copy_only=False)])
+            sp_col = _encoded(tbl, "split")
+            codes = np.array(
+                [split_code.get(str(v), -1) for v in sp_col.dictionary.to_pylist()], dtype=np.int8
+            )
+            splits.append(codes[sp_col.indices.to_numpy(zero_copy_only=False)])
+            items.append(np.asarray(tbl.column("item_idx").to_numpy(), dtype=np.int32))
+        user = np.concatenate(users) if users else np.zeros(0, np.int32)
+        item = np.concatenate(items) if items else np.zeros(0, np.int32)
+        split = np.concatenate(splits) if splits else np.zeros(0, np.int8)
+        del users, items, splits
+        # users with a training row, numbered in key order
+        trained = np.zeros(len(number), dtype=bool)
+        trained[user[split == 0]] = True
+        names = np.array(list(number), dtype=str) if number else np.zeros(0, dtype="<U1")
+        del number
+        kept = np.flatnonzero(trained)
+        order = kept[np.argsort(names[kept], kind="stable")]
+        row_of = np.full(len(names), -1, dtype=np.int32)
+        row_of[order] = np.arange(len(order), dtype=np.int32)
+        row = row_of[user]
+        del user
+
+        def mat(code: int) -> sp.csr_matrix:
+            m = (split == code) & (row >= 0)
+            r, c = row[m], item[m]
+            out = sp.csr_matrix(
+                (np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(order), n_items)
+            )
+            out.sum_duplicates()
+            out.data[:] = 1.0
+            out.sort_indices()
+            return out
+
+        return cls(names[order], mat(0), mat(1), mat(2))
 
     def subset(self, rows: np.ndarray) -> InteractionData:
         """The users at ``rows`` (indices in any order, or a boolean mask), keys kept sorted."""

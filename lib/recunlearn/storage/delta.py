@@ -117,6 +117,31 @@ def commit_metadata(path: str, key: str, *, upto: int | None = None) -> dict[str
     return None
 
 
+def files_changed(path: str, before: int, after: int) -> dict[str, int]:
+    """What the commits after version ``before`` up to ``after`` did to a table's data files:
+    the bytes and files they removed and added, and the table's bytes at ``before`` (a
+    delete's cost is the removed bytes over the table's: the files it had to rewrite). Read
+    from the two versions' file lists, so any writer's commits count alike."""
+    from deltalake import DeltaTable
+
+    def files(version: int) -> dict[str, int]:
+        adds = DeltaTable(str(path), version=version).get_add_actions(flatten=True)
+        return dict(
+            zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist(), strict=True)
+        )
+
+    old, new = files(before), files(after)
+    gone = [p for p in old if p not in new]
+    made = [p for p in new if p not in old]
+    return {
+        "table_bytes": int(sum(old.values())),
+        "removed_bytes": int(sum(old[p] for p in gone)),
+        "added_bytes": int(sum(new[p] for p in made)),
+        "files_removed": len(gone),
+        "files_added": len(made),
+    }
+
+
 def split_schema(schema: str) -> list[str]:
     """The column definitions of a DDL string (commas inside ``<...>`` do not split)."""
     out, depth, cur = [], 0, ""
@@ -276,15 +301,17 @@ def scan_table(
     path: str,
     *,
     columns: list[str],
+    version: int | None = None,
     partitions: list[tuple[str, str, Any]] | None = None,
     where: Any = None,
     batch_rows: int = 1 << 20,
 ) -> Iterator[Any]:
-    """``read_table`` (current version) in Arrow tables of at most ``batch_rows`` rows, each
-    filtered by ``where``: memory bounded by the batch, not by the table."""
+    """``read_table`` (at ``version``, default the current one) in Arrow tables of at most
+    ``batch_rows`` rows, each filtered by ``where``: memory bounded by the batch, not by the
+    table."""
     import pyarrow as pa
 
-    dataset = arrow_dataset(path, partitions=partitions)
+    dataset = arrow_dataset(path, version=version, partitions=partitions)
     for batch in dataset.to_batches(columns=columns, batch_size=batch_rows):
         tbl = _plain_table(pa.Table.from_batches([batch]), False)
         yield tbl if where is None else tbl.filter(where)

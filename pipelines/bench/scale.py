@@ -1,0 +1,384 @@
+"""``recunlearn bench scale --interactions 1M,10M,100M [--like lfm-2b]``: every step of the
+product on synthetic logs of growing size, through the jobs' own functions.
+
+Per size, in a state folder of its own, on one Spark session and one Ray instance:
+generate (``recunlearn data synth``), ingest (reader, k-core filter, split, Delta), partition,
+train (the K shard models, the aggregator and the full reference model), evaluate, forget one
+user end to end (intake, then the unlearn job to the new version's publication), forget 100
+users end to end, the fast tier (``--fast-requests`` single-user requests answered by
+``--fast-method``, one job each), and the audit. Per step: wall time, CPU time and peak memory
+of the whole process tree (``pipelines.bench.proctree``: driver, JVM, Ray), and the bytes the
+state folder grew by; per delete, the bytes of the interactions table it rewrote.
+
+Across sizes: each step's growth exponent (least squares of log time on log size), a JSON, a
+Markdown table and a log-log PNG of time against size per step. Results are merged by size
+with an earlier run's in the same ``--out`` (a long run keeps what it has).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from pipelines.bench.proctree import Monitor
+from recunlearn.config import RunConfig
+from recunlearn.errors import ConfigError
+from recunlearn.storage.layout import Layout
+
+log = logging.getLogger(__name__)
+
+STEPS = (
+    "generate",
+    "ingest",
+    "partition",
+    "train",
+    "evaluate",
+    "forget_one",
+    "forget_many",
+    "fast_tier",
+    "audit",
+)
+FORMATS = {"lfm-2b": "lfm2b-events", "amazon": "amazon-json"}
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
+
+
+def parse_size(text: str) -> int:
+    """``1M`` -> 1_000_000; ``2.5K``, ``100M``, ``1B``, plain integers."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMBG]?)\s*", text.upper())
+    if not m:
+        raise ConfigError(f"size {text!r}: a number with an optional K, M or B")
+    n = int(float(m.group(1)) * _SUFFIX[m.group(2)])
+    if n < 1:
+        raise ConfigError(f"size {text!r}: at least 1")
+    return n
+
+
+def label(n: int) -> str:
+    for suffix, unit in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= unit and n % (unit // 10) == 0:
+            return f"{n / unit:g}{suffix}"
+    return str(n)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+class Steps:
+    """Runs the steps of one size, each under a process-tree monitor."""
+
+    def __init__(self, state: Path, interval: float) -> None:
+        self.state, self.interval = state, interval
+        self.out: dict[str, Any] = {}
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        before = folder_bytes(self.state)
+        with Monitor(interval=self.interval) as usage:
+            result = fn()
+        self.out[name] = {**usage.as_dict(), "bytes_written": folder_bytes(self.state) - before}
+        log.info(
+            "bench scale: %s %.1f s wall, %.1f s CPU, peak %.2f GB",
+            name,
+            usage.wall_seconds,
+            usage.cpu_seconds,
+            usage.peak_bytes / 2**30,
+        )
+        return result
+
+
+def _size_config(cfg: RunConfig, state: Path, raw: Path, like: str, n: int) -> RunConfig:
+    return cfg.model_copy(
+        update={
+            "data_dir": str(state),
+            "dataset": cfg.dataset.model_copy(
+                update={
+                    "name": f"synthetic-{like}-{label(n)}",
+                    "format": FORMATS[like],
+                    "path": str(raw),
+                }
+            ),
+        }
+    )
+
+
+def run_size(
+    spark: SparkSession,
+    cfg: RunConfig,
+    *,
+    n: int,
+    like: str,
+    state_root: Path,
+    seed: int,
+    many: int = 100,
+    fast_requests: int = 5,
+    fast_method: str = "scif",
+    interval: float = 0.5,
+) -> dict[str, Any]:
+    """Every step on a synthetic log of ``n`` rows; the per-step usage and the figures the
+    issue asks for (speed-up of one user's unlearning over the full retrain, the fast tier's
+    p50, bytes rewritten per delete, NDCG of the ensemble and the reference)."""
+    from pipelines.audit import audit
+    from pipelines.evaluate import evaluate_published
+    from pipelines.forget import submit_user_requests
+    from pipelines.ingest import ingest
+    from pipelines.partition import partition_users
+    from pipelines.run import choose_forget_set, reset_state
+    from pipelines.synth import synthesize
+    from pipelines.train import train_all
+    from pipelines.unlearn import unlearn
+    from recunlearn.data.pseudonym import secret_from_config
+
+    state = state_root / label(n)
+    raw = state / "raw"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    cfg_n = _size_config(cfg, state, raw, like, n)
+    layout = Layout(state)
+    reset_state(layout)
+    step = Steps(state, interval)
+    secret = secret_from_config(cfg_n.pseudonym, layout.root)
+    res: dict[str, Any] = {"interactions": n, "like": like, "n_shards": cfg.sharding.n_shards}
+
+    res["generate"] = step(
+        "generate", lambda: synthesize(spark, like=like, interactions=n, out=raw, seed=seed)
+    )
+    res["ingest"] = step(
+        "ingest",
+        lambda: ingest(spark, cfg=cfg_n, layout=layout, raw_path=raw, secret=secret),
+    )
+    res["partition"] = step("partition", lambda: partition_users(spark, cfg=cfg_n, layout=layout))
+    res["train"] = step(
+        "train",
+        lambda: train_all(spark, cfg=cfg_n, layout=layout, partition=res["partition"]),
+    )
+    res["evaluate"] = step("evaluate", lambda: evaluate_published(spark, cfg=cfg_n, layout=layout))
+    # raw ids of retained users (not timed: a Spark scan of the raw log); never written out
+    ids = choose_forget_set(spark, cfg_n, raw, 1 + many + fast_requests)
+    one, batch, fast = ids[:1], ids[1 : 1 + many], ids[1 + many :]
+
+    def forget(raw_ids: list[str], method: str | None = None) -> dict[str, Any]:
+        outcomes = submit_user_requests(spark, layout=layout, secret=secret, raw_ids=raw_ids)
+        job = unlearn(spark, cfg=cfg_n, layout=layout, method=method)
+        return {"accepted": sum(o["outcome"] == "accepted" for o in outcomes), "job": job}
+
+    res["forget_one"] = step("forget_one", lambda: forget(one))
+    res["forget_many"] = step("forget_many", lambda: forget(batch))
+
+    def fast_tier() -> list[dict[str, Any]]:
+        return [forget([raw_id], fast_method) for raw_id in fast]
+
+    res["fast_tier"] = step("fast_tier", fast_tier)
+    res["audit"] = step(
+        "audit",
+        lambda: audit(spark, layout=layout, secret=secret, raw_ids=one + batch + fast),
+    )
+    return {"steps": step.out, "figures": figures(res), "details": _details(res)}
+
+
+def figures(res: dict[str, Any]) -> dict[str, Any]:
+    """The figures the scale issue asks for, from one size's step results."""
+    train = res["train"]
+    one = res["forget_one"]["job"]
+    ref_fit = train.get("reference_fit_seconds")
+    fast = [r["job"]["to_publish_seconds"] for r in res["fast_tier"]]
+    ev = res["evaluate"]
+
+    def ndcg(part: str) -> float | None:
+        return (ev.get(part) or {}).get("ndcg@20")
+
+    def rewrite(job: dict[str, Any]) -> float | None:
+        rw = job.get("delete_rewrite") or {}
+        return round(rw["removed_bytes"] / rw["table_bytes"], 5) if rw.get("table_bytes") else None
+
+    return {
+        "one_user_to_publish_seconds": one["to_publish_seconds"],
+        "reference_fit_seconds": ref_fit,
+        "speedup_vs_full_retrain": (
+            round(ref_fit / one["to_publish_seconds"], 2) if ref_fit else None
+        ),
+        "many_users_to_publish_seconds": res["forget_many"]["job"]["to_publish_seconds"],
+        "fast_tier_p50_seconds": round(float(np.median(fast)), 3) if fast else None,
+        "fast_tier_seconds": fast,
+        "one_user_rewrite_share": rewrite(one),
+        "many_users_rewrite_share": rewrite(res["forget_many"]["job"]),
+        "ndcg@20_ensemble": ndcg("ensemble"),
+        "ndcg@20_reference": ndcg("reference"),
+        "evaluated_users": ev.get("users"),
+        "audit_passed": res["audit"].get("passed"),
+        "users": res["ingest"].get("users"),
+        "items": res["ingest"].get("items"),
+        "rows_after_filter": res["ingest"].get("rows"),
+    }
+
+
+def _details(res: dict[str, Any]) -> dict[str, Any]:
+    """The step results worth keeping (the jobs' own stats, trimmed of per-request lists)."""
+    keep = ("generate", "ingest", "partition", "train")
+    out = {k: res[k] for k in keep}
+    out["forget_one"] = {k: v for k, v in res["forget_one"]["job"].items() if k != "functional"}
+    out["forget_many"] = {
+        k: v for k, v in res["forget_many"]["job"].items() if k not in ("functional", "requests")
+    }
+    return json.loads(json.dumps(out, default=str))
+
+
+def exponents(sizes: dict[str, Any]) -> dict[str, float | None]:
+    """Per step, the slope of log(wall seconds) on log(interactions) over the sizes run."""
+    out: dict[str, float | None] = {}
+    for name in STEPS:
+        pts = [
+            (r["interactions"], r["steps"][name]["wall_seconds"])
+            for r in sizes.values()
+            if name in r.get("steps", {}) and r["steps"][name]["wall_seconds"] > 0
+        ]
+        if len({n for n, _ in pts}) < 2:
+            out[name] = None
+            continue
+        x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+        out[name] = round(float(np.polyfit(x, y, 1)[0]), 3)
+    return out
+
+
+def run(
+    spark: SparkSession,
+    cfg: RunConfig,
+    *,
+    sizes: list[int],
+    like: str,
+    out_dir: Path,
+    state_root: Path,
+    seed: int,
+    keep_state: bool = False,
+    **kw: Any,
+) -> dict[str, Any]:
+    if like not in FORMATS:
+        raise ConfigError(f"bench scale --like {like!r}: one of {', '.join(FORMATS)}")
+    path = out_dir / f"scale-{like}.json"
+    result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    result.update({"like": like, "seed": seed, "n_shards": cfg.sharding.n_shards})
+    result.setdefault("sizes", {})
+    for n in sizes:
+        t0 = time.perf_counter()
+        r = run_size(spark, cfg, n=n, like=like, state_root=state_root, seed=seed, **kw)
+        r.update({"interactions": n, "wall_seconds": round(time.perf_counter() - t0, 1)})
+        r["machine"] = machine()
+        result["sizes"][label(n)] = r
+        result["exponents"] = exponents(result["sizes"])
+        write(result, out_dir)
+        if not keep_state:
+            shutil.rmtree(state_root / label(n), ignore_errors=True)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    mem = 0
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": os.cpu_count(), "memory_bytes": mem}
+
+
+def write(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"scale-{result['like']}"
+    paths = {
+        "json": out_dir / f"{stem}.json",
+        "markdown": out_dir / f"{stem}.md",
+        "png": out_dir / f"{stem}.png",
+    }
+    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True, default=float))
+    paths["markdown"].write_text(markdown(result))
+    plot(result, paths["png"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _gb(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**30:.2f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    sizes = sorted(result["sizes"].values(), key=lambda r: r["interactions"])
+    exps = result.get("exponents", {})
+    head = " | ".join(label(r["interactions"]) for r in sizes)
+    lines = [
+        f"# Scale: synthetic {result['like']}-like logs, K = {result['n_shards']}",
+        "",
+        "Wall seconds per step (CPU seconds, peak memory of the whole process tree in GB); the "
+        "exponent is the slope of log time on log size.",
+        "",
+        f"| step | {head} | exponent |",
+        "|---|" + "---|" * len(sizes) + "---|",
+    ]
+    for name in STEPS:
+        cells = []
+        for r in sizes:
+            s = r["steps"].get(name)
+            cells.append(
+                "-"
+                if s is None
+                else f"{s['wall_seconds']:.1f} ({s['cpu_seconds']:.0f} CPU, "
+                f"{_gb(s['peak_memory_bytes'])} GB)"
+            )
+        e = exps.get(name)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'-' if e is None else e} |")
+    lines += ["", f"| figure | {head} |", "|---|" + "---|" * len(sizes)]
+    for key in (
+        "users",
+        "items",
+        "rows_after_filter",
+        "one_user_to_publish_seconds",
+        "reference_fit_seconds",
+        "speedup_vs_full_retrain",
+        "many_users_to_publish_seconds",
+        "fast_tier_p50_seconds",
+        "one_user_rewrite_share",
+        "many_users_rewrite_share",
+        "ndcg@20_ensemble",
+        "ndcg@20_reference",
+        "evaluated_users",
+        "audit_passed",
+    ):
+        lines.append(
+            f"| {key} | " + " | ".join(str(r["figures"].get(key, "-")) for r in sizes) + " |"
+        )
+    peak = max((s["peak_memory_bytes"] for r in sizes for s in r["steps"].values()), default=0)
+    lines += ["", f"Peak memory over every step and size: {_gb(peak)} GB.", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(result["sizes"].values(), key=lambda r: r["interactions"])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name in STEPS:
+        pts = [
+            (r["interactions"], r["steps"][name]["wall_seconds"])
+            for r in sizes
+            if name in r["steps"]
+        ]
+        if pts:
+            e = result.get("exponents", {}).get(name)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{name} ({e})" if e else name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("interactions")
+    ax.set_ylabel("wall seconds")
+    ax.set_title(f"recunlearn bench scale, {result['like']}-like (exponent in brackets)")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
