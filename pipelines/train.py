@@ -474,6 +474,9 @@ def train_all(
         "aggregator_wall_seconds": round(time.perf_counter() - t_agg, 3),
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "shard_fit_seconds": {str(k): m["fit_seconds"] for k, m in trained["shards"].items()},
+        # reading a shard from Delta against fitting it: what a warm worker would save
+        "shard_read_seconds": {str(k): m.get("read_seconds") for k, m in trained["shards"].items()},
+        "reference_read_seconds": ref.get("read_seconds") if ref else None,
         "aggregator_fit_seconds": agg["fit_seconds"],
         "reference_fit_seconds": ref["fit_seconds"] if ref else None,
         "reference_task_seconds": ref["task_seconds"] if ref else None,

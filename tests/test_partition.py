@@ -132,3 +132,38 @@ def test_interaction_embeddings_put_users_data_in_several_shards():
     assert purity(p.labels, (users // 20) * 2 + items // 10) == 1.0
     shards_per_user = np.array([len(np.unique(p.labels[users == u])) for u in range(40)])
     assert (shards_per_user == 2).all()  # each user's data lies in two shards
+
+
+@pytest.mark.spark
+def test_the_partitioned_table_holds_each_users_rows_in_one_file_or_two(spark, cfg, tmp_path):
+    """Clustered by (shard, user key) into files of ``rows_per_file`` rows: a user's rows lie
+    in one file (two where a range boundary splits them), so a one-user delete rewrites a
+    file, not the shard (which here spans several files)."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from pipelines.partition import clustered
+    from recunlearn.storage.delta import write_delta
+
+    rng = np.random.default_rng(0)
+    users = [f"u{i:03d}" for i in range(300)]
+    shard = {u: int(rng.integers(0, 3)) for u in users}
+    rows = [(u, int(i), shard[u]) for u in users for i in rng.choice(500, 12)]
+    df = spark.createDataFrame(pd.DataFrame(rows, columns=["user_key", "item_idx", "shard_id"]))
+    small = cfg.model_copy(
+        update={"sharding": cfg.sharding.model_copy(update={"n_shards": 3, "rows_per_file": 300})}
+    )
+    path = str(tmp_path / "t")
+    write_delta(clustered(df.repartition(4), small), path, partition_by=["shard_id"])
+    got = (
+        spark.read.format("delta")
+        .load(path)
+        .withColumn("file", F.input_file_name())
+        .groupBy("user_key")
+        .agg(F.countDistinct("file").alias("files"), F.countDistinct("shard_id").alias("shards"))
+        .toPandas()
+    )
+    files = spark.read.format("delta").load(path).select(F.input_file_name()).distinct().count()
+    assert files >= 12  # 3,600 rows / 300 a file, at least one a shard
+    assert len(got) == 300 and got["files"].max() <= 2 and got["shards"].max() == 1
+    assert (got["files"] == 1).mean() > 0.9

@@ -166,6 +166,14 @@ class ShardingConfig(_Frozen):
         description="LASER (sequential training): most epochs per group stage, each "
         "stage early-stopped on the validation pairs of the groups seen so far.",
     )
+    rows_per_file: int = Field(
+        500_000,
+        ge=1,
+        description="The partition step rewrites the interactions table clustered by (shard, "
+        "user key) into files of about this many rows (at least one per shard): a user's rows "
+        "then lie in one file (two at a boundary), so a one-user delete rewrites about this "
+        "many rows, not the shard.",
+    )
     embedding_rank: int = Field(16, ge=2, description="Rank of the Spark ALS user embeddings.")
     als_iterations: int = Field(10, ge=1)
     als_reg: float = Field(0.05, gt=0)
