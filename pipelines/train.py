@@ -236,16 +236,21 @@ def fit_aggregator_component(
 
 
 @functools.cache
-def _remote(fn, max_retries: int):  # noqa: ANN001, ANN202
-    # One CPU per task; a task whose worker dies is retried. Workers import this module by
-    # name from the installed package (the same environment as the driver).
-    return ray.remote(fn).options(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
+def _remote(fn):  # noqa: ANN001, ANN202
+    # Workers import this module by name from the installed package (the same environment as
+    # the driver).
+    return ray.remote(fn)
 
 
 def run_tasks(
-    cfg: RunConfig, calls: list[tuple[Any, tuple]], *, label: str
+    cfg: RunConfig,
+    calls: list[tuple[Any, tuple]],
+    *,
+    label: str,
+    names: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Submit (fn, args) calls as Ray tasks, at most 2x the cluster's CPUs in flight."""
+    """Submit (fn, args) calls as Ray tasks, at most 2x the cluster's CPUs in flight; each
+    task carries its name from ``names`` (what the Ray dashboard lists it as)."""
     from tqdm import tqdm
 
     limit = 2 * ray_cpus()
@@ -258,7 +263,15 @@ def run_tasks(
         while queue or pending:
             while queue and len(pending) < limit:
                 i, (fn, args) = queue.pop(0)
-                ref = _remote(fn, cfg.ray.max_retries).remote(*args)
+                # one CPU per task; a task whose worker dies is retried
+                options: dict[str, Any] = {
+                    "num_cpus": 1,
+                    "max_retries": cfg.ray.max_retries,
+                    "retry_exceptions": False,
+                }
+                if names:
+                    options["name"] = names[i]
+                ref = _remote(fn).options(**options).remote(*args)
                 order[ref] = i
                 pending.append(ref)
             done, pending = ray.wait(pending, num_returns=1)
@@ -312,8 +325,15 @@ def train_models(
         )
     if reference:
         calls.append((train_component, (cfg_json, table, version, n_items, None, root, job_id)))
+    tag = f"table v{version}, job {job_id}"
+    names = (
+        [f"train shard {k} ({tag})" for k in shard_ids]
+        if not sequential
+        else ([f"train groups from {shard_ids} ({tag})"] if shard_ids else [])
+    )
+    names += [f"train reference ({tag})"] if reference else []
     t0 = time.perf_counter()
-    metas = run_tasks(cfg, calls, label="train")
+    metas = run_tasks(cfg, calls, label="train", names=names)
     if sequential and shard_ids:
         run, metas = metas[0], metas[1:]
         order = run["order"]
@@ -366,6 +386,7 @@ def fit_aggregator(
             )
         ],
         label="aggregate",
+        names=[f"fit aggregator {cfg.aggregator.kind} (table v{version}, job {job_id})"],
     )
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return meta
