@@ -46,9 +46,61 @@ PARTITION_GUARANTEE = (
 def user_embeddings(
     spark: SparkSession, *, cfg: RunConfig, layout: Layout
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted user keys, their implicit-ALS factors and training rows, from the train split."""
+    """Sorted user keys, their embeddings (``sharding.embedding``) and training rows, from
+    the train split."""
+    if cfg.sharding.embedding == "sketch":
+        return _sketch(spark, cfg=cfg, layout=layout)
     keys, x, rows, _ = _als(spark, cfg=cfg, layout=layout)
     return keys, x, rows
+
+
+def _sketch(
+    spark: SparkSession, *, cfg: RunConfig, layout: Layout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A randomised range finder of the user-item matrix X (training rows, item i weighted
+    1/sqrt(n_i), so rare shared items count more than popular ones): each user's items
+    projected on ``embedding_rank`` seeded random sign vectors, S = X W R, then
+    ``sketch_iterations`` power steps S <- X W (W X^T S), which leave the noise of the random
+    projection behind and keep the directions the users' co-consumption spans. Normalised
+    rows. In Spark: one aggregation, then two joins and aggregations a power step; the
+    driver receives one vector per user."""
+    inter = spark.read.format("delta").load(layout.interactions)
+    train = inter.where(F.col("split") == "train").select("user_key", "item_idx")
+    popularity = train.groupBy("item_idx").agg(F.count(F.lit(1)).alias("_n"))
+    rows = (
+        train.join(popularity, "item_idx")
+        .select("user_key", "item_idx", (1.0 / F.sqrt("_n")).alias("_w"))
+        .localCheckpoint()
+    )
+    seed = make_seed(cfg.seed, "sketch") % (2**31)
+    rank = cfg.sharding.embedding_rank
+    e = [f"_e{j}" for j in range(rank)]
+
+    def sign(j: int) -> Any:
+        return F.when(F.pmod(F.xxhash64(F.lit(seed), "item_idx", F.lit(j)), F.lit(2)) == 0, 1.0)
+
+    users = rows.groupBy("user_key").agg(
+        *[F.sum(sign(j).otherwise(-1.0) * F.col("_w")).alias(e[j]) for j in range(rank)]
+    )
+    for _ in range(cfg.sharding.sketch_iterations):
+        items = (
+            rows.join(users, "user_key")
+            .groupBy("item_idx")
+            .agg(*[F.sum(F.col(c) * F.col("_w")).alias(c) for c in e])
+        )
+        users = (
+            rows.join(items, "item_idx")
+            .groupBy("user_key")
+            .agg(*[F.sum(F.col(c) * F.col("_w")).alias(c) for c in e])
+            .localCheckpoint()
+        )
+    counts = rows.groupBy("user_key").agg(F.count(F.lit(1)).alias("_rows"))
+    out = frame(users.join(counts, "user_key")).sort_values("user_key")
+    if out.empty:
+        raise PipelineError("partition: the interactions table has no training rows")
+    x = out[e].to_numpy(dtype=np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    return out["user_key"].to_numpy().astype(str), x, out["_rows"].to_numpy().astype(np.int64)
 
 
 def _als(

@@ -167,3 +167,46 @@ def test_the_partitioned_table_holds_each_users_rows_in_one_file_or_two(spark, c
     assert files >= 12  # 3,600 rows / 300 a file, at least one a shard
     assert len(got) == 300 and got["files"].max() <= 2 and got["shards"].max() == 1
     assert (got["files"] == 1).mean() > 0.9
+
+
+@pytest.mark.spark
+def test_sketch_embeddings_recover_planted_taste_groups(spark, cfg, layout):
+    """Three groups of users, each drawing from its own items plus a shared popular head: the
+    sketch (with its one power step) puts each group in a shard of its own under the balanced
+    clustering; the vectors are unit length, one per user with a training row."""
+    import pandas as pd
+
+    from pipelines.partition import assign, user_embeddings
+    from recunlearn.storage.delta import write_delta
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(120):
+        group = u % 3
+        own = rng.choice(np.arange(group * 100, group * 100 + 100), 15, replace=False)
+        head = rng.choice(np.arange(300, 305), 3, replace=False)  # everyone's popular items
+        rows += [(f"u{u:03d}", int(i), "train") for i in np.r_[own, head]]
+    rows.append(("only-test", 1, "test"))  # no training row: not embedded
+    df = spark.createDataFrame(pd.DataFrame(rows, columns=["user_key", "item_idx", "split"]))
+    write_delta(df, layout.interactions)
+    sk = cfg.model_copy(
+        update={
+            "sharding": cfg.sharding.model_copy(
+                update={"embedding": "sketch", "n_shards": 3, "embedding_rank": 16}
+            )
+        }
+    )
+    keys, x, counts = user_embeddings(spark, cfg=sk, layout=layout)
+    assert len(keys) == 120 and "only-test" not in keys and (counts == 18).all()
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0)
+    labels = assign(x, counts, cfg=sk).labels
+    group = np.array([int(k[1:]) % 3 for k in keys])
+    for g in range(3):  # each planted group is one shard
+        assert np.bincount(labels[group == g], minlength=3).max() == 40
+
+
+def test_the_sketch_embeds_users_only():
+    from recunlearn.config import ShardingConfig
+
+    with pytest.raises(ValueError, match="embedding=sketch embeds users"):
+        ShardingConfig(embedding="sketch", unit="item")
