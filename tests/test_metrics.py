@@ -53,3 +53,34 @@ def test_evaluate_skips_users_without_truth_and_averages():
     # user 0: top-1 = item 0 (hit) ; user 1: top-1 = item 1 (miss)
     assert out["users"] == 2
     assert out["ndcg@1"] == 0.5 and out["recall@1"] == 0.5 and out["hr@1"] == 0.5
+
+
+def test_scoring_blocks_shrink_with_the_catalogue_and_change_no_result():
+    """Users are scored in blocks of at most MAX_SCORE_CELLS cells: a catalogue 64x larger
+    gets blocks 64x smaller, and the metrics are those of one big block."""
+    from recunlearn import metrics
+
+    assert metrics.user_block(1024, 3_000) == 1024
+    assert metrics.user_block(1024, 2_500_000) == (1 << 24) // 2_500_000 == 6
+    assert metrics.user_block(1024, 10**9) == 1
+    rng = np.random.default_rng(0)
+    n_users, n_items = 50, 40
+    scores = torch.from_numpy(rng.random((n_users, n_items)).astype(np.float32))
+    seen = sp.random(n_users, n_items, density=0.2, format="csr", random_state=1)
+    truth = sp.random(n_users, n_items, density=0.1, format="csr", random_state=2)
+    calls = []
+
+    def rows(u):
+        calls.append(len(u))
+        return scores[u]
+
+    whole = metrics.per_user_metrics(rows, np.arange(n_users), seen, truth, k=5)
+    old, metrics.MAX_SCORE_CELLS = metrics.MAX_SCORE_CELLS, 7 * n_items
+    try:
+        calls.clear()
+        blocked = metrics.per_user_metrics(rows, np.arange(n_users), seen, truth, k=5)
+    finally:
+        metrics.MAX_SCORE_CELLS = old
+    assert max(calls) == 7 and sum(calls) == n_users
+    for m in whole:
+        assert np.array_equal(whole[m], blocked[m])

@@ -42,6 +42,18 @@ def rank_metrics(top: np.ndarray, truth: sp.csr_matrix, k: int) -> dict[str, np.
     return {"ndcg": ndcg, "recall": recall, "hr": hit.any(1).astype(float)}
 
 
+# Most score cells (users x items) one block of users is scored in: the block shrinks as the
+# catalogue grows (1024 users up to 16K items, 6 users at 2.5M), so memory stays bounded
+# (64 MB a score matrix; an ensemble holds one per shard). Scores are per user: the block
+# size changes no result.
+MAX_SCORE_CELLS = 1 << 24
+
+
+def user_block(batch: int, n_items: int) -> int:
+    """Users scored at once: at most ``batch``, at most ``MAX_SCORE_CELLS`` cells."""
+    return max(1, min(batch, MAX_SCORE_CELLS // max(n_items, 1)))
+
+
 def per_user_metrics(
     score_rows: Callable[[np.ndarray], torch.Tensor],
     users: np.ndarray,
@@ -56,6 +68,7 @@ def per_user_metrics(
     ``seen`` items are never recommended."""
     users = np.asarray(users)
     out = {m: np.zeros(len(users)) for m in ("ndcg", "recall", "hr")}
+    batch = user_block(batch, seen.shape[1])
     for s in range(0, len(users), batch):
         u = users[s : s + batch]
         top = topk_excluding(score_rows(u), seen[u], k).numpy()

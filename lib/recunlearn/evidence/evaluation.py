@@ -4,7 +4,7 @@ forgotten users."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -90,17 +90,16 @@ def functional_evidence(
     keys = forgotten.user_keys
     rows = np.arange(forgotten.n_users)
 
-    def per_user(score: torch.Tensor) -> np.ndarray:
-        from recunlearn.metrics import rank_metrics, topk_excluding
+    def per_user(score: Callable[[np.ndarray], torch.Tensor]) -> np.ndarray:
+        """NDCG of each forgotten user, scored in blocks of users (bounded memory)."""
+        return per_user_metrics(score, rows, forgotten.train, truth, k=K)["ndcg"]
 
-        top = topk_excluding(score, forgotten.train, K).numpy()
-        return rank_metrics(top, truth, K)["ndcg"]
-
+    hist = forgotten.train
     with torch.no_grad():
-        nd_orig = per_user(original.score(keys, forgotten.train))
-        nd_unl = per_user(unlearned.score(keys, forgotten.train))
+        nd_orig = per_user(lambda r: original.score(keys[r], hist[r]))
+        nd_unl = per_user(lambda r: unlearned.score(keys[r], hist[r]))
         nd_ret = (
-            per_user(retrained.score_history(forgotten.train)) if retrained is not None else None
+            per_user(lambda r: retrained.score_history(hist[r])) if retrained is not None else None
         )
     known_before = original.knows(keys)
     known_after = unlearned.knows(keys)
