@@ -31,6 +31,7 @@ from pyspark.sql import SparkSession
 from pipelines.bench.proctree import Monitor
 from recunlearn.config import RunConfig
 from recunlearn.errors import ConfigError
+from recunlearn.hashing import fingerprint
 from recunlearn.storage.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -275,12 +276,16 @@ def run(
     path = out_dir / f"scale-{like}.json"
     result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     result.update({"like": like, "seed": seed, "n_shards": cfg.sharding.n_shards})
+    # the settings every size ran with (the data set and data folder are the bench's own)
+    result["config"] = cfg.model_dump(mode="json", exclude={"data_dir", "dataset"})
+    result["fast_method"] = kw.get("fast_method", "scif")
     result.setdefault("sizes", {})
     for n in sizes:
         t0 = time.perf_counter()
         r = run_size(spark, cfg, n=n, like=like, state_root=state_root, seed=seed, **kw)
         r.update({"interactions": n, "wall_seconds": round(time.perf_counter() - t0, 1)})
         r["machine"] = machine()
+        r["config_fingerprint"] = fingerprint(result["config"])
         result["sizes"][label(n)] = r
         result["exponents"] = exponents(result["sizes"])
         write(result, out_dir)
@@ -324,6 +329,8 @@ def markdown(result: dict[str, Any]) -> str:
     head = " | ".join(label(r["interactions"]) for r in sizes)
     lines = [
         f"# Scale: synthetic {result['like']}-like logs, K = {result['n_shards']}",
+        "",
+        _settings_line(result.get("config", {}), result.get("fast_method")),
         "",
         "Wall seconds per step (CPU seconds, peak memory of the whole process tree in GB); the "
         "exponent is the slope of log time on log size.",
@@ -369,6 +376,17 @@ def markdown(result: dict[str, Any]) -> str:
     peak = max((s["peak_memory_bytes"] for r in sizes for s in r["steps"].values()), default=0)
     lines += ["", f"Peak memory over every step and size: {_gb(peak)} GB.", ""]
     return "\n".join(lines)
+
+
+def _settings_line(config: dict[str, Any], fast_method: str | None) -> str:
+    model, sharding = config.get("model", {}), config.get("sharding", {})
+    return (
+        f"Settings: model {model.get('kind')} (dim {model.get('dim')}, optimizer "
+        f"{model.get('optimizer')}, at most {model.get('max_epochs')} epochs), partition "
+        f"{sharding.get('method')} on {sharding.get('embedding')} embeddings, aggregator "
+        f"{config.get('aggregator', {}).get('kind')}, fast tier {fast_method} (`config` in the "
+        "JSON holds every setting)."
+    )
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
