@@ -131,7 +131,7 @@ def run_size(
     from pipelines.forget import submit_user_requests
     from pipelines.ingest import ingest
     from pipelines.partition import partition_users
-    from pipelines.run import choose_forget_set, reset_state
+    from pipelines.run import reset_state
     from pipelines.synth import synthesize
     from pipelines.train import train_all
     from pipelines.unlearn import unlearn
@@ -161,8 +161,8 @@ def run_size(
         lambda: train_all(spark, cfg=cfg_n, layout=layout, partition=res["partition"]),
     )
     res["evaluate"] = step("evaluate", lambda: evaluate_published(spark, cfg=cfg_n, layout=layout))
-    # raw ids of retained users (not timed: a Spark scan of the raw log); never written out
-    ids = choose_forget_set(spark, cfg_n, raw, 1 + many + fast_requests)
+    # raw ids of users the tables hold (not timed: a Spark scan of the raw log); never written
+    ids = _forget_ids(spark, cfg_n, layout, raw, secret, 1 + many + fast_requests)
     one, batch, fast = ids[:1], ids[1 : 1 + many], ids[1 + many :]
 
     def forget(raw_ids: list[str], method: str | None = None) -> dict[str, Any]:
@@ -182,6 +182,26 @@ def run_size(
         lambda: audit(spark, layout=layout, secret=secret, raw_ids=one + batch + fast),
     )
     return {"steps": step.out, "figures": figures(res), "details": _details(res)}
+
+
+def _forget_ids(
+    spark: SparkSession, cfg: RunConfig, layout: Layout, raw: Path, secret: bytes, n: int
+) -> list[str]:
+    """``n`` raw user ids, drawn with the run's seed among the users the shard map holds (a
+    k-core filter may have dropped some of the log's users; a request for one would be
+    rejected, and the step would time nothing)."""
+    from recunlearn.data.pseudonym import user_key
+    from recunlearn.data.readers import read_interactions
+    from recunlearn.seeding import numpy_rng
+    from recunlearn.storage.delta import read_table
+
+    held = set(read_table(layout.shard_map, columns=["user_key"]).column("user_key").to_pylist())
+    users = read_interactions(spark, cfg.dataset, raw).select("raw_user").distinct()
+    ids = sorted(r["raw_user"] for r in users.collect())
+    kept = np.array([x for x in ids if user_key(secret, x) in held])
+    if len(kept) < n:
+        raise ConfigError(f"bench scale: {len(kept)} users in the tables, {n} requests asked")
+    return [str(x) for x in np.sort(numpy_rng(cfg.seed, "forget-set").choice(kept, n, False))]
 
 
 def figures(res: dict[str, Any]) -> dict[str, Any]:
