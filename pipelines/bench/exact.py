@@ -86,7 +86,6 @@ def run(
                 "users": int(data.n_users),
                 "items": int(data.n_items),
                 "train": int(data.train.nnz),
-                "split": SPLIT_RULE,
             }
         )
         sets = {
@@ -129,7 +128,10 @@ def _model(
     seed: int,
     done: Callable[[], None],
 ) -> None:
-    """The full model and every method x K cell of one sub-model, into ``res``."""
+    """The full model and every method x K cell of one sub-model, into ``res``. Cells of an
+    earlier run under another split rule are dropped: one model's table has one split."""
+    if res.get("split") != SPLIT_RULE:
+        res["cells"], res["split"] = {}, SPLIT_RULE
     full, wall = _timed(lambda: make_method("full", cfg, 1).fit(data, seed))
     res["full"] = {"fit_seconds": round(wall, 3), **_quality(full.model, data, active)}
     log.info(
@@ -226,7 +228,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines += [
                 f"## {name}, {model} ({res.get('users')} users, {res.get('items')} items)",
                 "",
-                f"Split: {res.get('split', OLD_SPLIT)}.",
+                f"Split: {mres.get('split', OLD_SPLIT)}.",
                 "",
                 f"Full model: NDCG@{TOP} {full.get(f'ndcg@{TOP}')}, Recall@{TOP} "
                 f"{full.get(f'recall@{TOP}')}, "
