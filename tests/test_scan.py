@@ -17,7 +17,7 @@ def test_predicate_delete_leaks_raw_id_into_log_and_merge_delete_does_not(spark,
     )
     write_delta(df, leaky, stats_columns=["item_idx"])
     write_delta(df.drop("raw"), clean, stats_columns=["item_idx"])
-    DeltaTable.forPath(spark, leaky).delete("raw = 'u4711'")  # what FIELD.md 6 warns about
+    DeltaTable.forPath(spark, leaky).delete("raw = 'u4711'")  # old file kept on disk
     delete_keys(spark, clean, ["k1"])
     hits = delta_log_hits(tmp_path / "t", keys=[], raw_ids=["u4711"])
     assert any("leaky" in f for f in hits)

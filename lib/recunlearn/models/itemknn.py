@@ -1,5 +1,5 @@
 """Item-based kNN with an exact incremental top-k index (a model-specific exact unlearning
-method; see FIELD.md 3.3).
+method, the model-specific exact family of Li et al.'s survey of recommendation unlearning).
 
 The model is the item-item co-occurrence matrix ``C = X^T X`` of the binary user-item matrix
 ``X``, cosine similarities ``sim(i, j) = C_ij / (sqrt(C_ii C_jj) + shrink)``, and for every

@@ -1,5 +1,6 @@
 """Weighted matrix factorisation (implicit ALS; Hu, Koren and Volinsky, 2008) with an exact
-unlearning update (a model-specific exact method; FIELD.md 3.3, after "Netflix and Forget").
+unlearning update (the model-specific exact family of Li et al.'s survey of recommendation
+unlearning, after "Netflix and Forget").
 
 Objective, over every user-item cell: sum c_ui (p_ui - x_u . y_i)^2 + reg (|X|^2 + |Y|^2), with
 p_ui = 1 and c_ui = 1 + alpha on observed pairs, p_ui = 0 and c_ui = 1 elsewhere. A user's

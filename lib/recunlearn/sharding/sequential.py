@@ -1,4 +1,5 @@
-"""LASER-style sequential training (FIELD.md 3.1): one model, trained group after group.
+"""LASER-style sequential training: one model, trained group after group (the sequential
+exact family of Li et al.'s survey of recommendation unlearning).
 
 Users are split into groups (any partition; the benchmarks use RecEraser's balanced
 k-means). The groups are put in a curriculum order, easiest first: here the densest groups

@@ -1,4 +1,5 @@
-"""Approximate unlearning of a trained BPR-MF model (FIELD.md 3.2), in place.
+"""Approximate unlearning of a trained BPR-MF model, in place (the approximate family of Li
+et al., "A Survey on Recommendation Unlearning", 2024).
 
 A request is a set of forgotten interactions F (a user's, an item's, or single pairs). The
 model was trained on J(theta) = sum over pairs (u, i) and sampled negatives j of
