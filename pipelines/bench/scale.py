@@ -96,9 +96,14 @@ class Steps:
 
 
 def _size_config(cfg: RunConfig, state: Path, raw: Path, like: str, n: int) -> RunConfig:
+    """The run's config on this size's data. The unlearn job does not retrain the full
+    reference beside the touched shards (``unlearn.retrain_reference``, a benchmark aid): it
+    would put a full retrain inside the one-user figure it is compared with. The full
+    retrain's cost is the training step's reference task."""
     return cfg.model_copy(
         update={
             "data_dir": str(state),
+            "unlearn": cfg.unlearn.model_copy(update={"retrain_reference": False}),
             "dataset": cfg.dataset.model_copy(
                 update={
                     "name": f"synthetic-{like}-{label(n)}",
