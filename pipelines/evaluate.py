@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
-from pipelines.train import n_items_of, read_split_data
+from pipelines.train import n_items_of, read_split_data, read_user_rows, shard_map_keys
 from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
 from recunlearn.errors import PipelineError
@@ -19,7 +19,6 @@ from recunlearn.evidence.evaluation import evaluate_users, evaluate_with_fairnes
 from recunlearn.seeding import numpy_rng
 from recunlearn.serving import load_ensemble, load_reference
 from recunlearn.sharding.ensemble import MeanAggregator, ShardedEnsemble
-from recunlearn.storage.delta import read_table, scan_table
 from recunlearn.storage.layout import Layout
 from recunlearn.storage.registry import ModelRegistry
 
@@ -34,12 +33,8 @@ def evaluation_users(
     past it, a seeded sample of the shard map's keys is drawn first and only those users'
     rows are read (streamed and filtered batch by batch), so the driver holds the sample's
     interactions, not the table's."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
     excluded = np.asarray(exclude_keys or [], dtype=str)
-    keys = read_table(layout.shard_map, columns=["user_key"]).column("user_key")
-    keys = np.unique(keys.to_numpy(zero_copy_only=False).astype(str))
+    keys = shard_map_keys(layout)
     keys = keys[~np.isin(keys, excluded)]
     n_items = n_items_of(layout)
     if len(keys) <= cfg.evaluation.max_users:
@@ -49,13 +44,7 @@ def evaluation_users(
     sample = np.sort(
         numpy_rng(cfg.seed, "evaluate-users").choice(keys, cfg.evaluation.max_users, replace=False)
     )
-    batches = scan_table(
-        layout.interactions,
-        version=version,
-        columns=["user_key", "item_idx", "split"],
-        where=ds.field("user_key").isin(pa.array(sample)),
-    )
-    data = InteractionData.from_batches(batches, n_items)
+    data = read_user_rows(layout.interactions, version, n_items, sample)
     return data, np.arange(data.n_users), len(keys)
 
 

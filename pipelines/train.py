@@ -56,6 +56,27 @@ def read_split_data(
     return InteractionData.from_batches(batches, n_items)
 
 
+def read_user_rows(table: str, version: int, n_items: int, keys: np.ndarray) -> InteractionData:
+    """The rows of the users ``keys`` at ``version``, streamed in Arrow batches, each filtered
+    to those users: the driver holds their interactions, never the table's."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    batches = scan_table(
+        table,
+        version=version,
+        columns=["user_key", "item_idx", "split"],
+        where=ds.field("user_key").isin(pa.array(np.asarray(keys, dtype=str))),
+    )
+    return InteractionData.from_batches(batches, n_items)
+
+
+def shard_map_keys(layout: Layout) -> np.ndarray:
+    """Every user key the shard map holds, sorted (one row per user, or per (user, shard))."""
+    keys = read_table(layout.shard_map, columns=["user_key"]).column("user_key")
+    return np.unique(keys.to_numpy(zero_copy_only=False).astype(str))
+
+
 def read_grouped_data(table: str, version: int, n_items: int) -> tuple[InteractionData, np.ndarray]:
     """Every row at ``version`` and each user's shard (group), aligned with the data's keys."""
     tbl = read_table(table, version=version, columns=["user_key", "item_idx", "split", "shard_id"])

@@ -38,6 +38,8 @@ from pipelines.train import (
     n_items_of,
     new_job_id,
     read_split_data,
+    read_user_rows,
+    shard_map_keys,
     train_models,
 )
 from recunlearn import faults
@@ -794,11 +796,11 @@ def _membership_evidence(
     retained users, so it never saw the forgotten ones."""
     from recunlearn.evidence.mia import membership_audit
 
-    retained = read_split_data(layout.interactions, version, n_items, None)
+    # the attack's pool: a seeded sample of the retained users, whose rows alone are read
+    keys = shard_map_keys(layout)
     rng = numpy_rng(cfg.seed, "membership", version)
-    pool = retained.subset(
-        rng.permutation(retained.n_users)[: min(cfg.unlearn.shadow_users, retained.n_users)]
-    )
+    sample = keys[np.sort(rng.permutation(len(keys))[: min(cfg.unlearn.shadow_users, len(keys))])]
+    pool = read_user_rows(layout.interactions, version, n_items, sample)
     rows = membership_audit(
         original,
         unlearned,
