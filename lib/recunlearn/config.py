@@ -116,11 +116,14 @@ class EvaluationConfig(_Frozen):
     """How a published version is evaluated (``recunlearn evaluate``, the run report)."""
 
     max_users: int = Field(
-        20_000,
+        5_000,
         ge=10,
         description="Test users evaluated at most: past it, a seeded sample of this many (the "
-        "same users for the ensemble and the reference), so evaluation cost stops growing "
-        "with the user count; the sample's size and the population are reported.",
+        "same users for the ensemble and the reference); the sample's size and the population "
+        "are reported. Full ranking costs users x items x (K + 1) scores, and on a growing log "
+        "both grow: on LFM-2B-like logs evaluating every user took 38.6 s at 1M events (2,500 "
+        "users) and 397 s at 3M (7,500), 10x for 3x. Capped, the cost grows with the items "
+        "only; NDCG@20 over 5,000 users has a standard error of about 0.004.",
     )
 
 
