@@ -462,6 +462,14 @@ def n_items_of(layout: Layout) -> int:
     return int(np.max(tbl.column("item_idx").to_numpy())) + 1 if tbl.num_rows else 0
 
 
+def _last_epoch(curve: Any) -> int | None:
+    """The epoch of a training curve's last entry ((epoch, loss, score) rows), if it has one."""
+    try:
+        return int(curve[-1][0])
+    except (TypeError, IndexError, KeyError, ValueError):
+        return None
+
+
 @holds_tables("train")
 def train_all(
     spark: Any, *, cfg: RunConfig, layout: Layout, partition: dict[str, Any] | None = None
@@ -519,6 +527,15 @@ def train_all(
         # reading a shard from Delta against fitting it: what a warm worker would save
         "shard_read_seconds": {str(k): m.get("read_seconds") for k, m in trained["shards"].items()},
         "reference_read_seconds": ref.get("read_seconds") if ref else None,
+        # epochs run and the best one, per shard and for the reference: how training time
+        # splits between the cost of an epoch and the number of epochs
+        "epochs": {
+            ("reference" if k is None else str(k)): {
+                "best": m.get("best_epoch"),
+                "run": _last_epoch(m.get("curve")),
+            }
+            for k, m in [*trained["shards"].items(), *([(None, ref)] if ref else [])]
+        },
         "aggregator_fit_seconds": agg["fit_seconds"],
         "reference_fit_seconds": ref["fit_seconds"] if ref else None,
         "reference_task_seconds": ref["task_seconds"] if ref else None,

@@ -52,7 +52,11 @@ def test_kmeans_learned_weights_and_strict_partition(spark, ray_local, cfg, layo
     part = partition_users(spark, cfg=cfg, layout=layout)
     assert part["method"] == "kmeans" and sum(part["sizes"]) == part["users"] == 60
     assert max(part["sizes"]) <= math.ceil(1.2 * part["users"] / cfg.sharding.n_shards)
-    train_all(spark, cfg=cfg, layout=layout, partition=part)
+    trained = train_all(spark, cfg=cfg, layout=layout, partition=part)
+    # epochs per component: each shard and the reference ran at least to its best epoch
+    epochs = trained["epochs"]
+    assert set(epochs) == {str(k) for k in range(cfg.sharding.n_shards)} | {"reference"}
+    assert all(0 <= e["best"] <= e["run"] <= cfg.model.max_epochs for e in epochs.values())
     registry = ModelRegistry(layout)
     v1 = registry.current_version()
     agg1 = checkpoints.load_state(v1.aggregator.path)
