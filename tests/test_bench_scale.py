@@ -79,14 +79,17 @@ def test_outputs_are_written_and_name_every_step(tmp_path):
 
 
 def test_the_monitor_counts_memory_and_cpu_of_child_processes():
-    """A child that holds 200 MB and spins for a second: the tree's peak and CPU time see it
-    (the parent alone holds far less and sleeps)."""
-    code = (
+    """A process whose child holds 200 MB and spins for a second: the tree's peak and CPU
+    time see the child (its parent holds far less and waits). The tree is rooted at that
+    parent, so the test run's own engines (a JVM, Ray) are not in it."""
+    child = (
         "import time\nx = bytearray(200_000_000)\nt = time.time()\n"
         "while time.time() - t < 1.0: x[0] = 1\n"
     )
-    with Monitor(interval=0.1) as usage:
-        subprocess.run([sys.executable, "-c", code], check=True)
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    with Monitor(root=proc.pid, interval=0.1) as usage:
+        assert proc.wait(timeout=60) == 0
     assert usage.peak_bytes > 180_000_000
     assert usage.peak_processes >= 2
     assert 0.5 < usage.cpu_seconds < usage.wall_seconds + 0.5
