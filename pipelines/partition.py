@@ -29,7 +29,7 @@ from recunlearn.errors import PipelineError
 from recunlearn.hashing import fingerprint
 from recunlearn.seeding import make_seed, numpy_rng
 from recunlearn.sharding.partition import Partition, interaction_embeddings, partition_with
-from recunlearn.storage.delta import vacuum_now, write_delta
+from recunlearn.storage.delta import table_rows, vacuum_now, write_delta
 from recunlearn.storage.joblock import holds_tables
 from recunlearn.storage.layout import Layout, now_utc
 
@@ -189,7 +189,7 @@ def write_partition(
     shard = spark.read.format("delta").load(layout.shard_map).select("user_key", "shard_id")
     rewritten = inter.join(shard, "user_key", "left").fillna({"shard_id": -1})
     version = write_delta(
-        clustered(rewritten, cfg),
+        clustered(rewritten, cfg, table_rows(layout.interactions)),
         layout.interactions,
         partition_by=["shard_id"],
         stats_columns=INTERACTION_STATS,
@@ -199,13 +199,15 @@ def write_partition(
     return partition_id, smap_version, version
 
 
-def clustered(df: DataFrame, cfg: RunConfig) -> DataFrame:
+def clustered(df: DataFrame, cfg: RunConfig, rows: int | None = None) -> DataFrame:
     """``df`` range-partitioned by (shard, user key) into about ``rows / rows_per_file`` tasks
     (at least K) and sorted within each: every file written from it holds a contiguous range
     of one shard's users, so deleting one user rewrites one file (two at a range boundary)
-    instead of every file of the shard. The ranges come from Spark's sample of the keys: one
-    extra pass over the rows, no data on the driver."""
-    rows = df.count()
+    instead of every file of the shard. The ranges come from Spark's sample of the keys, no
+    data on the driver. ``rows`` (it only sizes the files) is counted when not given; the
+    partition steps take it from the interactions table's log instead of a pass over it."""
+    if rows is None:
+        rows = df.count()
     n = max(cfg.sharding.n_shards, math.ceil(rows / cfg.sharding.rows_per_file))
     return df.repartitionByRange(n, "shard_id", "user_key").sortWithinPartitions(
         "shard_id", "user_key"
@@ -361,7 +363,7 @@ def partition_rows(spark: SparkSession, *, cfg: RunConfig, layout: Layout) -> di
         {"shard_id": -1}
     )
     version = write_delta(
-        clustered(rewritten, cfg),
+        clustered(rewritten, cfg, table_rows(layout.interactions)),
         layout.interactions,
         partition_by=["shard_id"],
         stats_columns=INTERACTION_STATS,

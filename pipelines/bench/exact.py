@@ -82,11 +82,7 @@ def run(
         active = active_mask(data.train, 0.05)
         res = out["datasets"].setdefault(name, {})
         res.update(
-            {
-                "users": int(data.n_users),
-                "items": int(data.n_items),
-                "train": int(data.train.nnz),
-            }
+            {"users": int(data.n_users), "items": int(data.n_items), "train": int(data.train.nnz)}
         )
         sets = {
             "one": forget_set(

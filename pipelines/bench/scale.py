@@ -31,6 +31,7 @@ from pyspark.sql import SparkSession
 from pipelines.bench.proctree import Monitor
 from recunlearn.config import RunConfig
 from recunlearn.errors import ConfigError
+from recunlearn.evidence.scan import folder_bytes
 from recunlearn.hashing import fingerprint
 from recunlearn.storage.layout import Layout
 
@@ -67,10 +68,6 @@ def label(n: int) -> str:
         if n >= unit and n % (unit // 10) == 0:
             return f"{n / unit:g}{suffix}"
     return str(n)
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 class Steps:
@@ -136,7 +133,6 @@ def run_size(
     from pipelines.forget import submit_user_requests
     from pipelines.ingest import ingest
     from pipelines.partition import partition_users
-    from pipelines.run import reset_state
     from pipelines.synth import synthesize
     from pipelines.train import train_all
     from pipelines.unlearn import unlearn
@@ -148,10 +144,9 @@ def run_size(
     state.mkdir(parents=True)
     cfg_n = _size_config(cfg, state, raw, like, n)
     layout = Layout(state)
-    reset_state(layout)
     step = Steps(state, interval)
     secret = secret_from_config(cfg_n.pseudonym, layout.root)
-    res: dict[str, Any] = {"interactions": n, "like": like, "n_shards": cfg.sharding.n_shards}
+    res: dict[str, Any] = {}
 
     res["generate"] = step(
         "generate", lambda: synthesize(spark, like=like, interactions=n, out=raw, seed=seed)
@@ -195,12 +190,12 @@ def _forget_ids(
     """``n`` raw user ids, drawn with the run's seed among the users the shard map holds (a
     k-core filter may have dropped some of the log's users; a request for one would be
     rejected, and the step would time nothing)."""
+    from pipelines.train import shard_map_keys
     from recunlearn.data.pseudonym import user_key
     from recunlearn.data.readers import read_interactions
     from recunlearn.seeding import numpy_rng
-    from recunlearn.storage.delta import read_table
 
-    held = set(read_table(layout.shard_map, columns=["user_key"]).column("user_key").to_pylist())
+    held = set(shard_map_keys(layout).tolist())
     users = read_interactions(spark, cfg.dataset, raw).select("raw_user").distinct()
     ids = sorted(r["raw_user"] for r in users.collect())
     kept = np.array([x for x in ids if user_key(secret, x) in held])
@@ -331,17 +326,13 @@ def machine() -> dict[str, Any]:
 
 
 def write(result: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """The JSON and Markdown (``write_outputs``, as every benchmark) and the log-log PNG."""
+    from pipelines.bench.common import write_outputs
+
     stem = f"scale-{result['like']}"
-    paths = {
-        "json": out_dir / f"{stem}.json",
-        "markdown": out_dir / f"{stem}.md",
-        "png": out_dir / f"{stem}.png",
-    }
-    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True, default=float))
-    paths["markdown"].write_text(markdown(result))
-    plot(result, paths["png"])
-    return {k: str(v) for k, v in paths.items()}
+    paths = write_outputs(out_dir, stem, result, markdown(result))
+    plot(result, out_dir / f"{stem}.png")
+    return {**paths, "png": str(out_dir / f"{stem}.png")}
 
 
 def _gb(b: int | None) -> str:

@@ -209,14 +209,8 @@ class InteractionData:
 
         def mat(code: int) -> sp.csr_matrix:
             m = (split == code) & (row >= 0)
-            r, c = row[m], item[m]
-            out = sp.csr_matrix(
-                (np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(order), n_items)
-            )
-            out.sum_duplicates()
-            out.data[:] = 1.0
-            out.sort_indices()
-            return out
+            ones = np.ones(int(m.sum()), dtype=np.float32)
+            return binary_csr(sp.coo_matrix((ones, (row[m], item[m])), (len(order), n_items)))
 
         return cls(names[order], mat(0), mat(1), mat(2))
 

@@ -117,6 +117,13 @@ def commit_metadata(path: str, key: str, *, upto: int | None = None) -> dict[str
     return None
 
 
+def table_rows(path: str) -> int | None:
+    """The rows of a Delta table's current version, from the file statistics in its log (no
+    data read); None when a file was written without a row count."""
+    counts = open_delta(path).get_add_actions(flatten=True).column("num_records").to_pylist()
+    return None if any(c is None for c in counts) else int(sum(counts))
+
+
 def files_changed(path: str, before: int, after: int) -> dict[str, int]:
     """What the commits after version ``before`` up to ``after`` did to a table's data files:
     the bytes and files they removed and added, and the table's bytes at ``before`` (a
