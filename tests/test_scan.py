@@ -74,3 +74,22 @@ def test_stats_on_user_key_would_leak_the_key_into_the_log(spark, tmp_path):
     path2 = str(tmp_path / "u" / "no_stats")
     write_delta(df, path2, stats_columns=["item_idx"])
     assert not delta_log_hits(tmp_path / "u", keys=["kkkkkkkkkkkkkkkkkkkkkkkkkkkk0001"])
+
+
+def test_numeric_ids_are_found_in_a_predicate_but_not_in_numeric_stats(spark, tmp_path):
+    """MovieLens' user ids are small integers: "47" is also an item index, a rating count or
+    a file size in the log. A leaked predicate on a numeric raw id is a hit; the same number as
+    an item index's statistic is not (the audit failed on that before)."""
+    from delta.tables import DeltaTable
+
+    leaky, clean = str(tmp_path / "t" / "leaky"), str(tmp_path / "t" / "clean")
+    df = spark.createDataFrame(
+        [(47, "k1", 47), (3, "k2", 0)], "raw int, user_key string, item_idx int"
+    )
+    write_delta(df, leaky, stats_columns=["item_idx"])
+    write_delta(df.drop("raw"), clean, stats_columns=["item_idx"])
+    DeltaTable.forPath(spark, leaky).delete("raw = 47")
+    delete_keys(spark, clean, ["k1"])
+    hits = delta_log_hits(tmp_path / "t", keys=[], raw_ids=["47"])
+    assert any("leaky" in f for f in hits)  # the predicate names it
+    assert not any("clean" in f for f in hits)  # item_idx's max of 47 in the stats does not

@@ -100,6 +100,11 @@ def _data_files(root: Path, columns: tuple[str, ...]) -> list[Path]:
 
 
 def _strings(value: Any) -> Iterable[str]:
+    """The string leaves of a log value (JSON inside a string included). Numbers are not
+    strings here: the numeric statistics and metrics of a log (item indexes, ratings,
+    timestamps, row counts, sizes) are not identifiers, and a raw id such as MovieLens' "47"
+    matched against them would be a false hit in every table with 48 items. A raw id inside
+    a string (a delete predicate, a partition value) is still found."""
     if isinstance(value, str):
         yield value
         if value[:1] in "[{":
@@ -113,8 +118,6 @@ def _strings(value: Any) -> Iterable[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
-    elif value is not None and not isinstance(value, bool):
-        yield str(value)
 
 
 def _action_values(action: dict[str, Any]) -> tuple[list[str], list[str]]:
