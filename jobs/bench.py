@@ -17,6 +17,11 @@
   (generate, ingest, partition, train, evaluate, forget 1 and 100 users, the fast tier, audit)
   on synthetic logs of each size through the jobs' functions; time, CPU time and peak memory of
   the whole process tree per step, the growth exponents; JSON, Markdown and a log-log PNG.
+- ``recunlearn bench quality [--quality conf/bench/quality.yaml] [--datasets ...] [--models ...]
+  [--ks 5,10,20] [--fresh]``: recunlearn's sub-models, full and sharded, against popularity,
+  EASE and implicit's ALS tuned on validation; JSON, Markdown and a PNG (finished cells kept).
+- ``recunlearn bench tune --models wmf [--datasets ...] [--tune conf/bench/tune.yaml]``: a grid
+  search of one sub-model's settings on the validation rows (test read once for the choice).
 - ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
   matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
   (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
@@ -35,8 +40,10 @@ from pathlib import Path
 from jobs._common import add_config_args, setup
 from recunlearn.engines import PROJECT_ROOT
 
-BENCHES = ("attribute", "suite", "fast", "exact", "e2e", "intake", "scale")
+BENCHES = ("attribute", "suite", "fast", "exact", "e2e", "intake", "scale", "quality", "tune")
 DEFAULT_SUITE = PROJECT_ROOT / "conf" / "bench" / "suite.yaml"
+DEFAULT_QUALITY = PROJECT_ROOT / "conf" / "bench" / "quality.yaml"
+DEFAULT_TUNE = PROJECT_ROOT / "conf" / "bench" / "tune.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,15 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite matrix (bench suite)")
     p.add_argument("--only", help="bench suite: run only the cells whose id contains this text")
     p.add_argument(
-        "--datasets", default="movielens-100k,movielens-1m", help="bench fast / exact: data sets"
+        "--datasets",
+        help="bench fast / exact (default movielens-100k,movielens-1m) / quality: data sets",
     )
     p.add_argument("--methods", help="bench fast / exact: methods (default: all of them)")
-    p.add_argument("--ks", default="5,10,20", help="bench exact: numbers of shards")
+    p.add_argument("--ks", help="bench exact / e2e / quality: numbers of shards (exact: 5,10,20)")
     p.add_argument(
         "--kinds", default="random,core,edge", help="bench exact: 1%% forget sets to time"
     )
     p.add_argument(
-        "--models", default="bpr", help="bench exact: sub-models (bpr, wmf, itemknn, lightgcn, ncf)"
+        "--models", help="bench exact (default bpr) / quality: sub-models (bpr, wmf, ease, ...)"
+    )
+    p.add_argument("--quality", type=Path, default=DEFAULT_QUALITY, help="bench quality: config")
+    p.add_argument("--tune", type=Path, default=DEFAULT_TUNE, help="bench tune: the grids")
+    p.add_argument(
+        "--fresh", action="store_true", help="bench quality: measure finished cells again"
     )
     p.add_argument("--stream", help="bench fast: requests per method, e.g. scif=200,als=100")
     p.add_argument("--runs", type=int, default=20, help="bench intake: forget requests to time")
@@ -88,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fast(args, cfg, args.out or (layout.root / "bench"))
     if args.bench == "suite":
         return _suite(args, cfg, args.out or (layout.root / "bench" / "suite"))
+    if args.bench == "tune":
+        return _tune(args, cfg, args.out or (layout.root / "bench" / "tune"))
+    if args.bench == "quality":
+        return _quality(args, cfg, args.out or (layout.root / "bench" / "quality"))
     if args.bench == "exact":
         return _exact(args, cfg, args.out or (layout.root / "bench" / "exact"))
     if args.bench == "intake":
@@ -130,6 +147,64 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _names(value: str | None, default: str) -> list[str]:
+    """A comma-separated option's items, or the bench's default's."""
+    return [x for x in (value or default).split(",") if x]
+
+
+def _tune(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
+    from pipelines.bench import tune
+    from pipelines.bench.common import write_outputs
+
+    grids = tune.load_grids(args.tune)
+    for model in _names(args.models, "wmf"):
+        if model not in grids:
+            raise SystemExit(f"bench tune: {args.tune} has no grid for {model!r}")
+        result = tune.run(
+            cfg,
+            datasets=_names(args.datasets, "movielens-100k"),
+            model=model,
+            grid=grids[model],
+            out_dir=out,
+            data_dir=args.data_dir,
+            seed=cfg.seed,
+        )
+        write_outputs(out, "tune", result, tune.markdown(result))
+    print(tune.markdown(result))
+    return 0
+
+
+def _quality(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
+    import time
+
+    from pipelines.bench import quality
+    from pipelines.bench.common import write_outputs
+
+    qc = quality.QualityConfig.load(args.quality)
+    if args.datasets:
+        qc.datasets = _names(args.datasets, "")
+    if args.models:
+        qc.models = _names(args.models, "")
+    if args.ks:
+        qc.n_shards = [int(k) for k in _names(args.ks, "") if int(k) > 1]
+    t0 = time.perf_counter()
+
+    def done(result: dict) -> None:  # written after every cell: a long run keeps what it has
+        write_outputs(out, "quality", result, quality.markdown(result))
+
+    result = quality.run(cfg, qc, out_dir=out, data_dir=args.data_dir, fresh=args.fresh, done=done)
+    done(result)
+    pngs = quality.plot(result, out)
+    print(quality.markdown(result))
+    print(
+        json.dumps(
+            {"out": str(out), "plots": pngs, "wall_seconds": round(time.perf_counter() - t0, 1)},
+            indent=2,
+        )
+    )
+    return 0
+
+
 def _fast(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
     from pipelines.bench import fast
 
@@ -142,7 +217,7 @@ def _fast(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
     methods = [m for m in (args.methods or "").split(",") if m] or None
     summary = fast.run(
         cfg,
-        datasets=[d for d in args.datasets.split(",") if d],
+        datasets=_names(args.datasets, "movielens-100k,movielens-1m"),
         out_dir=out,
         data_dir=args.data_dir,
         methods=methods,
@@ -166,14 +241,14 @@ def _exact(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
     methods = [m for m in (args.methods or "").split(",") if m] or list(exact.METHODS)
     result = exact.run(
         cfg,
-        datasets=[d for d in args.datasets.split(",") if d],
+        datasets=_names(args.datasets, "movielens-100k,movielens-1m"),
         methods=methods,
-        ks=[int(k) for k in args.ks.split(",") if k],
+        ks=[int(k) for k in _names(args.ks, "5,10,20")],
         out_dir=out,
         data_dir=args.data_dir,
         kinds=tuple(k for k in args.kinds.split(",") if k),
         done=done,
-        models=tuple(m for m in args.models.split(",") if m),
+        models=tuple(_names(args.models, "bpr")),
     )
     done(result)
     pngs = exact.plot(result, out)
@@ -191,7 +266,7 @@ def _e2e(args: argparse.Namespace, cfg, out: Path, state: Path) -> int:  # noqa:
     from pipelines.bench import e2e
     from pipelines.bench.common import write_outputs
 
-    ks = [int(k) for k in args.ks.split(",") if k]
+    ks = [int(k) for k in _names(args.ks, "5,10,20")]
     result = with_engines(cfg, lambda spark: e2e.run(spark, cfg, ks=ks, state_root=state))
     paths = write_outputs(out, f"e2e-{cfg.dataset.name}", result, e2e.markdown(result))
     print(e2e.markdown(result))

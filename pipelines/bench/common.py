@@ -38,6 +38,12 @@ def load_pairs(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     if name == "movielens-100k":
         df = pd.read_csv(folder / "u.data", sep="\t", header=None, dtype=str)
         return df[0].to_numpy(), df[1].to_numpy()
+    if name == "amazon-digital-music":
+        df = pd.read_csv(folder / "interactions.csv", dtype=str)
+        return df["user_id"].to_numpy(), df["item_id"].to_numpy()
+    if name == "lastfm-hetrec-2k":  # play counts: every (user, artist) listened to is a pair
+        df = pd.read_csv(folder / "user_artists.dat", sep="\t", dtype=str)
+        return df["userID"].to_numpy(), df["artistID"].to_numpy()
     raise DataError(f"benchmark data set {name!r} is not supported here")
 
 
