@@ -20,8 +20,9 @@
 - ``recunlearn bench quality [--quality conf/bench/quality.yaml] [--datasets ...] [--models ...]
   [--ks 5,10,20] [--fresh]``: recunlearn's sub-models, full and sharded, against popularity,
   EASE and implicit's ALS tuned on validation; JSON, Markdown and a PNG (finished cells kept).
-- ``recunlearn bench tune --models wmf [--datasets ...] [--tune conf/bench/tune.yaml]``: a grid
-  search of one sub-model's settings on the validation rows (test read once for the choice).
+- ``recunlearn bench tune --models wmf [--datasets ...] [--shards K] [--tune FILE]``: a grid
+  search of a sub-model's settings on the validation rows (test read once for the
+  choice), for the full model or for the shards of the production sharding at K.
 - ``recunlearn bench suite [--suite conf/bench/suite.yaml] [--only TEXT]``: the declared
   matrix of methods x models x data sets x forget-set kinds x sizes; one JSON per cell
   (finished cells are skipped), then the HTML report (``recunlearn report`` renders it again).
@@ -58,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="folder holding the data set (default: RECUNLEARN_DATA_DIR)")
     p.add_argument("--out", type=Path, help="output folder (default: <data_dir>/bench)")
     p.add_argument("--attributes", default="gender,age")
-    p.add_argument("--shards", type=int, default=5, help="K of the sharded ensemble (1: skip it)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="bench attribute: K of the sharded ensemble (default 5; 1: skip it); bench tune: "
+        "tune the production sharding at this K (default: the full model)",
+    )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
     p.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite matrix (bench suite)")
     p.add_argument("--only", help="bench suite: run only the cells whose id contains this text")
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=out,
         data_dir=args.data_dir,
         attributes=tuple(a for a in args.attributes.split(",") if a),
-        n_shards=args.shards,
+        n_shards=args.shards or 5,
         bootstrap=args.bootstrap,
     )
     summary = {
@@ -158,16 +164,19 @@ def _tune(args: argparse.Namespace, cfg, out: Path) -> int:  # noqa: ANN001
 
     grids = tune.load_grids(args.tune)
     for model in _names(args.models, "wmf"):
-        if model not in grids:
+        # a grid for the shards' size class may be named <kind>-shards
+        name = f"{model}-shards" if args.shards and f"{model}-shards" in grids else model
+        if name not in grids:
             raise SystemExit(f"bench tune: {args.tune} has no grid for {model!r}")
         result = tune.run(
             cfg,
             datasets=_names(args.datasets, "movielens-100k"),
             model=model,
-            grid=grids[model],
+            grid=grids[name],
             out_dir=out,
             data_dir=args.data_dir,
             seed=cfg.seed,
+            n_shards=args.shards or 1,
         )
         write_outputs(out, "tune", result, tune.markdown(result))
     print(tune.markdown(result))

@@ -145,3 +145,34 @@ def test_bench_tune_chooses_on_validation_and_reads_test_once(tmp_path, monkeypa
     assert r["at_grid_edge"] == (["ease_lambda"] if best["ease_lambda"] != 30.0 else [])
     assert "| ease_lambda | valid NDCG@20 | fit s |" in tune.markdown(res)
     assert {"ease", "wmf"} <= set(tune.load_grids(quality_conf().parent / "tune.yaml"))
+
+
+def test_a_model_that_refuses_the_data_set_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    data = checkerboard(n_users=30, n_items=30)
+    monkeypatch.setattr(quality, "dataset_dir", lambda name, data_dir=None: tmp_path)
+    monkeypatch.setattr(quality, "load_split", lambda name, folder, seed: (data, {}))
+    cfg = RunConfig(model={"kind": "ease", "ease_max_items": 20})
+    qc = _config(tmp_path, models=["ease", "popularity"])
+    res = quality.run(cfg, qc, out_dir=tmp_path)["datasets"]["toy"]
+    assert "ease_max_items is 20" in res["models"]["ease"]["skipped"]
+    assert res["models"]["ease"]["cells"] == {} and "full" in res["models"]["popularity"]["cells"]
+    assert "| ease | skipped:" in quality.markdown({"datasets": {"toy": res}})
+    # the configured kind's own settings reach the bench; another kind gets its defaults
+    assert quality.settings_of(cfg, "ease").ease_max_items == 20
+    assert quality.settings_of(cfg, "wmf").kind == "wmf"
+
+
+def test_bench_tune_for_shards_scores_the_production_ensemble(tmp_path, monkeypatch):
+    from pipelines.bench import tune
+
+    data = checkerboard(n_users=60, n_items=30)
+    monkeypatch.setattr(tune, "dataset_dir", lambda name, data_dir=None: tmp_path)
+    monkeypatch.setattr(tune, "load_split", lambda name, folder, seed: (data, {}))
+    cfg = RunConfig(model={"kind": "wmf", "dim": 4})
+    grid = {"wmf_reg": [0.5, 5.0]}
+    res = tune.run(cfg, datasets=["toy"], model="wmf", grid=grid, out_dir=tmp_path, n_shards=2)
+    (tag,) = res["toy"]
+    assert tag == f"wmf at K=2 ({quality.production_method(cfg)})"
+    r = res["toy"][tag]
+    assert r["n_shards"] == 2 and r["fixed"]["size_classes"] == []  # the grid reaches the shards
+    assert len({g["valid_ndcg"] for g in r["grid"]}) == 2  # two settings, two ensembles

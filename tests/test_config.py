@@ -63,3 +63,27 @@ def test_each_model_kind_has_its_own_settings_class():
         assert model_settings(kind=kind).kind == kind
     with pytest.raises(ConfigError, match="unknown model kind"):
         model_settings(kind="svd")
+
+
+def test_size_classes_pick_a_fits_settings_by_its_training_rows():
+    """A shard at K = 10 is a small data set: WMF's defaults carry a class for such fits, a
+    fit names the class it used, and a class may only set its own kind's fields."""
+    from recunlearn.config import model_settings
+    from recunlearn.models import fit_model
+    from recunlearn.testing import checkerboard
+
+    wmf = model_settings(kind="wmf", dim=4)
+    small = wmf.size_classes[0]
+    assert wmf.for_rows(small.max_train).wmf_reg == small.set["wmf_reg"] != wmf.wmf_reg
+    assert wmf.for_rows(small.max_train + 1) == wmf
+    data = checkerboard(n_users=20, n_items=10)
+    model, stats = fit_model(data, wmf, seed=0)
+    assert stats["size_class"] == small.max_train and model.reg == small.set["wmf_reg"]
+    mine = model_settings(
+        kind="wmf", dim=4, size_classes=[{"max_train": 10, "set": {"wmf_reg": 3.0}}]
+    )
+    assert fit_model(data, mine, seed=0)[1]["size_class"] is None  # 80 rows > 10
+    with pytest.raises(ConfigError, match="not settings of kind wmf"):
+        model_settings(kind="wmf", size_classes=[{"max_train": 10, "set": {"knn_k": 3}}])
+    # another kind starts from its own defaults, not WMF's classes
+    assert wmf.with_kind("bpr").size_classes == ()

@@ -224,6 +224,14 @@ class ShardingConfig(_Frozen):
         return self
 
 
+class SizeClass(_Frozen):
+    """Settings for fits on small data: a shard at K = 10 sees a tenth of the users, and the
+    regularisation that suits the full model can starve it."""
+
+    max_train: int = Field(ge=1, description="Applies to fits on at most this many training rows.")
+    set: dict[str, Any] = Field(description="The kind's settings for those fits (by field name).")
+
+
 class ModelSettings(_Frozen):
     """What every sub-model kind is configured by; the settings of a kind with none of its own
     (``bpr``, ``popularity``). The kinds with their own settings subclass it, and
@@ -252,6 +260,36 @@ class ModelSettings(_Frozen):
         "not the item table; for large catalogues). The other kinds train with adam.",
     )
 
+    size_classes: tuple[SizeClass, ...] = Field(
+        (),
+        description="Settings by training size: a fit on n rows takes the ``set`` of the "
+        "smallest class with n <= max_train, the settings above otherwise (a kind's defaults "
+        "may carry classes of their own; the fit's stats name the class it used).",
+    )
+
+    @model_validator(mode="after")
+    def _classes_are_this_kinds(self) -> ModelSettings:
+        for c in self.size_classes:
+            bad = set(c.set) - (set(type(self).model_fields) - {"kind", "size_classes"})
+            if bad:
+                raise ValueError(
+                    f"model.size_classes: {sorted(bad)} are not settings of kind {self.kind}"
+                )
+        return self
+
+    def size_class(self, n_train: int) -> SizeClass | None:
+        """The smallest size class that holds a fit on ``n_train`` rows, if any."""
+        fits = [c for c in self.size_classes if n_train <= c.max_train]
+        return min(fits, key=lambda c: c.max_train) if fits else None
+
+    def for_rows(self, n_train: int) -> ModelConfig:
+        """The settings a fit on ``n_train`` rows uses: its size class applied, else these."""
+        c = self.size_class(n_train)
+        if c is None:
+            return self
+        fields = self.model_dump(exclude={"size_classes"})
+        return model_settings(**{**fields, **c.set, "size_classes": ()})
+
     @model_validator(mode="after")
     def _sparse_is_bpr(self) -> ModelSettings:
         if self.optimizer == "sparse_adam" and self.kind != "bpr":
@@ -270,7 +308,7 @@ class ModelSettings(_Frozen):
     def with_kind(self, kind: str, **update: Any) -> ModelConfig:
         """The settings of another kind: the shared fields kept, this kind's own dropped,
         ``update`` applied (validated like a config file)."""
-        shared = self.model_dump(include=set(ModelSettings.model_fields) - {"kind"})
+        shared = self.model_dump(include=set(ModelSettings.model_fields) - {"kind", "size_classes"})
         if kind != "bpr":  # the sparse optimiser is BPR-MF's alone
             shared.pop("optimizer")
         return model_settings(**{**shared, **update, "kind": kind})
@@ -278,10 +316,21 @@ class ModelSettings(_Frozen):
 
 class WMFSettings(ModelSettings):
     kind: Literal["wmf"] = "wmf"
+    # chosen on ML-100K's validation rows by `recunlearn bench tune --models wmf` (two rounds,
+    # 43 settings; docs/results/tune): validation NDCG@20 0.299 against 0.235 for the previous
+    # alpha 10 / reg 5; test 0.349 against 0.273
     wmf_alpha: float = Field(
-        10.0, gt=0, description="WMF: confidence 1 + alpha of an observed pair."
+        8.0, gt=0, description="WMF: confidence 1 + alpha of an observed pair."
     )
-    wmf_reg: float = Field(5.0, gt=0, description="WMF: L2 weight.")
+    wmf_reg: float = Field(50.0, gt=0, description="WMF: L2 weight.")
+    # a shard of ML-100K at K = 10 (8K rows) under reg 50 is starved: the K = 10 ensemble fell
+    # from 0.320 to 0.254 test NDCG@20. Fits on up to 30K rows take the settings chosen for
+    # those shards on the ensemble's validation NDCG (`bench tune --shards 10`, 6 settings,
+    # docs/results/tune): 0.283 (test 0.332) against 0.277 (0.320) for the previous 10 / 5
+    size_classes: tuple[SizeClass, ...] = Field(
+        (SizeClass(max_train=30000, set={"wmf_alpha": 2.0, "wmf_reg": 5.0}),),
+        description=ModelSettings.model_fields["size_classes"].description,
+    )
     wmf_tol: float = Field(
         1e-3, gt=0, description="WMF: relative residual of converged normal equations."
     )

@@ -36,6 +36,7 @@ from pipelines.bench.suite import utility
 from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
 from recunlearn.data.split import SPLIT_RULE
+from recunlearn.errors import ConfigError
 from recunlearn.models.ease import fit_ease
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ def production_method(cfg: RunConfig) -> str:
     """The bench method name of the configured sharding: partition x aggregator."""
     part = {"sinkhorn": "ot"}.get(cfg.sharding.method, cfg.sharding.method)
     return NAMES.get((part, cfg.aggregator.kind), f"{part}-{cfg.aggregator.kind}")
+
+
+def settings_of(cfg: RunConfig, kind: str) -> Any:
+    """The configured settings of ``kind``: the config's own when it is that kind (its
+    ``--set model.<field>`` overrides kept), else the kind's defaults with the shared fields."""
+    return cfg.model if cfg.model.kind == kind else cfg.model.with_kind(kind)
 
 
 def settings_fingerprint(cfg: RunConfig) -> str:
@@ -126,7 +133,7 @@ def _baselines(data: InteractionData, qc: QualityConfig, cfg: RunConfig) -> dict
     pop, _ = fit_model(data, cfg.model.with_kind("popularity"), seed=qc.seed)
     out: dict[str, Any] = {"popularity": {**_test(pop, data, qc.k)}}
     out["popularity"]["fit_seconds"] = round(time.perf_counter() - t0, 3)
-    ease_cfg = cfg.model.with_kind("ease")
+    ease_cfg = settings_of(cfg, "ease")
     out["ease"] = _ease(data, qc.ease_lambda, ease_cfg.ease_max_items, qc.k)
     try:
         als, search = tune_implicit_als(data, qc.implicit_als, seed=qc.seed)
@@ -158,7 +165,13 @@ def _model_cells(
             continue
         m = make_method("full" if k == 1 else method, cfg, k)
         t0 = time.perf_counter()
-        fitted = m.fit(data, qc.seed)
+        try:
+            fitted = m.fit(data, qc.seed)
+        except ConfigError as e:  # a model that refuses this data set (EASE's item cap)
+            res["skipped"] = str(e)
+            log.info("bench quality %s skipped: %s", cfg.model.kind, e)
+            done()
+            return
         wall = time.perf_counter() - t0
         agg = getattr(fitted.model, "aggregator", None)
         res["cells"][tag] = {
@@ -220,7 +233,7 @@ def run(
             if done:
                 done(out)
         for model in qc.models:
-            cfg = run_cfg.model_copy(update={"model": run_cfg.model.with_kind(model)})
+            cfg = run_cfg.model_copy(update={"model": settings_of(run_cfg, model)})
             _model_cells(
                 cfg,
                 res.setdefault("models", {}).setdefault(model, {}),
@@ -325,6 +338,9 @@ def markdown(result: dict[str, Any]) -> str:
         head = " | ".join("full" if n == 1 else f"K={n}" for n in ks)
         lines += ["", f"| model | {head} | full fit s |", "|---|" + "---|" * (len(ks) + 1)]
         for model, r in res.get("models", {}).items():
+            if r.get("skipped"):
+                lines.append(f"| {model} | skipped: {r['skipped']} |" + " |" * len(ks))
+                continue
             cells = {c["n_shards"]: c for c in r.get("cells", {}).values()}
             row = []
             for n in ks:

@@ -22,6 +22,7 @@ import yaml
 from pipelines.bench.baselines import valid_ndcg
 from pipelines.bench.common import dataset_dir, load_split
 from pipelines.bench.methods import make_method
+from pipelines.bench.quality import production_method, settings_of
 from pipelines.bench.suite import utility
 from recunlearn.config import RunConfig
 from recunlearn.data.split import SPLIT_RULE
@@ -45,25 +46,31 @@ def run(
     data_dir: str | None = None,
     seed: int = 2026,
     k: int = 20,
+    n_shards: int = 1,
 ) -> dict[str, Any]:
+    """The grid for the full model (``n_shards`` 1) or for the production sharding at K =
+    ``n_shards``, scored by the ensemble's validation NDCG: the settings of the shards' size
+    class (the grid's settings reach every shard: size classes are off while tuning)."""
     path = out_dir / "tune.json"
     out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     names = sorted(grid)
     for name in datasets:
         data, _ = load_split(name, dataset_dir(name, data_dir), seed=seed)
-        base = run_cfg.model.with_kind(model)
+        base = settings_of(run_cfg, model).model_copy(update={"size_classes": ()})
+        method = "full" if n_shards == 1 else production_method(run_cfg)
+        tag = model if n_shards == 1 else f"{model} at K={n_shards} ({method})"
         tried: list[dict[str, Any]] = []
         best: tuple[float, dict[str, Any], Any] | None = None
         for values in itertools.product(*(grid[n] for n in names)):
             setting = dict(zip(names, values, strict=True))
             cfg = run_cfg.model_copy(update={"model": base.model_copy(update=setting)})
             t0 = time.perf_counter()
-            fitted = make_method("full", cfg, 1).fit(data, seed)
+            fitted = make_method(method, cfg, n_shards).fit(data, seed)
             score = valid_ndcg(fitted.model, data, k)
             tried.append(
                 {**setting, "valid_ndcg": score, "fit_seconds": round(time.perf_counter() - t0, 3)}
             )
-            log.info("bench tune %s %s %s: valid NDCG@%d %.4f", name, model, setting, k, score)
+            log.info("bench tune %s %s %s: valid NDCG@%d %.4f", name, tag, setting, k, score)
             if best is None or score > best[0]:
                 best = (score, setting, fitted.model)
         assert best is not None, "an empty grid"
@@ -71,7 +78,8 @@ def run(
         edges = [
             n for n in names if len(grid[n]) > 1 and best[1][n] in (min(grid[n]), max(grid[n]))
         ]
-        out.setdefault(name, {})[model] = {
+        out.setdefault(name, {})[tag] = {
+            "n_shards": n_shards,
             "split": SPLIT_RULE,
             "seed": seed,
             "fixed": base.model_dump(mode="json"),

@@ -122,10 +122,11 @@ def fit_model(
 ) -> tuple[Recommender, dict[str, Any]]:
     """Train ``cfg.kind`` on ``data.train`` (an InteractionData; the gradient-trained kinds
     early-stop on ``data.valid``). Stats always carry fit_seconds, epochs, best_epoch,
-    valid_ndcg, n_users, n_train and curve. ``init`` (a model of the same kind) warm-starts
-    the trained kinds and ``max_epochs`` caps the gradient-trained ones' epochs (sequential
-    training); WMF converges from ``init`` to its tolerance; the closed-form kinds are
-    functions of their data alone and ignore both."""
+    valid_ndcg, n_users, n_train, curve and size_class (the ``model.size_classes`` bound
+    whose settings the fit used; None: the kind's main settings). ``init`` (a model of the
+    same kind) warm-starts the trained kinds and ``max_epochs`` caps the gradient-trained
+    ones' epochs (sequential training); WMF converges from ``init`` to its tolerance; the
+    closed-form kinds are functions of their data alone and ignore both."""
     base: dict[str, Any] = {
         "epochs": 0,
         "best_epoch": 0,
@@ -134,7 +135,11 @@ def fit_model(
         "n_users": int(data.n_users),
         "n_train": int(data.train.nnz),
     }
+    # a fit on few rows (a shard) takes its kind's size class, where one holds it
+    size_class = cfg.size_class(int(data.train.nnz))
+    base["size_class"] = None if size_class is None else size_class.max_train
+    settings = cfg.for_rows(int(data.train.nnz))
     model, stats = model_kind(cfg.kind).fit_function()(
-        data, cfg, seed=seed, init=init, max_epochs=max_epochs
+        data, settings, seed=seed, init=init, max_epochs=max_epochs
     )
     return model, {**base, **stats}
