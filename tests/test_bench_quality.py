@@ -67,7 +67,9 @@ def test_bench_quality_tunes_on_validation_and_keeps_finished_cells(tmp_path, mo
     assert base["ease"]["chosen"]["lambda"] == max(grid, key=lambda g: g["valid_ndcg"])["lambda"]
     best = fit_ease(data.user_keys, data.train, lam=base["ease"]["chosen"]["lambda"])[0]
     assert valid_ndcg(best, data) == base["ease"]["chosen"]["valid_ndcg"]
-    assert len(base["implicit-als"]["grid"]) == 2 and 0 < base["implicit-als"]["ndcg@20"] <= 1
+    als = base["implicit-als"]
+    assert len(als["grid"]) >= 2 and 0 < als["ndcg@20"] <= 1
+    assert als["chosen"] == max(als["grid"], key=lambda g: g["valid_ndcg"])
     for model in ("popularity", "ease", "bpr"):
         cells = toy["models"][model]["cells"]
         assert sorted(cells) == ["K2", "full"]
@@ -176,3 +178,20 @@ def test_bench_tune_for_shards_scores_the_production_ensemble(tmp_path, monkeypa
     r = res["toy"][tag]
     assert r["n_shards"] == 2 and r["fixed"]["size_classes"] == []  # the grid reaches the shards
     assert len({g["valid_ndcg"] for g in r["grid"]}) == 2  # two settings, two ensembles
+
+
+def test_grid_search_widens_past_an_edge_until_the_best_is_inside():
+    from pipelines.bench.baselines import grid_search
+
+    # a score peaked at x = 40, y = 3: the grid [1, 2, 4] x [2, 3, 5] has its best on x's edge
+    def fit(st):
+        return st, 0.0
+
+    def score(st):
+        return -abs(st["x"] - 40) - abs(st["y"] - 3)
+
+    best, search = grid_search({"x": [1, 2, 4], "y": [2, 3, 5]}, fit, score, widen=3)
+    assert [g["x"] for g in search["grid"][9:]] == [8, 16, 32]  # one step out each time
+    assert best == {"x": 32, "y": 3} and search["at_grid_edge"] == ["x"]  # still on the edge
+    best, search = grid_search({"x": [1, 2, 4], "y": [2, 3, 5]}, fit, score, widen=5)
+    assert best == {"x": 32, "y": 3} and search["at_grid_edge"] == []  # 64 scored worse

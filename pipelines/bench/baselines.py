@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -127,20 +127,69 @@ def fit_implicit_als(
     return model, time.perf_counter() - t0
 
 
+def _beyond(values: list[Any], best: Any) -> Any:
+    """The next value past the grid's edge that ``best`` sits on, one geometric step out."""
+    vals = sorted(values)
+    if best == vals[-1]:
+        new = vals[-1] * vals[-1] / vals[-2]
+    else:
+        new = vals[0] * vals[0] / vals[1]
+    return max(1, round(new)) if isinstance(best, int) else float(new)
+
+
+def grid_search(
+    grid: dict[str, list[Any]],
+    fit: Callable[[dict[str, Any]], tuple[Any, float]],
+    score: Callable[[Any], float],
+    *,
+    widen: int = 3,
+) -> tuple[Any, dict[str, Any]]:
+    """Every setting of ``grid`` fit and scored (validation NDCG); then, up to ``widen``
+    times, each setting whose best value lies on the grid's edge is tried one geometric step
+    further out (the other settings at their best), so a baseline is not held back by a grid
+    drawn too narrow. Returns the best model and the search (``at_grid_edge``: the settings
+    still on an edge after widening)."""
+    names = sorted(grid)
+    grid = {n: list(v) for n, v in grid.items()}
+    tried: list[dict[str, Any]] = []
+    best: tuple[dict[str, Any], Any] | None = None
+
+    def run(setting: dict[str, Any]) -> None:
+        nonlocal best
+        model, secs = fit(setting)
+        tried.append({**setting, "valid_ndcg": score(model), "fit_seconds": round(secs, 3)})
+        if best is None or tried[-1]["valid_ndcg"] > best[0]["valid_ndcg"]:
+            best = (tried[-1], model)
+
+    for values in itertools.product(*(grid[n] for n in names)):
+        run(dict(zip(names, values, strict=True)))
+    assert best is not None, "an empty grid"
+
+    def edges() -> list[str]:
+        assert best is not None
+        return [n for n in names if len(grid[n]) > 1 and best[0][n] in (min(grid[n]), max(grid[n]))]
+
+    for _ in range(widen):
+        out = edges()
+        if not out:
+            break
+        for n in out:
+            assert best is not None
+            chosen = {m: best[0][m] for m in names}
+            value = _beyond(grid[n], chosen[n])
+            grid[n].append(value)
+            run({**chosen, n: value})
+    return best[1], {"chosen": best[0], "grid": tried, "at_grid_edge": edges()}
+
+
 def tune_implicit_als(
     data: InteractionData, grid: dict[str, list[Any]], *, seed: int
 ) -> tuple[ImplicitALS, dict[str, Any]]:
-    """Every setting of ``grid`` (factors, regularization, alpha, iterations) fit on the
-    training rows and scored on the validation rows; the best model and the search."""
-    names = ("factors", "regularization", "alpha", "iterations")
-    tried, best, best_model = [], None, None
-    for values in itertools.product(*(grid[n] for n in names)):
-        setting = dict(zip(names, values, strict=True))
-        model, secs = fit_implicit_als(data, seed=seed, **setting)
-        score = valid_ndcg(model, data)
-        tried.append({**setting, "valid_ndcg": score, "fit_seconds": round(secs, 3)})
-        if best is None or score > best["valid_ndcg"]:
-            best, best_model = tried[-1], model
-    assert best is not None and best_model is not None, "an empty grid"
-    edges = [n for n in names if len(grid[n]) > 1 and best[n] in (min(grid[n]), max(grid[n]))]
-    return best_model, {"chosen": best, "grid": tried, "at_grid_edge": edges}
+    """implicit's ALS over ``grid`` (factors, regularization, alpha, iterations), fit on the
+    training rows and scored on the validation rows, widened past the grid's edges where the
+    best lies on one (:func:`grid_search`); the best model and the search."""
+    return grid_search(
+        grid,
+        lambda st: fit_implicit_als(data, seed=seed, **st),
+        lambda m: valid_ndcg(m, data),
+    )

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from pipelines.bench.baselines import tune_implicit_als, valid_ndcg
+from pipelines.bench.baselines import grid_search, tune_implicit_als, valid_ndcg
 from pipelines.bench.common import dataset_dir, load_split
 from pipelines.bench.methods import NAMES, make_method
 from pipelines.bench.suite import utility
@@ -42,6 +42,7 @@ from recunlearn.models.ease import fit_ease
 log = logging.getLogger(__name__)
 
 SCHEMA = 1  # bump when a cell's protocol changes: finished cells are then measured again
+BASELINES_SCHEMA = 2  # the same for the baselines (2: grids widened past their edges)
 
 
 @dataclass
@@ -98,32 +99,20 @@ def _test(model: Any, data: InteractionData, k: int) -> dict[str, Any]:
 
 
 def _ease(data: InteractionData, grid: list[float], max_items: int, k: int) -> dict[str, Any]:
-    """EASE with lambda chosen on validation, or why it was not run."""
+    """EASE with lambda chosen on validation (the grid widened past an edge), or why it was
+    not run."""
     if data.n_items > max_items:
         return {
             "skipped": f"{data.n_items} items: two dense float64 item x item matrices need "
             f"{16 * data.n_items**2 / 2**30:.0f} GiB (model.ease_max_items = {max_items})"
         }
-    tried, best, best_model = [], None, None
-    for lam in grid:
-        model, st = fit_ease(data.user_keys, data.train, lam=lam, max_items=max_items)
-        tried.append(
-            {
-                "lambda": lam,
-                "valid_ndcg": valid_ndcg(model, data, k),
-                "fit_seconds": st["fit_seconds"],
-            }
-        )
-        if best is None or tried[-1]["valid_ndcg"] > best["valid_ndcg"]:
-            best, best_model = tried[-1], model
-    assert best is not None and best_model is not None, "an empty lambda grid"
-    edge = len(grid) > 1 and best["lambda"] in (min(grid), max(grid))
-    return {
-        **_test(best_model, data, k),
-        "chosen": best,
-        "grid": tried,
-        "at_grid_edge": ["lambda"] if edge else [],  # the optimum may lie beyond: widen it
-    }
+
+    def fit(setting: dict[str, Any]) -> tuple[Any, float]:
+        model, st = fit_ease(data.user_keys, data.train, lam=setting["lambda"], max_items=max_items)
+        return model, st["fit_seconds"]
+
+    model, search = grid_search({"lambda": grid}, fit, lambda m: valid_ndcg(m, data, k))
+    return {**_test(model, data, k), **search}
 
 
 def _baselines(data: InteractionData, qc: QualityConfig, cfg: RunConfig) -> dict[str, Any]:
@@ -224,7 +213,7 @@ def run(
             }
         )
         base_fp = hashlib.sha256(
-            json.dumps([SCHEMA, qc.ease_lambda, qc.implicit_als], sort_keys=True).encode()
+            json.dumps([BASELINES_SCHEMA, qc.ease_lambda, qc.implicit_als], sort_keys=True).encode()
         ).hexdigest()[:16]
         if fresh or res.get("baselines_fingerprint") != base_fp:
             res["baselines"] = _baselines(data, qc, run_cfg)
