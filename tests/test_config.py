@@ -85,5 +85,14 @@ def test_size_classes_pick_a_fits_settings_by_its_training_rows():
     assert fit_model(data, mine, seed=0)[1]["size_class"] is None  # 80 rows > 10
     with pytest.raises(ConfigError, match="not settings of kind wmf"):
         model_settings(kind="wmf", size_classes=[{"max_train": 10, "set": {"knn_k": 3}}])
+    # a setting given explicitly wins over the kind's default classes, not over explicit ones
+    assert model_settings(kind="wmf", wmf_reg=7.0).for_rows(10).wmf_reg == 7.0
+    assert model_settings(kind="wmf", wmf_reg=7.0).for_rows(10).wmf_alpha == small.set["wmf_alpha"]
+    assert mine.for_rows(10).wmf_reg == 3.0
+    # ... and still after the JSON round trip the workers' configs make
+    again = RunConfig.model_validate_json(
+        RunConfig(model={"kind": "wmf", "wmf_reg": 7.0}).model_dump_json()
+    )
+    assert again.model.for_rows(10).wmf_reg == 7.0
     # another kind starts from its own defaults, not WMF's classes
     assert wmf.with_kind("bpr").size_classes == ()

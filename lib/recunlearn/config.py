@@ -264,8 +264,25 @@ class ModelSettings(_Frozen):
         (),
         description="Settings by training size: a fit on n rows takes the ``set`` of the "
         "smallest class with n <= max_train, the settings above otherwise (a kind's defaults "
-        "may carry classes of their own; the fit's stats name the class it used).",
+        "may carry classes of their own, which never override a setting given explicitly; "
+        "the fit's stats name the class it used).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_classes(cls, data: Any) -> Any:
+        """A kind's default classes never override a setting given explicitly (``--set
+        model.ease_lambda=700`` holds for every fit): such a setting is taken out of them
+        here, once, so the settings carry their classes as they apply (through JSON to the
+        workers too). Classes given explicitly apply as written."""
+        if not isinstance(data, dict) or "size_classes" in data:
+            return data
+        classes = []
+        for c in cls.model_fields["size_classes"].default:
+            kept = {k: v for k, v in c.set.items() if k not in data}
+            if kept:
+                classes.append({"max_train": c.max_train, "set": kept})
+        return {**data, "size_classes": classes}
 
     @model_validator(mode="after")
     def _classes_are_this_kinds(self) -> ModelSettings:
@@ -344,8 +361,19 @@ class ItemKNNSettings(ModelSettings):
 
 class EASESettings(ModelSettings):
     kind: Literal["ease"] = "ease"
+    # chosen on validation (`bench tune`, docs/results/tune): ML-100K's full model 400
+    # (validation NDCG@20 0.2968, test 0.3580 against 0.3562 at the earlier 500); the lambda
+    # that suits it over-smooths a shard: ML-100K's K = 10 ensemble takes 25 (test 0.329
+    # against 0.285 at 500), and Last.fm (42K rows) chose 100 in `bench quality`'s search
     ease_lambda: float = Field(
-        500.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1."
+        400.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1."
+    )
+    size_classes: tuple[SizeClass, ...] = Field(
+        (
+            SizeClass(max_train=30000, set={"ease_lambda": 25.0}),
+            SizeClass(max_train=60000, set={"ease_lambda": 100.0}),
+        ),
+        description=ModelSettings.model_fields["size_classes"].description,
     )
     ease_max_items: int = Field(
         20000,
