@@ -361,17 +361,18 @@ class ItemKNNSettings(ModelSettings):
 
 class EASESettings(ModelSettings):
     kind: Literal["ease"] = "ease"
-    # chosen on validation (`bench tune`, docs/results/tune): ML-100K's full model 400
-    # (validation NDCG@20 0.2968, test 0.3580 against 0.3562 at the earlier 500); the lambda
-    # that suits it over-smooths a shard: ML-100K's K = 10 ensemble takes 25 (test 0.329
-    # against 0.285 at 500), and Last.fm (42K rows) chose 100 in `bench quality`'s search
+    # chosen on validation rows (`bench tune` and `bench quality`'s search, docs/results):
+    # the best lambda grows with the training rows. ML-1M (800K rows) chose 800; ML-100K's
+    # full model (80K) 400 (test 0.3580 against 0.3562 at the earlier 500); Last.fm (42K) 100;
+    # ML-100K's K = 10 ensemble (8K-row shards) 25 (test 0.329 against 0.285 at 500)
     ease_lambda: float = Field(
-        400.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1."
+        800.0, gt=0, description="EASE: L2 weight lambda of (X^T X + lambda I)^-1."
     )
     size_classes: tuple[SizeClass, ...] = Field(
         (
             SizeClass(max_train=30000, set={"ease_lambda": 25.0}),
             SizeClass(max_train=60000, set={"ease_lambda": 100.0}),
+            SizeClass(max_train=200000, set={"ease_lambda": 400.0}),
         ),
         description=ModelSettings.model_fields["size_classes"].description,
     )
