@@ -73,9 +73,10 @@ def test_size_classes_pick_a_fits_settings_by_its_training_rows():
     from recunlearn.testing import checkerboard
 
     wmf = model_settings(kind="wmf", dim=4)
-    small = wmf.size_classes[0]
+    small, mid = sorted(wmf.size_classes, key=lambda c: c.max_train)
     assert wmf.for_rows(small.max_train).wmf_reg == small.set["wmf_reg"] != wmf.wmf_reg
-    assert wmf.for_rows(small.max_train + 1) == wmf
+    assert wmf.for_rows(small.max_train + 1).wmf_reg == mid.set["wmf_reg"] != small.set["wmf_reg"]
+    assert wmf.for_rows(mid.max_train + 1) == wmf
     data = checkerboard(n_users=20, n_items=10)
     model, stats = fit_model(data, wmf, seed=0)
     assert stats["size_class"] == small.max_train and model.reg == small.set["wmf_reg"]
