@@ -134,7 +134,7 @@ def _beyond(values: list[Any], best: Any) -> Any:
         new = vals[-1] * vals[-1] / vals[-2]
     else:
         new = vals[0] * vals[0] / vals[1]
-    return max(1, round(new)) if isinstance(best, int) else float(new)
+    return max(1, round(new)) if isinstance(best, int) else float(f"{new:.6g}")
 
 
 def grid_search(
