@@ -281,7 +281,7 @@ def user_groups(
     """K user groups: random (SISA), RecEraser's capacity-capped k-means ("kmeans") or
     UltraRE's OT k-means ("ot") of SVD user factors of the training matrix."""
     rng = np.random.default_rng(make_seed(seed, "partition"))
-    method = {"ot": "sinkhorn"}.get(partition, partition)  # the field's name for it
+    method = {v: k for k, v in BENCH_PARTITION.items()}.get(partition, partition)
     if method == "random":
         x = np.empty((data.n_users, 0))
     else:  # the partition job embeds users with Spark ALS; in memory, SVD of the matrix
@@ -374,6 +374,16 @@ NAMES = {
     ("ot", "learned"): "ultrare",
 }
 PARTITIONS, AGGREGATORS = ("random", "ot", "kmeans"), ("mean", "learned", "attention")
+# sharding.method's names that the benchmarks spell otherwise
+BENCH_PARTITION = {"sinkhorn": "ot"}
+
+
+def production_method(cfg: RunConfig) -> str:
+    """The bench method name of the configured sharding: partition x aggregator."""
+    part = BENCH_PARTITION.get(cfg.sharding.method, cfg.sharding.method)
+    return NAMES.get((part, cfg.aggregator.kind), f"{part}-{cfg.aggregator.kind}")
+
+
 METHODS = (
     "none",
     "full",

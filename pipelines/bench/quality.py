@@ -31,7 +31,7 @@ import yaml
 
 from pipelines.bench.baselines import grid_search, tune_implicit_als, valid_ndcg
 from pipelines.bench.common import dataset_dir, load_split
-from pipelines.bench.methods import NAMES, make_method
+from pipelines.bench.methods import make_method, production_method
 from pipelines.bench.suite import utility
 from recunlearn.config import RunConfig
 from recunlearn.data.interactions import InteractionData
@@ -64,12 +64,6 @@ class QualityConfig:
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
         return cls(**raw, **base)
-
-
-def production_method(cfg: RunConfig) -> str:
-    """The bench method name of the configured sharding: partition x aggregator."""
-    part = {"sinkhorn": "ot"}.get(cfg.sharding.method, cfg.sharding.method)
-    return NAMES.get((part, cfg.aggregator.kind), f"{part}-{cfg.aggregator.kind}")
 
 
 def settings_of(cfg: RunConfig, kind: str) -> Any:

@@ -10,21 +10,22 @@ quoted with was not used to choose it. Results are merged per data set and kind.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipelines.bench.baselines import valid_ndcg
+from pipelines.bench.baselines import grid_search, valid_ndcg
 from pipelines.bench.common import dataset_dir, load_split
-from pipelines.bench.methods import make_method
-from pipelines.bench.quality import production_method, settings_of
+from pipelines.bench.methods import make_method, production_method
+from pipelines.bench.quality import settings_of
 from pipelines.bench.suite import utility
 from recunlearn.config import RunConfig
+from recunlearn.data.interactions import InteractionData
 from recunlearn.data.split import SPLIT_RULE
 
 log = logging.getLogger(__name__)
@@ -53,40 +54,34 @@ def run(
     class (the grid's settings reach every shard: size classes are off while tuning)."""
     path = out_dir / "tune.json"
     out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    names = sorted(grid)
+    method = "full" if n_shards == 1 else production_method(run_cfg)
+    tag = model if n_shards == 1 else f"{model} at K={n_shards} ({method})"
+    # size classes off: the grid's settings reach every shard
+    base = settings_of(run_cfg, model).model_copy(update={"size_classes": ()})
+
+    def fit(data: InteractionData, setting: dict[str, Any]) -> tuple[Any, float]:
+        cfg = run_cfg.model_copy(update={"model": base.model_copy(update=setting)})
+        t0 = time.perf_counter()
+        fitted = make_method(method, cfg, n_shards).fit(data, seed)
+        return fitted.model, time.perf_counter() - t0
+
     for name in datasets:
         data, _ = load_split(name, dataset_dir(name, data_dir), seed=seed)
-        base = settings_of(run_cfg, model).model_copy(update={"size_classes": ()})
-        method = "full" if n_shards == 1 else production_method(run_cfg)
-        tag = model if n_shards == 1 else f"{model} at K={n_shards} ({method})"
-        tried: list[dict[str, Any]] = []
-        best: tuple[float, dict[str, Any], Any] | None = None
-        for values in itertools.product(*(grid[n] for n in names)):
-            setting = dict(zip(names, values, strict=True))
-            cfg = run_cfg.model_copy(update={"model": base.model_copy(update=setting)})
-            t0 = time.perf_counter()
-            fitted = make_method(method, cfg, n_shards).fit(data, seed)
-            score = valid_ndcg(fitted.model, data, k)
-            tried.append(
-                {**setting, "valid_ndcg": score, "fit_seconds": round(time.perf_counter() - t0, 3)}
-            )
-            log.info("bench tune %s %s %s: valid NDCG@%d %.4f", name, tag, setting, k, score)
-            if best is None or score > best[0]:
-                best = (score, setting, fitted.model)
-        assert best is not None, "an empty grid"
-        util, _ = utility(best[2], data, k)
-        edges = [
-            n for n in names if len(grid[n]) > 1 and best[1][n] in (min(grid[n]), max(grid[n]))
-        ]
+        # the grid as drawn (no widening): a default's search is the record that chose it
+        best, search = grid_search(
+            grid, partial(fit, data), partial(valid_ndcg, data=data, k=k), widen=0
+        )
+        log.info("bench tune %s %s: chose %s", name, tag, search["chosen"])
+        util, _ = utility(best, data, k)
         out.setdefault(name, {})[tag] = {
             "n_shards": n_shards,
             "split": SPLIT_RULE,
             "seed": seed,
             "fixed": base.model_dump(mode="json"),
-            "grid": tried,
-            "chosen": {**best[1], "valid_ndcg": best[0]},
+            "grid": search["grid"],
+            "chosen": {c: v for c, v in search["chosen"].items() if c != "fit_seconds"},
             "test": util,
-            "at_grid_edge": edges,  # the optimum may lie beyond these settings' ranges
+            "at_grid_edge": search["at_grid_edge"],  # the optimum may lie beyond these ranges
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     return out
